@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make demo   install into .venv/ and run the built-in demo (synth -> prepare -> ... -> predict)
+#   make test   install into .venv/ and run the whole test suite (offline)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pneumoseg-installed
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: smp and timm need torchvision, and the pair must match.
+	$(PY) -m pip install -q "torch>=2.3,<=2.14.1" "torchvision>=0.18,<=0.29.1"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/pneumoseg demo --out demo-out
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/bench_data.py
+
+lint: install
+	$(VENV)/bin/ruff check pneumoseg tests benchmarks
+
+clean:
+	rm -rf demo-out .pytest_cache

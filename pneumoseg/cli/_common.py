@@ -1,0 +1,39 @@
+"""Shared CLI plumbing: the rich console and one-line error reporting."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from pneumoseg.errors import PneumosegError
+
+__all__ = ["console", "err_console", "cli_errors", "fail"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on one line to stderr and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a PneumosegError raised by a command into one error line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except PneumosegError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper

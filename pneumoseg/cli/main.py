@@ -1,0 +1,41 @@
+"""The ``pneumoseg`` command. Each command lives in its own module with a ``register(app)``."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from pneumoseg import __version__
+
+app = typer.Typer(
+    name="pneumoseg",
+    help="Pneumothorax segmentation on chest radiographs (SIIM-ACR): explore, prepare, train, evaluate, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Order here is the order in `pneumoseg --help`.
+COMMAND_MODULES = ["synth", "explore", "prepare", "split"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pneumoseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Pneumothorax segmentation on chest radiographs (SIIM-ACR)."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"pneumoseg.cli.{_name}").register(app)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Data: synthetic phantoms, exploration, the prepared cache, splits, datasets and loaders."""

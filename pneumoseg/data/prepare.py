@@ -1,0 +1,385 @@
+"""DICOM + RLE, or PNG image/mask folders -> the resized cache that training reads.
+
+Layout written (see docs/architecture.md)::
+
+    CACHE/images/<image_id>.png   uint8 grayscale, size x size (area interpolation)
+    CACHE/masks/<image_id>.png    uint8 0/255, size x size (images.resize_mask: any-pixel rule)
+    CACHE/index.csv               one row per prepared image, sorted by image_id (INDEX_COLUMNS)
+    CACHE/cache.json              {"size", "layout", "created_by", ...}
+    CACHE/.parts/<image_id>.json  per-item record (row + input fingerprint) used to resume
+
+Each item is read, decoded, resized and written (both PNGs, then its record, each atomically) by
+one worker process, so memory does not grow with the number of images and a killed run leaves no
+half-written file. Rerunning the same command skips the items whose record matches the current
+input (path, file size and mtime, RLE strings, size) and whose PNGs exist, then rewrites
+index.csv and cache.json; the result is byte-identical to an uninterrupted run.
+
+An item that cannot be prepared (unreadable file, undecodable RLE, mask/image size mismatch) is
+reported in ``PrepareResult.failures`` (one line naming the file or ImageId) and leaves no files;
+the others are still prepared. A cache prepared with another size or layout is refused unless
+``overwrite=True``, which deletes the previous cache's files first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pneumoseg import __version__
+from pneumoseg.atomic import atomic_write_text
+from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.images import read_image, read_mask, resize_image, resize_mask, write_png
+from pneumoseg.rle import Annotations, read_annotations
+
+__all__ = ["SIZES", "INDEX_COLUMNS", "PrepareResult", "prepare_dicom", "prepare_png"]
+
+SIZES = (256, 512, 1024)
+INDEX_COLUMNS = ["image_id", "patient_id", "has_pneumothorax", "mask_area_px", "n_annotations", "sex", "age",
+                 "view_position", "source", "orig_height", "orig_width"]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_PARTS = ".parts"
+_RUN = "_run.json"
+_MAX_IDS_SHOWN = 5
+
+
+@dataclass
+class PrepareResult:
+    """What a prepare run did. ``n_skipped``: items already done by an earlier run."""
+
+    n_done: int
+    n_skipped: int
+    n_failed: int
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    index_path: Path = Path()
+    n_positive: int = 0
+    cache: Path = Path()
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to prepare; small and picklable (sent to a worker)."""
+
+    image_id: str
+    source: str
+    key: str
+    mask_source: str = ""  # PNG layout: the mask file ("" = no mask: healthy)
+    rles: tuple[str, ...] = ()  # DICOM layout: the image's RLE rows
+    rows: tuple[int, ...] = ()
+    rle_csv: str = ""
+
+
+# ---------------------------------------------------------------- worker side (one item at a time)
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one process per core; no nested thread pools
+
+
+def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:
+    return out / "images" / f"{image_id}.png", out / "masks" / f"{image_id}.png", out / _PARTS / f"{image_id}.json"
+
+
+def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from pneumoseg.dicom import read_dicom  # imported here: pydicom only where DICOMs are read
+
+    dcm = read_dicom(item.source)
+    height, width = dcm.pixels.shape
+    ann = Annotations(item.rle_csv)
+    for rle, row in zip(item.rles, item.rows, strict=True):
+        ann.add(item.image_id, rle, row)
+    mask = ann.mask(item.image_id, height, width) if item.rles else np.zeros((height, width), dtype=bool)
+    meta = dcm.meta
+    row = {"patient_id": meta.patient_id or "", "n_annotations": ann.n_annotations(item.image_id),
+           "sex": meta.patient_sex or "", "age": "" if meta.patient_age is None else int(meta.patient_age),
+           "view_position": meta.view_position or ""}
+    return dcm.pixels, mask, row
+
+
+def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    image = read_image(item.source)
+    if item.mask_source:
+        mask = read_mask(item.mask_source)
+        if mask.shape != image.shape:
+            raise DataError(f"mask {item.mask_source} is {mask.shape[0]}x{mask.shape[1]} but image "
+                            f"{item.source} is {image.shape[0]}x{image.shape[1]}")
+    else:
+        mask = np.zeros(image.shape, dtype=bool)
+    # No annotation rows in this layout: count the mask's 8-connected regions instead.
+    n_regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if mask.any() else 0
+    row = {"patient_id": "", "n_annotations": int(n_regions), "sex": "", "age": "", "view_position": ""}
+    return image, mask, row
+
+
+def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, str, dict[str, Any] | str]:
+    image_path, mask_path, part_path = _outputs(out, item.image_id)
+    try:
+        image, mask, extra = (_dicom_row if layout == "dicom" else _png_row)(item)
+        row = {"image_id": item.image_id, **extra, "has_pneumothorax": int(mask.any()),
+               "mask_area_px": int(np.count_nonzero(mask)), "source": item.source,
+               "orig_height": int(image.shape[0]), "orig_width": int(image.shape[1])}
+        row = {c: row[c] for c in INDEX_COLUMNS}
+        write_png(image_path, resize_image(image, size))
+        write_png(mask_path, resize_mask(mask, size))
+        atomic_write_text(part_path, json.dumps({"key": item.key, "row": row}, sort_keys=True))
+        return "ok", item.image_id, row
+    except Exception as exc:  # noqa: BLE001 - any bad item is reported; the others go on
+        for p in (part_path, image_path, mask_path):
+            p.unlink(missing_ok=True)
+        msg = str(exc) if isinstance(exc, PneumosegError) else f"{type(exc).__name__}: {exc}"
+        if item.source not in msg and Path(item.source).name not in msg and item.image_id not in msg:
+            msg = f"{item.source}: {msg}"
+        return "failed", item.image_id, msg
+
+
+def _prepare_chunk(items: list[_Item], layout: str, out: Path, size: int) -> list[tuple[str, str, Any]]:
+    return [_prepare_one(it, layout, out, size) for it in items]
+
+
+# ---------------------------------------------------------------- main process
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _check_size(size: int) -> int:
+    if size not in SIZES:
+        raise DataError(f"size {size} is not supported: choose one of {', '.join(map(str, SIZES))}")
+    return int(size)
+
+
+def _check_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} not found (or not a folder)")
+    return path.resolve()
+
+
+def _open_cache(out: Path, layout: str, size: int, overwrite: bool) -> None:
+    """Refuse a cache of another size/layout (or wipe it with ``overwrite``); clean stray temps."""
+    params = {"layout": layout, "size": size}
+    for name in ("cache.json", f"{_PARTS}/{_RUN}"):
+        meta_path = out / name
+        if not meta_path.is_file():
+            continue
+        try:
+            old = json.loads(meta_path.read_text())
+            old = {"layout": old.get("layout"), "size": old.get("size")}
+        except (OSError, ValueError, AttributeError):
+            old = {"layout": "?", "size": "?"}
+        if old != params and not overwrite:
+            raise DataError(f"{out} holds a cache with layout {old['layout']!r} at size {old['size']} (from "
+                            f"{meta_path.name}); this run asks for layout {layout!r} at size {size}: pass "
+                            f"--overwrite to rebuild it, or choose another --out")
+    if overwrite:
+        for sub in ("images", "masks", _PARTS):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("index.csv", "cache.json", "splits.csv"):
+            (out / name).unlink(missing_ok=True)
+    for sub in ("images", "masks", _PARTS):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for tmp in (out / sub).glob(".*.tmp*"):  # left by a killed run (pneumoseg.atomic names)
+            tmp.unlink(missing_ok=True)
+    atomic_write_text(out / _PARTS / _RUN, json.dumps(params, sort_keys=True))
+
+
+def _is_done(out: Path, item: _Item) -> dict[str, Any] | None:
+    image_path, mask_path, part_path = _outputs(out, item.image_id)
+    try:
+        record = json.loads(part_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != item.key or not (image_path.is_file() and mask_path.is_file()):
+        return None
+    return record["row"]
+
+
+def _chunks(items: list[_Item], n: int) -> Iterator[list[_Item]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _run_items(items: list[_Item], layout: str, out: Path, size: int, workers: int,
+               on_done: Callable[[int], None]) -> Iterator[tuple[str, str, Any]]:
+    """Prepare ``items`` over ``workers`` processes; yield results as chunks finish."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield _prepare_one(item, layout, out, size)
+            on_done(1)
+        return
+    chunk = max(1, min(16, len(items) // (workers * 8)))
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init) as pool:
+        todo = iter(_chunks(items, chunk))
+        running: dict[Future[list[tuple[str, str, Any]]], int] = {}
+        try:
+            while True:
+                # Keep a bounded number of chunks in flight: the queue never holds the whole list.
+                while len(running) < workers * 4 and (part := next(todo, None)) is not None:
+                    running[pool.submit(_prepare_chunk, part, layout, out, size)] = len(part)
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    n = running.pop(fut)
+                    yield from fut.result()
+                    on_done(n)
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise
+
+
+def _progress(total: int, enabled: bool, label: str) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def _write_index(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: r["image_id"]))
+    path = out / "index.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _few(ids: Iterable[str]) -> str:
+    ids = sorted(ids)
+    more = f", ... ({len(ids) - _MAX_IDS_SHOWN} more)" if len(ids) > _MAX_IDS_SHOWN else ""
+    return ", ".join(ids[:_MAX_IDS_SHOWN]) + more
+
+
+def _run(items: list[_Item], failures: list[str], warnings: list[str], *, layout: str, out: Path,
+         size: int, workers: int | None, progress: bool, info: dict[str, Any]) -> PrepareResult:
+    rows: dict[str, dict[str, Any]] = {}
+    pending: list[_Item] = []
+    for item in items:
+        done = _is_done(out, item)
+        if done is None:
+            pending.append(item)
+        else:
+            rows[item.image_id] = done
+    n_skipped = len(rows)
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    with _progress(len(items), progress, f"prepare {layout} -> {size}px") as bar:
+        task = bar.add_task("prepare", total=len(items), completed=n_skipped)
+        for status, image_id, payload in _run_items(pending, layout, out, size, workers,
+                                                    lambda n: bar.advance(task, n)):
+            if status == "ok":
+                rows[image_id] = payload
+            else:
+                failures.append(payload)
+    index_path = _write_index(out, rows.values())
+    n_positive = sum(int(r["has_pneumothorax"]) for r in rows.values())
+    cache_meta = {"size": size, "layout": layout, "created_by": f"pneumoseg {__version__}",
+                  "n_images": len(rows), "n_positive": n_positive, "n_failed": len(failures),
+                  "image_interpolation": "area", "mask_resize": "any source pixel (downscale)",
+                  "mask_format": "uint8 0/255 PNG", **info}
+    atomic_write_text(out / "cache.json", json.dumps(cache_meta, indent=2, sort_keys=True) + "\n")
+    return PrepareResult(n_done=len(rows) - n_skipped, n_skipped=n_skipped, n_failed=len(failures),
+                         failures=failures, warnings=warnings, index_path=index_path,
+                         n_positive=n_positive, cache=out)
+
+
+def _dedupe(paths: list[Path], failures: list[str]) -> dict[str, Path]:
+    by_id: dict[str, Path] = {}
+    for p in sorted(paths):
+        if p.stem in by_id:
+            failures.append(f"{p}: duplicate image id {p.stem!r} (also {by_id[p.stem]}); skipped")
+        else:
+            by_id[p.stem] = p
+    return by_id
+
+
+def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str],
+                  out: str | os.PathLike[str], size: int = 512, workers: int | None = None,
+                  progress: bool = True, overwrite: bool = False) -> PrepareResult:
+    """Prepare ``dicom_dir/**/*.dcm`` (image_id = file stem) with masks from ``rle_csv``.
+
+    An image without an annotation row is healthy (one warning gives the count); annotation
+    ImageIds without a file are listed in one warning. ``workers``: processes (default: all cores).
+    """
+    size = _check_size(size)
+    src = _check_dir(Path(dicom_dir), "DICOM folder")
+    ann = read_annotations(rle_csv)
+    out = Path(out)
+    _open_cache(out, "dicom", size, overwrite)
+    failures: list[str] = []
+    warnings: list[str] = []
+    files = _dedupe(list(src.rglob("*.dcm")), failures)
+    if not files:
+        raise DataError(f"{src}: no *.dcm files found")
+    unannotated = [i for i in files if i not in ann]
+    if unannotated:
+        warnings.append(f"{len(unannotated)} image(s) have no row in {ann.source}: treated as healthy "
+                        f"(no pneumothorax): {_few(unannotated)}")
+    orphans = [i for i in ann if i not in files]
+    if orphans:
+        warnings.append(f"{len(orphans)} annotated ImageId(s) in {ann.source} have no DICOM file under "
+                        f"{src}: {_few(orphans)}")
+    items = []
+    for image_id, path in sorted(files.items()):
+        rles, rows = tuple(ann.get(image_id, ())), tuple(ann.rows.get(image_id, ()))
+        key = _fingerprint("dicom", size, str(path), _stat(path), rles)
+        items.append(_Item(image_id, str(path), key, rles=rles, rows=rows, rle_csv=str(ann.source)))
+    info = {"source_dir": str(src), "annotations": str(Path(ann.source).resolve())}
+    return _run(items, failures, warnings, layout="dicom", out=out, size=size, workers=workers,
+                progress=progress, info=info)
+
+
+def prepare_png(png_dir: str | os.PathLike[str], out: str | os.PathLike[str], size: int = 512,
+                workers: int | None = None, progress: bool = True, overwrite: bool = False) -> PrepareResult:
+    """Prepare ``png_dir/images/*`` with ``png_dir/masks/<same stem>.png`` (0/255) masks.
+
+    image_id = file stem; there are no patient ids (each image is its own group when splitting).
+    An image without a mask is healthy (one warning); a mask without an image is reported in one
+    warning; a mask whose size differs from its image's is a failure naming both files.
+    """
+    size = _check_size(size)
+    src = _check_dir(Path(png_dir), "PNG folder")
+    images_dir = _check_dir(src / "images", "images folder")
+    masks_dir = src / "masks"
+    out = Path(out)
+    _open_cache(out, "png", size, overwrite)
+    failures: list[str] = []
+    warnings: list[str] = []
+    files = _dedupe([p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES], failures)
+    if not files:
+        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png"))} if masks_dir.is_dir() else {}
+    unmasked = [i for i in files if i not in masks]
+    if unmasked:
+        warnings.append(f"{len(unmasked)} image(s) have no mask in {masks_dir}: treated as healthy "
+                        f"(no pneumothorax): {_few(unmasked)}")
+    orphans = [i for i in masks if i not in files]
+    if orphans:
+        warnings.append(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}: {_few(orphans)}")
+    items = []
+    for image_id, path in sorted(files.items()):
+        mask = masks.get(image_id)
+        key = _fingerprint("png", size, str(path), _stat(path), str(mask or ""), _stat(mask) if mask else [])
+        items.append(_Item(image_id, str(path), key, mask_source=str(mask or "")))
+    return _run(items, failures, warnings, layout="png", out=out, size=size, workers=workers,
+                progress=progress, info={"source_dir": str(src)})

@@ -1,0 +1,154 @@
+"""Patient-grouped, stratified splits of a prepared cache -> ``CACHE/splits.csv``.
+
+Rule:
+
+* ``folds == 0``: every patient goes to exactly one of train / val / test, with about ``val`` and
+  ``test`` of the images in val and test, and about the same positive rate in each split.
+* ``folds == K > 0``: ``test`` of the images are held out (split ``test``, fold ``-1``); the rest get
+  ``fold`` 0..K-1 (about equal sizes and positive rates). Fold 0 is the default validation set:
+  its ``split`` is ``val``, the other folds' is ``train``. ``val`` is ignored (it is 1/K).
+
+Groups are patients (``patient_id``); an image without one (the PNG layout) is its own group, with
+a warning, since two images of one patient could then land in different splits.
+
+The assignment is a seeded greedy: groups are shuffled (``np.random.default_rng(seed)``), sorted
+by size (largest first), and each goes to the bucket where it most reduces the squared, relative
+shortfall of images and of positives against the bucket's targets.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumoseg.atomic import atomic_write_text
+from pneumoseg.errors import DataError
+
+__all__ = ["make_splits", "write_splits", "read_index", "split_summary"]
+
+SPLITS = ("train", "val", "test")
+
+
+def _check_args(val: float, test: float, folds: int) -> None:
+    for name, frac in (("val", val), ("test", test)):
+        if not 0.0 <= frac < 1.0:
+            raise DataError(f"--{name} {frac} is not a fraction: choose a value in [0, 1)")
+    if folds < 0 or folds == 1:
+        raise DataError(f"--folds {folds}: choose 0 (plain train/val/test split) or K >= 2 folds")
+    if folds == 0 and val + test >= 1.0:
+        raise DataError(f"--val {val} + --test {test} = {val + test:g} leaves nothing to train on: keep the sum < 1")
+
+
+def _groups(index: pd.DataFrame) -> np.ndarray:
+    """Group label per row: patient_id, or the image_id where the patient is unknown."""
+    if "patient_id" in index.columns:
+        pid = index["patient_id"].fillna("").astype(str).str.strip()
+    else:
+        pid = pd.Series([""] * len(index), index=index.index)
+    missing = pid == ""
+    if missing.any():
+        warnings.warn(f"{int(missing.sum())} of {len(index)} images have no patient_id: each is its own group, "
+                      "so images of one patient may land in different splits", UserWarning, stacklevel=3)
+    return np.where(missing, "img:" + index["image_id"].astype(str), "pat:" + pid).astype(str)
+
+
+def _assign(sizes: np.ndarray, positives: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Greedy stratified assignment of groups (sizes, positives) to buckets with ``fractions``."""
+    order = rng.permutation(len(sizes))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    target_n = fractions * sizes.sum()
+    target_p = fractions * positives.sum()
+    # Scale each bucket's error by its target so small buckets (val, test) count as much as train.
+    scale_n = np.maximum(target_n, 1.0)
+    scale_p = np.maximum(target_p, 1.0)
+    usable = fractions > 0
+    count_n = np.zeros(len(fractions))
+    count_p = np.zeros(len(fractions))
+    out = np.empty(len(sizes), dtype=np.int64)
+    for g in order:
+        n, p = sizes[g], positives[g]
+        gain = (((count_n + n - target_n) ** 2 - (count_n - target_n) ** 2) / scale_n
+                + ((count_p + p - target_p) ** 2 - (count_p - target_p) ** 2) / scale_p)
+        gain[~usable] = np.inf
+        b = int(np.argmin(gain))
+        out[g] = b
+        count_n[b] += n
+        count_p[b] += p
+    return out
+
+
+def make_splits(index: pd.DataFrame, val: float = 0.1, test: float = 0.1, folds: int = 0,
+                seed: int = 10) -> pd.DataFrame:
+    """Assign each image of ``index`` (columns image_id, has_pneumothorax[, patient_id]) a split.
+
+    Returns a DataFrame with ``image_id``, ``split`` (train|val|test) and, when ``folds`` > 0,
+    ``fold`` (0..folds-1; -1 for test), in the order of ``index``. No patient is in two splits
+    (nor two folds). Deterministic for a given ``seed``. See the module docstring for the rule.
+    """
+    _check_args(val, test, folds)
+    for col in ("image_id", "has_pneumothorax"):
+        if col not in index.columns:
+            raise DataError(f"index has no {col!r} column (columns: {', '.join(map(str, index.columns))})")
+    if index.empty:
+        raise DataError("index is empty: nothing to split")
+    dupes = index["image_id"][index["image_id"].duplicated()]
+    if len(dupes):
+        raise DataError(f"index lists image_id {dupes.iloc[0]!r} more than once ({len(dupes)} duplicates)")
+    groups = _groups(index)
+    codes, uniques = pd.factorize(groups, sort=True)
+    sizes = np.bincount(codes, minlength=len(uniques)).astype(float)
+    positives = np.bincount(codes, weights=(index["has_pneumothorax"].astype(int).to_numpy() > 0).astype(float),
+                            minlength=len(uniques))
+    if folds:
+        if folds > len(uniques):
+            raise DataError(f"--folds {folds} is more than the {len(uniques)} patients (groups) in the index")
+        fractions = np.array([test] + [(1.0 - test) / folds] * folds)
+        bucket = _assign(sizes, positives, fractions, np.random.default_rng(seed))[codes]
+        fold = bucket - 1  # bucket 0 = test -> fold -1
+        split = np.where(fold == -1, "test", np.where(fold == 0, "val", "train"))
+        return pd.DataFrame({"image_id": index["image_id"].to_numpy(), "split": split, "fold": fold})
+    fractions = np.array([1.0 - val - test, val, test])
+    bucket = _assign(sizes, positives, fractions, np.random.default_rng(seed))[codes]
+    return pd.DataFrame({"image_id": index["image_id"].to_numpy(), "split": np.asarray(SPLITS)[bucket]})
+
+
+def read_index(cache: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read ``CACHE/index.csv`` (ids as strings, empty patient ids kept as ``""``)."""
+    path = Path(cache) / "index.csv"
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `pneumoseg prepare ... --out {cache}` first")
+    try:
+        return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False,
+                           na_values={"age": [""]})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: not a readable index CSV ({exc})") from None
+
+
+def split_summary(index: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Per split (and fold): images, patients, positives and positive rate."""
+    df = index[["image_id", "has_pneumothorax"]].merge(splits, on="image_id")
+    df["group"] = _groups_quiet(index).reindex(df["image_id"]).to_numpy()
+    keys = ["split", "fold"] if "fold" in df.columns else ["split"]
+    out = df.groupby(keys, sort=True).agg(images=("image_id", "size"), patients=("group", "nunique"),
+                                          positives=("has_pneumothorax", "sum")).reset_index()
+    out["positive_rate"] = out["positives"] / out["images"]
+    return out
+
+
+def _groups_quiet(index: pd.DataFrame) -> pd.Series:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pd.Series(_groups(index), index=index["image_id"].to_numpy())
+
+
+def write_splits(cache: str | os.PathLike[str], val: float = 0.1, test: float = 0.1, folds: int = 0,
+                 seed: int = 10) -> Path:
+    """Split ``CACHE/index.csv`` with :func:`make_splits` and write ``CACHE/splits.csv`` atomically."""
+    splits = make_splits(read_index(cache), val=val, test=test, folds=folds, seed=seed)
+    path = Path(cache) / "splits.csv"
+    atomic_write_text(path, splits.to_csv(index=False, lineterminator="\n"))
+    return path

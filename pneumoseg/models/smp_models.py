@@ -1,0 +1,154 @@
+"""segmentation_models_pytorch (smp) models: any architecture with any encoder.
+
+Names are ``<arch>-<encoder>``: the architecture is everything before the first ``-`` and the
+encoder everything after it (``unet-resnet34``, ``unet-efficientnet-b0``, ``fpn-tu-resnet18``).
+This is the only place such names are parsed. ``arch`` is a key of
+``smp.MODEL_ARCHITECTURES_MAPPING`` (unet, unetplusplus, manet, linknet, fpn, pspnet, deeplabv3,
+deeplabv3plus, pan, upernet, segformer, dpt) and ``encoder`` an smp encoder name or
+``tu-<timm model>``. A curated set of combinations is registered so that ``list_models`` shows
+it; every other valid combination is built on demand by the resolver below.
+
+Models map float32 (N, in_channels, H, W) to logits (N, classes, H, W); smp's activation is
+left at None. With ``aux_classifier=True`` smp's classification head (average pooling, dropout
+0.2, one linear layer to ``classes``) is added and ``forward`` returns
+``(mask_logits, class_logits (N, classes))``. Most smp models need H and W divisible by 32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import timm
+from segmentation_models_pytorch.encoders import get_encoder_names
+from torch import nn
+
+from pneumoseg.errors import ConfigError
+from pneumoseg.models.registry import check_online, register_model, register_resolver
+
+__all__ = [
+    "CURATED_ARCHS",
+    "CURATED_ENCODERS",
+    "AUX_PARAMS",
+    "parse_smp_name",
+    "smp_architectures",
+    "build_smp_model",
+]
+
+CURATED_ARCHS: tuple[str, ...] = ("unet", "unetplusplus", "fpn", "deeplabv3plus", "linknet", "manet", "pan")
+CURATED_ENCODERS: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet-b0",
+    "efficientnet-b1",
+    "efficientnet-b2",
+    "efficientnet-b3",
+    "efficientnet-b4",
+    "se_resnext50_32x4d",
+    "densenet121",
+    "mobilenet_v2",
+)
+# Pairs smp cannot build (these encoders do not support the dilation that DeepLabV3+ and PAN need).
+_UNSUPPORTED: frozenset[tuple[str, str]] = frozenset(
+    (arch, enc) for arch in ("deeplabv3plus", "pan") for enc in ("densenet121",)
+)
+AUX_PARAMS: dict[str, Any] = {"pooling": "avg", "dropout": 0.2, "activation": None}
+
+
+def smp_architectures() -> list[str]:
+    """smp architecture names (lower case)."""
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+def _is_encoder(encoder: str) -> bool:
+    if encoder.startswith("tu-"):
+        return bool(timm.is_model(encoder[3:]))
+    return encoder in get_encoder_names()
+
+
+def parse_smp_name(name: str) -> tuple[str, str]:
+    """Split ``"<arch>-<encoder>"`` at the first ``-``; ConfigError if either part is unknown."""
+    arch, sep, encoder = name.strip().lower().partition("-")
+    if not sep or not encoder:
+        raise ConfigError(f"model {name!r} is not '<arch>-<encoder>' (e.g. 'unet-resnet34')")
+    if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise ConfigError(f"model {name!r}: unknown smp architecture {arch!r}; valid: {', '.join(smp_architectures())}")
+    if not _is_encoder(encoder):
+        raise ConfigError(
+            f"model {name!r}: unknown smp encoder {encoder!r}; valid: {', '.join(get_encoder_names())} "
+            "or 'tu-<timm model>'"
+        )
+    return arch, encoder
+
+
+def build_smp_model(
+    arch: str,
+    encoder: str,
+    *,
+    in_channels: int = 1,
+    classes: int = 1,
+    encoder_weights: str | None = None,
+    aux_classifier: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build ``smp.create_model(arch, encoder, ...)`` returning logits.
+
+    ``encoder_weights`` is None or a weight-set name smp knows for the encoder ("imagenet",
+    "ssl", ...); it is downloaded, after a quick connectivity check that fails fast offline.
+    Other ``kwargs`` go to the smp model class (e.g. ``decoder_attention_type="scse"``).
+    """
+    name = f"{arch}-{encoder}"
+    if aux_classifier:
+        kwargs["aux_params"] = {**AUX_PARAMS, "classes": classes, **kwargs.get("aux_params", {})}
+    if encoder_weights is not None:
+        known = _known_weights(encoder)
+        if known is not None and encoder_weights not in known:
+            raise ConfigError(
+                f"model {name!r}: encoder {encoder!r} has no {encoder_weights!r} weights; "
+                f"valid: {', '.join(sorted(known)) or 'none'}"
+            )
+        check_online(f"{encoder_weights} weights for encoder {encoder!r}")
+    try:
+        return smp.create_model(
+            arch,
+            encoder_name=encoder,
+            encoder_weights=encoder_weights,
+            in_channels=in_channels,
+            classes=classes,
+            activation=None,
+            **kwargs,
+        )
+    except (KeyError, ValueError, AttributeError, AssertionError, TypeError) as exc:
+        raise ConfigError(f"model {name!r} cannot be built by smp: {exc}") from None
+    except OSError as exc:  # download failures (hub, urllib, file cache)
+        raise ConfigError(f"model {name!r}: downloading {encoder_weights} weights failed: {exc}") from None
+
+
+def _known_weights(encoder: str) -> set[str] | None:
+    """Weight-set names smp lists for an encoder, or None when unknown (timm ``tu-`` encoders)."""
+    if encoder.startswith("tu-"):
+        return None
+    entry = smp.encoders.encoders.get(encoder, {})
+    settings = entry.get("pretrained_settings")
+    return set(settings) if isinstance(settings, dict) else None
+
+
+def _entry(arch: str, encoder: str) -> Any:
+    return functools.partial(build_smp_model, arch, encoder)
+
+
+@register_resolver
+def _resolve(name: str) -> Any:
+    """Resolver for the registry: any valid ``<arch>-<encoder>``, else None."""
+    arch, sep, encoder = name.partition("-")
+    if not sep or arch not in smp.MODEL_ARCHITECTURES_MAPPING or not _is_encoder(encoder):
+        return None
+    return _entry(arch, encoder)
+
+
+for _arch in CURATED_ARCHS:
+    for _enc in CURATED_ENCODERS:
+        if (_arch, _enc) not in _UNSUPPORTED:
+            register_model(_entry(_arch, _enc), name=f"{_arch}-{_enc}")

@@ -1,0 +1,254 @@
+"""prepare: the real DICOM and PNG samples, resuming after a kill, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pneumoseg.data.prepare import INDEX_COLUMNS, prepare_dicom, prepare_png
+from pneumoseg.errors import DataError
+from pneumoseg.images import read_image, read_mask, resize_mask, write_png
+from pneumoseg.rle import read_annotations
+from tests.shared_data import SIIM, require_siim
+
+DICOM = SIIM / "dicom"
+RLE = DICOM / "train-rle.csv"
+ID_307 = "1.2.276.0.7230010.3.1.4.8323329.307.1517875162.311533"
+require_png = pytest.mark.skipif(not (SIIM / "png").is_dir(), reason=f"real SIIM PNG sample not found at {SIIM}")
+
+
+def _app() -> typer.Typer:
+    try:
+        from pneumoseg.cli.main import app
+    except Exception:  # noqa: BLE001 - another command module may not exist yet
+        from pneumoseg.cli import prepare as cmd
+
+        app = typer.Typer()
+        cmd.register(app)
+        app.command("noop", hidden=True)(lambda: None)  # keep `prepare` a subcommand
+    return app
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _files_of(cache: Path, image_id: str) -> list[Path]:
+    return [p for p in cache.rglob("*") if p.is_file() and image_id in p.name]
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory) -> Path:
+    if not DICOM.is_dir():
+        pytest.skip(f"real SIIM sample not found at {SIIM}")
+    out = tmp_path_factory.mktemp("real") / "cache"
+    result = prepare_dicom(DICOM, RLE, out, size=256, workers=2, progress=False)
+    assert (result.n_done, result.n_skipped, result.n_failed, result.warnings) == (12, 0, 0, [])
+    return out
+
+
+@require_siim
+def test_real_dicom_sample_index(real_cache):
+    index = pd.read_csv(real_cache / "index.csv", dtype={"image_id": str})
+    assert list(index.columns) == INDEX_COLUMNS
+    assert len(index) == 12 and index["has_pneumothorax"].sum() == 7
+    assert list(index["image_id"]) == sorted(index["image_id"])
+    assert index.set_index("image_id").loc[ID_307, "n_annotations"] == 4
+    assert set(index["view_position"]) <= {"PA", "AP"} and set(index["sex"]) <= {"M", "F"}
+    assert (index["orig_height"] == 1024).all() and index["patient_id"].str.len().gt(0).all()
+    ann = read_annotations(RLE)
+    for row in index.itertuples():
+        full = ann.mask(row.image_id, 1024, 1024)
+        assert row.mask_area_px == int(full.sum())
+        assert row.n_annotations == ann.n_annotations(row.image_id)
+        small = read_mask(real_cache / "masks" / f"{row.image_id}.png")
+        assert np.array_equal(small, resize_mask(full, 256))
+        img = read_image(real_cache / "images" / f"{row.image_id}.png")
+        assert img.shape == (256, 256) and img.dtype == np.uint8 and img.std() > 10
+    meta = json.loads((real_cache / "cache.json").read_text())
+    assert meta["size"] == 256 and meta["layout"] == "dicom" and meta["created_by"].startswith("pneumoseg ")
+
+
+@require_siim
+def test_rerun_skips_everything_and_other_size_is_refused(real_cache, tmp_path):
+    before = _tree(real_cache)
+    again = prepare_dicom(DICOM, RLE, real_cache, size=256, workers=2, progress=False)
+    assert (again.n_done, again.n_skipped) == (0, 12)
+    assert _tree(real_cache) == before
+    with pytest.raises(DataError, match="size 256.*--overwrite"):
+        prepare_dicom(DICOM, RLE, real_cache, size=512, progress=False)
+    with pytest.raises(DataError, match="256, 512, 1024"):
+        prepare_dicom(DICOM, RLE, tmp_path / "c", size=300, progress=False)
+
+
+def _copies(tmp_path: Path, n_copies: int) -> tuple[Path, Path]:
+    """``n_copies`` symlinked copies of the 12 real files under new names, with matching RLE rows."""
+    src = tmp_path / "dcm"
+    src.mkdir()
+    rows = ["ImageId, EncodedPixels"]
+    ann = read_annotations(RLE)
+    for k in range(n_copies):
+        for f in sorted(DICOM.glob("*.dcm")):
+            name = f"c{k:02d}_{f.stem}"
+            (src / f"{name}.dcm").symlink_to(f)
+            rows += [f"{name}, {r}" for r in ann[f.stem]]
+    (tmp_path / "rle.csv").write_text("\n".join(rows) + "\n")
+    return src, tmp_path / "rle.csv"
+
+
+@require_siim
+def test_resume_after_kill_is_byte_identical(tmp_path):
+    src, rle = _copies(tmp_path, 4)
+    ref = tmp_path / "ref"
+    prepare_dicom(src, rle, ref, size=256, workers=2, progress=False)
+    out = tmp_path / "killed"
+    code = (f"from pneumoseg.data.prepare import prepare_dicom; "
+            f"prepare_dicom({str(src)!r}, {str(rle)!r}, {str(out)!r}, size=256, workers=1, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(list((out / ".parts").glob("c*.json"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(list((out / ".parts").glob("c*.json")))
+    assert 5 <= n_before < 48 and not (out / "index.csv").exists()
+    # A stray temp file (as a kill during a write leaves) and a lost mask: both are redone.
+    (out / "images" / ".c00_x.abc123.tmp.png").write_bytes(b"half")
+    first_done = sorted((out / ".parts").glob("c*.json"))[0].stem
+    (out / "masks" / f"{first_done}.png").unlink()
+    resumed = prepare_dicom(src, rle, out, size=256, workers=2, progress=False)
+    assert resumed.n_skipped == n_before - 1 and resumed.n_done == 48 - resumed.n_skipped
+    assert _tree(out) == _tree(ref)
+
+
+@require_siim
+def test_changed_annotation_is_redone(tmp_path):
+    src, rle = _copies(tmp_path, 1)
+    out = tmp_path / "cache"
+    prepare_dicom(src, rle, out, size=256, workers=1, progress=False)
+    text = rle.read_text().replace(f"c00_{ID_307}", "c00_moved", 1)
+    rle.write_text(text)
+    again = prepare_dicom(src, rle, out, size=256, workers=1, progress=False)
+    assert again.n_done == 1 and again.n_skipped == 11
+    row = pd.read_csv(out / "index.csv").set_index("image_id").loc[f"c00_{ID_307}"]
+    assert row["n_annotations"] == 3
+    assert any("c00_moved" in w for w in again.warnings)
+
+
+def _bad_dicom_dir(tmp_path: Path) -> tuple[Path, Path]:
+    import pydicom
+
+    pos, neg = DICOM / f"{ID_307}.dcm", sorted(DICOM.glob("*.dcm"))[0]
+    src = tmp_path / "dcm"
+    src.mkdir()
+    (src / "good.dcm").symlink_to(pos)
+    (src / "healthy_noann.dcm").symlink_to(neg)
+    (src / "badrle.dcm").symlink_to(neg)
+    (src / "junk.dcm").write_text("this is not a DICOM file\n")
+    (src / "trunc.dcm").write_bytes(pos.read_bytes()[:40_000])
+    ds = pydicom.dcmread(neg)
+    del ds.PixelData
+    ds.save_as(src / "nopix.dcm")
+    good_rows = [f"good, {r}" for r in read_annotations(RLE)[ID_307]]
+    rows = ["ImageId, EncodedPixels", *good_rows, "badrle, 5 abc", "junk, -1", "trunc, -1", "nopix, -1",
+            "ghost_a, -1", "ghost_b, 10 10"]
+    (tmp_path / "rle.csv").write_text("\n".join(rows) + "\n")
+    return src, tmp_path / "rle.csv"
+
+
+@require_siim
+def test_bad_dicom_inputs_are_reported_and_leave_no_files(tmp_path):
+    src, rle = _bad_dicom_dir(tmp_path)
+    out = tmp_path / "cache"
+    result = prepare_dicom(src, rle, out, size=256, workers=2, progress=False)
+    assert result.n_failed == 4 and result.n_done == 2
+    by_item = {name: [f for f in result.failures if name in f] for name in ("junk", "trunc", "nopix", "badrle")}
+    assert all(len(lines) == 1 for lines in by_item.values()), result.failures
+    assert "not a DICOM" in by_item["junk"][0]
+    assert "truncated" in by_item["trunc"][0].lower()
+    assert "pixel" in by_item["nopix"][0].lower()
+    assert "abc" in by_item["badrle"][0] and "rle.csv" in by_item["badrle"][0]
+    assert all("\n" not in f for f in result.failures)
+    for name in by_item:
+        assert _files_of(out, name) == [], name
+    [no_ann] = [w for w in result.warnings if "no row" in w]
+    assert no_ann.startswith("1 image(s)") and "healthy_noann" in no_ann
+    [orphan] = [w for w in result.warnings if "no DICOM file" in w]
+    assert orphan.startswith("2 annotated") and "ghost_a" in orphan and "ghost_b" in orphan
+    index = pd.read_csv(out / "index.csv")
+    assert sorted(index["image_id"]) == ["good", "healthy_noann"]
+    assert index.set_index("image_id").loc["healthy_noann", "has_pneumothorax"] == 0
+
+
+@require_siim
+def test_cli_prepare_reports_failures_and_exits_2(tmp_path):
+    src, rle = _bad_dicom_dir(tmp_path)
+    out = tmp_path / "cache"
+    args = ["prepare", "--dicom-dir", str(src), "--rle", str(rle), "--out", str(out), "--size", "256",
+            "--workers", "2", "--no-progress"]
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "4 item(s) could not be prepared" in text and "junk.dcm" in text and "warning" in text
+    res = CliRunner().invoke(_app(), ["prepare", "--dicom-dir", str(src), "--out", str(out)])
+    assert res.exit_code == 2 and "--rle" in res.output
+    res = CliRunner().invoke(_app(), [*args[:-3], "512", "--no-progress"])
+    assert res.exit_code == 2 and "--overwrite" in " ".join(res.output.split())
+
+
+@require_png
+def test_real_png_sample_via_cli(tmp_path):
+    out = tmp_path / "cache"
+    res = CliRunner().invoke(_app(), ["prepare", "--png-dir", str(SIIM / "png"), "--out", str(out), "--size", "256",
+                                      "--workers", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    index = pd.read_csv(out / "index.csv", keep_default_na=False)
+    assert len(index) == 30 and index["has_pneumothorax"].all() and (index["patient_id"] == "").all()
+    assert json.loads((out / "cache.json").read_text())["layout"] == "png"
+    name = index["image_id"][0]
+    full = read_mask(SIIM / "png" / "masks" / f"{name}.png")
+    assert index["mask_area_px"][0] == full.sum()
+    assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), resize_mask(full, 256))
+    assert set(np.unique(read_image(out / "masks" / f"{name}.png"))) == {0, 255}
+
+
+def test_png_layout_bad_inputs(tmp_path):
+    src = tmp_path / "png"
+    img = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 10:12] = True
+    mask[40:45, 40:60] = True
+    write_png(src / "images" / "ok.png", img)
+    write_png(src / "masks" / "ok.png", mask)
+    write_png(src / "images" / "small_mask.png", img)
+    write_png(src / "masks" / "small_mask.png", mask[:32, :32])
+    write_png(src / "images" / "nomask.png", img)
+    write_png(src / "masks" / "lonely.png", mask)
+    (src / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    out = tmp_path / "cache"
+    result = prepare_png(src, out, size=256, workers=1, progress=False)
+    assert result.n_done == 2 and result.n_failed == 2
+    [mismatch] = [f for f in result.failures if "small_mask" in f]
+    assert "images/small_mask.png" in mismatch and "masks/small_mask.png" in mismatch and "32x32" in mismatch
+    assert any("broken.png" in f for f in result.failures)
+    assert any(w.startswith("1 image(s) have no mask") and "nomask" in w for w in result.warnings)
+    assert any(w.startswith("1 mask(s)") and "lonely" in w for w in result.warnings)
+    assert _files_of(out, "small_mask") == [] and _files_of(out, "broken") == []
+    index = pd.read_csv(out / "index.csv").set_index("image_id")
+    assert index.loc["ok", "n_annotations"] == 2 and index.loc["ok", "mask_area_px"] == mask.sum()
+    assert index.loc["nomask", "has_pneumothorax"] == 0
+    (tmp_path / "empty.csv").write_text("ImageId, EncodedPixels\n")
+    with pytest.raises(DataError, match="layout 'png'.*--overwrite"):
+        prepare_dicom(src, tmp_path / "empty.csv", out, size=256, progress=False)
+    assert prepare_png(src, out, size=512, workers=1, progress=False, overwrite=True).n_done == 2
