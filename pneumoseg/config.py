@@ -10,7 +10,9 @@ each merged over the one before (mappings key by key; ``loss``, lists and ``null
    merged straight over the defaults;
 3. the experiment file itself;
 4. overrides ``"section.key=value"`` (the value is parsed as YAML: ``3``, ``1e-4``, ``null``,
-   ``"{bce: 3, dice: 1}"``, ``"[a, b]"``).
+   ``"{bce: 3, dice: 1}"``, ``"[a, b]"``). ``loss.NAME=W`` sets one weight of a weighted loss
+   (a loss given by name becomes ``{NAME: W}``); ``sampler.KEY=V`` on an absent sampler starts
+   from the sampler defaults.
 
 Unknown keys and bad values raise ConfigError naming the file (or the override), the dotted key
 and the valid choices. The resolved config (``dump_config``) has no ``base`` and every key, so
@@ -42,9 +44,22 @@ from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
 
 __all__ = [
-    "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "SamplerConfig", "AugmentConfig",
-    "TrainConfig", "PostprocessConfig", "ExperimentConfig", "load_config", "dump_config",
-    "config_to_dict", "list_configs", "packaged_config", "parse_override", "CHOICES",
+    "CHOICES",
+    "AugmentConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PostprocessConfig",
+    "SamplerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "dump_config",
+    "list_configs",
+    "load_config",
+    "packaged_config",
+    "parse_override",
 ]
 
 #: Valid values of the string options, by dotted key.
@@ -115,10 +130,12 @@ class TrainConfig:
     precision: str = "32-true"        #: "bf16-mixed" / "16-mixed" on GPU
     accumulate: int = 1               #: gradient accumulation (batches)
     seed: int = 42
-    devices: int = 1                  #: > 1: DDP
+    devices: int = 1                  #: GPUs per node; > 1: DDP
+    num_nodes: int = 1                #: nodes (torchrun / SLURM; see pneumoseg.training.run)
     accelerator: str = "auto"
     channels_last: bool = True        #: applied on CUDA only
     monitor: str = "dice_kaggle"      #: val metric for best.ckpt (max; "loss": min)
+    deterministic: bool = True        #: deterministic algorithms; false: cuDNN autotuning (faster)
     grad_clip: float | None = None
     limit_train_batches: float | None = None  #: < 1: fraction; >= 1: number of batches
     limit_val_batches: float | None = None
@@ -307,7 +324,7 @@ def _build(cls: Any, raw: Any, prefix: str, origin: Mapping[str, str]) -> Any:
         if key not in names:
             section = f"in {prefix!r}" if prefix else "at top level"
             raise ConfigError(
-                f"{origin.get(where + str(key), '<config>')}: unknown key {where}{key!r} "
+                f"{origin.get(where + str(key), '<config>')}: unknown key {where + str(key)!r} "
                 f"(valid keys {section}: {', '.join(names)})"
             )
     kwargs = {}
@@ -338,6 +355,7 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     positive = {"data.num_workers": (d.num_workers, 0), "data.fold": (d.fold, 0),
                 "train.epochs": (t.epochs, 1), "train.batch_size": (t.batch_size, 1),
                 "train.accumulate": (t.accumulate, 1), "train.devices": (t.devices, 1),
+                "train.num_nodes": (t.num_nodes, 1),
                 "schedule.snapshots": (cfg.schedule.snapshots, 1), "schedule.patience": (cfg.schedule.patience, 0),
                 "postprocess.min_area": (cfg.postprocess.min_area, 0)}
     for key, (value, lo) in positive.items():
@@ -378,7 +396,8 @@ def _check_augment(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     try:
         build_transform(aug.preset, cfg.data.size, aug.transforms)
     except ConfigError as exc:
-        raise _fail(origin, "augment.transforms" if aug.transforms is not None else "augment.preset", str(exc)) from None
+        key = "augment.transforms" if aug.transforms is not None else "augment.preset"
+        raise ConfigError(f"{origin.get(key, '<defaults>')}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- public API
@@ -402,9 +421,14 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
     for text in overrides:
         key, value = parse_override(text)
         head = key.split(".")[0]
+        source = f"override {text!r}"
         if head == "sampler" and merged.get("sampler") is None and "." in key:
             merged["sampler"] = {}  # filling a field of an absent sampler starts from its defaults
-        _merge(merged, _nest(key, value), origin, f"override {text!r}")
+        if head == "loss" and "." in key and isinstance(merged.get("loss"), dict):
+            merged["loss"][key.split(".", 1)[1]] = value  # loss.focal=4 adds / changes one weight
+            origin["loss"] = source
+            continue
+        _merge(merged, _nest(key, value), origin, source)
     cfg = _build(ExperimentConfig, merged, "", origin)
     _check(cfg, origin)
     return cfg

@@ -136,7 +136,7 @@ def _truncation(ds: Dataset, caught: list[warnings.WarningMessage]) -> str | Non
             return str(w.message).split(" in file ")[0]
     if len(ds) == 0:
         return "no data elements after the file meta header"
-    last = ds.get_item(next(reversed(ds.keys())))
+    last = ds.get_item(max(ds.keys()))
     if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
         got = len(last.value or b"")
         if got < last.length:

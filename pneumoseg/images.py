@@ -15,7 +15,7 @@ import numpy as np
 from pneumoseg.atomic import atomic_write_bytes
 from pneumoseg.errors import DataError
 
-__all__ = ["read_image", "read_mask", "write_png", "encode_png", "resize_image", "resize_mask"]
+__all__ = ["encode_png", "read_image", "read_mask", "resize_image", "resize_mask", "write_png"]
 
 # zlib level 3: ~20% smaller than cv2's default (1) for radiographs, still fast; fixed so that
 # the same array always gives the same bytes.
@@ -37,7 +37,15 @@ def _decode(path: Path) -> np.ndarray:
         buf = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    arr = None
+    if buf.size:
+        # OpenCV logs its own warnings for broken files; the DataError below says it once.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
     if arr is None:
         raise DataError(f"{path}: not a readable image (PNG or JPEG expected, {buf.size} bytes)")
     return arr

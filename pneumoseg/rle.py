@@ -29,15 +29,14 @@ from pneumoseg.errors import RLEError
 __all__ = [
     "EMPTY_RLE",
     "Annotations",
-    "rle_decode",
-    "rle_encode",
-    "rle_decode_absolute",
-    "rle_encode_absolute",
     "read_annotations",
+    "rle_decode",
+    "rle_decode_absolute",
+    "rle_encode",
+    "rle_encode_absolute",
 ]
 
 EMPTY_RLE = "-1"
-_BACKGROUND_FOREGROUND = np.array([False, True])
 
 
 def _is_empty(rle: str) -> bool:
@@ -64,21 +63,26 @@ def _parse_pairs(rle: str, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _runs_to_mask(starts: np.ndarray, lengths: np.ndarray, height: int, width: int, where: str,
                   order: Literal["F", "C"]) -> np.ndarray:
-    """Paint sorted, non-overlapping runs (absolute 0-based starts) into a bool mask."""
+    """Paint sorted, non-overlapping runs (absolute 0-based starts) into a C-contiguous bool mask.
+
+    Work is proportional to the foreground area, not the image size: only the run pixels are
+    generated and scattered into a zeroed (lazily allocated) array.
+    """
     n = height * width
     ends = starts + lengths
     if len(starts) and ends[-1] > n:
         raise RLEError(f"{where}run ends at pixel {int(ends[-1])}, past the image end ({height}x{width} = {n})")
-    # One np.repeat over alternating background/foreground segments writes every pixel once.
-    gaps = starts - np.concatenate(([0], ends[:-1]))
-    seg = np.empty(2 * len(starts) + 1, dtype=np.int64)
-    seg[0:-1:2] = gaps
-    seg[1::2] = lengths
-    seg[-1] = n - (ends[-1] if len(ends) else 0)
-    flat = np.repeat(np.resize(_BACKGROUND_FOREGROUND, len(seg)), seg)
+    mask = np.zeros((height, width), dtype=bool)
+    if not len(starts):
+        return mask
+    # Pixel numbers of every run: 0..total-1 shifted by each run's (start - pixels before it).
+    offsets = starts - (np.cumsum(lengths) - lengths)
+    pixels = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(offsets, lengths)
     if order == "F":
-        return np.ascontiguousarray(flat.reshape(width, height).T)
-    return flat.reshape(height, width)
+        col, row = np.divmod(pixels, height)
+        pixels = row * width + col
+    mask.ravel()[pixels] = True
+    return mask
 
 
 def rle_decode(rle: str, height: int = 1024, width: int = 1024, *, where: str = "") -> np.ndarray:
@@ -100,13 +104,21 @@ def rle_decode(rle: str, height: int = 1024, width: int = 1024, *, where: str = 
 
 
 def _mask_runs(mask: np.ndarray, order: Literal["F", "C"]) -> tuple[np.ndarray, np.ndarray]:
-    """Return (0-based absolute starts, lengths) of the foreground runs of ``mask``."""
+    """Return (0-based absolute starts, lengths) of the foreground runs of ``mask``.
+
+    Scans the mask once in memory order and sorts only the foreground pixel numbers, which is
+    much cheaper than a strided column-major copy of the whole image.
+    """
     if mask.ndim != 2:
         raise RLEError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    flat = np.asarray(mask, dtype=bool).ravel(order=order)
-    padded = np.concatenate(([False], flat, [False]))
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    starts, ends = edges[0::2], edges[1::2]
+    height, width = mask.shape
+    pixels = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if order == "F" and len(pixels):
+        row, col = np.divmod(pixels, width)
+        pixels = np.sort(col * height + row)
+    breaks = np.flatnonzero(np.diff(pixels) != 1) + 1
+    starts = pixels[np.concatenate(([0], breaks))] if len(pixels) else pixels
+    ends = pixels[np.concatenate((breaks - 1, [len(pixels) - 1]))] + 1 if len(pixels) else pixels
     return starts, ends - starts
 
 

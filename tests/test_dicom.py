@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.uid import (
+    UID,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
@@ -141,7 +142,7 @@ def _jpeg_lossless(arr: np.ndarray, precision: int) -> bytes:
     return b"\xff\xd8" + sof + dht + sos + data + b"\xff\xd9"
 
 
-def _compressed(tmp_path: Path, syntax: str, arr: np.ndarray, bits: int) -> Path:
+def _compressed(tmp_path: Path, syntax: UID, arr: np.ndarray, bits: int) -> Path:
     ds = _dataset(arr, bits)
     if syntax == JPEGLosslessSV1:  # pydicom has no encoder for it: build the stream by hand
         ds.PixelData = encapsulate([_jpeg_lossless(arr, bits)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -10,7 +11,9 @@ from rich.table import Table
 from pneumoseg.cli._common import cli_errors, console, err_console, fail
 from pneumoseg.data.prepare import SIZES, PrepareResult, prepare_dicom, prepare_png
 
-__all__ = ["register", "prepare"]
+__all__ = ["prepare", "register"]
+
+_SIZES = ", ".join(map(str, SIZES))
 
 
 def _print_summary(result: PrepareResult, size: int) -> None:
@@ -30,20 +33,20 @@ def _print_summary(result: PrepareResult, size: int) -> None:
 
 @cli_errors
 def prepare(
-    out: Path = typer.Option(..., "--out", help="Cache folder to write (images/, masks/, index.csv, cache.json)."),
-    dicom_dir: Path | None = typer.Option(None, "--dicom-dir", help="Folder searched for *.dcm (recursively)."),
-    rle: Path | None = typer.Option(None, "--rle", help="Annotation CSV (train-rle.csv, .csv.gz too); with --dicom-dir."),
-    png_dir: Path | None = typer.Option(None, "--png-dir", help="Folder holding images/ and masks/ (0/255 PNGs)."),
-    size: int = typer.Option(512, "--size", help=f"Output size in pixels: one of {', '.join(map(str, SIZES))}."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes [default: all cores]."),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Delete a cache of another size/layout in --out and rebuild it."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
+    dicom_dir: Annotated[Path | None, typer.Option("--dicom-dir", help="Folder searched for *.dcm.")] = None,
+    rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv).")] = None,
+    png_dir: Annotated[Path | None, typer.Option("--png-dir", help="Folder with images/ and masks/.")] = None,
+    size: Annotated[int, typer.Option("--size", help=f"Output size: one of {_SIZES}.")] = 512,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes [default: all].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild another size/layout.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Resize images and masks into a cache, with index.csv. Rerun the same command to resume.
 
     Either --dicom-dir DIR --rle CSV, or --png-dir DIR. Items that cannot be read are listed and
-    skipped; the command then exits with code 2.
+    skipped; the command then exits with code 2. An --out holding a cache of another size or layout
+    is refused unless --overwrite (which deletes that cache's files first).
     """
     if (dicom_dir is None) == (png_dir is None):
         raise fail("give either --dicom-dir DIR --rle CSV, or --png-dir DIR (exactly one of them)")

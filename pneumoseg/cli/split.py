@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 import typer
@@ -17,11 +18,11 @@ __all__ = ["register", "split"]
 
 @cli_errors
 def split(
-    cache: Path = typer.Argument(..., help="Cache folder written by `pneumoseg prepare` (holds index.csv)."),
-    val: float = typer.Option(0.1, "--val", help="Fraction of images for validation (ignored with --folds)."),
-    test: float = typer.Option(0.1, "--test", help="Fraction of images held out for test."),
-    folds: int = typer.Option(0, "--folds", help="K >= 2: fold 0..K-1 over the non-test images; fold 0 is val."),
-    seed: int = typer.Option(10, "--seed", help="Seed of the assignment."),
+    cache: Annotated[Path, typer.Argument(help="Cache folder from `pneumoseg prepare` (holds index.csv).")],
+    val: Annotated[float, typer.Option("--val", help="Validation fraction (not with --folds).")] = 0.1,
+    test: Annotated[float, typer.Option("--test", help="Fraction of images held out for test.")] = 0.1,
+    folds: Annotated[int, typer.Option("--folds", help="K >= 2: folds of the non-test part.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the assignment.")] = 10,
 ) -> None:
     """Split by patient (no patient in two splits), keeping the positive rate in every split."""
     with warnings.catch_warnings(record=True) as caught:

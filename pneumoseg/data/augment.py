@@ -40,8 +40,14 @@ import numpy as np
 
 from pneumoseg.errors import ConfigError
 
-__all__ = ["PRESETS", "build_transform", "seed_transforms", "light_transforms", "transforms_from_specs",
-           "apply_transform"]
+__all__ = [
+    "PRESETS",
+    "apply_transform",
+    "build_transform",
+    "light_transforms",
+    "seed_transforms",
+    "transforms_from_specs",
+]
 
 PRESETS: tuple[str, ...] = ("seed", "light", "none")
 _SIZE_EXPR = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+)\s*\*\s*)?size\s*$")
@@ -76,7 +82,7 @@ def _resolve_size(value: Any, size: int) -> Any:
     if isinstance(value, str):
         match = _SIZE_EXPR.match(value)
         if match:
-            return int(round(float(match.group(1) or 1.0) * size))
+            return round(float(match.group(1) or 1.0) * size)
         return value
     if isinstance(value, list | tuple):
         return tuple(_resolve_size(v, size) for v in value)

@@ -42,7 +42,7 @@ from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.images import read_image, read_mask, resize_image, resize_mask, write_png
 from pneumoseg.rle import Annotations, read_annotations
 
-__all__ = ["SIZES", "INDEX_COLUMNS", "PrepareResult", "prepare_dicom", "prepare_png"]
+__all__ = ["INDEX_COLUMNS", "SIZES", "PrepareResult", "prepare_dicom", "prepare_png"]
 
 SIZES = (256, 512, 1024)
 INDEX_COLUMNS = ["image_id", "patient_id", "has_pneumothorax", "mask_area_px", "n_annotations", "sex", "age",
@@ -87,7 +87,8 @@ def _worker_init() -> None:
 
 
 def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:
-    return out / "images" / f"{image_id}.png", out / "masks" / f"{image_id}.png", out / _PARTS / f"{image_id}.json"
+    return (out / "images" / f"{image_id}.png", out / "masks" / f"{image_id}.png",
+            out / _PARTS / f"{image_id}.json")
 
 
 def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -133,7 +134,7 @@ def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, s
         write_png(mask_path, resize_mask(mask, size))
         atomic_write_text(part_path, json.dumps({"key": item.key, "row": row}, sort_keys=True))
         return "ok", item.image_id, row
-    except Exception as exc:  # noqa: BLE001 - any bad item is reported; the others go on
+    except Exception as exc:  # noqa: BLE001 - a bad item is reported; the rest go on
         for p in (part_path, image_path, mask_path):
             p.unlink(missing_ok=True)
         msg = str(exc) if isinstance(exc, PneumosegError) else f"{type(exc).__name__}: {exc}"
@@ -213,6 +214,15 @@ def _chunks(items: list[_Item], n: int) -> Iterator[list[_Item]]:
         yield items[i:i + n]
 
 
+def _context() -> mp.context.BaseContext:
+    """forkserver (fresh, thread-free parent; modules imported once, then forked) where available."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
+    return ctx
+
+
 def _run_items(items: list[_Item], layout: str, out: Path, size: int, workers: int,
                on_done: Callable[[int], None]) -> Iterator[tuple[str, str, Any]]:
     """Prepare ``items`` over ``workers`` processes; yield results as chunks finish."""
@@ -222,8 +232,7 @@ def _run_items(items: list[_Item], layout: str, out: Path, size: int, workers: i
             on_done(1)
         return
     chunk = max(1, min(16, len(items) // (workers * 8)))
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init) as pool:
         todo = iter(_chunks(items, chunk))
         running: dict[Future[list[tuple[str, str, Any]]], int] = {}
         try:
@@ -375,7 +384,8 @@ def prepare_png(png_dir: str | os.PathLike[str], out: str | os.PathLike[str], si
                         f"(no pneumothorax): {_few(unmasked)}")
     orphans = [i for i in masks if i not in files]
     if orphans:
-        warnings.append(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}: {_few(orphans)}")
+        warnings.append(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}: "
+                        f"{_few(orphans)}")
     items = []
     for image_id, path in sorted(files.items()):
         mask = masks.get(image_id)

@@ -28,7 +28,7 @@ import pandas as pd
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 
-__all__ = ["make_splits", "write_splits", "read_index", "split_summary"]
+__all__ = ["make_splits", "read_index", "split_summary", "write_splits"]
 
 SPLITS = ("train", "val", "test")
 
@@ -40,7 +40,8 @@ def _check_args(val: float, test: float, folds: int) -> None:
     if folds < 0 or folds == 1:
         raise DataError(f"--folds {folds}: choose 0 (plain train/val/test split) or K >= 2 folds")
     if folds == 0 and val + test >= 1.0:
-        raise DataError(f"--val {val} + --test {test} = {val + test:g} leaves nothing to train on: keep the sum < 1")
+        raise DataError(f"--val {val} + --test {test} = {val + test:g} leaves nothing to train on: "
+                        "keep the sum < 1")
 
 
 def _groups(index: pd.DataFrame) -> np.ndarray:
@@ -51,12 +52,14 @@ def _groups(index: pd.DataFrame) -> np.ndarray:
         pid = pd.Series([""] * len(index), index=index.index)
     missing = pid == ""
     if missing.any():
-        warnings.warn(f"{int(missing.sum())} of {len(index)} images have no patient_id: each is its own group, "
-                      "so images of one patient may land in different splits", UserWarning, stacklevel=3)
+        warnings.warn(f"{int(missing.sum())} of {len(index)} images have no patient_id: each is its own "
+                      "group, so images of one patient may land in different splits", UserWarning,
+                      stacklevel=3)
     return np.where(missing, "img:" + index["image_id"].astype(str), "pat:" + pid).astype(str)
 
 
-def _assign(sizes: np.ndarray, positives: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _assign(sizes: np.ndarray, positives: np.ndarray, fractions: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
     """Greedy stratified assignment of groups (sizes, positives) to buckets with ``fractions``."""
     order = rng.permutation(len(sizes))
     order = order[np.argsort(-sizes[order], kind="stable")]
@@ -101,8 +104,8 @@ def make_splits(index: pd.DataFrame, val: float = 0.1, test: float = 0.1, folds:
     groups = _groups(index)
     codes, uniques = pd.factorize(groups, sort=True)
     sizes = np.bincount(codes, minlength=len(uniques)).astype(float)
-    positives = np.bincount(codes, weights=(index["has_pneumothorax"].astype(int).to_numpy() > 0).astype(float),
-                            minlength=len(uniques))
+    positive = (index["has_pneumothorax"].astype(int).to_numpy() > 0).astype(float)
+    positives = np.bincount(codes, weights=positive, minlength=len(uniques))
     if folds:
         if folds > len(uniques):
             raise DataError(f"--folds {folds} is more than the {len(uniques)} patients (groups) in the index")
@@ -136,7 +139,8 @@ def split_summary(index: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     out = df.groupby(keys, sort=True).agg(images=("image_id", "size"), patients=("group", "nunique"),
                                           positives=("has_pneumothorax", "sum")).reset_index()
     out["positive_rate"] = out["positives"] / out["images"]
-    return out
+    out["order"] = out["split"].map({s: i for i, s in enumerate(SPLITS)})
+    return out.sort_values(["order", *keys[1:]]).drop(columns="order").reset_index(drop=True)
 
 
 def _groups_quiet(index: pd.DataFrame) -> pd.Series:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from rich.progress import MofNCompleteColumn, Progress
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.errors import ConfigError, DataError
@@ -34,10 +35,10 @@ __all__ = [
     "Anatomy",
     "Phantom",
     "SynthSummary",
-    "sample_anatomy",
-    "render_phantom",
-    "make_phantom",
     "generate_dataset",
+    "make_phantom",
+    "render_phantom",
+    "sample_anatomy",
 ]
 
 POSITIVE_RATE = 0.22  # share of positive images in the challenge's stage-2 training set
@@ -184,12 +185,12 @@ def _vessels(rng: np.random.Generator, contour: np.ndarray, hilum: np.ndarray, s
     sc = size / 512
     ends = contour[rng.integers(0, len(contour), 16)] - hilum
     trunks = _walk(rng, np.repeat(hilum[None], 16, 0), np.arctan2(ends[:, 1], ends[:, 0]),
-                   np.linalg.norm(ends, axis=1) * rng.uniform(0.35, 0.6, 16), 5)
+                   np.linalg.norm(ends, axis=1) * rng.uniform(0.4, 0.7, 16), 5)
     heads = np.arctan2(*(trunks[:, -1] - trunks[:, 0]).T[::-1])
     pick = rng.integers(2, 6, (16, 3))
     src1 = trunks[np.arange(16)[:, None], pick].reshape(-1, 2)
     ang1 = np.repeat(heads, 3) + rng.choice([-1, 1], 48) * rng.uniform(0.15, 0.7, 48)
-    level1 = _walk(rng, src1, ang1, rng.uniform(40, 90, 48) * sc, 4)
+    level1 = _walk(rng, src1, ang1, rng.uniform(50, 100, 48) * sc, 4)
     src2 = np.repeat(level1[:, -1], 2, 0)
     level2 = _walk(rng, src2, np.repeat(ang1, 2) + rng.uniform(-0.8, 0.8, 96), rng.uniform(15, 40, 96) * sc, 3)
     out = 0.8 * _lines(list(trunks), size, 2.6 * sc)
@@ -230,7 +231,7 @@ def _fields(anatomy: Anatomy, m: np.ndarray, n: int, ap: bool) -> tuple[np.ndarr
     thick = np.sqrt(np.clip(1 - (dx / hw) ** 2, 0, 1))
     base = _smoothstep(hw - dx, -0.004, 0.012) * (0.38 + 0.26 * thick + 0.08 * _smoothstep(y, 0.6, 0.85))
     if anatomy.arms:  # arms along the sides, down to the elbows
-        arm = _smoothstep(dx - hw, 0.0, 0.012) * _smoothstep(hw + 0.13 - dx, 0.0, 0.02)
+        arm = _smoothstep(dx - hw, -0.008, 0.004) * _smoothstep(hw + 0.13 - dx, 0.0, 0.02)
         base += arm * _smoothstep(0.55 - y, 0.0, 0.2) * _smoothstep(y, 0.05, 0.12) * 0.3
     hs = anatomy.heart * (1.12 if ap else 1.0)
     heart = ((x - 0.535) / (0.14 * hs)) ** 2 + ((y - 0.61) / (0.105 * hs)) ** 2
@@ -254,7 +255,7 @@ def _fields(anatomy: Anatomy, m: np.ndarray, n: int, ap: bool) -> tuple[np.ndarr
     ph2 = (y + 0.12 * u - 0.05 * u * u - 0.22) / (1.3 * anatomy.rib_spacing)
     f2 = ph2 - np.floor(ph2)
     rib2 = _smoothstep(f2, 0, e) * _smoothstep(0.3 - f2, 0, e) * ((ph2 >= 0) & (ph2 < 6)) * _smoothstep(u, 0.3, 0.6)
-    ribs = (0.1 * rib + 0.04 * rib2) * _smoothstep(u, 0.1, 0.2) * _smoothstep(1.09 - u, 0.0, 0.06) * anatomy.bone
+    ribs = (0.075 * rib + 0.03 * rib2) * _smoothstep(u, 0.1, 0.2) * _smoothstep(1.09 - u, 0.0, 0.06) * anatomy.bone
     basal = 1 - 0.45 * _smoothstep(y, 0.45, 0.78) - 0.25 * _smoothstep(0.12 - (dx - 0.12), 0.0, 0.12)
     return base, ribs, basal
 
@@ -305,8 +306,8 @@ def render_phantom(rng: np.random.Generator, size: int = 512, positive: bool | N
     lungs = lungs_each[0] | lungs_each[1]
     lung_soft = _blur(lungs.astype(np.float32), 1.5 * sc)
     marks = np.maximum(_vessels(rng, contours[0], hila[0], size), _vessels(rng, contours[1], hila[1], size))
-    ridge = np.clip(1 - np.abs(_smooth_noise(rng, size, int(40 * sc) + 8)) / 0.25, 0, 1) ** 3
-    marks = _blur(np.maximum(marks, 0.35 * ridge), 0.6 * sc) * lung_soft
+    ridge = np.clip(1 - np.abs(_smooth_noise(rng, size, 48)) / 0.25, 0, 1) ** 3
+    marks = _blur(np.maximum(marks, 0.5 * ridge), 0.6 * sc) * lung_soft
     hilar = np.zeros((size, size), np.float32)
     cv2.fillPoly(hilar, [np.round(h + 18 * sc * _chaikin(np.array([[0, -1.5], [1, 0], [0, 1.5], [-1, 0]]), 2)
                                   ).astype(np.int32) for h in hila], 1.0)
@@ -317,7 +318,7 @@ def render_phantom(rng: np.random.Generator, size: int = 512, positive: bool | N
     if masks:
         ptx = _blur(np.logical_or.reduce(masks).astype(np.float32), 0.7 * sc)
         marks *= 1 - ptx
-        a -= 0.05 * ptx
+        a -= 0.06 * ptx
         a += 0.14 * _blur(_lines(pleura, size, 1.3 * sc), 0.4 * sc)
     a += (0.05 + 0.03 * rng.random()) * marks
     if rng.random() < 0.3:  # a tube or lead: a bright curve that is not a pleural line
@@ -339,3 +340,112 @@ def make_phantom(rng: np.random.Generator, size: int = 512,
     """Return (image uint8 (size, size), masks: one bool (size, size) per region; [] = negative)."""
     phantom = render_phantom(rng, size, positive)
     return phantom.image, phantom.masks
+
+
+# --- the data set on disk -------------------------------------------------------------------
+
+_README = """SYNTHETIC DATA - NOT REAL PATIENTS, NOT FOR CLINICAL OR RESEARCH CONCLUSIONS.
+
+Written by `pneumoseg synth` (seed {seed}, {n} images of {size}x{size} px, {patients} patients).
+Every image is a procedural chest-radiograph phantom (body, lungs, ribs, heart, vessels, noise);
+{pos} images carry a simulated pneumothorax: a dark crescent along the chest wall with a thin
+bright pleural line and no lung markings. Names, ages and UIDs are made up.
+
+Layout (as the SIIM-ACR challenge):
+  dicom/<SOPInstanceUID>.dcm  8-bit MONOCHROME2 CR, uncompressed
+  train-rle.csv               ImageId, EncodedPixels: one row per annotation, -1 = none;
+                              RLE starts relative to the previous run's end, column-major
+"""
+
+
+def _image_rng(seed: int, i: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))
+
+
+def _patient_rng(seed: int, j: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, j)))
+
+
+def _dicom(image: np.ndarray, meta: dict[str, str], uids: tuple[str, str, str]) -> Dataset:
+    """A Secondary Capture CR dataset holding ``image`` uint8 (H, W); ``uids`` = (SOP, study, series)."""
+    sop, study, series = uids
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    fm.MediaStorageSOPInstanceUID = sop
+    fm.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = fm
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "19010101", "000000.00", ""
+    ds.Modality, ds.ConversionType, ds.ReferringPhysicianName = "CR", "WSD", ""
+    ds.SeriesDescription = f"view: {meta['view']}"
+    ds.PatientName = ds.PatientID = meta["patient_id"]
+    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "", meta["sex"], meta["age"]
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", meta["view"]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.PatientOrientation = "", 1, 1, ""
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape
+    ds.PixelSpacing = [round(0.143 * 1024 / image.shape[0], 6)] * 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    return ds
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    old = sorted((out / "dicom").glob("*.dcm")) if (out / "dicom").is_dir() else []
+    if old and not overwrite:
+        raise DataError(f"{out / 'dicom'} already holds {len(old)} .dcm files: choose an empty folder "
+                        "or pass overwrite=True (--overwrite) to replace them")
+    for path in old:
+        path.unlink()
+
+
+def generate_dataset(out_dir: str | Path, n: int = 200, size: int = 512, seed: int = 0,
+                     progress: bool = True, overwrite: bool = False) -> SynthSummary:
+    """Write ``n`` phantoms of ``size`` px to ``out_dir`` in the challenge's layout (see module doc).
+
+    Patients get 1-4 images each; about ``POSITIVE_RATE`` of the images are positive and 10 % of
+    those have 2-3 annotation rows. Deterministic in ``seed``; image ``i`` does not depend on ``n``.
+    """
+    if n < 1:
+        raise ConfigError(f"synth: n must be >= 1, got {n}")
+    if size < _MIN_SIZE:
+        raise ConfigError(f"synth: size must be >= {_MIN_SIZE} px, got {size}")
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    rows = ["ImageId, EncodedPixels"]
+    paths: list[Path] = []
+    n_positive = n_patients = 0
+    patient: dict[str, str] = {}
+    anatomy: Anatomy | None = None
+    left = 0
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress,
+                  transient=True) as bar:
+        task = bar.add_task("synthesising phantoms", total=n)
+        for i in range(n):
+            if left == 0:  # next patient
+                prng = _patient_rng(seed, n_patients)
+                left = int(prng.choice([1, 2, 3, 4], p=[0.5, 0.25, 0.15, 0.1]))
+                anatomy = sample_anatomy(prng)
+                patient = {"patient_id": str(uuid.UUID(bytes=prng.bytes(16), version=4)),
+                           "sex": "F" if anatomy.female else "M", "age": f"{int(prng.integers(16, 91)):03d}Y"}
+                n_patients += 1
+            left -= 1
+            phantom = render_phantom(_image_rng(seed, i), size, anatomy=anatomy)
+            sop, study, series = (generate_uid(entropy_srcs=[f"pneumoseg-synth:{seed}:{i}:{kind}"])
+                                  for kind in ("sop", "study", "series"))
+            path = out / "dicom" / f"{sop}.dcm"
+            with atomic_path(path) as tmp:
+                _dicom(phantom.image, {**patient, "view": phantom.view}, (sop, study, series)).save_as(
+                    tmp, enforce_file_format=True)
+            paths.append(path)
+            rows += [f"{sop}, {rle_encode(mask)}" for mask in phantom.masks] or [f"{sop}, -1"]
+            n_positive += bool(phantom.masks)
+            bar.advance(task)
+    csv_path = out / "train-rle.csv"
+    atomic_write_text(csv_path, "\n".join(rows) + "\n")
+    atomic_write_text(out / "README.txt", _README.format(seed=seed, n=n, size=size, patients=n_patients,
+                                                         pos=n_positive))
+    return SynthSummary(n, n_positive, n_patients, len(rows) - 1, out, csv_path, paths)

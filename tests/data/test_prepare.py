@@ -25,13 +25,13 @@ from tests.shared_data import SIIM, require_siim
 DICOM = SIIM / "dicom"
 RLE = DICOM / "train-rle.csv"
 ID_307 = "1.2.276.0.7230010.3.1.4.8323329.307.1517875162.311533"
-require_png = pytest.mark.skipif(not (SIIM / "png").is_dir(), reason=f"real SIIM PNG sample not found at {SIIM}")
+require_png = pytest.mark.skipif(not (SIIM / "png").is_dir(), reason=f"real PNG sample not found at {SIIM}")
 
 
 def _app() -> typer.Typer:
     try:
         from pneumoseg.cli.main import app
-    except Exception:  # noqa: BLE001 - another command module may not exist yet
+    except Exception:  # noqa: BLE001 - another command may be missing
         from pneumoseg.cli import prepare as cmd
 
         app = typer.Typer()
@@ -86,7 +86,7 @@ def test_rerun_skips_everything_and_other_size_is_refused(real_cache, tmp_path):
     again = prepare_dicom(DICOM, RLE, real_cache, size=256, workers=2, progress=False)
     assert (again.n_done, again.n_skipped) == (0, 12)
     assert _tree(real_cache) == before
-    with pytest.raises(DataError, match="size 256.*--overwrite"):
+    with pytest.raises(DataError, match=r"size 256.*--overwrite"):
         prepare_dicom(DICOM, RLE, real_cache, size=512, progress=False)
     with pytest.raises(DataError, match="256, 512, 1024"):
         prepare_dicom(DICOM, RLE, tmp_path / "c", size=300, progress=False)
@@ -125,7 +125,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     assert 5 <= n_before < 48 and not (out / "index.csv").exists()
     # A stray temp file (as a kill during a write leaves) and a lost mask: both are redone.
     (out / "images" / ".c00_x.abc123.tmp.png").write_bytes(b"half")
-    first_done = sorted((out / ".parts").glob("c*.json"))[0].stem
+    first_done = min((out / ".parts").glob("c*.json")).stem
     (out / "masks" / f"{first_done}.png").unlink()
     resumed = prepare_dicom(src, rle, out, size=256, workers=2, progress=False)
     assert resumed.n_skipped == n_before - 1 and resumed.n_done == 48 - resumed.n_skipped
@@ -149,7 +149,7 @@ def test_changed_annotation_is_redone(tmp_path):
 def _bad_dicom_dir(tmp_path: Path) -> tuple[Path, Path]:
     import pydicom
 
-    pos, neg = DICOM / f"{ID_307}.dcm", sorted(DICOM.glob("*.dcm"))[0]
+    pos, neg = DICOM / f"{ID_307}.dcm", min(DICOM.glob("*.dcm"))
     src = tmp_path / "dcm"
     src.mkdir()
     (src / "good.dcm").symlink_to(pos)
@@ -173,7 +173,8 @@ def test_bad_dicom_inputs_are_reported_and_leave_no_files(tmp_path):
     out = tmp_path / "cache"
     result = prepare_dicom(src, rle, out, size=256, workers=2, progress=False)
     assert result.n_failed == 4 and result.n_done == 2
-    by_item = {name: [f for f in result.failures if name in f] for name in ("junk", "trunc", "nopix", "badrle")}
+    names = ("junk", "trunc", "nopix", "badrle")
+    by_item = {name: [f for f in result.failures if name in f] for name in names}
     assert all(len(lines) == 1 for lines in by_item.values()), result.failures
     assert "not a DICOM" in by_item["junk"][0]
     assert "truncated" in by_item["trunc"][0].lower()
@@ -203,15 +204,16 @@ def test_cli_prepare_reports_failures_and_exits_2(tmp_path):
     assert "4 item(s) could not be prepared" in text and "junk.dcm" in text and "warning" in text
     res = CliRunner().invoke(_app(), ["prepare", "--dicom-dir", str(src), "--out", str(out)])
     assert res.exit_code == 2 and "--rle" in res.output
-    res = CliRunner().invoke(_app(), [*args[:-3], "512", "--no-progress"])
+    res = CliRunner().invoke(_app(), [a if a != "256" else "512" for a in args])
     assert res.exit_code == 2 and "--overwrite" in " ".join(res.output.split())
 
 
 @require_png
 def test_real_png_sample_via_cli(tmp_path):
     out = tmp_path / "cache"
-    res = CliRunner().invoke(_app(), ["prepare", "--png-dir", str(SIIM / "png"), "--out", str(out), "--size", "256",
-                                      "--workers", "2", "--no-progress"])
+    args = ["prepare", "--png-dir", str(SIIM / "png"), "--out", str(out), "--size", "256", "--workers", "2",
+            "--no-progress"]
+    res = CliRunner().invoke(_app(), args)
     assert res.exit_code == 0, res.output
     index = pd.read_csv(out / "index.csv", keep_default_na=False)
     assert len(index) == 30 and index["has_pneumothorax"].all() and (index["patient_id"] == "").all()
@@ -242,13 +244,13 @@ def test_png_layout_bad_inputs(tmp_path):
     [mismatch] = [f for f in result.failures if "small_mask" in f]
     assert "images/small_mask.png" in mismatch and "masks/small_mask.png" in mismatch and "32x32" in mismatch
     assert any("broken.png" in f for f in result.failures)
-    assert any(w.startswith("1 image(s) have no mask") and "nomask" in w for w in result.warnings)
+    assert any(w.startswith("2 image(s) have no mask") and "nomask" in w for w in result.warnings)
     assert any(w.startswith("1 mask(s)") and "lonely" in w for w in result.warnings)
     assert _files_of(out, "small_mask") == [] and _files_of(out, "broken") == []
     index = pd.read_csv(out / "index.csv").set_index("image_id")
     assert index.loc["ok", "n_annotations"] == 2 and index.loc["ok", "mask_area_px"] == mask.sum()
     assert index.loc["nomask", "has_pneumothorax"] == 0
     (tmp_path / "empty.csv").write_text("ImageId, EncodedPixels\n")
-    with pytest.raises(DataError, match="layout 'png'.*--overwrite"):
+    with pytest.raises(DataError, match=r"layout 'png'.*--overwrite"):
         prepare_dicom(src, tmp_path / "empty.csv", out, size=256, progress=False)
     assert prepare_png(src, out, size=512, workers=1, progress=False, overwrite=True).n_done == 2

@@ -1,0 +1,263 @@
+"""Data benchmarks: RLE codec vs the seed's rle2mask, prepare vs the seed's serial loop, prepare's memory.
+
+Run from the repository root (needs the real sample in ../shared/data/siim, or PNEUMOSEG_SIIM_DIR):
+
+    .venv/bin/python benchmarks/bench_data.py                 # full run, prints a markdown section
+    .venv/bin/python benchmarks/bench_data.py --quick         # a smaller, faster run
+    .venv/bin/python benchmarks/bench_data.py --update-docs   # also rewrite the "Data" section of
+                                                              # docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+
+from pneumoseg.rle import read_annotations, rle_decode, rle_encode
+
+ROOT = Path(__file__).resolve().parents[1]
+SIIM = Path(os.environ.get("PNEUMOSEG_SIIM_DIR", ROOT.parent / "shared/data/siim"))
+STAGE2 = SIIM / "labels" / "stage2-train-rle.csv.gz"
+DICOM = SIIM / "dicom"
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- data:start -->", "<!-- data:end -->"
+
+
+# ---------------------------------------------------------------- the seed notebook's code (baseline)
+
+def rle2mask(rle: str, width: int, height: int) -> np.ndarray:
+    """The seed's decoder, as written there (float64, Python loop); the caller transposes."""
+    mask = np.zeros(width * height)
+    array = np.asarray([int(x) for x in rle.split()])
+    starts = array[0::2]
+    lengths = array[1::2]
+    current_position = 0
+    for index, start in enumerate(starts):
+        current_position += start
+        mask[current_position:current_position + lengths[index]] = 255
+        current_position += lengths[index]
+    return mask.reshape(width, height)
+
+
+def seed_get_data(files: list[Path], rles: dict[str, list[str]], size: int) -> tuple[list, list]:
+    """The seed's serial loop: read, resize, decode, keep everything in lists."""
+    import pydicom
+
+    images, masks = [], []
+    for f in files:
+        img = pydicom.dcmread(f).pixel_array
+        images.append(cv2.resize(img, (size, size)))
+        mask = np.zeros((1024, 1024))
+        for rle in rles.get(f.stem, []):
+            if rle.strip() != "-1":
+                mask += rle2mask(rle, 1024, 1024).T
+        masks.append(cv2.resize(mask, (size, size)) > 0)
+    return images, masks
+
+
+# ---------------------------------------------------------------- RLE
+
+def read_rows(limit: int | None) -> list[str]:
+    with gzip.open(STAGE2, "rt", encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        rows = [r[1].strip() for r in reader]
+    return rows[:limit] if limit else rows
+
+
+def bench_rle(limit: int | None) -> dict:
+    rows = read_rows(limit)
+    t_seed = t_ours = t_enc = 0.0
+    nonempty_seed = nonempty_ours = mismatches = reencode_diff = 0
+    for rle in rows:
+        t0 = time.perf_counter()
+        seed = rle2mask(rle, 1024, 1024).T if rle != "-1" else np.zeros((1024, 1024))
+        t1 = time.perf_counter()
+        ours = rle_decode(rle, 1024, 1024)
+        t2 = time.perf_counter()
+        t_seed += t1 - t0
+        t_ours += t2 - t1
+        seed_bool = seed > 0
+        nonempty_seed += bool(seed_bool.any())
+        nonempty_ours += bool(ours.any())
+        mismatches += not np.array_equal(seed_bool, ours)
+        if ours.any():
+            t3 = time.perf_counter()
+            again = rle_encode(ours)
+            t_enc += time.perf_counter() - t3
+            reencode_diff += again != " ".join(rle.split())
+    return {"rows": len(rows), "nonempty_seed": nonempty_seed, "nonempty_ours": nonempty_ours,
+            "mismatches": mismatches, "seed_s": t_seed, "ours_s": t_ours, "speedup": t_seed / t_ours,
+            "encode_s": t_enc, "reencode_diff": reencode_diff}
+
+
+# ---------------------------------------------------------------- prepare
+
+def make_copies(tmp: Path, n: int, tag: str) -> tuple[Path, Path, dict[str, list[str]]]:
+    """``n`` DICOMs: the 12 real ones symlinked under new names, with duplicated RLE rows."""
+    src = tmp / f"dicom-{tag}{n}"
+    src.mkdir()
+    ann = read_annotations(DICOM / "train-rle.csv")
+    real = sorted(DICOM.glob("*.dcm"))
+    rles: dict[str, list[str]] = {}
+    lines = ["ImageId, EncodedPixels"]
+    for k in range(n):
+        f = real[k % len(real)]
+        name = f"r{k:05d}_{f.stem}"
+        (src / f"{name}.dcm").symlink_to(f)
+        rles[name] = list(ann[f.stem])
+        lines += [f"{name}, {r}" for r in ann[f.stem]]
+    csv_path = tmp / f"rle-{tag}{n}.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    return src, csv_path, rles
+
+
+def bench_prepare(tmp: Path, n: int, size: int) -> dict:
+    from pneumoseg.data.prepare import prepare_dicom
+
+    src, csv_path, rles = make_copies(tmp, n, "speed")
+    files = sorted(src.glob("*.dcm"))
+    t0 = time.perf_counter()
+    images, _ = seed_get_data(files, rles, size)
+    t_seed = time.perf_counter() - t0
+    assert len(images) == n
+    del images
+    out = {"n": n, "seed_s": t_seed}
+    for workers in (1, 2):
+        t0 = time.perf_counter()
+        res = prepare_dicom(src, csv_path, tmp / f"cache{n}_{workers}", size=size, workers=workers, progress=False)
+        out[f"ours{workers}_s"] = time.perf_counter() - t0
+        assert res.n_done == n and res.n_failed == 0, res
+    t0 = time.perf_counter()
+    res = prepare_dicom(src, csv_path, tmp / f"cache{n}_2", size=size, workers=2, progress=False)
+    out["resume_s"] = time.perf_counter() - t0
+    assert res.n_skipped == n
+    out["speedup"] = t_seed / out["ours2_s"]
+    return out
+
+
+def peak_rss(tmp: Path, n: int, size: int) -> dict:
+    """Peak of the summed RSS of a prepare subprocess and its workers (psutil, polled every 10 ms)."""
+    src, csv_path, _ = make_copies(tmp, n, "mem")
+    code = ("from pneumoseg.data.prepare import prepare_dicom\n"
+            f"r = prepare_dicom({str(src)!r}, {str(csv_path)!r}, {str(tmp / f'mem{n}')!r}, size={size}, "
+            "workers=2, progress=False)\nassert r.n_done == " + str(n))
+    t0 = time.perf_counter()
+    proc = psutil.Popen([sys.executable, "-c", code])
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [proc, *proc.children(recursive=True)]:
+                total += p.memory_info().rss
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.01)
+    if proc.returncode:
+        raise SystemExit(f"prepare subprocess failed with code {proc.returncode}")
+    return {"n": n, "peak_mb": peak / 2**20, "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- report
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, Linux"
+
+
+def markdown(r: dict, p: dict, mem: list[dict], args: argparse.Namespace) -> str:
+    cmd = "make bench  # = .venv/bin/python benchmarks/bench_data.py" + (" --quick" if args.quick else "")
+    buf = io.StringIO()
+    w = buf.write
+    w("## Data\n\n")
+    w(f"Machine: {machine()}. Reproduce: `{cmd}` (add `--update-docs` to rewrite this section).\n\n")
+    w("### RLE decode: `pneumoseg.rle.rle_decode` vs the seed's `rle2mask` (+ `.T`)\n\n")
+    w(f"All {r['rows']:,} rows of `stage2-train-rle.csv.gz`, 1024x1024.\n\n")
+    w("| | seed `rle2mask` | `rle_decode` |\n|---|---:|---:|\n")
+    w(f"| total time | {r['seed_s']:.2f} s | {r['ours_s']:.2f} s |\n")
+    w(f"| per row | {1e3 * r['seed_s'] / r['rows']:.3f} ms | {1e3 * r['ours_s'] / r['rows']:.3f} ms |\n")
+    w(f"| non-empty masks | {r['nonempty_seed']:,} | {r['nonempty_ours']:,} |\n\n")
+    w(f"Speed-up **{r['speedup']:.1f}x** (target >= 3x). Masks differing from the seed's: "
+      f"**{r['mismatches']}** of {r['rows']:,}. `rle_encode` of the {r['nonempty_ours']:,} non-empty masks: "
+      f"{r['encode_s']:.2f} s ({1e3 * r['encode_s'] / max(r['nonempty_ours'], 1):.3f} ms each); re-encoded "
+      f"strings differing from the original: **{r['reencode_diff']}**.\n\n")
+    w(f"### prepare: {p['n']} DICOMs at {args.size}px vs the seed's serial `get_data` loop\n\n")
+    w("The 12 real JPEG-baseline DICOMs, symlinked under new names with duplicated RLE rows. The seed loop "
+      "(pydicom read + `cv2.resize`, `rle2mask` per row, everything kept in lists) writes nothing; prepare "
+      "also writes two PNGs and a record per image.\n\n")
+    w("| | time | images/s |\n|---|---:|---:|\n")
+    for label, key in (("seed loop (serial)", "seed_s"), ("prepare, --workers 1", "ours1_s"),
+                       ("prepare, --workers 2", "ours2_s"), ("prepare rerun (all skipped)", "resume_s")):
+        w(f"| {label} | {p[key]:.2f} s | {p['n'] / p[key]:.0f} |\n")
+    w(f"\nSpeed-up with 2 workers: **{p['speedup']:.1f}x** (target >= 2x).\n\n")
+    w("### prepare: peak memory (parent + 2 workers, summed RSS, polled every 10 ms)\n\n")
+    w("| files | peak RSS | wall time |\n|---:|---:|---:|\n")
+    for m in mem:
+        w(f"| {m['n']:,} | {m['peak_mb']:.0f} MB | {m['seconds']:.1f} s |\n")
+    w("\nSummed RSS counts shared library pages once per process, so it overstates the real footprint. "
+      "Target: flat in the number of files, < 1 GB.\n")
+    return buf.getvalue()
+
+
+def update_docs(section: str) -> None:
+    from pneumoseg.atomic import atomic_write_text
+
+    block = f"{START}\n{section}{END}\n"
+    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
+    if START in text and END in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    atomic_write_text(DOCS, text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2,000 RLE rows, 48 files, memory at 48/240 files")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--update-docs", action="store_true", help="rewrite the Data section of docs/benchmarks.md")
+    ap.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = ap.parse_args()
+    if not (STAGE2.is_file() and DICOM.is_dir()):
+        raise SystemExit(f"real SIIM sample not found at {SIIM} (set PNEUMOSEG_SIIM_DIR)")
+    n_prep, n_mem = (48, (48, 240)) if args.quick else (204, (204, 2004))
+    print("RLE ...", file=sys.stderr)
+    r = bench_rle(2000 if args.quick else None)
+    with tempfile.TemporaryDirectory(prefix="pneumoseg-bench-") as tmp:
+        print("prepare ...", file=sys.stderr)
+        p = bench_prepare(Path(tmp), n_prep, args.size)
+        print("memory ...", file=sys.stderr)
+        mem = [peak_rss(Path(tmp), n, args.size) for n in n_mem]
+    section = markdown(r, p, mem, args)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps({"rle": r, "prepare": p, "memory": mem}, indent=2))
+    if args.update_docs:
+        update_docs(section)
+        print(f"updated {DOCS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""``pneumoseg explore``: dataset statistics, metadata table and figures for DICOM + RLE data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pneumoseg.cli._common import cli_errors, console, err_console
+from pneumoseg.data.explore import explore as explore_dataset
+from pneumoseg.dicom import DicomMeta, format_header
+
+__all__ = ["explore", "register"]
+
+
+def _join(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "-"
+
+
+def _per(counts: dict[str, int]) -> str:
+    """{"1": 11, "4": 1} -> "1 per image: 11 images; 4 per image: 1 image"."""
+    return "; ".join(f"{k} per image: {v} image{'s' if v != 1 else ''}" for k, v in counts.items())
+
+
+def _span(stats: dict[str, Any], unit: str = "") -> str:
+    if not stats["count"]:
+        return "-"
+    return f"{stats['min']:g} / {stats['median']:g} / {stats['max']:g}{unit} (min / median / max)"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A two-column rich table of the dataset summary returned by ``explore``."""
+    table = Table(title=f"Dataset: {summary['dicom_dir']}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    age = summary["age"]
+    rows = [
+        ("images", f"{summary['n_images']} ({summary['n_patients']} patients)"),
+        ("positive (pneumothorax)", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
+        ("negative", str(summary["n_negative"])),
+        ("annotation rows", f"{summary['n_annotation_rows']} ({_per(summary['annotation_rows_per_image'])})"),
+        ("regions per positive", _per(summary["regions_per_positive"]) or "-"),
+        ("images without annotation row", str(summary["n_without_annotation_row"])),
+        ("annotation ids without image", str(summary["n_annotation_ids_without_image"])),
+        ("sex", _join(summary["sex"])),
+        ("view position", _join(summary["view_position"])),
+        ("positive rate by view", ", ".join(f"{v}: {d['positive_rate']:.1%} of {d['images']}"
+                                            for v, d in summary["by_view_position"].items())),
+        ("age (years)", f"{_span(age)}; missing {age['missing']}, over 100: {age['over_100']}"),
+        ("mask area (positives)", _span(summary["mask_area_px"], " px")),
+        ("modality", _join(summary["modality"])),
+        ("image size", _join(summary["image_size"])),
+        ("transfer syntax", _join(summary["transfer_syntax"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@cli_errors
+def explore(
+    dicom_dir: Annotated[Path, typer.Argument(help="Folder searched for *.dcm (recursively).")],
+    rle: Annotated[Path, typer.Option("--rle", help="Annotation CSV (train-rle.csv, .csv.gz too).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, metadata.csv, samples.png, "
+                                                    "distributions.png.")],
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Images in the sample grid (0: none).")] = 16,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Summarise a DICOM + RLE dataset: header of the first image, statistics table and figures."""
+    summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
+    console.print(format_header(DicomMeta(**summary["first_image"])), highlight=False, soft_wrap=True)
+    console.print()
+    console.print(summary_table(summary))
+    for line in summary["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    for name, path in summary["files"].items():
+        console.print(f"{name + ':':<15}{path}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explore")(explore)

@@ -1,0 +1,292 @@
+"""Explore a DICOM + RLE dataset: statistics, a metadata table, a sample grid, distribution figures.
+
+``explore(dicom_dir, rle_csv, out_dir)`` reads every DICOM header (``read_dicom_meta``: fast, no
+pixels), joins it with the annotation CSV by ImageId (the SOPInstanceUID, else the file stem) and
+writes, atomically:
+
+* ``OUT/summary.json``       the dictionary returned (counts, rates, distributions, warnings);
+* ``OUT/metadata.csv``       one row per DICOM: header fields + has_pneumothorax (0/1),
+  n_annotations (non-empty RLE rows), n_rle_rows, mask_area_px (union mask at Rows x Columns), file;
+* ``OUT/samples.png``        up to ``n_samples`` images, positives first, masks overlaid in red;
+* ``OUT/distributions.png``  age, sex, view position, regions per positive, mask area, rate by view.
+
+Images without an annotation row count as healthy (one warning says how many); annotation ImageIds
+without a DICOM are counted and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pneumoseg.atomic import atomic_path, atomic_write_text
+from pneumoseg.dicom import read_dicom, read_dicom_meta
+from pneumoseg.errors import DataError, DicomError
+from pneumoseg.rle import Annotations, read_annotations
+
+__all__ = [
+    "METADATA_COLUMNS",
+    "explore",
+    "find_dicoms",
+    "plot_distributions",
+    "plot_samples",
+    "scan_dataset",
+    "summarize",
+]
+
+METADATA_COLUMNS = [
+    "image_id", "patient_id", "patient_age", "patient_sex", "modality", "body_part", "view_position",
+    "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "transfer_syntax_name",
+    "has_pneumothorax", "n_annotations", "n_rle_rows", "mask_area_px", "file",
+]
+_THUMB = 256  # longest side of a sample-grid tile, pixels
+_RED = np.array([255.0, 0.0, 0.0])
+
+
+def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
+    """All ``*.dcm`` files under ``dicom_dir`` (recursively, any case), sorted; DataError if none."""
+    root = Path(dicom_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: DICOM folder not found (or not a folder)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+    if not files:
+        raise DataError(f"{root}: no .dcm files found (searched recursively)")
+    return files
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True, disable=not enabled)
+
+
+def scan_dataset(files: list[Path], annotations: Annotations, root: Path,
+                 progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """Read each header and join the annotations; return (one row per readable file, problems).
+
+    Columns are ``METADATA_COLUMNS``; ``n_rle_rows`` is -1 for an image with no annotation row.
+    Problems are the DicomError messages of unreadable files.
+    """
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with _progress(progress) as bar:
+        for path in bar.track(files, description="reading headers"):
+            try:
+                meta = read_dicom_meta(path)
+            except DicomError as exc:
+                problems.append(str(exc))
+                continue
+            key = meta.image_id if meta.image_id in annotations else path.stem
+            rows = annotations.get(key)
+            n_annotations = annotations.n_annotations(key) if rows else 0
+            area = int(annotations.mask(key, meta.rows, meta.columns).sum()) if n_annotations else 0
+            records.append({**meta.as_dict(), "image_id": key if rows else meta.image_id,
+                            "has_pneumothorax": int(n_annotations > 0), "n_annotations": n_annotations,
+                            "n_rle_rows": len(rows) if rows else -1, "mask_area_px": area,
+                            "file": path.relative_to(root).as_posix()})
+    return pd.DataFrame.from_records(records, columns=METADATA_COLUMNS), problems
+
+
+def _counts(values: pd.Series, missing: str = "unknown") -> dict[str, int]:
+    """Value -> count (descending), with empty / NaN values under ``missing``."""
+    labels = values.fillna("").astype(str).str.strip().replace("", missing)
+    return {str(k): int(v) for k, v in labels.value_counts().items()}
+
+
+def _stats(values: pd.Series) -> dict[str, float | int | None]:
+    """min / median / mean / max / count of a numeric series (None when empty)."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if v.empty:
+        return {"count": 0, "min": None, "median": None, "mean": None, "max": None}
+    return {"count": int(v.size), "min": float(v.min()), "median": float(v.median()),
+            "mean": round(float(v.mean()), 2), "max": float(v.max())}
+
+
+def summarize(df: pd.DataFrame, annotations: Annotations) -> dict[str, Any]:
+    """Dataset statistics from a ``scan_dataset`` table (JSON-serialisable, no file paths)."""
+    n_images = len(df)
+    pos = df[df["has_pneumothorax"] == 1]
+    annotated = df[df["n_rle_rows"] > 0]
+    orphans = sorted(set(annotations) - set(df["image_id"]))
+    by_view = {str(view): {"images": len(g), "positive": int(g["has_pneumothorax"].sum()),
+                           "positive_rate": round(float(g["has_pneumothorax"].mean()), 4)}
+               for view, g in df.assign(view_position=df["view_position"].replace("", "unknown"))
+               .groupby("view_position")}
+    ages = pd.to_numeric(df["patient_age"], errors="coerce")
+    return {
+        "n_images": n_images,
+        "n_patients": int(df["patient_id"].replace("", np.nan).nunique()),
+        "n_positive": len(pos),
+        "n_negative": n_images - len(pos),
+        "positive_rate": round(len(pos) / n_images, 4) if n_images else 0.0,
+        "n_without_annotation_row": int((df["n_rle_rows"] < 0).sum()),
+        "n_annotation_ids_without_image": len(orphans),
+        "n_annotation_rows": int(annotated["n_rle_rows"].sum()),
+        "annotation_rows_per_image": {str(k): int(v) for k, v in
+                                      annotated["n_rle_rows"].value_counts().sort_index().items()},
+        "regions_per_positive": {str(k): int(v) for k, v in
+                                 pos["n_annotations"].value_counts().sort_index().items()},
+        "sex": _counts(df["patient_sex"]),
+        "view_position": _counts(df["view_position"]),
+        "modality": _counts(df["modality"]),
+        "image_size": _counts(df["rows"].astype(str) + "x" + df["columns"].astype(str)),
+        "transfer_syntax": _counts(df["transfer_syntax_name"]),
+        "age": {**_stats(ages), "missing": int(ages.isna().sum()), "over_100": int((ages > 100).sum())},
+        "mask_area_px": _stats(pos["mask_area_px"]),
+        "mask_area_fraction_mean": round(float((pos["mask_area_px"] / (pos["rows"] * pos["columns"])).mean()), 5)
+        if len(pos) else None,
+        "by_view_position": by_view,
+    }
+
+
+def _short_id(image_id: str) -> str:
+    """The distinguishing tail of a UID (last three components), or the id itself."""
+    parts = image_id.split(".")
+    return ".".join(parts[-3:]) if len(parts) > 3 else image_id
+
+
+def _tile(pixels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """uint8 (H, W) image + optional bool mask -> downsized RGB uint8 with the mask in red."""
+    height, width = pixels.shape
+    scale = min(1.0, _THUMB / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    gray = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX), dtype=np.float64)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    if mask is not None and mask.any():
+        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) > 0
+        rgb[small] = 0.55 * rgb[small] + 0.45 * _RED
+    return rgb.astype(np.uint8)
+
+
+def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: Path, n_samples: int) -> list[str]:
+    """Write a grid of up to ``n_samples`` images (positives first) to ``path``; return problems."""
+    chosen = pd.concat([df[df["has_pneumothorax"] == 1], df[df["has_pneumothorax"] == 0]]).head(n_samples)
+    n_cols = max(1, math.ceil(math.sqrt(len(chosen))))
+    n_rows = max(1, math.ceil(len(chosen) / n_cols))
+    fig = Figure(figsize=(2.6 * n_cols, 2.9 * n_rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    problems: list[str] = []
+    for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
+        area = int(row["mask_area_px"])
+        ax.set_title(f"{_short_id(row['image_id'])}\n{f'{area} px' if area else 'healthy'}", fontsize=8)
+        try:
+            image = read_dicom(root / row["file"])
+        except DicomError as exc:
+            problems.append(str(exc))
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
+            continue
+        mask = annotations.mask(row["image_id"], *image.pixels.shape) if area else None
+        ax.imshow(_tile(image.pixels, mask), interpolation="nearest")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle("Samples (positives first; pneumothorax in red)", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return problems
+
+
+def _bars(ax: Axes, counts: dict[str, int], title: str, color: str = "tab:blue") -> None:
+    ax.bar(list(counts), list(counts.values()), color=color)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
+    """Write a 2x3 figure (age, sex, view, regions per positive, mask area, rate by view) to ``path``."""
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    (ax_age, ax_sex, ax_view), (ax_regions, ax_area, ax_rate) = fig.subplots(2, 3)
+    ages = pd.to_numeric(df["patient_age"], errors="coerce").dropna()
+    ax_age.hist(ages.clip(upper=100), bins=range(0, 105, 5), color="tab:blue", edgecolor="white")
+    ax_age.set_title(f"Age in years ({summary['age']['missing']} missing, {summary['age']['over_100']} over 100 "
+                     "counted at 100)", fontsize=10)
+    ax_age.set_ylabel("images")
+    ax_age.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _bars(ax_sex, summary["sex"], "Sex")
+    views = summary["by_view_position"]
+    labels = list(views)
+    positives = [views[v]["positive"] for v in labels]
+    negatives = [views[v]["images"] - views[v]["positive"] for v in labels]
+    ax_view.bar(labels, negatives, label="healthy", color="tab:gray")
+    ax_view.bar(labels, positives, bottom=negatives, label="pneumothorax", color="tab:red")
+    ax_view.set_title("View position", fontsize=10)
+    ax_view.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_view.legend(fontsize=8)
+    _bars(ax_regions, summary["regions_per_positive"], "Annotated regions per positive image", "tab:red")
+    areas = df.loc[df["has_pneumothorax"] == 1, "mask_area_px"]
+    if len(areas):
+        bins = np.geomspace(max(1, areas.min()), max(2, areas.max()), 20)
+        ax_area.hist(areas, bins=bins, color="tab:red", edgecolor="white")
+        ax_area.set_xscale("log")
+        ax_area.xaxis.set_minor_formatter(NullFormatter())
+        ax_area.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax_area.text(0.5, 0.5, "no positive images", ha="center", va="center", transform=ax_area.transAxes)
+    ax_area.set_title("Mask area of positives (pixels, log scale)", fontsize=10)
+    ax_rate.bar(labels, [100 * views[v]["positive_rate"] for v in labels], color="tab:red")
+    ax_rate.set_title("Positive rate by view position (%)", fontsize=10)
+    fig.suptitle(f"{summary['n_images']} images, {summary['n_positive']} positive "
+                 f"({summary['positive_rate']:.1%})", fontsize=12)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def _warnings(summary: dict[str, Any], unreadable: list[str], duplicates: list[str]) -> list[str]:
+    out = []
+    if summary["n_without_annotation_row"]:
+        out.append(f"{summary['n_without_annotation_row']} image(s) have no row in the annotation CSV; "
+                   "counted as healthy")
+    if summary["n_annotation_ids_without_image"]:
+        out.append(f"{summary['n_annotation_ids_without_image']} ImageId(s) in the annotation CSV have no "
+                   "DICOM file; ignored")
+    if unreadable:
+        out.append(f"{len(unreadable)} file(s) could not be read and were left out; first: {unreadable[0]}")
+    if duplicates:
+        out.append(f"{len(duplicates)} ImageId(s) appear in more than one file (e.g. {duplicates[0]})")
+    return out
+
+
+def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+            n_samples: int = 16, progress: bool = True) -> dict[str, Any]:
+    """Scan ``dicom_dir`` with the annotations ``rle_csv``, write the four outputs, return the summary.
+
+    The summary holds the statistics of ``summarize`` plus ``first_image`` (DicomMeta.as_dict of
+    the first file), ``warnings``, ``unreadable`` (messages) and ``files`` (output paths).
+    Raises DataError for a missing/empty folder or when no file is readable, RLEError for a bad CSV.
+    """
+    root, out = Path(dicom_dir), Path(out_dir)
+    files = find_dicoms(root)
+    annotations = read_annotations(rle_csv)
+    df, unreadable = scan_dataset(files, annotations, root, progress=progress)
+    if df.empty:
+        raise DataError(f"{root}: none of the {len(files)} .dcm files could be read; first: {unreadable[0]}")
+    duplicates = sorted(df.loc[df["image_id"].duplicated(), "image_id"].unique())
+    summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": str(rle_csv), **summarize(df, annotations)}
+    summary["first_image"] = read_dicom_meta(root / df["file"].iloc[0]).as_dict()
+    paths = {"summary": out / "summary.json", "metadata": out / "metadata.csv",
+             "distributions": out / "distributions.png"}
+    with atomic_path(paths["metadata"]) as tmp:
+        df.to_csv(tmp, index=False)
+    plot_distributions(df, summary, paths["distributions"])
+    if n_samples > 0:
+        paths["samples"] = out / "samples.png"
+        unreadable += plot_samples(df, annotations, root, paths["samples"], n_samples)
+    summary["warnings"] = _warnings(summary, unreadable, duplicates)
+    summary["unreadable"] = unreadable
+    summary["files"] = {name: str(p) for name, p in paths.items()}
+    atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,173 @@
+"""Tests for pneumoseg.data.explore and the ``pneumoseg explore`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from PIL import Image
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from typer.testing import CliRunner
+
+from pneumoseg.cli.explore import register
+from pneumoseg.data.explore import METADATA_COLUMNS, explore
+from pneumoseg.errors import DataError
+from pneumoseg.rle import rle_encode
+
+SIIM_DICOM = Path(__file__).resolve().parents[2].parent / "shared/data/siim/dicom"
+ID_307 = "1.2.276.0.7230010.3.1.4.8323329.307.1517875162.311533"
+
+
+def _app() -> typer.Typer:
+    """A fresh app holding only ``explore`` (other commands may not exist yet)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+
+    @app.callback()
+    def _root() -> None:
+        """Test root, so that ``explore`` stays a sub-command."""
+
+    return app
+
+
+def _real_dir() -> Path:
+    if not any(SIIM_DICOM.glob("*.dcm")):
+        pytest.skip(f"real SIIM sample not found at {SIIM_DICOM} (only present on the dev machines)")
+    return SIIM_DICOM
+
+
+def _assert_png(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_cli_on_the_real_sample(tmp_path: Path) -> None:
+    root = _real_dir()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_app(), ["explore", str(root), "--rle", str(root / "train-rle.csv"),
+                                         "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "Patient id" in result.output and "17d405a3-a0d2-4901-b33a-63906aa48d9f" in result.output
+    assert "58.3%" in result.output and str(out / "samples.png") in result.output
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_images"], summary["n_positive"], summary["n_negative"]) == (12, 7, 5)
+    assert summary["n_annotation_rows"] == 15 and summary["annotation_rows_per_image"] == {"1": 11, "4": 1}
+    assert summary["regions_per_positive"] == {"1": 6, "4": 1}
+    assert summary["warnings"] == [] and summary["unreadable"] == []
+    assert sum(summary["view_position"].values()) == 12 and set(summary["view_position"]) == {"PA", "AP"}
+    assert sum(summary["sex"].values()) == 12
+
+    meta = pd.read_csv(out / "metadata.csv")
+    assert len(meta) == 12 and list(meta.columns) == METADATA_COLUMNS
+    row = meta.set_index("image_id").loc[ID_307]
+    assert (row["n_rle_rows"], row["n_annotations"], row["has_pneumothorax"]) == (4, 4, 1)
+    assert meta["has_pneumothorax"].sum() == 7
+    assert (meta.loc[meta["has_pneumothorax"] == 0, "mask_area_px"] == 0).all()
+    assert (meta.loc[meta["has_pneumothorax"] == 1, "mask_area_px"] > 1000).all()
+
+    for name in ("samples.png", "distributions.png"):
+        width, height = _assert_png(out / name)
+        assert width > 300 and height > 300
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_bad_dir_gives_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    csv = tmp_path / "rle.csv"
+    csv.write_text("ImageId, EncodedPixels\nx, -1\n")
+    for folder in (empty, tmp_path / "missing"):
+        result = CliRunner().invoke(_app(), ["explore", str(folder), "--rle", str(csv), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and str(folder) in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+# --- synthetic data: runs everywhere ---------------------------------------------------------
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, patient: str, sex: str, view: str, age: str) -> str:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.PatientID, ds.PatientSex, ds.ViewPosition, ds.PatientAge = patient, sex, view, age
+    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    ds.set_pixel_data(pixels, "MONOCHROME2", 8)
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    return str(ds.SOPInstanceUID)
+
+
+def _synthetic(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """Four 40x48 DICOMs in nested folders (2 positive, 1 negative, 1 without CSV row), an orphan
+    CSV row and a broken .dcm file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "dicoms"
+    masks: dict[str, np.ndarray] = {}
+    rows = ["ImageId, EncodedPixels"]
+    specs = [("p1", "M", "PA", "030Y", 2), ("p2", "F", "AP", "061Y", 1), ("p3", "F", "PA", "", 0),
+             ("p4", "M", "AP", "045Y", None)]
+    for i, (patient, sex, view, age, n_regions) in enumerate(specs):
+        folder = root / f"study{i}" / "series"
+        folder.mkdir(parents=True)
+        pixels = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+        image_id = _write_dicom(folder / f"{i}.dcm", pixels, patient, sex, view, age)
+        union = np.zeros((40, 48), dtype=bool)
+        for r in range(n_regions or 0):
+            region = np.zeros_like(union)
+            region[5 + 15 * r: 12 + 15 * r, 10:30 - 5 * r] = True
+            union |= region
+            rows.append(f"{image_id}, {rle_encode(region)}")
+        if n_regions == 0:
+            rows.append(f"{image_id}, -1")
+        masks[image_id] = union
+    rows.append("1.2.3.orphan, -1")
+    (root / "broken.dcm").write_bytes(b"not a dicom at all")
+    csv = tmp_path / "train-rle.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    return root, csv, masks
+
+
+def test_explore_synthetic_counts_warnings_and_areas(tmp_path: Path) -> None:
+    root, csv, masks = _synthetic(tmp_path)
+    out = tmp_path / "out"
+    summary = explore(root, csv, out, n_samples=3, progress=False)
+    assert (summary["n_images"], summary["n_positive"], summary["n_negative"]) == (4, 2, 2)
+    assert summary["n_without_annotation_row"] == 1 and summary["n_annotation_ids_without_image"] == 1
+    assert summary["regions_per_positive"] == {"1": 1, "2": 1}
+    assert summary["age"]["missing"] == 1 and summary["age"]["max"] == 61
+    assert summary["sex"] == {"F": 2, "M": 2} and summary["view_position"] == {"AP": 2, "PA": 2}
+    warnings = " | ".join(summary["warnings"])
+    assert "1 image(s) have no row" in warnings and "counted as healthy" in warnings
+    assert "1 ImageId(s) in the annotation CSV have no DICOM" in warnings
+    assert "1 file(s) could not be read" in warnings and "broken.dcm" in warnings
+    meta = pd.read_csv(out / "metadata.csv", keep_default_na=False).set_index("image_id")
+    for image_id, mask in masks.items():
+        assert meta.loc[image_id, "mask_area_px"] == mask.sum()
+    assert meta["file"].str.startswith("study").all()
+    assert json.loads((out / "summary.json").read_text()) == summary
+    _assert_png(out / "samples.png")
+    _assert_png(out / "distributions.png")
+
+
+def test_explore_without_samples_and_all_unreadable(tmp_path: Path) -> None:
+    root, csv, _ = _synthetic(tmp_path)
+    summary = explore(root, csv, tmp_path / "out", n_samples=0, progress=False)
+    assert "samples" not in summary["files"] and not (tmp_path / "out" / "samples.png").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.dcm").write_bytes(b"junk")
+    with pytest.raises(DataError, match="none of the 1 .dcm files could be read"):
+        explore(bad, csv, tmp_path / "out2", progress=False)
