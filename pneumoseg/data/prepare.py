@@ -17,7 +17,11 @@ index.csv and cache.json; the result is byte-identical to an uninterrupted run.
 An item that cannot be prepared (unreadable file, undecodable RLE, mask/image size mismatch) is
 reported in ``PrepareResult.failures`` (one line naming the file or ImageId) and leaves no files;
 the others are still prepared. A cache prepared with another size or layout is refused unless
-``overwrite=True``, which deletes the previous cache's files first.
+``overwrite=True``, which deletes the previous cache's files first. Files of images no longer in
+the input stay on disk but are not in index.csv, which is what readers go by.
+
+Workers are started with ``forkserver`` (``spawn`` where that is missing), so a script calling
+these functions with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, s
         write_png(mask_path, resize_mask(mask, size))
         atomic_write_text(part_path, json.dumps({"key": item.key, "row": row}, sort_keys=True))
         return "ok", item.image_id, row
-    except Exception as exc:  # noqa: BLE001 - a bad item is reported; the rest go on
+    except Exception as exc:  # a bad item is reported; the rest go on
         for p in (part_path, image_path, mask_path):
             p.unlink(missing_ok=True)
         msg = str(exc) if isinstance(exc, PneumosegError) else f"{type(exc).__name__}: {exc}"
@@ -362,7 +366,8 @@ def prepare_png(png_dir: str | os.PathLike[str], out: str | os.PathLike[str], si
                 workers: int | None = None, progress: bool = True, overwrite: bool = False) -> PrepareResult:
     """Prepare ``png_dir/images/*`` with ``png_dir/masks/<same stem>.png`` (0/255) masks.
 
-    image_id = file stem; there are no patient ids (each image is its own group when splitting).
+    image_id = file stem; there are no patient ids (each image is its own group when splitting) and
+    no annotation rows: ``n_annotations`` is the number of 8-connected regions of the mask.
     An image without a mask is healthy (one warning); a mask without an image is reported in one
     warning; a mask whose size differs from its image's is a failure naming both files.
     """

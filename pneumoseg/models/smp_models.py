@@ -36,7 +36,8 @@ __all__ = [
     "build_smp_model",
 ]
 
-CURATED_ARCHS: tuple[str, ...] = ("unet", "unetplusplus", "fpn", "deeplabv3plus", "linknet", "manet", "pan")
+# PAN is left out: its pyramid pooling needs inputs of at least 128 px (it is still resolvable by name).
+CURATED_ARCHS: tuple[str, ...] = ("unet", "unetplusplus", "fpn", "deeplabv3plus", "linknet", "manet")
 CURATED_ENCODERS: tuple[str, ...] = (
     "resnet18",
     "resnet34",
@@ -50,10 +51,8 @@ CURATED_ENCODERS: tuple[str, ...] = (
     "densenet121",
     "mobilenet_v2",
 )
-# Pairs smp cannot build (these encoders do not support the dilation that DeepLabV3+ and PAN need).
-_UNSUPPORTED: frozenset[tuple[str, str]] = frozenset(
-    (arch, enc) for arch in ("deeplabv3plus", "pan") for enc in ("densenet121",)
-)
+# Pairs smp cannot build (DenseNet does not support the dilation that DeepLabV3+ needs).
+_UNSUPPORTED: frozenset[tuple[str, str]] = frozenset({("deeplabv3plus", "densenet121")})
 AUX_PARAMS: dict[str, Any] = {"pooling": "avg", "dropout": 0.2, "activation": None}
 
 

@@ -29,6 +29,15 @@ CONTRACT = ["unet", "uxception", *(f"{arch}-resnet18" for arch in CURATED_ARCHS)
 ENCODERS = [f"unet-{enc}" for enc in ("efficientnet-b0", "se_resnext50_32x4d", "densenet121", "mobilenet_v2")]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core machine, 2 threads are 20x slower, not faster."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _forward_backward(model: torch.nn.Module, channels: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
     x = torch.randn(2, channels, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     model.train()
@@ -52,7 +61,6 @@ def test_contract_forward_backward(name: str, channels: int) -> None:
     assert isinstance(out, torch.Tensor)
     assert out.shape == (2, 1, SIZE, SIZE)
     assert out.dtype == torch.float32
-    assert out.min() < 0 or out.max() > 1 or True  # logits: no range implied, no sigmoid applied
 
 
 @pytest.mark.parametrize("name", ENCODERS)
@@ -73,7 +81,7 @@ def test_aux_classifier(name: str) -> None:
 def test_all_listed_models_build_on_meta() -> None:
     names = list_models()
     assert {"unet", "uxception", "unet-resnet34", "unet-efficientnet-b0", "deeplabv3plus-resnet34"} <= set(names)
-    assert len(names) == 2 + len(CURATED_ARCHS) * len(CURATED_ENCODERS) - 2  # 2 unsupported pairs
+    assert len(names) == 2 + len(CURATED_ARCHS) * len(CURATED_ENCODERS) - 1  # deeplabv3plus-densenet121
     for name in names:
         with torch.device("meta"):
             model = create_model(name)

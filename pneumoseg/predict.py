@@ -1,0 +1,245 @@
+"""Inference: trained runs -> probability maps -> masks, overlays, CSVs and a Kaggle submission.
+
+Resolution rule: every model sees the image at its run's ``data.size``; probabilities of an
+ensemble (several runs, checkpoints, flip TTA) are averaged at the first run's size, where the
+post-processing (threshold, min-area, triplet rule — tuned at that size by ``pneumoseg tune``)
+is applied. Masks are then brought back to the input's own resolution (bilinear on the 0/1
+mask, cut at 0.5), so ``DIR/masks/<image_id>.png`` and the RLE match the input image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from pneumoseg.atomic import atomic_write_text
+from pneumoseg.config import ExperimentConfig
+from pneumoseg.data.dataset import normalize
+from pneumoseg.dicom import DicomMeta, read_dicom
+from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.images import read_image, resize_image, write_png
+from pneumoseg.overlay import overlay, write_rgb_png
+from pneumoseg.postprocess import PostProcess
+from pneumoseg.progress import progress_bar
+from pneumoseg.rle import rle_encode, rle_encode_absolute
+from pneumoseg.training.run import load_run
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "InputImage",
+    "Prediction",
+    "PredictResult",
+    "Predictor",
+    "find_inputs",
+    "load_input",
+    "predict_to_folder",
+    "run_postprocess",
+]
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One radiograph to predict: ``pixels`` uint8 (H, W); ``meta`` only for DICOM input."""
+
+    image_id: str
+    pixels: np.ndarray
+    path: Path
+    meta: DicomMeta | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``prob`` float32 (H, W) in [0, 1] and ``mask`` bool (H, W) at the input's resolution."""
+
+    image_id: str
+    prob: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def probability(self) -> float:
+        """Image-level score: the largest pixel probability."""
+        return float(self.prob.max())
+
+    @property
+    def area_px(self) -> int:
+        return int(self.mask.sum())
+
+
+def find_inputs(path: str | os.PathLike[str]) -> list[Path]:
+    """A DICOM / PNG / JPEG file, or every such file under a folder (recursive, sorted)."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DataError(f"{root}: no such file or folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES + IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{root}: no .dcm, .png or .jpg files found")
+    return files
+
+
+def load_input(path: str | os.PathLike[str]) -> InputImage:
+    """Read a DICOM (ImageId = SOPInstanceUID) or a PNG/JPEG (ImageId = file stem)."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return InputImage(path.stem, read_image(path), path)
+    dcm = read_dicom(path)
+    return InputImage(dcm.meta.image_id, dcm.pixels, path, dcm.meta)
+
+
+def run_postprocess(run_dir: str | os.PathLike[str], cfg: ExperimentConfig) -> PostProcess:
+    """The run's tuned post-processing (``RUN/postprocess.json``), else the config's threshold."""
+    tuned = Path(run_dir) / "postprocess.json"
+    if tuned.is_file():
+        return PostProcess.load(tuned)
+    return PostProcess(threshold=cfg.postprocess.threshold, min_area=cfg.postprocess.min_area)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Ensemble of trained runs: averaged sigmoid probabilities, optional horizontal-flip TTA.
+
+    ``runs``: run folders (``pneumoseg train`` outputs); ``checkpoint``: ``best``, ``last`` or
+    ``snapshot-K`` in each. ``postprocess`` defaults to the first run's tuned settings.
+    """
+
+    def __init__(self, runs: Sequence[str | os.PathLike[str]], checkpoint: str = "best", tta: bool = False,
+                 postprocess: PostProcess | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 4) -> None:
+        if not runs:
+            raise DataError("no run folder given")
+        self.device = torch.device(device) if device is not None else _default_device()
+        loaded = [load_run(r, checkpoint) for r in runs]
+        self.models: list[tuple[nn.Module, ExperimentConfig]] = [(m.to(self.device), c) for m, c in loaded]
+        self.cfg = self.models[0][1]
+        self.size = self.cfg.data.size
+        self.tta = tta
+        self.batch_size = batch_size
+        self.postprocess = postprocess or run_postprocess(runs[0], self.cfg)
+        self.model_name = "+".join(c.model.name for _, c in self.models)
+
+    @torch.inference_mode()
+    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = net(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        return torch.sigmoid(logits.float())
+
+    def probs_at_model_size(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 (N, S, S) probabilities, S = the first run's size, for uint8 (H, W) images."""
+        out = np.zeros((len(images), self.size, self.size), dtype=np.float32)
+        for net, cfg in self.models:
+            s = cfg.data.size
+            batch = np.stack([img if img.shape == (s, s) else resize_image(img, s) for img in images])
+            x = normalize(batch, cfg.data.in_channels, cfg.data.normalize).to(self.device)
+            prob = self._forward(net, x)
+            if self.tta:
+                prob = (prob + self._forward(net, x.flip(-1)).flip(-1)) / 2
+            p = prob[:, 0].cpu().numpy()
+            if s != self.size:
+                p = np.stack([cv2.resize(q, (self.size, self.size), interpolation=cv2.INTER_LINEAR) for q in p])
+            out += p
+        return out / len(self.models)
+
+    def predict_batch(self, images: Sequence[InputImage]) -> list[Prediction]:
+        """Predictions at each input's own resolution."""
+        probs = self.probs_at_model_size([im.pixels for im in images])
+        preds = []
+        for im, prob in zip(images, probs, strict=True):
+            mask = self.postprocess(prob)
+            h, w = im.pixels.shape
+            if (h, w) != prob.shape:
+                prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+                mask = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+            preds.append(Prediction(im.image_id, np.clip(prob, 0, 1), mask))
+        return preds
+
+
+@dataclass
+class PredictResult:
+    """What ``predict_to_folder`` wrote, and the inputs it could not use (one line each)."""
+
+    out_dir: Path
+    n_images: int = 0
+    n_positive: int = 0
+    failures: list[str] = field(default_factory=list)
+    predictions_csv: Path | None = None
+    submission_csv: Path | None = None
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+                      submission: str | os.PathLike[str] | None = None, overlays: bool = True,
+                      rle_format: Literal["relative", "absolute"] = "relative", progress: bool = True,
+                      on_prediction: object = None) -> PredictResult:
+    """Predict every input and write ``masks/``, ``overlays/``, ``predictions.csv`` and the submission.
+
+    An input that cannot be read is reported in ``failures`` (file and reason) and skipped; the
+    rest is still predicted. The submission has one row per image (``ImageId,EncodedPixels``,
+    ``-1`` when empty) in the challenge's relative RLE (``rle_format="absolute"``: 1-based
+    absolute starts, as the challenge's stage 2 asked). Every file is written atomically.
+    ``on_prediction(input_image, prediction)`` is called for each prediction when given.
+    """
+    out = Path(out_dir)
+    result = PredictResult(out)
+    encode = rle_encode if rle_format == "relative" else rle_encode_absolute
+    rows: list[tuple[str, str, float, int, int, int]] = []
+    sub_rows: list[tuple[str, str]] = []
+    seen: dict[str, Path] = {}
+    paths = [Path(p) for p in inputs]
+    with progress_bar(progress) as bar:
+        task = bar.add_task("predict", total=len(paths))
+        for start in range(0, len(paths), predictor.batch_size):
+            batch: list[InputImage] = []
+            for path in paths[start:start + predictor.batch_size]:
+                try:
+                    image = load_input(path)
+                except PneumosegError as exc:
+                    result.failures.append(str(exc))
+                    continue
+                if image.image_id in seen:
+                    result.failures.append(f"{path}: ImageId {image.image_id} already predicted from {seen[image.image_id]}")
+                    continue
+                seen[image.image_id] = path
+                batch.append(image)
+            for image, pred in zip(batch, predictor.predict_batch(batch) if batch else [], strict=True):
+                write_png(out / "masks" / f"{pred.image_id}.png", pred.mask.astype(np.uint8) * 255)
+                if overlays:
+                    write_rgb_png(out / "overlays" / f"{pred.image_id}.png", overlay(image.pixels, pred.mask))
+                h, w = pred.mask.shape
+                rows.append((pred.image_id, str(image.path), round(pred.probability, 6), pred.area_px, h, w))
+                sub_rows.append((pred.image_id, encode(pred.mask)))
+                if callable(on_prediction):
+                    on_prediction(image, pred)
+            bar.advance(task, len(paths[start:start + predictor.batch_size]))
+    result.n_images = len(rows)
+    result.n_positive = sum(r[3] > 0 for r in rows)
+    if rows:
+        result.predictions_csv = out / "predictions.csv"
+        atomic_write_text(result.predictions_csv, _csv_text(
+            ("image_id", "source", "probability", "area_px", "height", "width"), rows))
+        result.submission_csv = Path(submission) if submission else out / "submission.csv"
+        atomic_write_text(result.submission_csv, _csv_text(("ImageId", "EncodedPixels"), sub_rows))
+    return result
