@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 # Order here is the order in `pneumoseg --help`.
-COMMAND_MODULES = ["synth", "explore", "prepare", "split"]
+COMMAND_MODULES = ["demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "predict"]
 
 
 def _version(value: bool) -> None:

@@ -30,16 +30,8 @@ from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.rle import rle_encode
 
-__all__ = [
-    "POSITIVE_RATE",
-    "Anatomy",
-    "Phantom",
-    "SynthSummary",
-    "generate_dataset",
-    "make_phantom",
-    "render_phantom",
-    "sample_anatomy",
-]
+__all__ = ["POSITIVE_RATE", "Anatomy", "Phantom", "SynthSummary", "generate_dataset", "make_phantom",
+           "render_phantom", "sample_anatomy"]
 
 POSITIVE_RATE = 0.22  # share of positive images in the challenge's stage-2 training set
 _MIN_SIZE = 64
@@ -276,7 +268,7 @@ def _pneumothoraces(rng: np.random.Generator, contours: list[np.ndarray], hila: 
         if region.sum() < 4:
             continue
         masks.append(region)
-        arc = np.roll(np.arange(len(tt)), -int((centre - half) * len(tt)))
+        arc = np.roll(np.arange(len(tt)), -int(np.floor((centre - half) * len(tt))))  # arc in order
         pleura.append(collapsed[arc[pull[arc] > 0.01 * depth]])
     return masks, pleura
 

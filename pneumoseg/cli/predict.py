@@ -1,0 +1,58 @@
+"""``pneumoseg predict RUN INPUT --out DIR``: masks, overlays, predictions.csv, submission.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pneumoseg.cli._common import cli_errors, console, err_console, fail
+
+__all__ = ["predict", "register"]
+
+
+@cli_errors
+def predict(
+    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
+    input: Path = typer.Argument(..., help="A DICOM, a PNG/JPEG, or a folder of them (recursive)."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
+    submission: Path | None = typer.Option(None, "--submission", help="Submission CSV path (default OUT/submission.csv)."),
+    rle_format: str = typer.Option("relative", "--rle-format",
+                                   help="relative (the challenge's train-rle.csv format) | absolute (stage 2)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write OUT/overlays/<image_id>.png."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
+    from pneumoseg.errors import ConfigError
+    from pneumoseg.predict import Predictor, find_inputs, predict_to_folder
+
+    if rle_format not in ("relative", "absolute"):
+        raise ConfigError(f"--rle-format {rle_format!r} unknown (valid: relative, absolute)")
+    runs = [Path(r) for r in run.split(",") if r]
+    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
+    result = predict_to_folder(predictor, find_inputs(input), out, submission=submission, overlays=overlays,
+                               rle_format=rle_format, progress=progress)  # type: ignore[arg-type]
+    table = Table(title=f"Predictions ({predictor.model_name}{', TTA' if tta else ''})", show_header=False)
+    table.add_row("images", str(result.n_images))
+    table.add_row("with pneumothorax", str(result.n_positive))
+    table.add_row("post-processing", str(predictor.postprocess.to_dict()))
+    table.add_row("masks", str(out / "masks"))
+    if overlays:
+        table.add_row("overlays", str(out / "overlays"))
+    table.add_row("predictions", str(result.predictions_csv))
+    table.add_row("submission", str(result.submission_csv))
+    console.print(table)
+    if result.failures:
+        for line in result.failures:
+            err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+        raise fail(f"{len(result.failures)} input(s) could not be predicted (listed above)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``predict`` to ``app``."""
+    app.command("predict")(predict)
