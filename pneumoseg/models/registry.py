@@ -20,11 +20,12 @@ see ``pneumoseg.models.smp_models``). ``encoder_weights`` is handled here, once:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ __all__ = [
     "list_models",
     "is_model",
     "check_online",
+    "download_timeout",
     "load_weights_file",
     "WEIGHT_SUFFIXES",
 ]
@@ -141,6 +143,17 @@ def check_online(what: str, host: str = _HUB_HOST, timeout: float = 3.0) -> None
         raise ConfigError(f"cannot download {what}: {host} unreachable ({exc}); {hint}") from None
 
 
+@contextlib.contextmanager
+def download_timeout(seconds: float = 10.0) -> Iterator[None]:
+    """Set the default socket timeout while downloading, so that a stalled connection raises."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
 def _looks_like_path(value: str) -> bool:
     return value.lower().endswith(WEIGHT_SUFFIXES) or os.sep in value or "/" in value or Path(value).exists()
 
@@ -204,10 +217,10 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> dict[st
     own = target.state_dict()
     good = {k: v for k, v in cand.items() if k in own and own[k].shape == v.shape}
     mismatched = [k for k, v in cand.items() if k in own and own[k].shape != v.shape]
-    result = target.load_state_dict(good, strict=False)
+    target.load_state_dict(good, strict=False)  # smp encoders' override returns None: count here
     counts = {
         "loaded": len(good),
-        "missing": len(result.missing_keys),
+        "missing": len(set(own) - set(good)),
         "unexpected": len(cand) - len(good) - len(mismatched),
         "mismatched": len(mismatched),
     }

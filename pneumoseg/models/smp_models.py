@@ -16,6 +16,7 @@ left at None. With ``aux_classifier=True`` smp's classification head (average po
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -25,7 +26,7 @@ from segmentation_models_pytorch.encoders import get_encoder_names
 from torch import nn
 
 from pneumoseg.errors import ConfigError
-from pneumoseg.models.registry import check_online, register_model, register_resolver
+from pneumoseg.models.registry import check_online, download_timeout, register_model, register_resolver
 
 __all__ = [
     "CURATED_ARCHS",
@@ -110,15 +111,16 @@ def build_smp_model(
             )
         check_online(f"{encoder_weights} weights for encoder {encoder!r}")
     try:
-        return smp.create_model(
-            arch,
-            encoder_name=encoder,
-            encoder_weights=encoder_weights,
-            in_channels=in_channels,
-            classes=classes,
-            activation=None,
-            **kwargs,
-        )
+        with download_timeout() if encoder_weights is not None else contextlib.nullcontext():
+            return smp.create_model(
+                arch,
+                encoder_name=encoder,
+                encoder_weights=encoder_weights,
+                in_channels=in_channels,
+                classes=classes,
+                activation=None,
+                **kwargs,
+            )
     except (KeyError, ValueError, AttributeError, AssertionError, TypeError) as exc:
         raise ConfigError(f"model {name!r} cannot be built by smp: {exc}") from None
     except OSError as exc:  # download failures (hub, urllib, file cache)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pneumoseg.errors import ConfigError
-from pneumoseg.models.registry import check_online, register_model
+from pneumoseg.models.registry import check_online, download_timeout, register_model
 
 __all__ = ["UXception", "XCEPTION_TAPS"]
 
@@ -199,9 +199,11 @@ def _create_uxception(
         raise ConfigError(f"model 'uxception' takes no options {sorted(kwargs)}")
     if encoder_weights not in (None, "imagenet"):
         raise ConfigError(f"model 'uxception': encoder_weights {encoder_weights!r} unknown; valid: None, 'imagenet'")
-    if encoder_weights == "imagenet":
-        check_online("imagenet weights for the uxception encoder (timm legacy_xception)")
+    if encoder_weights is None:
+        return UXception(in_channels, classes, aux_classifier)
+    check_online("imagenet weights for the uxception encoder (timm legacy_xception)")
     try:
-        return UXception(in_channels, classes, aux_classifier, pretrained=encoder_weights == "imagenet")
+        with download_timeout():
+            return UXception(in_channels, classes, aux_classifier, pretrained=True)
     except OSError as exc:
         raise ConfigError(f"model 'uxception': downloading imagenet weights failed: {exc}") from None

@@ -1,0 +1,140 @@
+"""predict / tune / evaluate on a briefly trained run: files, round trips, TTA, ensembles, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pneumoseg.cli.main import app
+from pneumoseg.errors import DataError
+from pneumoseg.images import read_image, read_mask, write_png
+from pneumoseg.metrics import dice_kaggle
+from pneumoseg.postprocess import PostProcess
+from pneumoseg.predict import Predictor, find_inputs, load_input, predict_to_folder
+from pneumoseg.rle import read_annotations, rle_decode_absolute
+
+runner = CliRunner()
+
+
+def test_predict_folder_writes_masks_overlays_and_decodable_submission(trained_run: Path, synth_data: Path,
+                                                                         tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    dicoms = sorted((synth_data / "dicom").glob("*.dcm"))[:3]
+    for p in dicoms:
+        (inputs / "sub").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, inputs / "sub" / p.name)
+    png = load_input(dicoms[0]).pixels[:, :200]  # a non-square PNG input
+    write_png(inputs / "plain.png", png)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(trained_run), str(inputs), "--out", str(out), "--no-progress",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ids = [p.stem for p in dicoms] + ["plain"]
+    preds = pd.read_csv(out / "predictions.csv", dtype={"image_id": str})
+    assert sorted(preds["image_id"]) == sorted(ids)
+    sub = read_annotations(out / "submission.csv")
+    assert sorted(sub) == sorted(ids) and all(len(v) == 1 for v in sub.values())
+    for image_id in ids:
+        mask = read_mask(out / "masks" / f"{image_id}.png")
+        h, w = (256, 200) if image_id == "plain" else (256, 256)
+        assert mask.shape == (h, w)
+        np.testing.assert_array_equal(sub.mask(image_id, h, w), mask)
+        assert read_image(out / "overlays" / f"{image_id}.png").shape == (h, w)
+        row = preds.set_index("image_id").loc[image_id]
+        assert row["area_px"] == mask.sum() and 0 <= row["probability"] <= 1
+
+
+def test_absolute_rle_submission_round_trip(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    predictor = Predictor([trained_run], device="cpu", postprocess=PostProcess(threshold=0.2))
+    inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:4]
+    res = predict_to_folder(predictor, inputs, tmp_path, rle_format="absolute", progress=False)
+    sub = pd.read_csv(res.submission_csv, dtype=str)
+    for image_id, rle in zip(sub["ImageId"], sub["EncodedPixels"], strict=True):
+        mask = read_mask(tmp_path / "masks" / f"{image_id}.png")
+        np.testing.assert_array_equal(rle_decode_absolute(rle, *mask.shape), mask)
+
+
+def test_tta_is_flip_symmetric_and_ensemble_of_one_run_is_the_run(trained_run: Path, synth_data: Path) -> None:
+    image = load_input(sorted((synth_data / "dicom").glob("*.dcm"))[0]).pixels
+    tta = Predictor([trained_run], device="cpu", tta=True)
+    p = tta.probs_at_model_size([image, image[:, ::-1].copy()])
+    np.testing.assert_allclose(p[1], p[0][:, ::-1], atol=1e-5)
+    plain = Predictor([trained_run], device="cpu").probs_at_model_size([image])
+    assert not np.allclose(p[0], plain[0], atol=1e-6)  # TTA really changes something
+    twice = Predictor([trained_run, trained_run], device="cpu").probs_at_model_size([image])
+    np.testing.assert_allclose(twice, plain, atol=1e-6)
+
+
+def test_corrupt_input_is_reported_and_the_rest_predicted(trained_run: Path, synth_data: Path,
+                                                          tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((synth_data / "dicom").glob("*.dcm"))[0]
+    shutil.copy(good, inputs / good.name)
+    (inputs / "broken.dcm").write_bytes(good.read_bytes()[:2000])
+    (inputs / "notes.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(trained_run), str(inputs), "--out", str(out), "--no-progress",
+                                 "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "broken.dcm" in result.output and "notes.png" in result.output
+    assert "2 input(s) could not be predicted" in result.output
+    assert [p.stem for p in (out / "masks").iterdir()] == [good.stem]
+    assert len(pd.read_csv(out / "submission.csv")) == 1
+
+
+def test_run_without_checkpoint_is_one_clear_error(trained_run: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(trained_run / "config.yaml", bare / "config.yaml")
+    result = runner.invoke(app, ["predict", str(bare), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "no checkpoint" in result.output and len(result.output.strip().splitlines()) == 1
+    with pytest.raises(DataError, match="no .dcm, .png or .jpg"):
+        find_inputs(bare)
+
+
+def test_tune_then_evaluate(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(app, ["tune", str(run), "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    tuned = PostProcess.load(run / "postprocess.json")
+    table = pd.read_csv(run / "tune.csv")
+    assert len(table) > 10 and table["dice_kaggle"].iloc[0] == table["dice_kaggle"].max()
+    assert Predictor([run], device="cpu").postprocess == tuned  # predict uses the tuned rule by default
+
+    result = runner.invoke(app, ["evaluate", str(run), "--split", "test", "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    for key in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity", "fpr_empty",
+                "n_images", "n_positive"):
+        assert key in metrics
+    per_image = pd.read_csv(run / "eval" / "per_image.csv", dtype={"image_id": str})
+    assert len(per_image) == metrics["n_images"] and per_image["has_truth"].sum() == metrics["n_positive"]
+    assert per_image["dice"].mean() == pytest.approx(metrics["dice_kaggle"], abs=1e-4)
+    empty_pred = per_image["pred_area_px"] == 0
+    empty_truth = per_image["has_truth"] == 0
+    assert (per_image.loc[empty_pred & empty_truth, "dice"] == 1).all()
+    assert (per_image.loc[~empty_pred & empty_truth, "dice"] == 0).all()
+    for name in ("best.png", "worst.png"):
+        assert read_image(run / "eval" / name).shape[0] > 100
+
+
+def test_evaluate_metrics_match_an_independent_recomputation(trained_run: Path) -> None:
+    from pneumoseg.evaluate import predict_split
+
+    predictor = Predictor([trained_run], device="cpu")
+    preds = predict_split(predictor, "val", progress=False)
+    masks = np.stack([p > predictor.postprocess.threshold for p in preds.probs.astype(np.float32)])
+    scores = []
+    for m, t in zip(masks, preds.truths, strict=True):
+        total = m.sum() + t.sum()
+        scores.append(1.0 if total == 0 else 2 * (m & t).sum() / total)
+    assert dice_kaggle(masks, preds.truths) == pytest.approx(np.mean(scores))
