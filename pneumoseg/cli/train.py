@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def register(app: typer.Typer) -> None:
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,
                  "train.batch_size": batch_size, "train.precision": precision,
                  "train.accelerator": accelerator, "data.fold": fold}
-        overrides += [f"{key}={value}" for key, value in named.items() if value is not None]
+        overrides += [f"{key}={json.dumps(str(v) if isinstance(v, Path) else v)}"  # JSON is valid YAML
+                      for key, v in named.items() if v is not None]
         if resume is not None:
             if config is not None:
                 raise ConfigError("--resume RUN takes its config from RUN/config.yaml: drop the CONFIG argument")
@@ -63,10 +65,17 @@ def register(app: typer.Typer) -> None:
         else:
             cfg = load_config(config, overrides)
             run_dir = out if out is not None else default_run_dir(config)
-        os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks relaunched by Lightning reuse this folder
         console.print(f"[bold]{'resuming' if resume else 'training'}[/] {cfg.model.name} on {cfg.data.cache} "
                       f"-> {run_dir}", highlight=False)
-        result = train(cfg, run_dir, resume=resume is not None, progress=progress)
+        previous = os.environ.get(RUN_DIR_ENV)
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks relaunched by Lightning reuse this folder
+        try:
+            result = train(cfg, run_dir, resume=resume is not None, progress=progress)
+        finally:
+            if previous is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = previous
         score = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
         console.print(f"run folder   {result.run_dir}", highlight=False)
         console.print(f"best         {result.best_ckpt} (val/{cfg.train.monitor} = {score})", highlight=False)

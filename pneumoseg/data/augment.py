@@ -112,7 +112,7 @@ def _one(spec: Any, size: int, where: str) -> Any:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             built = cls(**params)
-    except Exception as exc:  # noqa: BLE001 - albumentations raises TypeError/ValueError/pydantic errors
+    except Exception as exc:
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ConfigError(f"{where} ({name}): bad parameters {params}: {detail}") from None
     for warning in caught:

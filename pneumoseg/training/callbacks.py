@@ -31,8 +31,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.training.schedules import SnapshotCallbackBuilder
 
-__all__ = ["AtomicCheckpointIO", "EpochSeed", "HistoryCallback", "SnapshotCheckpoint", "ThroughputMonitor",
-           "plot_history", "HISTORY_COLUMNS"]
+__all__ = [
+    "HISTORY_COLUMNS",
+    "AtomicCheckpointIO",
+    "EpochSeed",
+    "HistoryCallback",
+    "SnapshotCheckpoint",
+    "ThroughputMonitor",
+    "plot_history",
+]
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "train_dice_kaggle", "val_dice_kaggle",
                    "val_dice_positive"]

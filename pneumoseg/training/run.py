@@ -61,8 +61,18 @@ from pneumoseg.training.callbacks import (
 from pneumoseg.training.module import SegmentationModule
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_factory, scheduler_factory
 
-__all__ = ["TrainResult", "build_datamodule", "build_model", "build_module", "build_trainer",
-           "default_run_dir", "list_checkpoints", "load_run", "train", "RUN_DIR_ENV"]
+__all__ = [
+    "RUN_DIR_ENV",
+    "TrainResult",
+    "build_datamodule",
+    "build_model",
+    "build_module",
+    "build_trainer",
+    "default_run_dir",
+    "list_checkpoints",
+    "load_run",
+    "train",
+]
 
 RUN_DIR_ENV = "PNEUMOSEG_RUN_DIR"
 
@@ -230,7 +240,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> tuple
         path = available[checkpoint]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as exc:  # noqa: BLE001 - unreadable / foreign file
+    except Exception as exc:
         raise DataError(f"{path}: not a readable pneumoseg checkpoint ({exc})") from None
     net = build_model(cfg, encoder_weights=False)
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

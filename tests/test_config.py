@@ -1,0 +1,119 @@
+"""The experiment config: defaults, layering, overrides, errors, round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumoseg.config import ExperimentConfig, dump_config, list_configs, load_config, parse_override
+from pneumoseg.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_packaged_default_has_every_key() -> None:
+    cfg = load_config(None)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.train.monitor == "dice_kaggle"
+    assert cfg.data.normalize == "gray"  # "auto" resolved for 1 channel
+    assert cfg.sampler is None and cfg.augment.preset == "seed"
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "winner.yaml", "seed_unet.yaml", "uxception.yaml"])
+def test_packaged_configs_load(name: str) -> None:
+    assert name in list_configs()
+    cfg = load_config(name)
+    assert cfg.data.size % 32 == 0
+
+
+def test_winner_recipe() -> None:
+    cfg = load_config("winner")
+    assert cfg.loss == {"bce": 3.0, "dice": 1.0, "focal": 4.0}
+    assert cfg.sampler is not None and (cfg.sampler.pos_start, cfg.sampler.pos_end) == (0.8, 0.4)
+    assert cfg.data.in_channels == 3 and cfg.data.normalize == "imagenet"
+
+
+def test_experiment_merges_over_defaults_and_base(tmp_path: Path) -> None:
+    plain = load_config(write(tmp_path / "plain.yaml", "train:\n  epochs: 7\n"))
+    assert plain.train.epochs == 7 and plain.train.batch_size == load_config(None).train.batch_size
+    child = load_config(write(tmp_path / "child.yaml", "base: winner.yaml\noptim:\n  lr: 0.01\n"))
+    assert child.optim.lr == 0.01 and child.loss == {"bce": 3.0, "dice": 1.0, "focal": 4.0}
+    write(tmp_path / "mid.yaml", "base: winner.yaml\ntrain:\n  epochs: 4\n")
+    leaf = load_config(write(tmp_path / "leaf.yaml", "base: mid.yaml\nloss: dice\n"))
+    assert leaf.train.epochs == 4 and leaf.loss == "dice" and leaf.sampler is not None
+
+
+def test_overrides() -> None:
+    cfg = load_config(None, ["model.name=unet", "train.epochs=3", "optim.lr=1e-4", "loss={bce: 3, dice: 1}",
+                             "loss.focal=4", "sampler.pos_start=0.9", "data.cache=/tmp/x y"])
+    assert cfg.model.name == "unet" and cfg.train.epochs == 3 and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.loss == {"bce": 3.0, "dice": 1.0, "focal": 4.0}
+    assert cfg.sampler is not None and cfg.sampler.pos_start == 0.9 and cfg.sampler.pos_end == 0.4
+    assert cfg.data.cache == "/tmp/x y"
+    assert load_config("winner", ["sampler=null"]).sampler is None
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+def test_custom_augment_list() -> None:
+    cfg = load_config(None, ["augment.transforms=[{name: HorizontalFlip, p: 1.0}]"])
+    assert cfg.augment.preset == "custom" and cfg.augment.transforms == [{"name": "HorizontalFlip", "p": 1.0}]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("train:\n  epoch: 3\n", ["bad.yaml", "'train.epoch'", "epochs"]),
+        ("trainer: {}\n", ["bad.yaml", "'trainer'", "train"]),
+        ("train:\n  epochs: abc\n", ["bad.yaml", "train.epochs", "integer"]),
+        ("optim:\n  name: rmsprop\n", ["bad.yaml", "optim.name", "adam, adamw, sgd"]),
+        ("data:\n  size: 500\n", ["bad.yaml", "data.size", "divisible by 32", "480 or 512"]),
+        ("data:\n  in_channels: 2\n", ["data.in_channels", "1, 3"]),
+        ("schedule:\n  name: step\n", ["schedule.name", "snapshot, cosine, plateau, none"]),
+        ("augment:\n  transforms:\n    - {name: HorizontalFlp}\n", ["bad.yaml", "HorizontalFlp", "HorizontalFlip"]),
+        ("augment:\n  preset: heavy\n", ["augment.preset", "seed, light, none"]),
+        ("sampler:\n  pos_start: 1.5\n", ["sampler.pos_start", "[0, 1]"]),
+        ("postprocess:\n  threshold: 0\n", ["postprocess.threshold"]),
+        ("base: nowhere.yaml\n", ["bad.yaml", "nowhere.yaml"]),
+        ("- a\n- b\n", ["bad.yaml", "mapping"]),
+    ],
+)
+def test_bad_files_name_file_and_key(tmp_path: Path, text: str, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path / "bad.yaml", text))
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("train.foo=1", ["override 'train.foo=1'", "'train.foo'", "batch_size"]),
+        ("train.epochs", ["KEY=VALUE"]),
+        ("train.epochs=0", ["train.epochs", ">= 1"]),
+        ("data.normalize=imagenet", ["data.normalize", "in_channels: 3"]),
+        ("train.precision=8-bit", ["train.precision", "bf16-mixed"]),
+    ],
+)
+def test_bad_overrides(override: str, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_unknown_config_name_lists_packaged() -> None:
+    with pytest.raises(ConfigError, match="winner.yaml"):
+        load_config("no-such-config")
+
+
+def test_dump_round_trip(tmp_path: Path) -> None:
+    cfg = load_config("winner", ["train.epochs=2", "augment.transforms=[{name: RandomGamma, p: 0.2}]"])
+    path = tmp_path / "run" / "config.yaml"
+    dump_config(cfg, path)
+    assert "base" not in path.read_text()
+    assert load_config(path) == cfg
+    assert load_config(path.parent) == cfg  # a run folder works too
