@@ -130,16 +130,17 @@ def bench_prepare(tmp: Path, n: int, size: int) -> dict:
 
     src, csv_path, rles = make_copies(tmp, n, "speed")
     files = sorted(src.glob("*.dcm"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     images, _ = seed_get_data(files, rles, size)
-    t_seed = time.perf_counter() - t0
+    t_seed, c_seed = time.perf_counter() - t0, time.process_time() - c0
     assert len(images) == n
     del images
-    out = {"n": n, "seed_s": t_seed}
+    out = {"n": n, "seed_s": t_seed, "seed_cpu_ms": 1e3 * c_seed / n}
     for workers in (1, 2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = prepare_dicom(src, csv_path, tmp / f"cache{n}_{workers}", size=size, workers=workers, progress=False)
         out[f"ours{workers}_s"] = time.perf_counter() - t0
+        out[f"ours{workers}_cpu_ms"] = 1e3 * (time.process_time() - c0) / n  # workers=2: parent only
         assert res.n_done == n and res.n_failed == 0, res
     t0 = time.perf_counter()
     res = prepare_dicom(src, csv_path, tmp / f"cache{n}_2", size=size, workers=2, progress=False)
@@ -187,12 +188,18 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, Linux"
 
 
+def load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def markdown(r: dict, p: dict, mem: list[dict], args: argparse.Namespace) -> str:
     cmd = "make bench  # = .venv/bin/python benchmarks/bench_data.py" + (" --quick" if args.quick else "")
     buf = io.StringIO()
     w = buf.write
     w("## Data\n\n")
-    w(f"Machine: {machine()}. Reproduce: `{cmd}` (add `--update-docs` to rewrite this section).\n\n")
+    w(f"Machine: {machine()}. Load average (1/5/15 min) at the start: {args.load_start}, at the end: "
+      f"{load()}; other jobs sharing the cores slow the parallel numbers most.\n\n"
+      f"Reproduce: `{cmd}` (add `--update-docs` to rewrite this section).\n\n")
     w("### RLE decode: `pneumoseg.rle.rle_decode` vs the seed's `rle2mask` (+ `.T`)\n\n")
     w(f"All {r['rows']:,} rows of `stage2-train-rle.csv.gz`, 1024x1024.\n\n")
     w("| | seed `rle2mask` | `rle_decode` |\n|---|---:|---:|\n")
@@ -207,10 +214,11 @@ def markdown(r: dict, p: dict, mem: list[dict], args: argparse.Namespace) -> str
     w("The 12 real JPEG-baseline DICOMs, symlinked under new names with duplicated RLE rows. The seed loop "
       "(pydicom read + `cv2.resize`, `rle2mask` per row, everything kept in lists) writes nothing; prepare "
       "also writes two PNGs and a record per image.\n\n")
-    w("| | time | images/s |\n|---|---:|---:|\n")
-    for label, key in (("seed loop (serial)", "seed_s"), ("prepare, --workers 1", "ours1_s"),
-                       ("prepare, --workers 2", "ours2_s"), ("prepare rerun (all skipped)", "resume_s")):
-        w(f"| {label} | {p[key]:.2f} s | {p['n'] / p[key]:.0f} |\n")
+    w("| | time | images/s | CPU per image (this process) |\n|---|---:|---:|---:|\n")
+    for label, key in (("seed loop (serial)", "seed"), ("prepare, --workers 1", "ours1"),
+                       ("prepare, --workers 2", "ours2"), ("prepare rerun (all skipped)", "resume")):
+        cpu = f"{p[key + '_cpu_ms']:.1f} ms" if key + "_cpu_ms" in p else ""
+        w(f"| {label} | {p[key + '_s']:.2f} s | {p['n'] / p[key + '_s']:.0f} | {cpu} |\n")
     w(f"\nSpeed-up with 2 workers: **{p['speedup']:.1f}x** (target >= 2x).\n\n")
     w("### prepare: peak memory (parent + 2 workers, summed RSS, polled every 10 ms)\n\n")
     w("| files | peak RSS | wall time |\n|---:|---:|---:|\n")
@@ -240,6 +248,7 @@ def main() -> None:
     ap.add_argument("--update-docs", action="store_true", help="rewrite the Data section of docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = ap.parse_args()
+    args.load_start = load()
     if not (STAGE2.is_file() and DICOM.is_dir()):
         raise SystemExit(f"real SIIM sample not found at {SIIM} (set PNEUMOSEG_SIIM_DIR)")
     n_prep, n_mem = (48, (48, 240)) if args.quick else (204, (204, 2004))

@@ -17,9 +17,9 @@ from pneumoseg.errors import DataError
 
 __all__ = ["encode_png", "read_image", "read_mask", "resize_image", "resize_mask", "write_png"]
 
-# zlib level 3: ~20% smaller than cv2's default (1) for radiographs, still fast; fixed so that
-# the same array always gives the same bytes.
-PNG_COMPRESSION = 3
+# zlib level 1 (fast): level 3 is only ~4% smaller on 256 px radiographs and ~25% slower. Fixed,
+# so that the same array always gives the same bytes.
+PNG_COMPRESSION = 1
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:

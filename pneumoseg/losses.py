@@ -34,22 +34,24 @@ from pneumoseg.errors import ConfigError
 
 __all__ = [
     "LOSSES",
-    "BCELoss",
-    "DiceLoss",
     "BCEDiceLoss",
     "BCELogDiceLoss",
+    "BCELoss",
     "BinaryFocalLoss",
+    "DiceLoss",
     "LovaszHingeLoss",
     "WeightedLoss",
-    "soft_dice",
     "create_loss",
     "list_losses",
+    "soft_dice",
 ]
 
 
 def _check(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.shape != targets.shape:
-        raise ValueError(f"loss: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+        raise ValueError(
+            f"loss: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape"
+        )
     return targets.to(dtype=logits.dtype)
 
 
@@ -157,7 +159,8 @@ class LovaszHingeLoss(_PartsLoss):
 
 
 LOSSES: dict[str, type[_PartsLoss]] = {
-    cls.name: cls for cls in (BCELoss, DiceLoss, BCEDiceLoss, BCELogDiceLoss, BinaryFocalLoss, LovaszHingeLoss)
+    cls.name: cls
+    for cls in (BCELoss, DiceLoss, BCEDiceLoss, BCELogDiceLoss, BinaryFocalLoss, LovaszHingeLoss)
 }
 
 

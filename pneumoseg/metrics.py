@@ -31,13 +31,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 __all__ = [
-    "dice_per_image",
-    "dice_kaggle",
-    "dice_positive",
-    "detection_metrics",
-    "summarize",
-    "DiceKaggle",
     "SUMMARY_KEYS",
+    "DiceKaggle",
+    "detection_metrics",
+    "dice_kaggle",
+    "dice_per_image",
+    "dice_positive",
+    "summarize",
 ]
 
 SUMMARY_KEYS = (
@@ -98,10 +98,12 @@ def dice_kaggle(pred_masks: Any, true_masks: Any) -> float:
 def dice_positive(pred: Any, true: Any) -> float:
     """Mean per-image Dice over the images whose truth is not empty (NaN if there are none)."""
     p, t = _pair(pred, true)
-    keep = t.any(axis=1)
+    true_area = np.count_nonzero(t, axis=1)
+    keep = true_area > 0
     if not keep.any():
         return math.nan
-    return float(dice_per_image(p[keep], t[keep]).mean())
+    dice = _dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
+    return float(dice[keep].mean())
 
 
 def _ratio(num: int, den: int) -> float:
@@ -125,7 +127,9 @@ def detection_metrics(scores: Any, has_truth: Any, pred_positive: Any) -> dict[s
     y = np.asarray(has_truth).reshape(-1).astype(bool)
     yhat = np.asarray(pred_positive).reshape(-1).astype(bool)
     if not (s.shape == y.shape == yhat.shape):
-        raise ValueError(f"scores, has_truth, pred_positive differ in length: {s.shape}, {y.shape}, {yhat.shape}")
+        raise ValueError(
+            f"scores, has_truth, pred_positive differ in length: {s.shape}, {y.shape}, {yhat.shape}"
+        )
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     auc = float(roc_auc_score(y, s)) if n_pos and n_neg else math.nan
     tn = int((~y & ~yhat).sum())
@@ -178,15 +182,19 @@ class DiceKaggle:
     def update(self, pred: Any, true: Any) -> None:
         if not isinstance(pred, torch.Tensor) or not isinstance(true, torch.Tensor):
             p, t = _pair(pred, true)
-            self._dice.append(dice_per_image(p, t))
-            self._positive.append(t.any(axis=1))
+            true_area = np.count_nonzero(t, axis=1)
+            self._dice.append(
+                _dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
+            )
+            self._positive.append(true_area > 0)
             return
         if pred.shape != true.shape:
-            raise ValueError(f"pred and true masks differ in shape: {tuple(pred.shape)} vs {tuple(true.shape)}")
-        p = (pred != 0).reshape(pred.shape[0], -1) if pred.ndim > 2 else (pred != 0).reshape(1, -1)
-        t = (true != 0).reshape(p.shape)
-        inter = (p & t).sum(1)
-        stacked = torch.stack([inter, p.sum(1), t.sum(1)]).cpu().numpy()
+            raise ValueError(
+                f"pred and true masks differ in shape: {tuple(pred.shape)} vs {tuple(true.shape)}"
+            )
+        pt = (pred != 0).reshape(pred.shape[0], -1) if pred.ndim > 2 else (pred != 0).reshape(1, -1)
+        tt = (true != 0).reshape(pt.shape)
+        stacked = torch.stack([(pt & tt).sum(1), pt.sum(1), tt.sum(1)]).cpu().numpy()
         self._dice.append(_dice_from_counts(stacked[0], stacked[1], stacked[2]))
         self._positive.append(stacked[2] > 0)
 

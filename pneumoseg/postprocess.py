@@ -32,7 +32,7 @@ import pandas as pd
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
 
-__all__ = ["PostProcess", "remove_small_components", "grid_search", "default_grid"]
+__all__ = ["PostProcess", "default_grid", "grid_search", "remove_small_components"]
 
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -40,7 +40,7 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if min_area <= 1 or not mask.any():
         return mask.copy()
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area
     keep[0] = False
     return keep[labels]
@@ -140,10 +140,14 @@ def default_grid(size: int = 1024) -> list[dict[str, list[Any]]]:
     Areas are the winning solution's pixel counts at 1024 px, scaled by (size / 1024)^2.
     """
     scale = (size / 1024) ** 2
-    areas = sorted({int(round(a * scale)) for a in (0, 500, 1000, 2000, 3000, 4000)})
+    areas = sorted({round(a * scale) for a in (0, 500, 1000, 2000, 3000, 4000)})
     return [
         {"threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_area": areas},
-        {"top_threshold": [0.5, 0.6, 0.7, 0.75, 0.8, 0.9], "min_area": areas, "bottom_threshold": [0.3, 0.4, 0.5]},
+        {
+            "top_threshold": [0.5, 0.6, 0.7, 0.75, 0.8, 0.9],
+            "min_area": areas,
+            "bottom_threshold": [0.3, 0.4, 0.5],
+        },
     ]
 
 
@@ -176,7 +180,11 @@ def _plain_rows(
 
 
 def _triplet_rows(
-    probs: np.ndarray, truths: np.ndarray, tops: Sequence[float], areas: Sequence[int], bottoms: Sequence[float]
+    probs: np.ndarray,
+    truths: np.ndarray,
+    tops: Sequence[float],
+    areas: Sequence[int],
+    bottoms: Sequence[float],
 ) -> list[dict[str, Any]]:
     flat = probs.reshape(len(probs), -1)
     tflat = truths.reshape(len(truths), -1)
@@ -207,7 +215,9 @@ def _row(dice: np.ndarray, true_area: np.ndarray, **params: Any) -> dict[str, An
 
 
 def grid_search(
-    probs: Any, truths: Any, grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]] | None = None
+    probs: Any,
+    truths: Any,
+    grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]] | None = None,
 ) -> tuple[PostProcess, pd.DataFrame]:
     """Score every rule of ``grid`` on (N, H, W) probabilities against bool (N, H, W) truths.
 
@@ -223,7 +233,9 @@ def grid_search(
     if p.ndim == 4 and p.shape[1] == 1:
         p, t = p[:, 0], t.reshape(p.shape)[:, 0]
     if p.ndim != 3 or p.shape != t.shape or len(p) == 0:
-        raise ValueError(f"grid_search: expected equal non-empty (N, H, W) probs and truths, got {p.shape}, {t.shape}")
+        raise ValueError(
+            f"grid_search: expected equal non-empty (N, H, W) probs and truths, got {p.shape}, {t.shape}"
+        )
     grids = default_grid(p.shape[-1]) if grid is None else [grid] if isinstance(grid, Mapping) else list(grid)
     rows: list[dict[str, Any]] = []
     for g in grids:

@@ -11,7 +11,7 @@ from rich.table import Table
 from pneumoseg.cli._common import cli_errors, console
 from pneumoseg.errors import ConfigError
 
-__all__ = ["register", "models", "count_parameters"]
+__all__ = ["count_parameters", "models", "register"]
 
 
 def count_parameters(name: str, in_channels: int = 1) -> int:
@@ -33,7 +33,9 @@ def models(
     pattern: Annotated[
         str | None, typer.Argument(help="Shell wildcard on the name, e.g. 'unet*' or '*resnet34'.")
     ] = None,
-    params: Annotated[bool, typer.Option("--params/--no-params", help="Count parameters (in_channels=1).")] = True,
+    params: Annotated[
+        bool, typer.Option("--params/--no-params", help="Count parameters (in_channels=1).")
+    ] = True,
 ) -> None:
     """List model names for the config's ``model.name`` (any smp '<arch>-<encoder>' works too)."""
     from pneumoseg.models import list_models

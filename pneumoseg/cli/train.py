@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(config, overrides)
             run_dir = out if out is not None else default_run_dir(config)
         console.print(f"[bold]{'resuming' if resume else 'training'}[/] {cfg.model.name} on {cfg.data.cache} "
-                      f"-> {run_dir}", highlight=False)
+                      f"-> {run_dir}", highlight=False, soft_wrap=True)
         previous = os.environ.get(RUN_DIR_ENV)
         os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks relaunched by Lightning reuse this folder
         try:
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
             else:
                 os.environ[RUN_DIR_ENV] = previous
         score = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
-        console.print(f"run folder   {result.run_dir}", highlight=False)
-        console.print(f"best         {result.best_ckpt} (val/{cfg.train.monitor} = {score})", highlight=False)
-        console.print(f"last         {result.last_ckpt}", highlight=False)
-        console.print(f"history      {result.history}  curves {result.run_dir / 'curves.png'}", highlight=False)
+        console.print(f"run folder   {result.run_dir}", highlight=False, soft_wrap=True)
+        console.print(f"best         {result.best_ckpt} (val/{cfg.train.monitor} = {score})", highlight=False, soft_wrap=True)
+        console.print(f"last         {result.last_ckpt}", highlight=False, soft_wrap=True)
+        console.print(f"history      {result.history}  curves {result.run_dir / 'curves.png'}", highlight=False, soft_wrap=True)

@@ -6,13 +6,14 @@ Layout written (see docs/architecture.md)::
     CACHE/masks/<image_id>.png    uint8 0/255, size x size (images.resize_mask: any-pixel rule)
     CACHE/index.csv               one row per prepared image, sorted by image_id (INDEX_COLUMNS)
     CACHE/cache.json              {"size", "layout", "created_by", ...}
-    CACHE/.parts/<image_id>.json  per-item record (row + input fingerprint) used to resume
+    CACHE/.parts/rec-*.json       records (index row + input fingerprint) of done items, to resume
 
-Each item is read, decoded, resized and written (both PNGs, then its record, each atomically) by
-one worker process, so memory does not grow with the number of images and a killed run leaves no
-half-written file. Rerunning the same command skips the items whose record matches the current
-input (path, file size and mtime, RLE strings, size) and whose PNGs exist, then rewrites
-index.csv and cache.json; the result is byte-identical to an uninterrupted run.
+Items go to worker processes in small chunks; each item is read, decoded, resized and its two
+PNGs written atomically, one at a time, so memory does not grow with the number of images and a
+killed run leaves no half-written file. After a chunk, one record file lists its done items.
+Rerunning the same command skips the items whose record matches the current input (path, file
+size and mtime, RLE strings, size) and whose PNGs exist, then rewrites index.csv and cache.json;
+the result is byte-identical to an uninterrupted run.
 
 An item that cannot be prepared (unreadable file, undecodable RLE, mask/image size mismatch) is
 reported in ``PrepareResult.failures`` (one line naming the file or ImageId) and leaves no files;
@@ -20,17 +21,19 @@ the others are still prepared. A cache prepared with another size or layout is r
 ``overwrite=True``, which deletes the previous cache's files first. Files of images no longer in
 the input stay on disk but are not in index.csv, which is what readers go by.
 
-Workers are started with ``forkserver`` (``spawn`` where that is missing), so a script calling
-these functions with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
+Workers are forked on Linux; elsewhere they are spawned, so a script calling these functions
+with ``workers > 1`` there needs the usual ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -90,9 +93,8 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core; no nested thread pools
 
 
-def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:
-    return (out / "images" / f"{image_id}.png", out / "masks" / f"{image_id}.png",
-            out / _PARTS / f"{image_id}.json")
+def _outputs(out: Path, image_id: str) -> tuple[Path, Path]:
+    return out / "images" / f"{image_id}.png", out / "masks" / f"{image_id}.png"
 
 
 def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -127,7 +129,7 @@ def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
 
 def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, str, dict[str, Any] | str]:
-    image_path, mask_path, part_path = _outputs(out, item.image_id)
+    image_path, mask_path = _outputs(out, item.image_id)
     try:
         image, mask, extra = (_dicom_row if layout == "dicom" else _png_row)(item)
         row = {"image_id": item.image_id, **extra, "has_pneumothorax": int(mask.any()),
@@ -136,10 +138,9 @@ def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, s
         row = {c: row[c] for c in INDEX_COLUMNS}
         write_png(image_path, resize_image(image, size))
         write_png(mask_path, resize_mask(mask, size))
-        atomic_write_text(part_path, json.dumps({"key": item.key, "row": row}, sort_keys=True))
         return "ok", item.image_id, row
     except Exception as exc:  # a bad item is reported; the rest go on
-        for p in (part_path, image_path, mask_path):
+        for p in (image_path, mask_path):
             p.unlink(missing_ok=True)
         msg = str(exc) if isinstance(exc, PneumosegError) else f"{type(exc).__name__}: {exc}"
         if item.source not in msg and Path(item.source).name not in msg and item.image_id not in msg:
@@ -148,7 +149,14 @@ def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, s
 
 
 def _prepare_chunk(items: list[_Item], layout: str, out: Path, size: int) -> list[tuple[str, str, Any]]:
-    return [_prepare_one(it, layout, out, size) for it in items]
+    """Prepare ``items``, then record the done ones in one ``.parts/rec-*.json`` (written last)."""
+    results = [_prepare_one(it, layout, out, size) for it in items]
+    keys = {it.image_id: it.key for it in items}
+    done = {i: {"key": keys[i], "row": row} for status, i, row in results if status == "ok"}
+    if done:
+        name = hashlib.sha1("\n".join(sorted(done)).encode()).hexdigest()[:16]
+        atomic_write_text(out / _PARTS / f"rec-{name}.json", json.dumps(done, sort_keys=True))
+    return results
 
 
 # ---------------------------------------------------------------- main process
@@ -202,15 +210,25 @@ def _open_cache(out: Path, layout: str, size: int, overwrite: bool) -> None:
     atomic_write_text(out / _PARTS / _RUN, json.dumps(params, sort_keys=True))
 
 
-def _is_done(out: Path, item: _Item) -> dict[str, Any] | None:
-    image_path, mask_path, part_path = _outputs(out, item.image_id)
-    try:
-        record = json.loads(part_path.read_text())
-    except (OSError, ValueError):
+def _read_records(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """image_id -> its records (one per run that prepared it) from ``.parts/rec-*.json``."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((out / _PARTS).glob("rec-*.json")):
+        try:
+            chunk = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for image_id, record in chunk.items():
+            records.setdefault(image_id, []).append(record)
+    return records
+
+
+def _is_done(out: Path, item: _Item, records: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The index row of ``item`` if a record matches its fingerprint and both PNGs exist."""
+    row = next((r["row"] for r in records.get(item.image_id, ()) if r.get("key") == item.key), None)
+    if row is None or not all(p.is_file() for p in _outputs(out, item.image_id)):
         return None
-    if record.get("key") != item.key or not (image_path.is_file() and mask_path.is_file()):
-        return None
-    return record["row"]
+    return row
 
 
 def _chunks(items: list[_Item], n: int) -> Iterator[list[_Item]]:
@@ -218,43 +236,49 @@ def _chunks(items: list[_Item], n: int) -> Iterator[list[_Item]]:
         yield items[i:i + n]
 
 
-def _context() -> mp.context.BaseContext:
-    """forkserver (fresh, thread-free parent; modules imported once, then forked) where available."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
-    return ctx
+@contextlib.contextmanager
+def _pool(workers: int, n_items: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes, started now (before any thread of ours); None when one process will do.
 
-
-def _run_items(items: list[_Item], layout: str, out: Path, size: int, workers: int,
-               on_done: Callable[[int], None]) -> Iterator[tuple[str, str, Any]]:
-    """Prepare ``items`` over ``workers`` processes; yield results as chunks finish."""
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
-            yield _prepare_one(item, layout, out, size)
-            on_done(1)
+    Linux: ``fork`` (no re-import of ``__main__``: the CLI's imports take seconds); elsewhere
+    ``spawn``, which needs the usual ``if __name__ == "__main__":`` guard in scripts.
+    """
+    if workers <= 1 or n_items <= 1:
+        yield None
         return
-    chunk = max(1, min(16, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_worker_init) as pool:
-        todo = iter(_chunks(items, chunk))
-        running: dict[Future[list[tuple[str, str, Any]]], int] = {}
-        try:
-            while True:
-                # Keep a bounded number of chunks in flight: the queue never holds the whole list.
-                while len(running) < workers * 4 and (part := next(todo, None)) is not None:
-                    running[pool.submit(_prepare_chunk, part, layout, out, size)] = len(part)
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    n = running.pop(fut)
-                    yield from fut.result()
-                    on_done(n)
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            raise
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    with ProcessPoolExecutor(min(workers, n_items), mp_context=mp.get_context(method),
+                             initializer=_worker_init) as pool:
+        pool.submit(int).result()  # fork the workers before the progress bar starts its thread
+        yield pool
+
+
+def _run_items(items: list[_Item], layout: str, out: Path, size: int, pool: ProcessPoolExecutor | None,
+               workers: int, on_done: Callable[[int], None]) -> Iterator[tuple[str, str, Any]]:
+    """Prepare ``items`` in ``pool`` (or here if None); yield results as chunks finish."""
+    if pool is None:
+        for part in _chunks(items, 8):
+            yield from _prepare_chunk(part, layout, out, size)
+            on_done(len(part))
+        return
+    todo = _chunks(items, max(1, min(16, len(items) // (workers * 8))))
+    running: dict[Future[list[tuple[str, str, Any]]], int] = {}
+    try:
+        while True:
+            # Keep a bounded number of chunks in flight: the queue never holds the whole list.
+            while len(running) < workers * 4 and (part := next(todo, None)) is not None:
+                running[pool.submit(_prepare_chunk, part, layout, out, size)] = len(part)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                n = running.pop(fut)
+                yield from fut.result()
+                on_done(n)
+    except BaseException:
+        for fut in running:
+            fut.cancel()
+        raise
 
 
 def _progress(total: int, enabled: bool, label: str) -> Any:
@@ -288,17 +312,19 @@ def _run(items: list[_Item], failures: list[str], warnings: list[str], *, layout
          size: int, workers: int | None, progress: bool, info: dict[str, Any]) -> PrepareResult:
     rows: dict[str, dict[str, Any]] = {}
     pending: list[_Item] = []
+    records = _read_records(out)
     for item in items:
-        done = _is_done(out, item)
+        done = _is_done(out, item, records)
         if done is None:
             pending.append(item)
         else:
             rows[item.image_id] = done
     n_skipped = len(rows)
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    with _progress(len(items), progress, f"prepare {layout} -> {size}px") as bar:
+    with (_pool(workers, len(pending)) as pool,
+          _progress(len(items), progress, f"prepare {layout} -> {size}px") as bar):
         task = bar.add_task("prepare", total=len(items), completed=n_skipped)
-        for status, image_id, payload in _run_items(pending, layout, out, size, workers,
+        for status, image_id, payload in _run_items(pending, layout, out, size, pool, workers,
                                                     lambda n: bar.advance(task, n)):
             if status == "ok":
                 rows[image_id] = payload

@@ -16,7 +16,9 @@ a per-patient affine. Image ``i`` draws from ``SeedSequence(seed, spawn_key=(0, 
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -310,8 +312,8 @@ def render_phantom(rng: np.random.Generator, size: int = 512, positive: bool | N
     if masks:
         ptx = _blur(np.logical_or.reduce(masks).astype(np.float32), 0.7 * sc)
         marks *= 1 - ptx
-        a -= 0.06 * ptx
-        a += 0.14 * _blur(_lines(pleura, size, 1.3 * sc), 0.4 * sc)
+        a -= 0.08 * ptx
+        a += 0.16 * _blur(_lines(pleura, size, 1.3 * sc), 0.4 * sc)
     a += (0.05 + 0.03 * rng.random()) * marks
     if rng.random() < 0.3:  # a tube or lead: a bright curve that is not a pleural line
         ctrl = rng.uniform(0.1, 0.9, (3, 2)) * size
@@ -354,8 +356,15 @@ def _image_rng(seed: int, i: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))
 
 
-def _patient_rng(seed: int, j: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, j)))
+def _patients(seed: int) -> Iterator[tuple[Anatomy, dict[str, str]]]:
+    """Endless (anatomy, DICOM patient fields) per image: patient ``j`` (own generator) has 1-4 images."""
+    for j in itertools.count():
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, j)))
+        count = int(rng.choice([1, 2, 3, 4], p=[0.5, 0.25, 0.15, 0.1]))
+        anatomy = sample_anatomy(rng)
+        meta = {"patient_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+                "sex": "F" if anatomy.female else "M", "age": f"{int(rng.integers(16, 91)):03d}Y"}
+        yield from [(anatomy, meta)] * count
 
 
 def _dicom(image: np.ndarray, meta: dict[str, str], uids: tuple[str, str, str]) -> Dataset:
@@ -409,35 +418,24 @@ def generate_dataset(out_dir: str | Path, n: int = 200, size: int = 512, seed: i
     _check_out_dir(out, overwrite)
     rows = ["ImageId, EncodedPixels"]
     paths: list[Path] = []
-    n_positive = n_patients = 0
-    patient: dict[str, str] = {}
-    anatomy: Anatomy | None = None
-    left = 0
+    patients: set[str] = set()
+    n_positive = 0
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress,
                   transient=True) as bar:
-        task = bar.add_task("synthesising phantoms", total=n)
-        for i in range(n):
-            if left == 0:  # next patient
-                prng = _patient_rng(seed, n_patients)
-                left = int(prng.choice([1, 2, 3, 4], p=[0.5, 0.25, 0.15, 0.1]))
-                anatomy = sample_anatomy(prng)
-                patient = {"patient_id": str(uuid.UUID(bytes=prng.bytes(16), version=4)),
-                           "sex": "F" if anatomy.female else "M", "age": f"{int(prng.integers(16, 91)):03d}Y"}
-                n_patients += 1
-            left -= 1
+        images = bar.track(range(n), description="synthesising phantoms")
+        for i, (anatomy, meta) in zip(images, _patients(seed), strict=False):  # _patients is endless
             phantom = render_phantom(_image_rng(seed, i), size, anatomy=anatomy)
             sop, study, series = (generate_uid(entropy_srcs=[f"pneumoseg-synth:{seed}:{i}:{kind}"])
                                   for kind in ("sop", "study", "series"))
-            path = out / "dicom" / f"{sop}.dcm"
-            with atomic_path(path) as tmp:
-                _dicom(phantom.image, {**patient, "view": phantom.view}, (sop, study, series)).save_as(
-                    tmp, enforce_file_format=True)
-            paths.append(path)
+            paths.append(out / "dicom" / f"{sop}.dcm")
+            with atomic_path(paths[-1]) as tmp:
+                ds = _dicom(phantom.image, {**meta, "view": phantom.view}, (sop, study, series))
+                ds.save_as(tmp, enforce_file_format=True)
             rows += [f"{sop}, {rle_encode(mask)}" for mask in phantom.masks] or [f"{sop}, -1"]
             n_positive += bool(phantom.masks)
-            bar.advance(task)
+            patients.add(meta["patient_id"])
     csv_path = out / "train-rle.csv"
     atomic_write_text(csv_path, "\n".join(rows) + "\n")
-    atomic_write_text(out / "README.txt", _README.format(seed=seed, n=n, size=size, patients=n_patients,
+    atomic_write_text(out / "README.txt", _README.format(seed=seed, n=n, size=size, patients=len(patients),
                                                          pos=n_positive))
-    return SynthSummary(n, n_positive, n_patients, len(rows) - 1, out, csv_path, paths)
+    return SynthSummary(n, n_positive, len(patients), len(rows) - 1, out, csv_path, paths)

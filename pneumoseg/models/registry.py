@@ -35,15 +35,15 @@ from torch import nn
 from pneumoseg.errors import ConfigError
 
 __all__ = [
+    "WEIGHT_SUFFIXES",
+    "check_online",
+    "create_model",
+    "download_timeout",
+    "is_model",
+    "list_models",
+    "load_weights_file",
     "register_model",
     "register_resolver",
-    "create_model",
-    "list_models",
-    "is_model",
-    "check_online",
-    "download_timeout",
-    "load_weights_file",
-    "WEIGHT_SUFFIXES",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
         key = (name or f.__name__).lower()
         old = _MODELS.get(key)
         if old is not None and old is not f:
-            raise ConfigError(f"model name {key!r} is already registered (by {getattr(old, '__module__', '?')}.{getattr(old, '__name__', old)})")
+            raise ConfigError(
+                f"model name {key!r} is already registered (by {getattr(old, '__module__', '?')}.{getattr(old, '__name__', old)})"
+            )
         _MODELS[key] = f
         return f
 
@@ -168,7 +170,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad weights file
+    except Exception as exc:  # any reader failure means a bad weights file
         raise ConfigError(f"cannot read encoder_weights file {str(path)!r}: {exc}") from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
@@ -183,7 +185,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, int]:

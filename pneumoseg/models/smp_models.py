@@ -29,12 +29,12 @@ from pneumoseg.errors import ConfigError
 from pneumoseg.models.registry import check_online, download_timeout, register_model, register_resolver
 
 __all__ = [
+    "AUX_PARAMS",
     "CURATED_ARCHS",
     "CURATED_ENCODERS",
-    "AUX_PARAMS",
+    "build_smp_model",
     "parse_smp_name",
     "smp_architectures",
-    "build_smp_model",
 ]
 
 # PAN is left out: its pyramid pooling needs inputs of at least 128 px (it is still resolvable by name).
@@ -74,7 +74,9 @@ def parse_smp_name(name: str) -> tuple[str, str]:
     if not sep or not encoder:
         raise ConfigError(f"model {name!r} is not '<arch>-<encoder>' (e.g. 'unet-resnet34')")
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ConfigError(f"model {name!r}: unknown smp architecture {arch!r}; valid: {', '.join(smp_architectures())}")
+        raise ConfigError(
+            f"model {name!r}: unknown smp architecture {arch!r}; valid: {', '.join(smp_architectures())}"
+        )
     if not _is_encoder(encoder):
         raise ConfigError(
             f"model {name!r}: unknown smp encoder {encoder!r}; valid: {', '.join(get_encoder_names())} "

@@ -18,13 +18,15 @@ Layout (the Keras kernel the seed copied, layer for layer):
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
 from pneumoseg.errors import ConfigError
 from pneumoseg.models.registry import register_model
 
-__all__ = ["UNet", "ENCODER_WIDTHS", "DECODER_WIDTHS", "BOTTLENECK_WIDTH"]
+__all__ = ["BOTTLENECK_WIDTH", "DECODER_WIDTHS", "ENCODER_WIDTHS", "UNet"]
 
 ENCODER_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 64)
 DECODER_WIDTHS: tuple[int, ...] = (64, 32, 32, 16, 8)
@@ -77,7 +79,7 @@ class UNet(nn.Module):
         self.in_channels = in_channels
         self.classes = classes
         widths = (in_channels, *ENCODER_WIDTHS)
-        self.encoder = nn.ModuleList(ConvPair(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.encoder = nn.ModuleList(ConvPair(a, b) for a, b in itertools.pairwise(widths))
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = ConvPair(ENCODER_WIDTHS[-1], BOTTLENECK_WIDTH)
         ups = []

@@ -28,6 +28,8 @@ and left by whatever it lacks, which is the same 3 and 1 for every H divisible b
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,7 @@ from torch import nn
 from pneumoseg.errors import ConfigError
 from pneumoseg.models.registry import check_online, download_timeout, register_model
 
-__all__ = ["UXception", "XCEPTION_TAPS"]
+__all__ = ["XCEPTION_TAPS", "UXception"]
 
 START = 16
 # (timm block name, channels, stride) of the four taps, shallow first.
@@ -51,7 +53,10 @@ _UNUSED = ("conv3", "bn3", "act3", "conv4", "bn4", "act4", "global_pool", "fc")
 
 
 def _conv_bn(in_channels: int, out_channels: int, act: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.BatchNorm2d(out_channels),
+    ]
     if act:
         layers.append(nn.LeakyReLU(0.1))
     return nn.Sequential(*layers)
@@ -97,7 +102,7 @@ def _pad_to(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.pad(x, (dw, 0, dh, 0)) if dh or dw else x
 
 
-def _block_with_tap(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_with_tap(block: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a timm Xception ``Block`` whose ``rep`` ends in a max-pool; also return the pre-pool tensor."""
     tap = block.rep[:-1](x)
     out = block.rep[-1](tap)
@@ -127,10 +132,12 @@ class UXception(nn.Module):
         self, in_channels: int = 1, classes: int = 1, aux_classifier: bool = False, pretrained: bool = False
     ) -> None:
         super().__init__()
-        encoder = timm.create_model("legacy_xception", pretrained=pretrained, in_chans=in_channels, num_classes=0)
+        encoder = timm.create_model(
+            "legacy_xception", pretrained=pretrained, in_chans=in_channels, num_classes=0
+        )
         for name in _UNUSED:
             delattr(encoder, name)
-        last = encoder.block12
+        last: Any = encoder.block12
         last.skip, last.skipbn = None, None  # only its pre-pool tensor is used
         self.encoder = encoder
         widths = [START * m for m in (32, 16, 8, 4, 2, 1)]  # 512 .. 16
@@ -156,7 +163,7 @@ class UXception(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four taps at strides 2, 4, 8, 16 (shallow first; the first two are 3 and 1 px short)."""
-        e = self.encoder
+        e: Any = self.encoder
         x = e.act2(e.bn2(e.conv2(e.act1(e.bn1(e.conv1(x))))))
         x, t2 = _block_with_tap(e.block1, x)
         x, t4 = _block_with_tap(e.block2, x)
@@ -198,7 +205,9 @@ def _create_uxception(
     if kwargs:
         raise ConfigError(f"model 'uxception' takes no options {sorted(kwargs)}")
     if encoder_weights not in (None, "imagenet"):
-        raise ConfigError(f"model 'uxception': encoder_weights {encoder_weights!r} unknown; valid: None, 'imagenet'")
+        raise ConfigError(
+            f"model 'uxception': encoder_weights {encoder_weights!r} unknown; valid: None, 'imagenet'"
+        )
     if encoder_weights is None:
         return UXception(in_channels, classes, aux_classifier)
     check_online("imagenet weights for the uxception encoder (timm legacy_xception)")

@@ -8,9 +8,10 @@
 * :class:`ThroughputMonitor` measures training images per second (all ranks together) from the
   first batch's start to the last batch's end of each epoch (data loading included, validation
   excluded).
+* :class:`LastCheckpoint` saves ``last.ckpt`` after every epoch (for resume).
 * :class:`SnapshotCheckpoint` saves ``snapshot-K.ckpt`` at the end of each snapshot cycle.
-* :class:`EpochSeed` reseeds torch's global generator at each epoch start from (seed, epoch,
-  rank), so dropout draws do not depend on where a run was interrupted.
+* :class:`StepSeed` reseeds torch's global generator before each training batch from (seed,
+  epoch, batch, rank), so dropout draws do not depend on where a run was interrupted.
 * :class:`AtomicCheckpointIO` writes every checkpoint to a temporary name, then renames it.
 """
 
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
@@ -34,9 +37,10 @@ from pneumoseg.training.schedules import SnapshotCallbackBuilder
 __all__ = [
     "HISTORY_COLUMNS",
     "AtomicCheckpointIO",
-    "EpochSeed",
     "HistoryCallback",
+    "LastCheckpoint",
     "SnapshotCheckpoint",
+    "StepSeed",
     "ThroughputMonitor",
     "plot_history",
 ]
@@ -54,14 +58,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class EpochSeed(L.Callback):
-    """``torch.manual_seed`` from (seed, epoch, global rank) at the start of each training epoch."""
+class StepSeed(L.Callback):
+    """``torch.manual_seed`` from (seed, epoch, batch, global rank) before each training batch."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch * 7919 + trainer.global_rank) % 2**63)
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        key = np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx, trainer.global_rank])
+        torch.manual_seed(int(key.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
 
 class ThroughputMonitor(L.Callback):
@@ -89,6 +95,26 @@ class ThroughputMonitor(L.Callback):
             self._end = max(self._end, time.perf_counter())
         self.epoch_time_s = self._end - self._start
         self.img_per_s = self._images / self.epoch_time_s if self.epoch_time_s > 0 else math.nan
+
+
+class LastCheckpoint(Checkpoint):
+    """Save ``dirpath/last.ckpt`` at the end of every training epoch, after the best-checkpoint update.
+
+    (Lightning's ``save_last`` only rewrites last.ckpt on epochs that also saved a top-k
+    checkpoint.) Being a ``Checkpoint``, it runs after the other callbacks' epoch-end hooks, so
+    the file holds this epoch's history row and best score.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str]) -> None:
+        self.dirpath = Path(dirpath)
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
 
 
 class SnapshotCheckpoint(L.Callback):

@@ -53,8 +53,9 @@ from pneumoseg.models import create_model
 from pneumoseg.postprocess import PostProcess
 from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,
-    EpochSeed,
+    StepSeed,
     HistoryCallback,
+    LastCheckpoint,
     SnapshotCheckpoint,
     ThroughputMonitor,
 )
@@ -151,13 +152,14 @@ def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progre
     ckpt_dir = run_dir / "checkpoints"
     monitor, mode = _monitor(cfg)
     throughput = ThroughputMonitor()
-    cbs: list[L.Callback] = [EpochSeed(t.seed), throughput, HistoryCallback(run_dir, throughput)]
+    cbs: list[L.Callback] = [StepSeed(t.seed), throughput, HistoryCallback(run_dir, throughput)]
     if cfg.schedule.name == "snapshot":
         cbs.append(SnapshotCheckpoint(ckpt_dir, SnapshotCallbackBuilder(t.epochs, cfg.schedule.snapshots,
                                                                          cfg.optim.lr)))
     cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                               save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=True,
+                               save_last=False, auto_insert_metric_name=False, save_on_train_epoch_end=True,
                                enable_version_counter=False))
+    cbs.append(LastCheckpoint(ckpt_dir))
     if progress:
         cbs.append(RichProgressBar())
     cbs.extend(callbacks)

@@ -83,7 +83,9 @@ def test_aux_classifier(name: str) -> None:
 
 def test_all_listed_models_build_on_meta() -> None:
     names = list_models()
-    assert {"unet", "uxception", "unet-resnet34", "unet-efficientnet-b0", "deeplabv3plus-resnet34"} <= set(names)
+    assert {"unet", "uxception", "unet-resnet34", "unet-efficientnet-b0", "deeplabv3plus-resnet34"} <= set(
+        names
+    )
     assert len(names) == 2 + len(CURATED_ARCHS) * len(CURATED_ENCODERS) - 1  # deeplabv3plus-densenet121
     for name in names:
         with torch.device("meta"):
@@ -112,7 +114,7 @@ def test_seed_unet_parameter_count() -> None:
 
 
 def test_unet_rejects_size_not_divisible_by_32() -> None:
-    with pytest.raises(ConfigError, match="divisible by 32.*60x64"):
+    with pytest.raises(ConfigError, match=r"divisible by 32.*60x64"):
         UNet()(torch.zeros(1, 1, 60, 64))
 
 
@@ -132,9 +134,9 @@ def test_unknown_name_lists_valid_names() -> None:
 
 
 def test_unknown_smp_parts() -> None:
-    with pytest.raises(ConfigError, match="unknown smp encoder 'resnet35'.*resnet34"):
+    with pytest.raises(ConfigError, match=r"unknown smp encoder 'resnet35'.*resnet34"):
         parse_smp_name("unet-resnet35")
-    with pytest.raises(ConfigError, match="unknown smp architecture 'unnet'.*unetplusplus"):
+    with pytest.raises(ConfigError, match=r"unknown smp architecture 'unnet'.*unetplusplus"):
         parse_smp_name("unnet-resnet34")
     with pytest.raises(ConfigError, match="dilated"):
         create_model("deeplabv3plus-densenet121")
@@ -216,7 +218,7 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError("connection timed out")
 
     monkeypatch.setattr("socket.create_connection", refuse)
-    with pytest.raises(ConfigError, match="huggingface.co unreachable"):
+    with pytest.raises(ConfigError, match=r"huggingface.co unreachable"):
         check_online("test weights")
     with pytest.raises(ConfigError, match="unreachable"):
         create_model("unet-resnet18", encoder_weights="imagenet")
