@@ -44,22 +44,9 @@ from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
 
 __all__ = [
-    "CHOICES",
-    "AugmentConfig",
-    "DataConfig",
-    "ExperimentConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "PostprocessConfig",
-    "SamplerConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "config_to_dict",
-    "dump_config",
-    "list_configs",
-    "load_config",
-    "packaged_config",
-    "parse_override",
+    "CHOICES", "AugmentConfig", "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig",
+    "PostprocessConfig", "SamplerConfig", "ScheduleConfig", "TrainConfig",
+    "config_to_dict", "dump_config", "list_configs", "load_config", "packaged_config", "parse_override",
 ]
 
 #: Valid values of the string options, by dotted key.
@@ -136,6 +123,7 @@ class TrainConfig:
     channels_last: bool = True        #: applied on CUDA only
     monitor: str = "dice_kaggle"      #: val metric for best.ckpt (max; "loss": min)
     deterministic: bool = True        #: deterministic algorithms; false: cuDNN autotuning (faster)
+    train_dice: bool = True           #: Dice of training batches (a GPU->CPU copy per step)
     grad_clip: float | None = None
     limit_train_batches: float | None = None  #: < 1: fraction; >= 1: number of batches
     limit_val_batches: float | None = None
@@ -172,7 +160,8 @@ def packaged_config(name: str) -> Path:
     fname = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
     path = Path(str(resources.files("pneumoseg") / "configs" / fname))
     if not path.is_file():
-        raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config: {', '.join(list_configs())})")
+        raise ConfigError(f"config {name!r} not found (neither a file nor a packaged config: "
+                          f"{', '.join(list_configs())})")
     return path
 
 
@@ -347,7 +336,7 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     d, t = cfg.data, cfg.train
     if d.size < 32 or d.size % 32:
         lo, hi = max(32, d.size // 32 * 32), (d.size // 32 + 1) * 32
-        raise bad("data.size", f"{d.size} is not divisible by 32 (the encoders downsample 5 times); use {lo} or {hi}")
+        raise bad("data.size", f"{d.size} is not divisible by 32 (5 downsamplings); use {lo} or {hi}")
     if d.normalize == "auto":
         d.normalize = "gray" if d.in_channels == 1 else "imagenet"
     if d.normalize == "imagenet" and d.in_channels != 3:
@@ -356,7 +345,8 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
                 "train.epochs": (t.epochs, 1), "train.batch_size": (t.batch_size, 1),
                 "train.accumulate": (t.accumulate, 1), "train.devices": (t.devices, 1),
                 "train.num_nodes": (t.num_nodes, 1),
-                "schedule.snapshots": (cfg.schedule.snapshots, 1), "schedule.patience": (cfg.schedule.patience, 0),
+                "schedule.snapshots": (cfg.schedule.snapshots, 1),
+                "schedule.patience": (cfg.schedule.patience, 0),
                 "postprocess.min_area": (cfg.postprocess.min_area, 0)}
     for key, (value, lo) in positive.items():
         if value is not None and value < lo:
@@ -368,7 +358,8 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     if not 0 < cfg.postprocess.threshold < 1:
         raise bad("postprocess.threshold", f"must be in (0, 1), got {cfg.postprocess.threshold}")
     if cfg.schedule.name == "snapshot" and cfg.schedule.snapshots > t.epochs:
-        raise bad("schedule.snapshots", f"{cfg.schedule.snapshots} snapshots need at least as many epochs (train.epochs={t.epochs})")
+        raise bad("schedule.snapshots",
+                  f"{cfg.schedule.snapshots} snapshots need as many epochs (train.epochs={t.epochs})")
     for key in ("train.limit_train_batches", "train.limit_val_batches"):
         value = getattr(t, key.split(".")[1])
         if value is not None and (value <= 0 or (value > 1 and not float(value).is_integer())):
@@ -392,7 +383,8 @@ def _check_augment(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     if aug.transforms is not None:
         aug.preset = "custom"
     elif aug.preset == "custom":
-        raise _fail(origin, "augment.preset", "'custom' needs augment.transforms (a list of {name: ..., params})")
+        raise _fail(origin, "augment.preset",
+                    "'custom' needs augment.transforms (a list of {name: ..., params})")
     try:
         build_transform(aug.preset, cfg.data.size, aug.transforms)
     except ConfigError as exc:
@@ -401,7 +393,8 @@ def _check_augment(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------- public API
-def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(path: str | os.PathLike[str] | None = None,
+                overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load an experiment: defaults, ``base`` chain, the file, then ``overrides`` (``"a.b=value"``).
 
     ``path`` is a YAML file, a run folder (its ``config.yaml``), a packaged config name

@@ -52,7 +52,8 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 240, size: i
     data, cache, run, pred = out / "synth", out / "cache", out / "run", out / "predict"
 
     log(f"1/6 synth: {n} synthetic phantoms at {size} px -> {data}")
-    generate_dataset(data, n=n, size=size, seed=seed, progress=progress, overwrite=False)
+    if not (data / "train-rle.csv").is_file():  # written last: its presence means synth finished
+        generate_dataset(data, n=n, size=size, seed=seed, progress=progress, overwrite=True)
     log(f"2/6 prepare: cache at {size} px -> {cache}")
     prepared = prepare_dicom(data / "dicom", data / "train-rle.csv", cache, size=size, progress=progress)
     if prepared.n_failed:

@@ -73,7 +73,8 @@ def test_custom_augment_list() -> None:
         ("data:\n  size: 500\n", ["bad.yaml", "data.size", "divisible by 32", "480 or 512"]),
         ("data:\n  in_channels: 2\n", ["data.in_channels", "1, 3"]),
         ("schedule:\n  name: step\n", ["schedule.name", "snapshot, cosine, plateau, none"]),
-        ("augment:\n  transforms:\n    - {name: HorizontalFlp}\n", ["bad.yaml", "HorizontalFlp", "HorizontalFlip"]),
+        ("augment:\n  transforms:\n    - {name: HorizontalFlp}\n",
+         ["bad.yaml", "HorizontalFlp", "HorizontalFlip"]),
         ("augment:\n  preset: heavy\n", ["augment.preset", "seed, light, none"]),
         ("sampler:\n  pos_start: 1.5\n", ["sampler.pos_start", "[0, 1]"]),
         ("postprocess:\n  threshold: 0\n", ["postprocess.threshold"]),
@@ -106,7 +107,7 @@ def test_bad_overrides(override: str, needles: list[str]) -> None:
 
 
 def test_unknown_config_name_lists_packaged() -> None:
-    with pytest.raises(ConfigError, match="winner.yaml"):
+    with pytest.raises(ConfigError, match=r"winner\.yaml"):
         load_config("no-such-config")
 
 

@@ -29,20 +29,23 @@ def register(app: typer.Typer) -> None:
         cache: Path | None = typer.Option(None, "--cache", help="Prepared cache folder (data.cache)."),
         out: Path | None = typer.Option(None, "--out", "-o",
                                         help="Run folder; default runs/<config name>-<timestamp>."),
-        resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from last.ckpt."),
+        resume: Path | None = typer.Option(None, "--resume",
+                                           help="Continue the run in this folder from last.ckpt."),
         devices: int | None = typer.Option(None, "--devices", help="Devices (train.devices); > 1 uses DDP."),
         epochs: int | None = typer.Option(None, "--epochs", help="Epochs (train.epochs)."),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size per device (train.batch_size)."),
+        batch_size: int | None = typer.Option(None, "--batch-size",
+                                              help="Batch size per device (train.batch_size)."),
         precision: str | None = typer.Option(None, "--precision", help="e.g. bf16-mixed (train.precision)."),
-        accelerator: str | None = typer.Option(None, "--accelerator", help="auto, cpu or gpu (train.accelerator)."),
+        accelerator: str | None = typer.Option(None, "--accelerator",
+                                               help="auto, cpu or gpu (train.accelerator)."),
         fold: int | None = typer.Option(None, "--fold", help="Validation fold (data.fold)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
-        """Train a segmentation model; writes RUN/config.yaml, checkpoints/, history.csv, curves.png.
+        """Train a model into a run folder: config.yaml, checkpoints/, history.csv, curves.png.
 
-        Overrides apply in this order: CONFIG, then each --set, then the named options (--cache,
-        --epochs, ...). With --resume RUN the config is RUN/config.yaml (overrides still apply,
-        e.g. --epochs to train longer) and the run continues where it stopped.
+        Overrides apply in order: CONFIG, each --set, then the named options (--cache, --epochs, ...).
+
+        With --resume RUN the config is RUN/config.yaml; overrides still apply (--epochs: train longer).
         """
         from pneumoseg.config import load_config
         from pneumoseg.training.run import RUN_DIR_ENV, default_run_dir, train
@@ -55,7 +58,8 @@ def register(app: typer.Typer) -> None:
                       for key, v in named.items() if v is not None]
         if resume is not None:
             if config is not None:
-                raise ConfigError("--resume RUN takes its config from RUN/config.yaml: drop the CONFIG argument")
+                raise ConfigError("--resume RUN takes its config from RUN/config.yaml: "
+                                  "drop the CONFIG argument")
             if out is not None and out.resolve() != resume.resolve():
                 raise ConfigError("--resume RUN writes into RUN: drop --out")
             if not (resume / "config.yaml").is_file():
@@ -77,7 +81,10 @@ def register(app: typer.Typer) -> None:
             else:
                 os.environ[RUN_DIR_ENV] = previous
         score = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
-        console.print(f"run folder   {result.run_dir}", highlight=False, soft_wrap=True)
-        console.print(f"best         {result.best_ckpt} (val/{cfg.train.monitor} = {score})", highlight=False, soft_wrap=True)
-        console.print(f"last         {result.last_ckpt}", highlight=False, soft_wrap=True)
-        console.print(f"history      {result.history}  curves {result.run_dir / 'curves.png'}", highlight=False, soft_wrap=True)
+        lines = [f"run folder   {result.run_dir}",
+                 f"best         {result.best_ckpt} (val/{cfg.train.monitor} = {score})",
+                 f"last         {result.last_ckpt}",
+                 f"history      {result.history}",
+                 f"curves       {result.run_dir / 'curves.png'}"]
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)

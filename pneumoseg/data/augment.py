@@ -93,7 +93,8 @@ def _one(spec: Any, size: int, where: str) -> Any:
     import albumentations as A
 
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ConfigError(f"{where}: expected a mapping with a 'name' (an albumentations transform), got {spec!r}")
+        raise ConfigError(f"{where}: expected a mapping with a 'name' (an albumentations transform), "
+                          f"got {spec!r}")
     name = spec["name"]
     cls = getattr(A, name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform | A.BaseCompose)):

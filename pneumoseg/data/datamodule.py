@@ -88,7 +88,8 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"{self.cache}: the {split} split is empty ({where}); rerun `pneumoseg split`")
         transform = None
         if train:
-            transform = build_transform(self.augment.get("preset", "none"), self.size, self.augment.get("transforms"))
+            transform = build_transform(self.augment.get("preset", "none"), self.size,
+                                        self.augment.get("transforms"))
         return SegmentationDataset(self.cache, ids, size=self.size, in_channels=self.in_channels,
                                    normalization=self.normalization, transform=transform)
 

@@ -90,7 +90,8 @@ def check_cache(cache: str | os.PathLike[str]) -> Path:
         raise DataError(f"cache {root} not found: run `pneumoseg prepare ... --out {root}` first")
     for name in ("images", "masks", "index.csv"):
         if not (root / name).exists():
-            raise DataError(f"{root / name} not found: {root} is not a prepared cache (run `pneumoseg prepare`)")
+            raise DataError(f"{root / name} not found: {root} is not a prepared cache "
+                            "(run `pneumoseg prepare`)")
     if not (root / "splits.csv").is_file():
         raise DataError(f"{root / 'splits.csv'} not found: run `pneumoseg split {root}` first")
     return root

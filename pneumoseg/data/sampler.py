@@ -134,7 +134,8 @@ class PositiveRatioSampler(EpochSampler):
 
     def share(self, epoch: int | None = None) -> float:
         """Share of positives scheduled for ``epoch`` (default: the current one)."""
-        return positive_share(self.epoch if epoch is None else epoch, self.epochs, self.pos_start, self.pos_end)
+        epoch = self.epoch if epoch is None else epoch
+        return positive_share(epoch, self.epochs, self.pos_start, self.pos_end)
 
     def epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
         n_pos = round(self.share() * self.length)

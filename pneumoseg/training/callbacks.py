@@ -52,7 +52,8 @@ HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "train_dice_kaggle",
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file beside the target, then rename (no half-written .ckpt)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
         del storage_options
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
@@ -114,11 +115,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class SnapshotCheckpoint(L.Callback):
-    """Save ``dirpath/snapshot-K.ckpt`` at the end of snapshot cycle K (K = 1, 2, ...)."""
+    """Save ``dirpath/snapshot-K.ckpt`` (weights only) at the end of snapshot cycle K (K = 1, 2, ...)."""
 
     def __init__(self, dirpath: str | os.PathLike[str], builder: SnapshotCallbackBuilder) -> None:
         self.dirpath = Path(dirpath)
@@ -128,7 +129,7 @@ class SnapshotCheckpoint(L.Callback):
         epoch = trainer.current_epoch
         if self.builder.is_snapshot_epoch(epoch) and not trainer.sanity_checking:
             k = (epoch + 1) // self.builder.cycle
-            trainer.save_checkpoint(self.dirpath / f"snapshot-{k}.ckpt")
+            trainer.save_checkpoint(self.dirpath / f"snapshot-{k}.ckpt", weights_only=True)
 
 
 def _value(metrics: dict[str, Any], key: str) -> float:

@@ -50,11 +50,12 @@ class SegmentationModule(L.LightningModule):
         postprocess: probabilities -> masks for validation Dice; default ``PostProcess(0.5)``.
         aux_weight: weight of the image-level BCE when ``net`` returns class logits.
         channels_last: on CUDA, keep the network and inputs in channels-last memory format.
+        train_dice: log ``train/dice_kaggle`` (copies each batch's probabilities to the CPU).
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
                  scheduler: SchedulerFactory | None = None, *, postprocess: Binarizer | None = None,
-                 aux_weight: float = 0.0, channels_last: bool = False) -> None:
+                 aux_weight: float = 0.0, channels_last: bool = False, train_dice: bool = True) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
@@ -63,6 +64,7 @@ class SegmentationModule(L.LightningModule):
         self.postprocess: Binarizer = postprocess or PostProcess(0.5).apply_batch
         self.aux_weight = aux_weight
         self.channels_last = channels_last
+        self.train_dice = train_dice
         self._use_channels_last = False
         self._val_sums = torch.zeros(5, dtype=torch.float64)
 
@@ -96,13 +98,15 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, mask_logits, parts = self._step(batch)
         n = batch["image"].shape[0]
-        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=n)
+        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                 batch_size=n)
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
-        dice = self._dice(mask_logits, batch["mask"])
-        self.log("train/dice_kaggle", float(dice.mean()), on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=n)
+        if self.train_dice:
+            dice = self._dice(mask_logits, batch["mask"])
+            self.log("train/dice_kaggle", float(dice.mean()), on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=n)
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -33,10 +33,11 @@ uses deterministic algorithms (set it false for speed: cuDNN autotuning).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -124,14 +125,15 @@ def build_module(cfg: ExperimentConfig, net: nn.Module | None = None) -> Segment
         postprocess=PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area).apply_batch,
         aux_weight=cfg.model.aux_weight if cfg.model.aux_classifier else 0.0,
         channels_last=cfg.train.channels_last,
+        train_dice=cfg.train.train_dice,
     )
 
 
 def build_datamodule(cfg: ExperimentConfig) -> SegmentationDataModule:
     """The data module of ``cfg.data`` / ``augment`` / ``sampler``; ConfigError without a cache."""
-    if cfg.data.cache is None:
-        raise ConfigError("data.cache is not set: pass --cache CACHE (or --set data.cache=CACHE)")
     d = cfg.data
+    if d.cache is None:
+        raise ConfigError("data.cache is not set: pass --cache CACHE (or --set data.cache=CACHE)")
     sampler = None
     if cfg.sampler is not None:
         sampler = {"pos_start": cfg.sampler.pos_start, "pos_end": cfg.sampler.pos_end,
@@ -171,7 +173,8 @@ def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progre
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, strategy=strategy, precision=t.precision, accumulate_grad_batches=t.accumulate,
+        num_nodes=t.num_nodes, strategy=strategy, precision=cast(Any, t.precision),
+        accumulate_grad_batches=t.accumulate,
         gradient_clip_val=t.grad_clip, limit_train_batches=_limit(t.limit_train_batches),
         limit_val_batches=_limit(t.limit_val_batches), deterministic="warn" if t.deterministic else False,
         benchmark=not t.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
@@ -198,19 +201,23 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
     if resume and not last.is_file():
         raise DataError(f"{run_dir}: nothing to resume ({last} not found)")
     if not resume and last.is_file():
-        raise DataError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, or choose another --out")
+        raise DataError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+                        "or choose another --out")
     datamodule = build_datamodule(cfg)
     check_cache(datamodule.cache)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    if rank_zero_only.rank == 0:
+    if getattr(rank_zero_only, "rank", 0) == 0:
         dump_config(cfg, run_dir / "config.yaml")
     trainer = build_trainer(cfg, run_dir, progress=progress, callbacks=callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
-    ckpt = trainer.checkpoint_callback
-    best = Path(ckpt.best_model_path) if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
-    score = ckpt.best_model_score if isinstance(ckpt, ModelCheckpoint) else None
-    return TrainResult(run_dir=run_dir, best_ckpt=best, best_score=float(score) if score is not None else None,
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*exists and is not empty")  # resuming into RUN
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
+    ckpt = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
+    best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+    score = ckpt.best_model_score
+    return TrainResult(run_dir=run_dir, best_ckpt=best,
+                       best_score=float(score) if score is not None else None,
                        last_ckpt=last if last.is_file() else None, history=run_dir / "history.csv",
                        epochs=trainer.current_epoch)
 
@@ -236,7 +243,8 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> tuple
     path = Path(checkpoint)
     if not (path.suffix == ".ckpt" and path.is_file()):
         if not available:
-            raise DataError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'} (training never finished an epoch?)")
+            raise DataError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'} "
+                            "(training never finished an epoch?)")
         if checkpoint not in available:
             raise ConfigError(f"{run_dir}: no checkpoint {checkpoint!r} (available: {', '.join(available)})")
         path = available[checkpoint]
@@ -249,5 +257,6 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> tuple
     try:
         net.load_state_dict(weights)
     except RuntimeError as exc:
-        raise DataError(f"{path}: weights do not fit model {cfg.model.name!r} ({str(exc).splitlines()[0]})") from None
+        first = str(exc).splitlines()[0]
+        raise DataError(f"{path}: weights do not fit model {cfg.model.name!r} ({first})") from None
     return net.eval(), cfg

@@ -68,7 +68,8 @@ class SnapshotCallbackBuilder:
 
     def __init__(self, epochs: int, snapshots: int = 1, lr0: float = 0.1) -> None:
         if epochs < 1 or snapshots < 1 or snapshots > epochs:
-            raise ConfigError(f"snapshot schedule: need 1 <= snapshots <= epochs, got {snapshots} and {epochs}")
+            raise ConfigError(f"snapshot schedule: need 1 <= snapshots <= epochs, "
+                              f"got {snapshots} and {epochs}")
         self.epochs, self.snapshots, self.lr0 = epochs, snapshots, lr0
 
     @property
@@ -120,7 +121,8 @@ def scheduler_factory(name: str, *, epochs: int, snapshots: int = 1, min_lr: flo
             lo = min_lr / base
             sched = LambdaLR(optimizer, lambda t: cosine_lr(t, epochs, 1.0, lo))
         else:
-            sched = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+            sched = ReduceLROnPlateau(optimizer, mode="min" if mode == "min" else "max", factor=factor,
+                                      patience=patience, min_lr=min_lr)
             return {"scheduler": sched, "interval": "epoch", "monitor": monitor, "strict": True}
         return {"scheduler": sched, "interval": "epoch"}
 

@@ -41,9 +41,11 @@ def make_cache(root: Path, n: int = 12, size: int = 64, folds: bool = True) -> P
             img[mask > 0] = 250
         cv2.imwrite(str(root / "images" / f"{image_id}.png"), img)
         cv2.imwrite(str(root / "masks" / f"{image_id}.png"), mask)
-        index.append(f"{image_id},p{i},{int(i % 2 == 0)},{int(mask.sum() // 255)},1,F,50,PA,x,{size},{size}\n")
+        area = int(mask.sum() // 255)
+        index.append(f"{image_id},p{i},{int(i % 2 == 0)},{area},1,F,50,PA,x,{size},{size}\n")
         split = "test" if i >= n - 2 else "val" if i >= n - 4 else "train"
-        splits.append(f"{image_id},{split}" + (f",{-1 if split == 'test' else i % 3}" if folds else "") + "\n")
+        fold = f",{-1 if split == 'test' else i % 3}" if folds else ""
+        splits.append(f"{image_id},{split}{fold}\n")
     (root / "index.csv").write_text(INDEX_HEADER + "".join(index))
     (root / "splits.csv").write_text("image_id,split" + (",fold" if folds else "") + "\n" + "".join(splits))
     return root

@@ -159,7 +159,7 @@ def test_run_folder_errors(cache: Path, tmp_path: Path) -> None:
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"no checkpoint 'best' \(available: last\)"):
         load_run(run)
-    with pytest.raises(ConfigError, match="data.cache is not set"):
+    with pytest.raises(ConfigError, match=r"data\.cache is not set"):
         train(load_config(None), tmp_path / "nocache", progress=False)
 
 
