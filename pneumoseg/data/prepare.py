@@ -21,19 +21,20 @@ the others are still prepared. A cache prepared with another size or layout is r
 ``overwrite=True``, which deletes the previous cache's files first. Files of images no longer in
 the input stay on disk but are not in index.csv, which is what readers go by.
 
-Workers are forked on Linux; elsewhere they are spawned, so a script calling these functions
-with ``workers > 1`` there needs the usual ``if __name__ == "__main__":`` guard.
+Workers come from a ``forkserver`` (``spawn`` on Windows), which imports ``__main__``: a script
+calling these functions with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pneumoseg import __version__
 from pneumoseg.atomic import atomic_write_text
@@ -238,18 +241,21 @@ def _chunks(items: list[_Item], n: int) -> Iterator[list[_Item]]:
 
 @contextlib.contextmanager
 def _pool(workers: int, n_items: int) -> Iterator[ProcessPoolExecutor | None]:
-    """Worker processes, started now (before any thread of ours); None when one process will do.
+    """Worker processes (None when one process will do), forked from a ``forkserver``.
 
-    Linux: ``fork`` (no re-import of ``__main__``: the CLI's imports take seconds); elsewhere
-    ``spawn``, which needs the usual ``if __name__ == "__main__":`` guard in scripts.
+    Not plain ``fork``: forking a process whose native thread pools (OpenCV, OpenMP) hold locks
+    deadlocks the child. The server imports this module (and ``__main__``) once; each worker is
+    then a cheap fork of it. ``spawn`` where there is no forkserver (Windows).
     """
     if workers <= 1 or n_items <= 1:
         yield None
         return
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with ProcessPoolExecutor(min(workers, n_items), mp_context=mp.get_context(method),
-                             initializer=_worker_init) as pool:
-        pool.submit(int).result()  # fork the workers before the progress bar starts its thread
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
+    else:
+        ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, n_items), mp_context=ctx, initializer=_worker_init) as pool:
         yield pool
 
 
@@ -281,18 +287,12 @@ def _run_items(items: list[_Item], layout: str, out: Path, size: int, pool: Proc
         raise
 
 
-def _progress(total: int, enabled: bool, label: str) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+def _progress(enabled: bool, label: str) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), disable=not enabled, transient=False)
 
 
 def _write_index(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    import csv
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -322,7 +322,7 @@ def _run(items: list[_Item], failures: list[str], warnings: list[str], *, layout
     n_skipped = len(rows)
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     with (_pool(workers, len(pending)) as pool,
-          _progress(len(items), progress, f"prepare {layout} -> {size}px") as bar):
+          _progress(progress, f"prepare {layout} -> {size}px") as bar):
         task = bar.add_task("prepare", total=len(items), completed=n_skipped)
         for status, image_id, payload in _run_items(pending, layout, out, size, pool, workers,
                                                     lambda n: bar.advance(task, n)):

@@ -25,11 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-from rich.progress import MofNCompleteColumn, Progress
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.errors import ConfigError, DataError
+from pneumoseg.progress import progress_bar
 from pneumoseg.rle import rle_encode
 
 __all__ = ["POSITIVE_RATE", "Anatomy", "Phantom", "SynthSummary", "generate_dataset", "make_phantom",
@@ -285,6 +285,8 @@ def render_phantom(rng: np.random.Generator, size: int = 512, positive: bool | N
     """
     if size < _MIN_SIZE:
         raise ConfigError(f"phantom size must be >= {_MIN_SIZE} px, got {size}")
+    if view not in (None, "PA", "AP"):
+        raise ConfigError(f"phantom view must be 'PA' or 'AP', got {view!r}")
     positive = bool(rng.random() < POSITIVE_RATE) if positive is None else positive
     anatomy = sample_anatomy(rng) if anatomy is None else anatomy
     view = ("AP" if rng.random() < 0.45 else "PA") if view is None else view
@@ -338,22 +340,14 @@ def make_phantom(rng: np.random.Generator, size: int = 512,
 
 # --- the data set on disk -------------------------------------------------------------------
 
-_README = """SYNTHETIC DATA - NOT REAL PATIENTS, NOT FOR CLINICAL OR RESEARCH CONCLUSIONS.
+_README = """SYNTHETIC DATA: procedural phantoms, not patients; no clinical or research conclusions.
 
-Written by `pneumoseg synth` (seed {seed}, {n} images of {size}x{size} px, {patients} patients).
-Every image is a procedural chest-radiograph phantom (body, lungs, ribs, heart, vessels, noise);
-{pos} images carry a simulated pneumothorax: a dark crescent along the chest wall with a thin
-bright pleural line and no lung markings. Names, ages and UIDs are made up.
-
-Layout (as the SIIM-ACR challenge):
-  dicom/<SOPInstanceUID>.dcm  8-bit MONOCHROME2 CR, uncompressed
-  train-rle.csv               ImageId, EncodedPixels: one row per annotation, -1 = none;
-                              RLE starts relative to the previous run's end, column-major
+Written by `pneumoseg synth` (seed {seed}): {n} chest-radiograph phantoms of {size}x{size} px for
+{patients} made-up patients; {pos} show a simulated pneumothorax (a dark crescent along the chest
+wall, no lung markings, a thin bright pleural line). Layout as the SIIM-ACR challenge:
+dicom/<SOPInstanceUID>.dcm (8-bit CR, uncompressed) and train-rle.csv (ImageId, EncodedPixels:
+one row per annotation, -1 = none; RLE relative to the previous run's end, column-major).
 """
-
-
-def _image_rng(seed: int, i: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))
 
 
 def _patients(seed: int) -> Iterator[tuple[Anatomy, dict[str, str]]]:
@@ -372,7 +366,7 @@ def _dicom(image: np.ndarray, meta: dict[str, str], uids: tuple[str, str, str]) 
     sop, study, series = uids
     fm = FileMetaDataset()
     fm.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    fm.MediaStorageSOPInstanceUID = sop
+    fm.MediaStorageSOPInstanceUID = UID(sop)
     fm.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = fm
@@ -420,11 +414,11 @@ def generate_dataset(out_dir: str | Path, n: int = 200, size: int = 512, seed: i
     paths: list[Path] = []
     patients: set[str] = set()
     n_positive = 0
-    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress,
-                  transient=True) as bar:
+    with progress_bar(progress, transient=True) as bar:
         images = bar.track(range(n), description="synthesising phantoms")
         for i, (anatomy, meta) in zip(images, _patients(seed), strict=False):  # _patients is endless
-            phantom = render_phantom(_image_rng(seed, i), size, anatomy=anatomy)
+            phantom = render_phantom(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i))),
+                                     size, anatomy=anatomy)
             sop, study, series = (generate_uid(entropy_srcs=[f"pneumoseg-synth:{seed}:{i}:{kind}"])
                                   for kind in ("sop", "study", "series"))
             paths.append(out / "dicom" / f"{sop}.dcm")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
+import torch
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -161,3 +163,97 @@ def test_cli(tmp_path: Path) -> None:
     assert len(list((tmp_path / "out" / "dicom").glob("*.dcm"))) == 3
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "3", "--size", "64", "--no-progress"])
     assert result.exit_code == 2 and "error:" in result.output and "--overwrite" in result.output
+
+
+# --- learnability: a small U-Net trained for about a minute on 2 CPU cores beats trivial answers ---
+
+
+def _phantom_batch(tag: int, n: int, positive: np.ndarray, size: int = 128) -> tuple[np.ndarray, ...]:
+    """(images uint8 (n, H, W), union masks bool (n, H, W), lung fields bool (n, H, W))."""
+    out: tuple[list[np.ndarray], ...] = ([], [], [])
+    for i in range(n):
+        ph = render_phantom(np.random.default_rng([tag, i]), size, positive=bool(positive[i]))
+        out[0].append(ph.image)
+        out[1].append(np.logical_or.reduce(ph.masks) if ph.masks else np.zeros((size, size), bool))
+        out[2].append(ph.lungs)
+    return tuple(np.stack(x) for x in out)
+
+
+def _dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Dice per image of bool (N, H, W) masks; empty/empty = 1."""
+    inter, total = (pred & true).sum((1, 2)), pred.sum((1, 2)) + true.sum((1, 2))
+    return np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
+
+
+def _small_unet() -> torch.nn.Module:
+    """A 4-level U-Net (8-16-32-64) with batch norm: it starts learning within a few hundred steps
+    on CPU, where the seed's U-Net (no normalisation) needs roughly twice as many."""
+    from torch import nn
+
+    def pair(i: int, o: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                             nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+    class Net(nn.Module):
+        def __init__(self, w: tuple[int, ...] = (8, 16, 32, 64)) -> None:
+            super().__init__()
+            self.down = nn.ModuleList(pair(a, b) for a, b in pairwise((1, *w)))
+            self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in pairwise(w))
+            self.dec = nn.ModuleList(pair(2 * a, a) for a in w[:-1])
+            self.head = nn.Conv2d(w[0], 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skips = []
+            for i, block in enumerate(self.down):
+                x = block(x if i == 0 else torch.nn.functional.max_pool2d(x, 2))
+                skips.append(x)
+            for up, dec, skip in zip(reversed(self.up), reversed(self.dec), reversed(skips[:-1]), strict=True):
+                x = dec(torch.cat([up(x), skip], 1))
+            return self.head(x)
+
+    return Net()
+
+
+@pytest.mark.slow
+def test_phantoms_are_learnable() -> None:
+    """400 Adam steps (batch 8, 128 px, BCE + Dice; about 70 s on 2 idle cores) reach a held-out
+    Dice on positives well above every trivial answer (whole lungs, empty, a tuned prior map)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    x_train, y_train, _ = _phantom_batch(1, 240, np.random.default_rng(0).random(240) < 0.8)
+    x_test, y_test, lungs_test = _phantom_batch(2, 40, np.ones(40, bool))
+
+    def tensor(images: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.25
+
+    xt, yt = tensor(x_train), torch.from_numpy(y_train).float()[:, None]
+    model = _small_unet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(400):
+        idx = torch.randint(0, len(xt), (8,), generator=gen)
+        logits, target = model(xt[idx]), yt[idx]
+        prob = torch.sigmoid(logits)
+        soft_dice = (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+        loss = F.binary_cross_entropy_with_logits(logits, target) + 1 - soft_dice
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        pred = torch.sigmoid(model(tensor(x_test)))[:, 0].numpy() > 0.5
+    score = _dice(pred, y_test).mean()
+    prior = y_train.mean(0)
+    baselines = {
+        "lungs": _dice(lungs_test, y_test).mean(),
+        "empty": _dice(np.zeros_like(y_test), y_test).mean(),
+        "all": _dice(np.ones_like(y_test), y_test).mean(),
+        "prior": max(_dice(np.broadcast_to(prior > t, y_test.shape), y_test).mean() for t in np.linspace(0.02, 0.6, 30)),
+    }
+    best = max(baselines.values())
+    print(f"held-out Dice {score:.3f} vs trivial {baselines} after {seconds:.0f} s")
+    assert score > 0.3 and score > 2 * best, (score, baselines)

@@ -26,7 +26,7 @@ from pneumoseg.models.smp_models import CURATED_ARCHS, CURATED_ENCODERS
 
 SIZE = 64
 # Every architecture family once with a light encoder, plus each curated encoder family once.
-CONTRACT = ["unet", "uxception", *(f"{arch}-resnet18" for arch in CURATED_ARCHS)]
+CONTRACT = ["unet", "unet_bn", "uxception", *(f"{arch}-resnet18" for arch in CURATED_ARCHS)]
 ENCODERS = [f"unet-{enc}" for enc in ("efficientnet-b0", "se_resnext50_32x4d", "densenet121", "mobilenet_v2")]
 
 
