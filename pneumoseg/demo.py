@@ -36,7 +36,7 @@ class DemoResult:
     postprocess: dict[str, object] = field(default_factory=dict)
 
 
-def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 240, size: int = 256, seed: int = 0,
+def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: int = 256, seed: int = 0,
              overrides: Sequence[str] = (), progress: bool = True, fresh: bool = False,
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole pipeline into ``out_dir`` and return where everything went.

@@ -16,7 +16,7 @@ __all__ = ["demo", "register"]
 @cli_errors
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder for every step."),
-    n: int = typer.Option(240, "--n", help="Number of synthetic images."),
+    n: int = typer.Option(400, "--n", help="Number of synthetic images."),
     size: int = typer.Option(256, "--size", help="Phantom and cache size (256, 512 or 1024)."),
     seed: int = typer.Option(0, "--seed"),
     set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE (repeatable), e.g. train.epochs=2."),

@@ -1,0 +1,34 @@
+"""The built-in demo end to end (small and short), through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pneumoseg.cli.main import app
+from pneumoseg.rle import read_annotations
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_and_reuses_finished_ones(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--n", "60", "--no-progress", "--set", "train.epochs=2",
+            "--set", "data.size=64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("run/config.yaml", "run/checkpoints/best.ckpt", "run/curves.png", "run/postprocess.json",
+                 "run/eval/metrics.json", "run/eval/best.png", "predict/predictions.csv", "predict/submission.csv"):
+        assert (out / name).is_file(), name
+        assert name.split("/")[-1] in result.output
+    metrics = json.loads((out / "run/eval/metrics.json").read_text())
+    assert metrics["n_images"] == len(pd.read_csv(out / "predict/predictions.csv"))
+    assert set(read_annotations(out / "predict/submission.csv")) == {p.stem for p in (out / "predict/masks").iterdir()}
+    first = (out / "run/checkpoints/last.ckpt").stat().st_mtime_ns
+
+    again = CliRunner().invoke(app, args)  # finished steps are reused, training is not redone
+    assert again.exit_code == 0, again.output
+    assert (out / "run/checkpoints/last.ckpt").stat().st_mtime_ns == first
