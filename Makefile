@@ -11,6 +11,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 .PHONY: install demo test bench lint clean
 
 $(STAMP): pyproject.toml
+	# Debian's Chromium + ChromeDriver for the viewer's browser test (skipped, with a reason, where
+	# they cannot be installed: not root, or no apt).
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "note: chromium not installed; the browser test will be skipped"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: smp and timm need torchvision, and the pair must match.

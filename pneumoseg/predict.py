@@ -26,7 +26,9 @@ from pneumoseg.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig
 from pneumoseg.data.dataset import normalize
 from pneumoseg.dicom import DicomMeta, read_dicom
-from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.dicom_seg import make_segmentation, write_segmentation
+from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
+from pneumoseg.export import OnnxModel
 from pneumoseg.images import read_image, resize_image, write_png
 from pneumoseg.overlay import overlay, write_rgb_png
 from pneumoseg.postprocess import PostProcess
@@ -35,6 +37,7 @@ from pneumoseg.rle import rle_encode, rle_encode_absolute
 from pneumoseg.training.run import load_run
 
 __all__ = [
+    "BACKENDS",
     "IMAGE_SUFFIXES",
     "InputImage",
     "Prediction",
@@ -48,6 +51,8 @@ __all__ = [
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BACKENDS = ("torch", "onnx")
+ONNX_NAME = "model.onnx"  #: where ``--backend onnx`` looks in a run folder (``pneumoseg export`` default)
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,17 @@ def run_postprocess(run_dir: str | os.PathLike[str], cfg: ExperimentConfig) -> P
     return PostProcess(threshold=cfg.postprocess.threshold, min_area=cfg.postprocess.min_area)
 
 
+def _onnx_file(run: str | os.PathLike[str]) -> Path:
+    """``run`` itself when it is a .onnx file, else ``run/model.onnx``; DataError when absent."""
+    path = Path(run)
+    if path.suffix.lower() == ".onnx":
+        return path
+    if path.is_dir() and (path / ONNX_NAME).is_file():
+        return path / ONNX_NAME
+    raise DataError(f"{path}: no {ONNX_NAME} for --backend onnx; write it with "
+                    f"`pneumoseg export {path} --onnx {path / ONNX_NAME}` or pass --onnx FILE")
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -117,25 +133,47 @@ class Predictor:
 
     ``runs``: run folders (``pneumoseg train`` outputs); ``checkpoint``: ``best``, ``last`` or
     ``snapshot-K`` in each. ``postprocess`` defaults to the first run's tuned settings.
+
+    ``backend="onnx"`` runs exported networks with onnxruntime instead of PyTorch: ``onnx`` names
+    the ``.onnx`` files (one per model), else each entry of ``runs`` is a ``.onnx`` file or a run
+    folder holding ``model.onnx``; ``checkpoint`` is then ignored (it was fixed at export). Size and
+    normalisation come from each file's metadata; the post-processing from the first run folder's
+    ``postprocess.json`` when there is one, else from the first file's metadata.
     """
 
     def __init__(self, runs: Sequence[str | os.PathLike[str]], checkpoint: str = "best", tta: bool = False,
                  postprocess: PostProcess | None = None, device: str | torch.device | None = None,
-                 batch_size: int = 4) -> None:
-        if not runs:
+                 batch_size: int = 4, backend: str = "torch",
+                 onnx: Sequence[str | os.PathLike[str]] | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r} unknown (valid: {', '.join(BACKENDS)})")
+        if not runs and not (backend == "onnx" and onnx):
             raise DataError("no run folder given")
         self.device = torch.device(device) if device is not None else _default_device()
-        loaded = [load_run(r, checkpoint) for r in runs]
-        self.models: list[tuple[nn.Module, ExperimentConfig]] = [(m.to(self.device), c) for m, c in loaded]
+        self.backend = backend
+        self.checkpoint = checkpoint
+        if backend == "torch":
+            loaded = [load_run(r, checkpoint) for r in runs]
+            self.models: list[tuple[nn.Module | OnnxModel, ExperimentConfig]] = [
+                (m.to(self.device), c) for m, c in loaded]
+        else:
+            files = [Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs]
+            nets = [OnnxModel(f, device=self.device) for f in files]
+            self.models = [(net, net.config()) for net in nets]
         self.cfg = self.models[0][1]
         self.size = self.cfg.data.size
         self.tta = tta
         self.batch_size = batch_size
+        if postprocess is None and backend == "onnx":
+            tuned = Path(runs[0]) / "postprocess.json" if runs else None
+            first = self.models[0][0]
+            assert isinstance(first, OnnxModel)
+            postprocess = PostProcess.load(tuned) if tuned is not None and tuned.is_file() else first.postprocess
         self.postprocess = postprocess or run_postprocess(runs[0], self.cfg)
         self.model_name = "+".join(c.model.name for _, c in self.models)
 
     @torch.inference_mode()
-    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, net: nn.Module | OnnxModel, x: torch.Tensor) -> torch.Tensor:
         out = net(x)
         logits = out[0] if isinstance(out, tuple) else out
         return torch.sigmoid(logits.float())

@@ -78,7 +78,10 @@ def test_real_files_decode_to_1024_uint8_with_their_metadata() -> None:
         image = read_dicom(path)
         ref = pydicom.dcmread(path)  # independent reference: plain pydicom
         assert image.pixels.shape == (1024, 1024) and image.pixels.dtype == np.uint8
-        assert np.array_equal(image.pixels, ref.pixel_array), path.name  # 8-bit MONOCHROME2: as stored
+        # 8-bit MONOCHROME2, as stored. Lossy JPEG: Pillow (ours) and pydicom's default decoder
+        # may differ by one grey level on a few pixels.
+        diff = np.abs(image.pixels.astype(int) - ref.pixel_array.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.05, path.name
         meta = image.meta
         assert meta.image_id == path.stem == ref.SOPInstanceUID
         assert meta.patient_id == ref.PatientID and meta.patient_sex == ref.PatientSex

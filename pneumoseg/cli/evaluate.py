@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from pneumoseg.cli._common import cli_errors, console
 
+if TYPE_CHECKING:
+    from pneumoseg.predict import Predictor
+
 __all__ = ["evaluate", "register", "tune"]
 
 
-def _predictor(run: Path, checkpoint: str, tta: bool, device: str | None):  # noqa: ANN202
+def _predictor(run: Path, checkpoint: str, tta: bool, device: str | None) -> Predictor:
     from pneumoseg.predict import Predictor
 
     return Predictor([run], checkpoint=checkpoint, tta=tta, device=device)
@@ -53,6 +57,7 @@ def evaluate(
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    report: bool = typer.Option(False, "--report", help="Also write RUN/report.html (+ .md), as `pneumoseg report`."),
 ) -> None:
     """Challenge metric (dice_kaggle), dice_positive and image-level detection on a split."""
     from pneumoseg.evaluate import evaluate_run
@@ -64,7 +69,12 @@ def evaluate(
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"outputs: {run / 'eval'} (metrics.json, per_image.csv, best.png, worst.png)")
+    console.print(f"outputs: {run / 'eval'} (metrics.json, per_image.csv, best.png, worst.png, cases.csv, cases/)")
+    if report:
+        from pneumoseg.report import write_report
+
+        files = write_report(run)
+        console.print(f"report: {files.html} (summary: {files.markdown})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

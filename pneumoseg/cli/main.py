@@ -17,7 +17,9 @@ app = typer.Typer(
 )
 
 # Order here is the order in `pneumoseg --help`.
-COMMAND_MODULES = ["demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "predict"]
+COMMAND_MODULES = [
+    "demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "predict", "report", "export", "serve",
+]
 
 
 def _version(value: bool) -> None:
