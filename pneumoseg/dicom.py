@@ -156,7 +156,7 @@ def _read_dataset(path: Path, *, header_only: bool) -> Dataset:
         raise DicomError(f"{path}: not a DICOM file ({exc})") from None
     except (EOFError, OSError) as exc:
         raise DicomError(f"{path}: truncated or unreadable DICOM file ({exc or type(exc).__name__})") from None
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt headers
+    except Exception as exc:
         raise DicomError(f"{path}: corrupt DICOM header ({type(exc).__name__}: {exc})") from None
     problem = _truncation(ds, caught)
     if problem:
@@ -182,7 +182,7 @@ def _pixel_array(ds: Dataset) -> np.ndarray:
         try:
             ds.pixel_array_options(decoding_plugin="pillow")
             return ds.pixel_array
-        except Exception:  # noqa: BLE001 - Pillow missing or unable: fall back to the default plugins
+        except Exception:
             ds.pixel_array_options(decoding_plugin="")
     return ds.pixel_array
 
@@ -195,7 +195,7 @@ def _decode(ds: Dataset, path: Path, meta: DicomMeta) -> np.ndarray:
         raise DicomError(f"{path}: DICOM file has {what}")
     try:
         arr = _pixel_array(ds)
-    except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, NotImplementedError...
+    except Exception as exc:
         text = str(exc)
         truncated = isinstance(exc, EOFError) or any(
             word in text.lower() for word in ("truncat", "less than expected", "insufficient", "end of")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PneumosegError", "RLEError", "DicomError", "DataError", "ConfigError"]
+__all__ = ["ConfigError", "DataError", "DicomError", "PneumosegError", "RLEError"]
 
 
 class PneumosegError(Exception):

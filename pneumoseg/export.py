@@ -152,7 +152,7 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> OnnxMetadata:
         raise DataError(f"{path}: ONNX file not found")
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, onnx raises ValidationError...
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises ValidationError...
         raise DataError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
     return OnnxMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
 
@@ -185,7 +185,7 @@ def _to_proto(net: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
             if program is not None:
                 return program.model_proto
-        except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+        except Exception as exc:  # the exporter raises many types
             errors.append(f"dynamo exporter: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         try:
             buf = io.BytesIO()
@@ -193,7 +193,7 @@ def _to_proto(net: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
                               output_names=[OUTPUT_NAME], opset_version=opset or 17,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             return onnx.load_from_string(buf.getvalue())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"TorchScript exporter: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     raise ExportError("; ".join(errors))
 
@@ -278,7 +278,7 @@ class OnnxModel:
         self.providers = onnx_providers(device)
         try:
             self.session = ort.InferenceSession(os.fspath(self.path), options, providers=self.providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:  # onnxruntime raises its own exception types
             raise DataError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -301,7 +301,7 @@ class OnnxModel:
         """A config holding this model's name, size, channels, normalisation and threshold."""
         return self.metadata.config()
 
-    def to(self, device: str | torch.device) -> OnnxModel:  # noqa: ARG002 - providers are chosen at load
+    def to(self, device: str | torch.device) -> OnnxModel:  # providers are chosen at load
         return self
 
     def eval(self) -> OnnxModel:

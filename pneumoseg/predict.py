@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+import pydicom
 import torch
 from torch import nn
 
@@ -39,9 +41,10 @@ from pneumoseg.training.run import load_run
 __all__ = [
     "BACKENDS",
     "IMAGE_SUFFIXES",
+    "ONNX_NAME",
     "InputImage",
-    "Prediction",
     "PredictResult",
+    "Prediction",
     "Predictor",
     "find_inputs",
     "load_input",
@@ -218,6 +221,9 @@ class PredictResult:
     failures: list[str] = field(default_factory=list)
     predictions_csv: Path | None = None
     submission_csv: Path | None = None
+    n_seg: int = 0                 #: DICOM SEG files written (``dicom_seg=True``) to ``out_dir/seg``
+    seg_skipped_empty: int = 0     #: DICOM inputs without SEG: empty prediction (no ``dicom_seg_empty``)
+    seg_skipped_not_dicom: int = 0  #: PNG / JPEG inputs: no source DICOM to reference
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -228,10 +234,33 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buf.getvalue()
 
 
+def _write_seg(predictor: Predictor, image: InputImage, pred: Prediction, out: Path, result: PredictResult,
+               empty: bool) -> None:
+    """``out/seg/<image_id>.dcm`` for a DICOM input (see ``pneumoseg.dicom_seg``); counts skips."""
+    if image.meta is None:
+        result.seg_skipped_not_dicom += 1
+        return
+    if not pred.mask.any() and not empty:
+        result.seg_skipped_empty += 1
+        return
+    try:
+        source = pydicom.dcmread(image.path, stop_before_pixels=True)
+    except Exception as exc:  # it decoded a moment ago; pydicom raises many types
+        raise DicomError(f"{image.path}: cannot re-read the header for the DICOM SEG ({exc})") from None
+    params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
+              "postprocess": json.dumps(predictor.postprocess.to_dict())}
+    if predictor.backend == "torch":
+        params["checkpoint"] = predictor.checkpoint
+    seg = make_segmentation(source, pred.mask, model_name=predictor.model_name, algorithm_parameters=params)
+    write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg)
+    result.n_seg += 1
+
+
 def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                       submission: str | os.PathLike[str] | None = None, overlays: bool = True,
                       rle_format: Literal["relative", "absolute"] = "relative", progress: bool = True,
-                      on_prediction: object = None) -> PredictResult:
+                      on_prediction: object = None, dicom_seg: bool = False,
+                      dicom_seg_empty: bool = False) -> PredictResult:
     """Predict every input and write ``masks/``, ``overlays/``, ``predictions.csv`` and the submission.
 
     An input that cannot be read is reported in ``failures`` (file and reason) and skipped; the
@@ -239,6 +268,11 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
     ``-1`` when empty) in the challenge's relative RLE (``rle_format="absolute"``: 1-based
     absolute starts, as the challenge's stage 2 asked). Every file is written atomically.
     ``on_prediction(input_image, prediction)`` is called for each prediction when given.
+
+    ``dicom_seg``: also write ``seg/<image_id>.dcm``, a DICOM Segmentation of the mask referencing
+    the source DICOM (``pneumoseg.dicom_seg.make_segmentation``), for each DICOM input whose mask
+    is not empty (``dicom_seg_empty``: for empty ones too). PNG / JPEG inputs get none (counted in
+    ``seg_skipped_not_dicom``). A SEG that cannot be made is reported in ``failures``.
     """
     out = Path(out_dir)
     result = PredictResult(out)
@@ -269,6 +303,11 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                 h, w = pred.mask.shape
                 rows.append((pred.image_id, str(image.path), round(pred.probability, 6), pred.area_px, h, w))
                 sub_rows.append((pred.image_id, encode(pred.mask)))
+                if dicom_seg:
+                    try:
+                        _write_seg(predictor, image, pred, out, result, dicom_seg_empty)
+                    except PneumosegError as exc:
+                        result.failures.append(f"{exc} (mask written; DICOM SEG not)")
                 if callable(on_prediction):
                     on_prediction(image, pred)
             bar.advance(task, len(paths[start:start + predictor.batch_size]))

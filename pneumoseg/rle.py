@@ -201,7 +201,7 @@ class Annotations(dict[str, list[str]]):
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     # utf-8-sig drops a BOM; newline="" lets csv handle CRLF.
     return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 

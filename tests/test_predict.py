@@ -96,7 +96,7 @@ def test_run_without_checkpoint_is_one_clear_error(trained_run: Path, tmp_path: 
     result = runner.invoke(app, ["predict", str(bare), str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no checkpoint" in result.output and len(result.output.strip().splitlines()) == 1
-    with pytest.raises(DataError, match="no .dcm, .png or .jpg"):
+    with pytest.raises(DataError, match=r"no \.dcm, \.png or \.jpg"):
         find_inputs(bare)
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from pneumoseg.errors import PneumosegError
 
-__all__ = ["console", "err_console", "cli_errors", "fail"]
+__all__ = ["cli_errors", "console", "err_console", "fail"]
 
 console = Console()
 err_console = Console(stderr=True)

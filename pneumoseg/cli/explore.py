@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from pneumoseg.cli._common import cli_errors, console, err_console
-from pneumoseg.data.explore import explore as explore_dataset
-from pneumoseg.dicom import DicomMeta, format_header
 
 __all__ = ["explore", "register"]
 
@@ -69,6 +67,9 @@ def explore(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Summarise a DICOM + RLE dataset: header of the first image, statistics table and figures."""
+    from pneumoseg.data.explore import explore as explore_dataset  # lazy: keeps `pneumoseg --help` fast
+    from pneumoseg.dicom import DicomMeta, format_header
+
     summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
     console.print(format_header(DicomMeta(**summary["first_image"])), highlight=False, soft_wrap=True)
     console.print()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
@@ -16,6 +15,8 @@ __all__ = ["count_parameters", "models", "register"]
 
 def count_parameters(name: str, in_channels: int = 1) -> int:
     """Parameters of ``create_model(name, in_channels=...)``, built on the meta device (no memory, fast)."""
+    import torch  # lazy: keeps `pneumoseg --help` fast
+
     from pneumoseg.models import create_model
 
     with torch.device("meta"):

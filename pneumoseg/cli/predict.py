@@ -1,4 +1,10 @@
-"""``pneumoseg predict RUN INPUT --out DIR``: masks, overlays, predictions.csv, submission.csv."""
+"""``pneumoseg predict RUN INPUT --out DIR``: masks, overlays, predictions.csv, submission.csv.
+
+``--dicom-seg`` adds ``DIR/seg/<image_id>.dcm`` (DICOM Segmentation) per DICOM input with a
+non-empty mask (``--dicom-seg-empty``: every DICOM input). ``--backend onnx`` runs exported
+networks with onnxruntime: ``--onnx FILE[,FILE2]``, else ``RUN/model.onnx`` (``pneumoseg export
+RUN``) or RUN itself when it is a ``.onnx`` file.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,13 @@ def predict(
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    dicom_seg: bool = typer.Option(False, "--dicom-seg/--no-dicom-seg",
+                                   help="Write OUT/seg/<image_id>.dcm, a DICOM SEG, for DICOM inputs with a finding."),
+    dicom_seg_empty: bool = typer.Option(False, "--dicom-seg-empty",
+                                         help="With --dicom-seg: a SEG for empty predictions too."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (onnxruntime; see --onnx)."),
+    onnx: str | None = typer.Option(None, "--onnx", help="ONNX file(s) FILE[,FILE2] for --backend onnx "
+                                    "(default: RUN/model.onnx of each run)."),
 ) -> None:
     """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
     from pneumoseg.errors import ConfigError
@@ -33,11 +46,17 @@ def predict(
 
     if rle_format not in ("relative", "absolute"):
         raise ConfigError(f"--rle-format {rle_format!r} unknown (valid: relative, absolute)")
+    if onnx and backend != "onnx":
+        raise ConfigError("--onnx needs --backend onnx")
     runs = [Path(r) for r in run.split(",") if r]
-    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
+    onnx_files = [Path(f) for f in onnx.split(",") if f] if onnx else None
+    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+                          backend=backend, onnx=onnx_files)
     result = predict_to_folder(predictor, find_inputs(input), out, submission=submission, overlays=overlays,
-                               rle_format=rle_format, progress=progress)  # type: ignore[arg-type]
-    table = Table(title=f"Predictions ({predictor.model_name}{', TTA' if tta else ''})", show_header=False)
+                               rle_format=rle_format, progress=progress,  # type: ignore[arg-type]
+                               dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty)
+    what = predictor.model_name + (", TTA" if tta else "") + (", onnxruntime" if backend == "onnx" else "")
+    table = Table(title=f"Predictions ({what})", show_header=False)
     table.add_row("images", str(result.n_images))
     table.add_row("with pneumothorax", str(result.n_positive))
     table.add_row("post-processing", str(predictor.postprocess.to_dict()))
@@ -46,6 +65,13 @@ def predict(
         table.add_row("overlays", str(out / "overlays"))
     table.add_row("predictions", str(result.predictions_csv))
     table.add_row("submission", str(result.submission_csv))
+    if dicom_seg:
+        notes = []
+        if result.seg_skipped_empty:
+            notes.append(f"{result.seg_skipped_empty} empty prediction(s) skipped; --dicom-seg-empty writes them")
+        if result.seg_skipped_not_dicom:
+            notes.append(f"{result.seg_skipped_not_dicom} PNG/JPEG input(s): no source DICOM")
+        table.add_row("DICOM SEG", f"{result.n_seg} in {out / 'seg'}" + (f" ({'; '.join(notes)})" if notes else ""))
     console.print(table)
     if result.failures:
         for line in result.failures:

@@ -58,7 +58,7 @@ def _looks_like_bare_dicom(data: bytes) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
+    except Exception:
         return False
     file_meta = getattr(ds, "file_meta", None)
     has_meta = file_meta is not None and "TransferSyntaxUID" in file_meta

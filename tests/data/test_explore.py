@@ -169,5 +169,5 @@ def test_explore_without_samples_and_all_unreadable(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.dcm").write_bytes(b"junk")
-    with pytest.raises(DataError, match="none of the 1 .dcm files could be read"):
+    with pytest.raises(DataError, match=r"none of the 1 \.dcm files could be read"):
         explore(bad, csv, tmp_path / "out2", progress=False)
