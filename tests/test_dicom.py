@@ -22,8 +22,9 @@ from pydicom.uid import (
 
 from pneumoseg.dicom import DicomMeta, format_header, parse_age, read_dicom, read_dicom_meta
 from pneumoseg.errors import DicomError
+from tests.shared_data import SIIM
 
-SIIM_DICOM = Path(__file__).resolve().parents[1].parent / "shared/data/siim/dicom"
+SIIM_DICOM = SIIM / "dicom"
 FIRST = "1.2.276.0.7230010.3.1.4.8323329.1000.1517875165.878027"
 
 

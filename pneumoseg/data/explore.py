@@ -29,12 +29,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.dicom import read_dicom, read_dicom_meta
 from pneumoseg.errors import DataError, DicomError
+from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
 __all__ = [
@@ -67,11 +66,6 @@ def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True, disable=not enabled)
-
-
 def scan_dataset(files: list[Path], annotations: Annotations, root: Path,
                  progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Read each header and join the annotations; return (one row per readable file, problems).
@@ -81,7 +75,7 @@ def scan_dataset(files: list[Path], annotations: Annotations, root: Path,
     """
     records: list[dict[str, Any]] = []
     problems: list[str] = []
-    with _progress(progress) as bar:
+    with progress_bar(progress, transient=True) as bar:
         for path in bar.track(files, description="reading headers"):
             try:
                 meta = read_dicom_meta(path)

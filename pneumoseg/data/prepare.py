@@ -43,13 +43,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pneumoseg import __version__
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.images import read_image, read_mask, resize_image, resize_mask, write_png
+from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
 __all__ = ["INDEX_COLUMNS", "SIZES", "PrepareResult", "prepare_dicom", "prepare_png"]
@@ -287,11 +286,6 @@ def _run_items(items: list[_Item], layout: str, out: Path, size: int, pool: Proc
         raise
 
 
-def _progress(enabled: bool, label: str) -> Progress:
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
-
-
 def _write_index(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n")
@@ -322,8 +316,8 @@ def _run(items: list[_Item], failures: list[str], warnings: list[str], *, layout
     n_skipped = len(rows)
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     with (_pool(workers, len(pending)) as pool,
-          _progress(progress, f"prepare {layout} -> {size}px") as bar):
-        task = bar.add_task("prepare", total=len(items), completed=n_skipped)
+          progress_bar(progress) as bar):
+        task = bar.add_task(f"prepare {layout} -> {size}px", total=len(items), completed=n_skipped)
         for status, image_id, payload in _run_items(pending, layout, out, size, pool, workers,
                                                     lambda n: bar.advance(task, n)):
             if status == "ok":

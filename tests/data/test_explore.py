@@ -18,8 +18,9 @@ from pneumoseg.cli.explore import register
 from pneumoseg.data.explore import METADATA_COLUMNS, explore
 from pneumoseg.errors import DataError
 from pneumoseg.rle import rle_encode
+from tests.shared_data import SIIM
 
-SIIM_DICOM = Path(__file__).resolve().parents[2].parent / "shared/data/siim/dicom"
+SIIM_DICOM = SIIM / "dicom"
 ID_307 = "1.2.276.0.7230010.3.1.4.8323329.307.1517875162.311533"
 
 

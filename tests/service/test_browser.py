@@ -125,6 +125,7 @@ def test_upload_dicom_draws_overlay_and_sliders_rethreshold(server: str, driver:
     # A non-image upload shows the server's 415 message; the page keeps working.
     bad = tmp_path / "notes.txt"
     bad.write_text("not a radiograph\n" * 20)
+    drv.execute_script("window.scrollTo(0, 0)")  # type: ignore[attr-defined]
     find(By.ID, "file").send_keys(str(bad))
     wait.until(lambda d: "415" in d.find_element(By.ID, "status").text)
     assert "DICOM" in find(By.ID, "status").text
