@@ -67,7 +67,8 @@ def _source_header(source: Dataset) -> Dataset:
     for elem in source:
         if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
             header.add(elem)
-    header.file_meta = getattr(source, "file_meta", Dataset())
+    if getattr(source, "file_meta", None) is not None:
+        header.file_meta = source.file_meta
     for keyword in _TYPE2_COPIED:
         if keyword not in header:
             setattr(header, keyword, "")

@@ -86,7 +86,7 @@ def predict_split(predictor: Predictor, split: str = "test", progress: bool = Tr
     return SplitPredictions(ids, images, probs, truths)
 
 
-def plot_cases(preds: SplitPredictions, masks: np.ndarray, dice: np.ndarray, order: Sequence[int],
+def plot_cases(preds: SplitPredictions, masks: np.ndarray, dice: np.ndarray, order: Sequence[int] | np.ndarray,
                title: str, path: str | os.PathLike[str], ncols: int = 4) -> None:
     """Grid of overlays (prediction red, truth blue) with each image's Dice in its title."""
     order = list(order)

@@ -189,8 +189,8 @@ def _to_proto(net: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
             errors.append(f"dynamo exporter: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         try:
             buf = io.BytesIO()
-            torch.onnx.export(net, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=opset or 17,
+            torch.onnx.export(net, (example,), buf, dynamo=False,  # type: ignore[arg-type]
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset or 17,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             return onnx.load_from_string(buf.getvalue())
         except Exception as exc:
