@@ -28,13 +28,12 @@ import numpy as np
 import psutil
 
 from pneumoseg.rle import read_annotations, rle_decode, rle_encode
+from _docs import DOCS, update_section  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = Path(os.environ.get("PNEUMOSEG_SIIM_DIR", ROOT.parent / "shared/data/siim"))
 STAGE2 = SIIM / "labels" / "stage2-train-rle.csv.gz"
 DICOM = SIIM / "dicom"
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- data:start -->", "<!-- data:end -->"
 
 
 # ---------------------------------------------------------------- the seed notebook's code (baseline)
@@ -268,18 +267,6 @@ def markdown(r: dict, p: dict, mem: list[dict], args: argparse.Namespace) -> str
     return buf.getvalue()
 
 
-def update_docs(section: str) -> None:
-    from pneumoseg.atomic import atomic_write_text
-
-    block = f"{START}\n{section}{END}\n"
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    atomic_write_text(DOCS, text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2,000 RLE rows, 48 files, memory at 48/240 files")
@@ -303,7 +290,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"rle": r, "prepare": p, "memory": mem}, indent=2))
     if args.update_docs:
-        update_docs(section)
+        update_section("data", section)
         print(f"updated {DOCS}", file=sys.stderr)
 
 

@@ -57,16 +57,10 @@ def seed_mask2rle(img: np.ndarray, width: int, height: int) -> str:
 
 def make_run(model: str, size: int, folder: Path) -> Path:
     """A run folder holding ``model`` with random weights (config.yaml + checkpoints/best.ckpt)."""
-    from pneumoseg.config import dump_config, load_config
-    from pneumoseg.training.run import build_model
+    from pneumoseg.config import load_config
+    from pneumoseg.training.run import init_run
 
-    cfg = load_config(None, [f"model.name={model}", f"data.size={size}"])
-    run = folder / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    dump_config(cfg, run / "config.yaml")
-    net = build_model(cfg, encoder_weights=False)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "checkpoints" / "best.ckpt")
-    return run
+    return init_run(load_config(None, [f"model.name={model}", f"data.size={size}"]), folder / "run")
 
 
 def input_file(folder: Path) -> Path:

@@ -26,25 +26,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from _docs import DOCS, update_section  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
+from bench_predict import make_run  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = Path(os.environ.get("PNEUMOSEG_SIIM_DIR", ROOT.parent / "shared/data/siim"))
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- service:start -->", "<!-- service:end -->"
-
-
-def make_run(model: str, size: int, folder: Path) -> Path:
-    """A run folder holding ``model`` with random weights (config.yaml + checkpoints/best.ckpt)."""
-    from pneumoseg.config import dump_config, load_config
-    from pneumoseg.training.run import build_model
-
-    cfg = load_config(None, [f"model.name={model}", f"data.size={size}"])
-    run = folder / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    dump_config(cfg, run / "config.yaml")
-    net = build_model(cfg, encoder_weights=False)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "checkpoints" / "best.ckpt")
-    return run
 
 
 def inputs(folder: Path) -> tuple[list[tuple[str, bytes]], str]:
@@ -89,18 +75,6 @@ def timed_gets(client: httpx.Client, urls: list[str]) -> dict[str, float]:
         if r.status_code != 200:
             raise RuntimeError(f"GET {url}: HTTP {r.status_code}")
     return stats(latencies, time.perf_counter() - wall)
-
-
-def update_docs(section: str) -> None:
-    from pneumoseg.atomic import atomic_write_text
-
-    block = f"{START}\n{section}{END}\n"
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    atomic_write_text(DOCS, text)
 
 
 def main() -> None:
@@ -157,7 +131,7 @@ def main() -> None:
     print(section)
     sys.stdout.flush()
     if args.update_docs:
-        update_docs(section)
+        update_section("service", section)
         print(f"updated {DOCS}")
 
 

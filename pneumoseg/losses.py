@@ -69,10 +69,16 @@ class _PartsLoss(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.last_parts: dict[str, float] = {}
+        #: each part of the last call, detached, on the loss's device (no GPU sync per step)
+        self.last_part_tensors: dict[str, torch.Tensor] = {}
 
     def _record(self, **parts: torch.Tensor) -> None:
-        self.last_parts = {k: float(v.detach()) for k, v in parts.items()}
+        self.last_part_tensors = {k: v.detach() for k, v in parts.items()}
+
+    @property
+    def last_parts(self) -> dict[str, float]:
+        """The parts of the last call as floats (forces a device sync: for logging at epoch end)."""
+        return {k: float(v) for k, v in self.last_part_tensors.items()}
 
 
 class BCELoss(_PartsLoss):

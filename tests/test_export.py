@@ -56,15 +56,10 @@ def test_unet_parity_on_real_and_synthetic_images(trained_run: Path, unet_onnx: 
 
 
 def test_untrained_unet_resnet34_at_256_parity(synth_data: Path, tmp_path: Path) -> None:
-    from pneumoseg.config import dump_config, load_config
-    from pneumoseg.training.run import build_model
+    from pneumoseg.config import load_config
+    from pneumoseg.training.run import init_run
 
-    cfg = load_config(None, ["model.name=unet-resnet34", "data.size=256"])
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    dump_config(cfg, run / "config.yaml")
-    net = build_model(cfg, encoder_weights=False)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "checkpoints" / "best.ckpt")
+    run = init_run(load_config(None, ["model.name=unet-resnet34", "data.size=256"]), tmp_path / "run")
     path = export_onnx(run, tmp_path / "r34.onnx", verify=False)  # parity is checked below
     assert [d.dim_value or d.dim_param for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim][1:] == [
         1, 256, 256]

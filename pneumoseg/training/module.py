@@ -79,15 +79,15 @@ class SegmentationModule(L.LightningModule):
         if self._use_channels_last:
             self.net.to(memory_format=torch.channels_last)
 
-    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         out = self(batch["image"])
         mask_logits, class_logits = out if isinstance(out, tuple | list) else (out, None)
         loss = self.loss(mask_logits, batch["mask"])
-        parts = {k: v for k, v in getattr(self.loss, "last_parts", {}).items() if k != "total"}
+        parts = {k: v for k, v in getattr(self.loss, "last_part_tensors", {}).items() if k != "total"}
         if class_logits is not None and self.aux_weight > 0:
             aux = F.binary_cross_entropy_with_logits(class_logits.reshape(-1).float(), batch["label"].float())
             loss = loss + self.aux_weight * aux
-            parts["aux_bce"] = float(aux.detach())
+            parts["aux_bce"] = aux.detach()
         return loss, mask_logits, parts
 
     def _dice(self, mask_logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:

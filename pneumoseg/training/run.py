@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from pneumoseg.atomic import atomic_path
 from pneumoseg.config import ExperimentConfig, dump_config, load_config
 from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.data.dataset import check_cache
@@ -65,6 +66,7 @@ from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_fact
 
 __all__ = [
     "RUN_DIR_ENV",
+    "init_run",
     "TrainResult",
     "build_datamodule",
     "build_model",
@@ -220,6 +222,20 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
                        best_score=float(score) if score is not None else None,
                        last_ckpt=last if last.is_file() else None, history=run_dir / "history.csv",
                        epochs=trainer.current_epoch)
+
+
+def init_run(cfg: ExperimentConfig, run_dir: str | os.PathLike[str]) -> Path:
+    """A run folder holding ``cfg`` and its untrained network as ``checkpoints/best.ckpt``.
+
+    For benchmarks and export tests: latency and file formats do not depend on the weights.
+    """
+    run = Path(run_dir)
+    net = build_model(cfg, encoder_weights=False)
+    dump_config(cfg, run / "config.yaml")
+    state = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
+    with atomic_path(run / "checkpoints" / "best.ckpt") as tmp:
+        torch.save(state, tmp)
+    return run
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> dict[str, Path]:

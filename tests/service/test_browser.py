@@ -12,10 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from pneumoseg.predict import Predictor
-from pneumoseg.service import ServiceSettings, create_app, serve_in_background
 from tests.shared_data import SIIM, require_siim
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,14 +38,6 @@ for (let i = 0; i < d.length; i += 4) {
 }
 return {w: c.width, h: c.height, nonBlack, red, sum};
 """
-
-
-@pytest.fixture(scope="module")
-def server(trained_run: Path) -> Iterator[str]:
-    torch.set_num_threads(1)
-    predictor = Predictor([trained_run], device="cpu", batch_size=1)
-    with serve_in_background(create_app([trained_run], ServiceSettings(), predictor=predictor)) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

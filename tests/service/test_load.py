@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
-import torch
 
-from pneumoseg.predict import Predictor
 from pneumoseg.rle import rle_decode
-from pneumoseg.service import ServiceSettings, create_app, serve_in_background
 
 N_REQUESTS = 20
-
-
-@pytest.fixture(scope="module")
-def server(trained_run: Path) -> Iterator[str]:
-    torch.set_num_threads(1)
-    predictor = Predictor([trained_run], device="cpu", batch_size=1)
-    with serve_in_background(create_app([trained_run], ServiceSettings(), predictor=predictor)) as url:
-        yield url
 
 
 def percentile(values: list[float], q: float) -> float:
