@@ -253,11 +253,10 @@ def markdown(r: dict, p: dict, mem: list[dict], args: argparse.Namespace) -> str
                        ("prepare, --workers 2", "ours2"), ("prepare rerun (all skipped)", "resume")):
         cpu = f"{p[key + '_cpu_ms']:.1f} ms" if key + "_cpu_ms" in p else ""
         w(f"| {label} | {p[key + '_s']:.2f} s | {p['n'] / p[key + '_s']:.0f} | {cpu} |\n")
-    w(f"\nSpeed-up with 2 workers: **{p['speedup']:.1f}x** (target >= 2x). Per image, prepare does the "
-      "same CPU work as the seed loop plus the PNG writes; two workers can at most double that on 2 free "
-      "cores, minus the pool's start (a forkserver importing pneumoseg, ~0.5 s). JPEG decoding through "
-      "pydicom's default plugin (pylibjpeg) is ~11-15 ms of the ~16 ms per image; Pillow's decoder "
-      "(libjpeg-turbo) takes ~5 ms for the same files.\n\n")
+    w(f"\nSpeed-up with 2 workers: **{p['speedup']:.1f}x** (target >= 2x). Where it comes from: "
+      "`pneumoseg.dicom` decodes the challenge's JPEG-baseline files with Pillow (libjpeg-turbo, ~5 ms) "
+      "instead of pydicom's default plugin (pylibjpeg, ~11-15 ms of the seed loop's ~18 ms per image), "
+      "and two worker processes share the 2 cores, minus the pool's start (~0.5 s).\n\n")
     w("### prepare: peak memory (parent + 2 workers, summed RSS, polled every 10 ms)\n\n")
     w("| files | peak RSS | wall time (incl. start) | images/s |\n|---:|---:|---:|---:|\n")
     for m in mem:
