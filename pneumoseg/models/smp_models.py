@@ -114,7 +114,7 @@ def build_smp_model(
         check_online(f"{encoder_weights} weights for encoder {encoder!r}")
     try:
         with download_timeout() if encoder_weights is not None else contextlib.nullcontext():
-            return smp.create_model(
+            model = smp.create_model(
                 arch,
                 encoder_name=encoder,
                 encoder_weights=encoder_weights,
@@ -123,10 +123,25 @@ def build_smp_model(
                 activation=None,
                 **kwargs,
             )
+        _drop_unused_encoder_head(model)
+        return model
     except (KeyError, ValueError, AttributeError, AssertionError, TypeError) as exc:
         raise ConfigError(f"model {name!r} cannot be built by smp: {exc}") from None
     except OSError as exc:  # download failures (hub, urllib, file cache)
         raise ConfigError(f"model {name!r}: downloading {encoder_weights} weights failed: {exc}") from None
+
+
+def _drop_unused_encoder_head(model: nn.Module) -> None:
+    """Delete the classification head smp's EfficientNet encoders keep but never run.
+
+    Their ``_conv_head`` / ``_bn1`` get no gradient, which DDP rejects unless it searches for
+    unused parameters every step; without them every parameter of the model is trained.
+    """
+    encoder = getattr(model, "encoder", None)
+    if type(encoder).__name__ == "EfficientNetEncoder":
+        for attr in ("_conv_head", "_bn1"):
+            if hasattr(encoder, attr):
+                delattr(encoder, attr)
 
 
 def _known_weights(encoder: str) -> set[str] | None:
