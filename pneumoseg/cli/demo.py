@@ -29,7 +29,7 @@ def demo(
     start = time.perf_counter()
     res = run_demo(out, n=n, size=size, seed=seed, overrides=set_, progress=progress, fresh=fresh,
                    log=lambda msg: console.print(f"[bold cyan]{msg}[/]"))
-    metrics = Table(title="Test split (synthetic phantoms)", show_header=False)
+    metrics = Table(title="Test split (synthetic)", show_header=False)
     for key in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity", "fpr_empty",
                 "n_images", "n_positive"):
         value = res.metrics[key]

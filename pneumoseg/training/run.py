@@ -32,6 +32,7 @@ uses deterministic algorithms (set it false for speed: cuDNN autotuning).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -64,15 +65,26 @@ from pneumoseg.training.callbacks import (
 from pneumoseg.training.module import SegmentationModule
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_factory, scheduler_factory
 
+class _DropAdvertising(logging.Filter):
+    """Lightning logs a sales tip for its cloud logger on every Trainer; keep the console useful."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
+# Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every fit.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
 __all__ = [
     "RUN_DIR_ENV",
-    "init_run",
     "TrainResult",
     "build_datamodule",
     "build_model",
     "build_module",
     "build_trainer",
     "default_run_dir",
+    "init_run",
     "list_checkpoints",
     "load_run",
     "train",
