@@ -36,7 +36,9 @@ bench: install
 	$(PY) benchmarks/bench_data.py
 
 lint: install
+	$(PY) -m pip install -q "ruff>=0.5" "mypy>=1.10"
 	$(VENV)/bin/ruff check pneumoseg tests benchmarks
+	$(VENV)/bin/mypy pneumoseg --ignore-missing-imports
 
 clean:
 	rm -rf demo-out .pytest_cache

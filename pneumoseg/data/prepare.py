@@ -105,8 +105,8 @@ def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     dcm = read_dicom(item.source)
     height, width = dcm.pixels.shape
     ann = Annotations(item.rle_csv)
-    for rle, row in zip(item.rles, item.rows, strict=True):
-        ann.add(item.image_id, rle, row)
+    for rle, line in zip(item.rles, item.rows, strict=True):
+        ann.add(item.image_id, rle, line)
     mask = ann.mask(item.image_id, height, width) if item.rles else np.zeros((height, width), dtype=bool)
     meta = dcm.meta
     row = {"patient_id": meta.patient_id or "", "n_annotations": ann.n_annotations(item.image_id),
@@ -249,6 +249,7 @@ def _pool(workers: int, n_items: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers <= 1 or n_items <= 1:
         yield None
         return
+    ctx: Any
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
@@ -271,7 +272,7 @@ def _run_items(items: list[_Item], layout: str, out: Path, size: int, pool: Proc
     try:
         while True:
             # Keep a bounded number of chunks in flight: the queue never holds the whole list.
-            while len(running) < workers * 4 and (part := next(todo, None)) is not None:
+            while len(running) < workers * 4 and (part := next(todo, [])):  # chunks are never empty
                 running[pool.submit(_prepare_chunk, part, layout, out, size)] = len(part)
             if not running:
                 break
