@@ -11,7 +11,7 @@ import pneumoseg
 LAYERS = [
     "pneumoseg.errors", "pneumoseg.atomic", "pneumoseg.progress", "pneumoseg.rle", "pneumoseg.dicom",
     "pneumoseg.images", "pneumoseg.overlay",
-    "pneumoseg.data.synth", "pneumoseg.data.explore", "pneumoseg.data.prepare", "pneumoseg.data.split",
+    "pneumoseg.data.phantom", "pneumoseg.data.synth", "pneumoseg.data.explore", "pneumoseg.data.prepare", "pneumoseg.data.split",
     "pneumoseg.data.augment", "pneumoseg.data.dataset", "pneumoseg.data.sampler", "pneumoseg.data.datamodule",
     "pneumoseg.config", "pneumoseg.models", "pneumoseg.losses", "pneumoseg.metrics", "pneumoseg.postprocess",
     "pneumoseg.training", "pneumoseg.export", "pneumoseg.dicom_seg", "pneumoseg.predict", "pneumoseg.evaluate",
