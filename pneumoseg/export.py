@@ -43,7 +43,7 @@ from pneumoseg.atomic import atomic_path
 from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.data.dataset import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.postprocess import PostProcess, run_postprocess
 from pneumoseg.training.run import load_run
 
 __all__ = [
@@ -217,9 +217,7 @@ def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], c
         proto = _to_proto(wrapped, example, opset)
     except ExportError as exc:
         raise ExportError(f"{run_dir}: model {cfg.model.name!r} could not be exported to ONNX ({exc})") from None
-    tuned = Path(run_dir) / "postprocess.json"  # the rule of pneumoseg.predict.run_postprocess
-    postprocess = PostProcess.load(tuned) if tuned.is_file() else PostProcess(
-        threshold=cfg.postprocess.threshold, min_area=cfg.postprocess.min_area)
+    postprocess = run_postprocess(run_dir, cfg)
     meta = OnnxMetadata.from_config(cfg, postprocess, checkpoint)
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -30,9 +31,18 @@ import numpy as np
 import pandas as pd
 
 from pneumoseg.atomic import atomic_write_text
+from pneumoseg.config import ExperimentConfig
 from pneumoseg.errors import ConfigError
 
-__all__ = ["PostProcess", "default_grid", "grid_search", "remove_small_components"]
+__all__ = [
+    "TUNED_NAME",
+    "PostProcess",
+    "default_grid",
+    "grid_search",
+    "load_tuned",
+    "remove_small_components",
+    "run_postprocess",
+]
 
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -132,6 +142,20 @@ class PostProcess:
             return cls.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+
+
+TUNED_NAME = "postprocess.json"  #: where ``pneumoseg tune`` stores the best rule in a run folder
+
+
+def load_tuned(run_dir: str | os.PathLike[str]) -> PostProcess | None:
+    """The rule ``pneumoseg tune`` stored in ``RUN/postprocess.json``, or None if it never ran."""
+    path = Path(run_dir) / TUNED_NAME
+    return PostProcess.load(path) if path.is_file() else None
+
+
+def run_postprocess(run_dir: str | os.PathLike[str], cfg: ExperimentConfig) -> PostProcess:
+    """A run's post-processing: the tuned rule when there is one, else the config's threshold."""
+    return load_tuned(run_dir) or PostProcess(threshold=cfg.postprocess.threshold, min_area=cfg.postprocess.min_area)
 
 
 def default_grid(size: int = 1024) -> list[dict[str, list[Any]]]:

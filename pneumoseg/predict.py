@@ -33,7 +33,7 @@ from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
 from pneumoseg.export import OnnxModel
 from pneumoseg.images import read_image, resize_image, write_png
 from pneumoseg.overlay import overlay, write_rgb_png
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.postprocess import PostProcess, load_tuned, run_postprocess
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import rle_encode, rle_encode_absolute
 from pneumoseg.training.run import load_run
@@ -49,7 +49,6 @@ __all__ = [
     "find_inputs",
     "load_input",
     "predict_to_folder",
-    "run_postprocess",
 ]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -108,14 +107,6 @@ def load_input(path: str | os.PathLike[str]) -> InputImage:
     return InputImage(dcm.meta.image_id, dcm.pixels, path, dcm.meta)
 
 
-def run_postprocess(run_dir: str | os.PathLike[str], cfg: ExperimentConfig) -> PostProcess:
-    """The run's tuned post-processing (``RUN/postprocess.json``), else the config's threshold."""
-    tuned = Path(run_dir) / "postprocess.json"
-    if tuned.is_file():
-        return PostProcess.load(tuned)
-    return PostProcess(threshold=cfg.postprocess.threshold, min_area=cfg.postprocess.min_area)
-
-
 def _onnx_file(run: str | os.PathLike[str]) -> Path:
     """``run`` itself when it is a .onnx file, else ``run/model.onnx``; DataError when absent."""
     path = Path(run)
@@ -168,10 +159,9 @@ class Predictor:
         self.tta = tta
         self.batch_size = batch_size
         if postprocess is None and backend == "onnx":
-            tuned = Path(runs[0]) / "postprocess.json" if runs else None
             first = self.models[0][0]
             assert isinstance(first, OnnxModel)
-            postprocess = PostProcess.load(tuned) if tuned is not None and tuned.is_file() else first.postprocess
+            postprocess = (load_tuned(runs[0]) if runs else None) or first.postprocess
         self.postprocess = postprocess or run_postprocess(runs[0], self.cfg)
         self.model_name = "+".join(c.model.name for _, c in self.models)
 

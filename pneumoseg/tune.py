@@ -12,7 +12,7 @@ import pandas as pd
 
 from pneumoseg.atomic import atomic_path
 from pneumoseg.evaluate import predict_split
-from pneumoseg.postprocess import PostProcess, grid_search
+from pneumoseg.postprocess import TUNED_NAME, PostProcess, grid_search
 from pneumoseg.predict import Predictor
 
 __all__ = ["tune_run"]
@@ -30,7 +30,7 @@ def tune_run(predictor: Predictor, run_dir: str | os.PathLike[str], split: str =
     preds = predict_split(predictor, split, progress)
     best, table = grid_search(preds.probs.astype(np.float32), preds.truths, grid)
     run = Path(run_dir)
-    best.save(run / "postprocess.json")
+    best.save(run / TUNED_NAME)
     with atomic_path(run / "tune.csv") as tmp:
         table.to_csv(tmp, index=False)
     predictor.postprocess = best

@@ -18,7 +18,8 @@ from pneumoseg.cli.main import app
 from pneumoseg.errors import DataError
 from pneumoseg.export import OnnxModel, export_onnx, read_onnx_metadata
 from pneumoseg.images import read_mask
-from pneumoseg.predict import Predictor, load_input, run_postprocess
+from pneumoseg.postprocess import run_postprocess
+from pneumoseg.predict import Predictor, load_input
 from pneumoseg.training.run import load_run
 from tests.shared_data import SIIM
 
