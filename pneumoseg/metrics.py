@@ -34,6 +34,7 @@ __all__ = [
     "SUMMARY_KEYS",
     "DiceKaggle",
     "detection_metrics",
+    "dice_from_counts",
     "dice_kaggle",
     "dice_per_image",
     "dice_positive",
@@ -75,8 +76,8 @@ def _pair(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def _dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
-    """Per-image Dice from counts; 1 where both masks are empty."""
+def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+    """Per-image Dice from (N,) pixel counts; 1 where both masks are empty (the one place of this rule)."""
     total = pred_area + true_area
     safe = np.where(total == 0, 1, total)
     return np.where(total == 0, 1.0, 2.0 * inter / safe)
@@ -86,7 +87,7 @@ def dice_per_image(pred: Any, true: Any) -> np.ndarray:
     """Dice of each image, float64 (N,); empty/empty = 1, empty truth with any predicted pixel = 0."""
     p, t = _pair(pred, true)
     inter = np.count_nonzero(p & t, axis=1)
-    return _dice_from_counts(inter, np.count_nonzero(p, axis=1), np.count_nonzero(t, axis=1))
+    return dice_from_counts(inter, np.count_nonzero(p, axis=1), np.count_nonzero(t, axis=1))
 
 
 def dice_kaggle(pred_masks: Any, true_masks: Any) -> float:
@@ -102,7 +103,7 @@ def dice_positive(pred: Any, true: Any) -> float:
     keep = true_area > 0
     if not keep.any():
         return math.nan
-    dice = _dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
+    dice = dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
     return float(dice[keep].mean())
 
 
@@ -151,7 +152,7 @@ def summarize(pred_masks: Any, true_masks: Any, scores: Any | None = None) -> di
     inter = np.count_nonzero(p & t, axis=1)
     pred_area = np.count_nonzero(p, axis=1)
     true_area = np.count_nonzero(t, axis=1)
-    dice = _dice_from_counts(inter, pred_area, true_area)
+    dice = dice_from_counts(inter, pred_area, true_area)
     has_truth = true_area > 0
     det = detection_metrics(pred_area if scores is None else scores, has_truth, pred_area > 0)
     return {
@@ -184,7 +185,7 @@ class DiceKaggle:
             p, t = _pair(pred, true)
             true_area = np.count_nonzero(t, axis=1)
             self._dice.append(
-                _dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
+                dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
             )
             self._positive.append(true_area > 0)
             return
@@ -195,7 +196,7 @@ class DiceKaggle:
         pt = (pred != 0).reshape(pred.shape[0], -1) if pred.ndim > 2 else (pred != 0).reshape(1, -1)
         tt = (true != 0).reshape(pt.shape)
         stacked = torch.stack([(pt & tt).sum(1), pt.sum(1), tt.sum(1)]).cpu().numpy()
-        self._dice.append(_dice_from_counts(stacked[0], stacked[1], stacked[2]))
+        self._dice.append(dice_from_counts(stacked[0], stacked[1], stacked[2]))
         self._positive.append(stacked[2] > 0)
 
     def per_image(self) -> np.ndarray:

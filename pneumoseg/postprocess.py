@@ -33,6 +33,7 @@ import pandas as pd
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig
 from pneumoseg.errors import ConfigError
+from pneumoseg.metrics import dice_from_counts
 
 __all__ = [
     "TUNED_NAME",
@@ -175,11 +176,6 @@ def default_grid(size: int = 1024) -> list[dict[str, list[Any]]]:
     ]
 
 
-def _dice(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
-    total = pred_area + true_area
-    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
-
-
 def _plain_rows(
     probs: np.ndarray, truths: np.ndarray, thresholds: Iterable[float], areas: Sequence[int]
 ) -> list[dict[str, Any]]:
@@ -199,7 +195,7 @@ def _plain_rows(
         for area in areas:
             pred_area = np.array([a[a >= area].sum() for a, _ in comp])
             inter = np.array([i[a >= area].sum() for a, i in comp])
-            rows.append(_row(_dice(inter, pred_area, true_area), true_area, threshold=thr, min_area=area))
+            rows.append(_row(dice_from_counts(inter, pred_area, true_area), true_area, threshold=thr, min_area=area))
     return rows
 
 
@@ -222,7 +218,7 @@ def _triplet_rows(
     for top, area, bottom in itertools.product(tops, areas, bottoms):
         positive = top_counts[top] >= area
         inter, pred_area = bottom_stats[bottom]
-        dice = _dice(np.where(positive, inter, 0), np.where(positive, pred_area, 0), true_area)
+        dice = dice_from_counts(np.where(positive, inter, 0), np.where(positive, pred_area, 0), true_area)
         rows.append(
             _row(dice, true_area, threshold=bottom, min_area=area, top_threshold=top, bottom_threshold=bottom)
         )
