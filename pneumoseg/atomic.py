@@ -17,18 +17,25 @@ __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+# Temporary names: ".<stem[:16]>.<8 random>.tmp<suffix>" (suffixes longer than 16 are dropped).
+_STEM_CHARS = 16
+_MAX_SUFFIX = 16
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    The temporary name keeps the suffix so that writers choosing a format by
-    extension (PIL, cv2, matplotlib) still work. On error the temporary is removed.
+    The temporary name is short, whatever the final name's length (``.<first 16 characters of
+    the stem>.<random>.tmp<suffix>``, at most ~50 characters), so any name that fits the file
+    system also fits while being written; it keeps the suffix so that writers choosing a format
+    by extension (PIL, cv2, matplotlib) still work. On error the temporary is removed.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    suffix = final.suffix if len(final.suffix) <= _MAX_SUFFIX else ""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem[:_STEM_CHARS]}.", suffix=f".tmp{suffix}",
+                               dir=final.parent)
     os.close(fd)
     os.chmod(tmp, _FILE_MODE)
     tmp_path = Path(tmp)

@@ -21,7 +21,11 @@ and the valid choices. The resolved config (``dump_config``) has no ``base`` and
 Normalisation (``data.normalize``): ``gray`` is ``(x / 255 - 0.5) / 0.25``; ``imagenet`` divides by
 255 then subtracts the ImageNet mean and divides by its std per channel (the grayscale image is
 replicated to 3 channels). ``auto`` resolves at load: ``gray`` for ``in_channels: 1``,
-``imagenet`` for 3. See ``pneumoseg.data.dataset.normalize``.
+``imagenet`` for 3. The numbers live in ``pneumoseg.models.preprocessing.Preprocessing.from_config``,
+which the run saves next to its weights.
+
+Mixed precision: ``train.precision`` ``bf16-mixed`` / ``16-mixed`` are accepted; ``bf16-true`` and
+``16-true`` are refused (weights and Adam's state in half precision lose small updates).
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
 
 __all__ = [
-    "CHOICES", "AugmentConfig", "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig",
+    "CHOICES", "HALF_PRECISIONS", "AugmentConfig", "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig",
     "PostprocessConfig", "SamplerConfig", "ScheduleConfig", "TrainConfig",
     "config_to_dict", "dump_config", "list_configs", "load_config", "packaged_config", "parse_override",
 ]
+
+#: Pure half precisions: listed in CHOICES only to be refused with the reason (weights in half lose updates).
+HALF_PRECISIONS: tuple[str, ...] = ("bf16-true", "16-true")
 
 #: Valid values of the string options, by dotted key.
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -101,7 +108,8 @@ class ScheduleConfig:
 class SamplerConfig:
     pos_start: float = 0.8            #: share of positives in the first epoch
     pos_end: float = 0.4              #: ... in the last epoch (linear in between)
-    epoch_length: int | None = None   #: images per epoch; None = size of the train split
+    mode: str = "positives_once"      #: positives_once (winner: each positive once) | fixed_length
+    epoch_length: int | None = None   #: fixed_length only: images per epoch; None = train split size
 
 
 @dataclass
@@ -114,7 +122,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 8
-    precision: str = "32-true"        #: "bf16-mixed" / "16-mixed" on GPU
+    precision: str = "32-true"        #: "bf16-mixed" / "16-mixed" on GPU ("*-true" half: refused)
     accumulate: int = 1               #: gradient accumulation (batches)
     seed: int = 42
     devices: int = 1                  #: GPUs per node; > 1: DDP
@@ -123,7 +131,7 @@ class TrainConfig:
     channels_last: bool = True        #: applied on CUDA only
     monitor: str = "dice_kaggle"      #: val metric for best.ckpt (max; "loss": min)
     deterministic: bool = True        #: deterministic algorithms; false: cuDNN autotuning (faster)
-    train_dice: bool = True           #: Dice of training batches (a GPU->CPU copy per step)
+    train_dice: bool = True           #: Dice of training batches (counted on the device, no host sync)
     grad_clip: float | None = None
     limit_train_batches: float | None = None  #: < 1: fraction; >= 1: number of batches
     limit_val_batches: float | None = None
@@ -328,6 +336,9 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     def bad(key: str, message: str) -> ConfigError:
         return _fail(origin, key, message)
 
+    if cfg.train.precision in HALF_PRECISIONS:
+        raise bad("train.precision", f"{cfg.train.precision!r} keeps the weights and Adam's state in half "
+                  "precision, which loses small updates; use bf16-mixed (or 16-mixed, or 32-true)")
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -369,8 +380,19 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
         for key, value in (("sampler.pos_start", s.pos_start), ("sampler.pos_end", s.pos_end)):
             if not 0 <= value <= 1:
                 raise bad(key, f"must be in [0, 1], got {value}")
+        from pneumoseg.data.sampler import SAMPLER_MODES  # torch: imported only when a sampler is set
+
+        if s.mode not in SAMPLER_MODES:
+            raise bad("sampler.mode", f"invalid value {s.mode!r} (valid: {', '.join(SAMPLER_MODES)})")
         if s.epoch_length is not None and s.epoch_length < 1:
             raise bad("sampler.epoch_length", f"must be >= 1, got {s.epoch_length}")
+        if s.mode == "positives_once":
+            if s.epoch_length is not None:
+                raise bad("sampler.epoch_length", "applies to sampler.mode fixed_length only (positives_once: "
+                          "each positive once per epoch, the length follows from the share)")
+            for key, value in (("sampler.pos_start", s.pos_start), ("sampler.pos_end", s.pos_end)):
+                if value == 0:
+                    raise bad(key, "must be > 0 in sampler.mode positives_once (use fixed_length for 0)")
     if isinstance(cfg.loss, dict) and any(w < 0 for w in cfg.loss.values()):
         raise bad("loss", f"weights must be >= 0, got {cfg.loss}")
     _check_augment(cfg, origin)

@@ -21,7 +21,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.evaluate import evaluate_run
 from pneumoseg.predict import Predictor, find_inputs, predict_to_folder
 from pneumoseg.training.run import train
-from pneumoseg.tune import tune_run
+from pneumoseg.tune import tune_runs
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -33,7 +33,7 @@ class DemoResult:
     out_dir: Path
     paths: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float | int | str] = field(default_factory=dict)
-    postprocess: dict[str, object] = field(default_factory=dict)
+    postprocess: str = ""  #: the tuned rule in words
 
 
 def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: int = 256, seed: int = 0,
@@ -68,10 +68,11 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
         dump_config(cfg)  # validates before any work
     train(cfg, run, resume=resume, progress=progress)
 
-    predictor = Predictor([run], device="cpu" if not _cuda() else None)
-    log("5/6 tune + evaluate: post-processing searched on val, scored on test")
-    best, _ = tune_run(predictor, run, "val", progress=progress)
-    res.postprocess = best.to_dict()
+    device = "cpu" if not _cuda() else None
+    log("5/6 tune + evaluate: post-processing searched on val, scored on test at the source resolution")
+    tuned = tune_runs([run], split="val", device=device, progress=progress)
+    res.postprocess = tuned.rule.describe()
+    predictor = Predictor([run], device=device)  # picks up the rule just tuned
     res.metrics = evaluate_run(predictor, run, "test", progress=progress)
 
     log(f"6/6 predict: the test DICOMs -> {pred}")
@@ -81,9 +82,9 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
     res.paths = {
         "synthetic data": data, "cache": cache, "run": run, "config": run / "config.yaml",
         "curves": run / "curves.png", "history": run / "history.csv", "best checkpoint": run / "checkpoints" / "best.ckpt",
-        "post-processing": run / "postprocess.json", "metrics": run / "eval" / "metrics.json",
-        "per-image scores": run / "eval" / "per_image.csv", "best cases": run / "eval" / "best.png",
-        "worst cases": run / "eval" / "worst.png", "masks": pred / "masks", "overlays": pred / "overlays",
+        "post-processing": run / "postprocess.json", "metrics": run / "eval" / "test" / "metrics.json",
+        "per-image scores": run / "eval" / "test" / "per_image.csv", "best cases": run / "eval" / "test" / "best.png",
+        "worst cases": run / "eval" / "test" / "worst.png", "masks": pred / "masks", "overlays": pred / "overlays",
         "predictions": pred / "predictions.csv", "submission": result.submission_csv or pred / "submission.csv",
     }
     return res

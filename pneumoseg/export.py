@@ -14,7 +14,8 @@ head exports only its mask logits. Everything needed to use the file travels in 
     pneumoseg.normalize    gray | imagenet (``pneumoseg.data.dataset.normalize``)
     pneumoseg.mean         JSON list of C floats: input = (uint8 / 255 - mean_c) / std_c
     pneumoseg.std          JSON list of C floats
-    pneumoseg.postprocess  JSON of ``PostProcess.to_dict()``: RUN/postprocess.json, else the config's
+    pneumoseg.postprocess  JSON of ``PostProcess.to_dict()`` (areas in source pixels): the rule tuned for
+                           this run and checkpoint without TTA (RUN/postprocess.json), else the config's
     pneumoseg.output       "logits": probabilities = sigmoid(logits), then the post-processing
     pneumoseg.checkpoint   the checkpoint exported (``best``, ``last``, ``snapshot-K`` or a path)
 
@@ -41,9 +42,9 @@ from torch import nn
 import pneumoseg
 from pneumoseg.atomic import atomic_path
 from pneumoseg.config import ExperimentConfig, load_config
-from pneumoseg.data.dataset import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
-from pneumoseg.postprocess import PostProcess, run_postprocess
+from pneumoseg.models.preprocessing import NORMALIZATIONS, Preprocessing
+from pneumoseg.postprocess import PostProcess, find_tuned
 from pneumoseg.training.run import load_run
 
 __all__ = [
@@ -68,12 +69,9 @@ class ExportError(PneumosegError):
 
 
 def _mean_std(mode: str, in_channels: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std that ``pneumoseg.data.dataset.normalize`` applies to x / 255."""
-    if mode == "gray":
-        return [GRAY_MEAN] * in_channels, [GRAY_STD] * in_channels
-    if in_channels == 1:
-        return [float(np.mean(IMAGENET_MEAN))], [float(np.mean(IMAGENET_STD))]
-    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    """Per-channel mean and std of ``pneumoseg.models.preprocessing`` (the one home of the rule)."""
+    prep = Preprocessing.from_config(load_config(None, [f"data.normalize={mode}", f"data.in_channels={in_channels}"]))
+    return list(prep.mean), list(prep.std)
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,8 @@ class OnnxMetadata:
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, postprocess: PostProcess, checkpoint: str) -> OnnxMetadata:
-        mean, std = _mean_std(cfg.data.normalize, cfg.data.in_channels)
+        prep = Preprocessing.from_config(cfg)
+        mean, std = list(prep.mean), list(prep.std)
         return cls(model_name=cfg.model.name, size=cfg.data.size, in_channels=cfg.data.in_channels,
                    normalize=cfg.data.normalize, mean=mean, std=std, postprocess=postprocess.to_dict(),
                    checkpoint=checkpoint)
@@ -134,6 +133,11 @@ class OnnxMetadata:
                    std=std, postprocess=postprocess, version=props.get(_PREFIX + "version", "?"),
                    checkpoint=props.get(_PREFIX + "checkpoint", "?"), output=props.get(_PREFIX + "output", "logits"),
                    extra=extra)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The input rule recorded in the file (size, channels, mean, std)."""
+        return Preprocessing(self.size, self.in_channels, tuple(self.mean), tuple(self.std))
 
     def config(self) -> ExperimentConfig:
         """An ExperimentConfig with this model's name, size, channels, normalisation and threshold."""
@@ -203,8 +207,8 @@ def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], c
     """Export a run's network (``checkpoint`` in RUN/checkpoints, or a .ckpt path) to ``path``.
 
     The file is written atomically, weights inside. ``opset``: ONNX opset (None: the exporter's
-    default). The post-processing recorded is RUN/postprocess.json when present, else the
-    config's threshold / min_area. Returns ``path``. ExportError when no exporter can handle the
+    default). The post-processing recorded is the rule tuned for this run and checkpoint without
+    TTA (RUN/postprocess.json) when there is one, else the config's threshold / min_area. Returns ``path``. ExportError when no exporter can handle the
     model or (``verify``) ONNX and PyTorch probabilities differ by more than 1e-3.
     """
     import onnx
@@ -217,7 +221,8 @@ def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], c
         proto = _to_proto(wrapped, example, opset)
     except ExportError as exc:
         raise ExportError(f"{run_dir}: model {cfg.model.name!r} could not be exported to ONNX ({exc})") from None
-    postprocess = run_postprocess(run_dir, cfg)
+    tuned = find_tuned([run_dir], checkpoint, tta=False)
+    postprocess = tuned.rule if tuned else PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area)
     meta = OnnxMetadata.from_config(cfg, postprocess, checkpoint)
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -15,7 +16,15 @@ import numpy as np
 from pneumoseg.atomic import atomic_write_bytes
 from pneumoseg.errors import DataError
 
-__all__ = ["encode_png", "read_image", "read_mask", "resize_image", "resize_mask", "write_png"]
+__all__ = ["MASK_RULES", "MaskRule", "encode_bilevel_png", "encode_png", "read_image", "read_mask", "resize_image", "resize_mask",
+           "write_png"]
+
+MaskRule = Literal["any", "fraction", "soft"]
+#: Downscaling rules of ``resize_mask`` (see there).
+MASK_RULES: tuple[str, ...] = ("any", "fraction", "soft")
+# Tolerance of the fraction rule's 0.5 cut: float32 area sums of non-integer factors may land a
+# hair below an exact half.
+_EPS = 1e-6
 
 # zlib level 1 (fast): level 3 is only ~4% smaller on 256 px radiographs and ~25% slower. Fixed,
 # so that the same array always gives the same bytes.
@@ -96,6 +105,26 @@ def encode_png(arr: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def encode_bilevel_png(mask: np.ndarray) -> bytes:
+    """1-bit PNG bytes of a 2-D mask (non-zero = foreground). Deterministic.
+
+    About 8x faster to encode than an 8-bit PNG of the same mask (1 ms for 1024 x 1024) and
+    smaller; ``read_mask`` / ``read_image`` (OpenCV) read it back as ``uint8`` 0/255 (Pillow
+    opens it in mode ``"1"``).
+    """
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise DataError(f"expected a 2-D (H, W) mask, got shape {arr.shape}")
+    bits = (arr if arr.dtype == bool else arr != 0).view(np.uint8)  # 0/1, no copy
+    if not bits.flags.c_contiguous:  # e.g. column-major, as RLE decodes: OpenCV's transpose is fastest
+        bits = cv2.transpose(np.ascontiguousarray(bits.T))
+    params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION, cv2.IMWRITE_PNG_BILEVEL, 1]
+    ok, buf = cv2.imencode(".png", bits, params)
+    if not ok:  # pragma: no cover - cv2 only fails on invalid input, checked above
+        raise DataError(f"PNG encoding failed for a mask of shape {arr.shape}")
+    return buf.tobytes()
+
+
 def write_png(path: str | os.PathLike[str], arr: np.ndarray) -> None:
     """Write a ``uint8 (H, W)`` image or ``bool`` mask (as 0/255) to ``path`` as PNG, atomically.
 
@@ -116,39 +145,58 @@ def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
 
 
-def _area_any(mask: np.ndarray, h: int, w: int) -> np.ndarray:
-    # Area interpolation of a 0/1 float image is the covered fraction of each target pixel; > 0
-    # means at least one foreground source pixel overlaps it (float32: no rounding to 0).
-    frac = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-    return frac > 0
+def _area_fraction(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    # Area interpolation of a 0/1 float image is the covered fraction of each target pixel
+    # (float32; exact for the binary fractions of integer factors, within ~1e-7 otherwise).
+    return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
 
 
 def _nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
-    out = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return out.astype(bool)
+    out = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return out
 
 
-def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize a mask (``bool`` or 0/non-zero, ``(H, W)``) to ``size``; returns ``bool``.
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int], rule: MaskRule = "any") -> np.ndarray:
+    """Resize a mask (``bool`` or 0/non-zero, ``(H, W)``) to ``size`` with one of ``MASK_RULES``.
 
-    Rule: when downscaling, a target pixel is foreground if ANY source pixel overlapping its area
-    is foreground (max-pooling; area interpolation > 0), so small and thin regions survive. When
-    upscaling, nearest neighbour (each target pixel takes the source pixel under its centre).
-    An axis that shrinks while the other grows gets each rule on its own axis.
+    When downscaling, each target pixel covers an area of source pixels; ``f`` is the fraction
+    of that area that is foreground (area interpolation of the 0/1 mask):
+
+    * ``"any"``: foreground if ``f > 0`` (max-pooling: small and thin regions survive, masks grow);
+    * ``"fraction"``: foreground if ``f >= 0.5`` (area kept on average, no systematic growth);
+    * ``"soft"``: ``uint8`` ``round(255 * f)`` (0..255), the covered fraction as a soft target.
+
+    ``any``/``fraction`` return ``bool``; ``soft`` returns ``uint8`` (0 or 255 where the target
+    pixel is uncovered or fully covered). When upscaling, every rule is nearest neighbour (each
+    target pixel takes the source pixel under its centre); an axis that shrinks while the other
+    grows gets each rule on its own axis. Same size returns a copy.
     """
+    if rule not in MASK_RULES:
+        raise DataError(f"unknown mask rule {rule!r} (valid: {', '.join(MASK_RULES)})")
     mask = np.asarray(mask) != 0
     if mask.ndim != 2:
         raise DataError(f"mask must be 2-D (H, W), got shape {mask.shape}")
     h, w = _hw(size)
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        # Column-major (as RLE decodes): resize the C-contiguous transpose; OpenCV would copy
+        # the array into row-major first, about 20x slower than the resize itself.
+        return resize_mask(mask.T, (w, h), rule).T
     src_h, src_w = mask.shape
-    if (src_h, src_w) == (h, w):
-        return mask.copy()
-    if not mask.any():
-        return np.zeros((h, w), dtype=bool)
-    # Shrink the axes that shrink (any-rule), then grow the axes that grow (nearest).
+    soft = rule == "soft"
+    if (src_h, src_w) == (h, w) or not mask.any():
+        out = mask.copy() if (src_h, src_w) == (h, w) else np.zeros((h, w), dtype=bool)
+        return out.astype(np.uint8) * np.uint8(255) if soft else out
+    # Shrink the axes that shrink (the rule), then grow the axes that grow (nearest).
     mid_h, mid_w = min(h, src_h), min(w, src_w)
+    out: np.ndarray = mask.astype(np.uint8) * np.uint8(255) if soft else mask.view(np.uint8)
     if (mid_h, mid_w) != (src_h, src_w):
-        mask = _area_any(mask, mid_h, mid_w)
+        frac = _area_fraction(mask, mid_h, mid_w)
+        if rule == "any":
+            out = (frac > 0).view(np.uint8)
+        elif rule == "fraction":
+            out = (frac >= 0.5 - _EPS).view(np.uint8)
+        else:
+            out = np.rint(frac * 255.0).astype(np.uint8)
     if (mid_h, mid_w) != (h, w):
-        mask = _nearest(mask, h, w)
-    return mask
+        out = _nearest(out, h, w)
+    return out if soft else out.view(bool)

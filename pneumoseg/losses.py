@@ -1,7 +1,11 @@
-"""Segmentation losses. All take logits and binary targets and return a scalar tensor.
+"""Segmentation losses. All take logits and targets in [0, 1] and return a float32 scalar tensor.
 
-Shapes: ``logits`` float (N, 1, H, W), raw network output (no sigmoid); ``targets``
-(N, 1, H, W) in {0, 1} (float, bool or integer; cast to the logits' dtype).
+Shapes: ``logits`` float (N, 1, H, W), raw network output (no sigmoid), any float dtype;
+``targets`` (N, 1, H, W) in [0, 1] (float, bool or integer): binary masks, or soft masks (the
+covered fraction of each pixel, ``cache.json`` ``mask_rule: soft``). Every loss computes in
+float32: logits and targets are cast at the entry (``logits.float()``), so bf16/fp16 network
+outputs under mixed precision do not round the loss. BCE, Dice and focal take soft targets as
+they are; the Lovasz hinge is defined for binary labels and cuts soft targets at 0.5.
 
 Names (``LOSSES``), as in the seed and the winning solution:
 
@@ -47,17 +51,18 @@ __all__ = [
 ]
 
 
-def _check(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _check(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 logits, float32 targets) after a shape check: the one entry of every loss."""
     if logits.shape != targets.shape:
         raise ValueError(
             f"loss: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape"
         )
-    return targets.to(dtype=logits.dtype)
+    return logits.float(), targets.float()
 
 
 def soft_dice(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Soft Dice over the whole batch: ``(2 sum(p t) + smooth) / (sum p + sum t + smooth)``, p = sigmoid."""
-    t = _check(logits, targets)
+    logits, t = _check(logits, targets)
     p = torch.sigmoid(logits)
     return (2.0 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
 
@@ -87,7 +92,7 @@ class BCELoss(_PartsLoss):
     name = "bce"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = F.binary_cross_entropy_with_logits(logits, _check(logits, targets))
+        loss = F.binary_cross_entropy_with_logits(*_check(logits, targets))
         self._record(bce=loss)
         return loss
 
@@ -115,7 +120,7 @@ class BCEDiceLoss(_PartsLoss):
     name = "bce_dice"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, _check(logits, targets))
+        bce = F.binary_cross_entropy_with_logits(*_check(logits, targets))
         dice = 1.0 - soft_dice(logits, targets)
         self._record(bce=bce, dice=dice)
         return bce + dice
@@ -127,7 +132,7 @@ class BCELogDiceLoss(_PartsLoss):
     name = "bce_logdice"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, _check(logits, targets))
+        bce = F.binary_cross_entropy_with_logits(*_check(logits, targets))
         logdice = -torch.log(soft_dice(logits, targets))
         self._record(bce=bce, logdice=logdice)
         return bce + logdice
@@ -144,7 +149,7 @@ class BinaryFocalLoss(_PartsLoss):
         self.inner = FocalLoss(mode="binary", gamma=gamma, alpha=None)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.inner(logits, _check(logits, targets))
+        loss = self.inner(*_check(logits, targets))
         self._record(focal=loss)
         return loss
 
@@ -159,7 +164,8 @@ class LovaszHingeLoss(_PartsLoss):
         self.inner = LovaszLoss(mode="binary", per_image=True, from_logits=True)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = self.inner(logits, _check(logits, targets))
+        x, t = _check(logits, targets)
+        loss = self.inner(x, (t >= 0.5).float())
         self._record(lovasz=loss)
         return loss
 
@@ -209,6 +215,7 @@ class WeightedLoss(_PartsLoss):
         self.parts = nn.ModuleDict(parts)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = _check(logits, targets)
         values = {name: part(logits, targets) for name, part in self.parts.items()}
         total = sum((self.weights[name] * value for name, value in values.items()), logits.new_zeros(()))
         self._record(**values, total=total)

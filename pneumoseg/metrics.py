@@ -24,11 +24,12 @@ pixel on every image scores ~0), and a "0.78" can mean no segmentation skill at 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from torchmetrics import Metric
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -76,8 +77,21 @@ def _pair(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
-    """Per-image Dice from (N,) pixel counts; 1 where both masks are empty (the one place of this rule)."""
+@overload
+def dice_from_counts(inter: torch.Tensor, pred_area: torch.Tensor, true_area: torch.Tensor) -> torch.Tensor: ...
+@overload
+def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray: ...
+def dice_from_counts(inter: Any, pred_area: Any, true_area: Any) -> Any:
+    """Per-image Dice from (N,) pixel counts; 1 where both masks are empty (the one place of this rule).
+
+    numpy counts give float64 numpy; torch counts give a torch tensor on their device (float64,
+    float32 on MPS), computed there without a host sync.
+    """
+    if isinstance(inter, torch.Tensor):
+        dtype = torch.float32 if inter.device.type == "mps" else torch.float64
+        total = (pred_area + true_area).to(dtype)
+        ones = torch.ones_like(total)
+        return torch.where(total == 0, ones, 2.0 * inter.to(dtype) / torch.where(total == 0, ones, total))
     total = pred_area + true_area
     safe = np.where(total == 0, 1, total)
     return np.where(total == 0, 1.0, 2.0 * inter / safe)
@@ -164,52 +178,53 @@ def summarize(pred_masks: Any, true_masks: Any, scores: Any | None = None) -> di
     }
 
 
-class DiceKaggle:
-    """Streaming per-image Dice for validation loops: ``update`` per batch, ``compute`` at the end.
+class DiceKaggle(Metric):
+    """Streaming ``dice_kaggle`` and ``dice_positive`` (torchmetrics): ``update`` per batch, ``compute`` once.
 
-    ``update(pred, true)`` takes binary masks (N, 1, H, W) or (N, H, W) as torch tensors (any
-    device; counted there, only N numbers per batch are moved to the CPU) or numpy arrays.
+    ``update(pred, true)`` takes binary masks (N, 1, H, W) or (N, H, W), nonzero = positive, as
+    torch tensors (counted on their device: no host sync) or numpy arrays. The state is four
+    sums (Dice over all images, their count, Dice over images with a non-empty truth, their count),
+    summed over DDP ranks by torchmetrics when ``compute`` runs, so ranks may see different
+    numbers of images. ``compute()`` returns ``{"dice_kaggle", "dice_positive", "n_images",
+    "n_positive"}`` as 0-d tensors (NaN Dice when no image / no positive image).
     """
 
-    def __init__(self) -> None:
-        self._dice: list[np.ndarray] = []
-        self._positive: list[np.ndarray] = []
+    full_state_update = False
+    dice_sum: torch.Tensor
+    n_images: torch.Tensor
+    pos_dice_sum: torch.Tensor
+    n_positive: torch.Tensor
 
-    def reset(self) -> None:
-        self._dice.clear()
-        self._positive.clear()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        dtype = torch.float64
+        for name in ("dice_sum", "n_images", "pos_dice_sum", "n_positive"):
+            self.add_state(name, default=torch.zeros((), dtype=dtype), dist_reduce_fx="sum")
 
     @torch.no_grad()
-    def update(self, pred: Any, true: Any) -> None:
-        if not isinstance(pred, torch.Tensor) or not isinstance(true, torch.Tensor):
-            p, t = _pair(pred, true)
-            true_area = np.count_nonzero(t, axis=1)
-            self._dice.append(
-                dice_from_counts(np.count_nonzero(p & t, axis=1), np.count_nonzero(p, axis=1), true_area)
-            )
-            self._positive.append(true_area > 0)
-            return
-        if pred.shape != true.shape:
-            raise ValueError(
-                f"pred and true masks differ in shape: {tuple(pred.shape)} vs {tuple(true.shape)}"
-            )
-        pt = (pred != 0).reshape(pred.shape[0], -1) if pred.ndim > 2 else (pred != 0).reshape(1, -1)
-        tt = (true != 0).reshape(pt.shape)
-        stacked = torch.stack([(pt & tt).sum(1), pt.sum(1), tt.sum(1)]).cpu().numpy()
-        self._dice.append(dice_from_counts(stacked[0], stacked[1], stacked[2]))
-        self._positive.append(stacked[2] > 0)
+    def update(self, pred: Any, true: Any) -> None:  # type: ignore[override]
+        p, t = (torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in (pred, true))
+        p, t = p.to(self.dice_sum.device), t.to(self.dice_sum.device)
+        if p.shape != t.shape:
+            raise ValueError(f"pred and true masks differ in shape: {tuple(p.shape)} vs {tuple(t.shape)}")
+        if p.ndim not in (3, 4) or (p.ndim == 4 and p.shape[1] != 1):
+            raise ValueError(f"expected (N, H, W) or (N, 1, H, W) masks, got shape {tuple(p.shape)}")
+        pf = (p != 0).reshape(p.shape[0], -1)
+        tf = (t != 0).reshape(pf.shape)
+        true_area = tf.sum(1)
+        dice = dice_from_counts((pf & tf).sum(1), pf.sum(1), true_area).to(self.dice_sum.dtype)
+        positive = true_area > 0
+        self.dice_sum += dice.sum()
+        self.n_images += dice.numel()
+        self.pos_dice_sum += (dice * positive).sum()
+        self.n_positive += positive.sum()
 
-    def per_image(self) -> np.ndarray:
-        """All per-image Dice values so far, in update order."""
-        return np.concatenate(self._dice) if self._dice else np.zeros(0)
-
-    def compute(self) -> float:
-        """``dice_kaggle`` over everything seen since the last reset (NaN if nothing)."""
-        d = self.per_image()
-        return float(d.mean()) if d.size else math.nan
-
-    def compute_positive(self) -> float:
-        """``dice_positive`` over everything seen since the last reset (NaN if no positive image)."""
-        d = self.per_image()
-        pos = np.concatenate(self._positive) if self._positive else np.zeros(0, bool)
-        return float(d[pos].mean()) if pos.any() else math.nan
+    def compute(self) -> dict[str, torch.Tensor]:
+        nan = torch.full_like(self.dice_sum, math.nan)
+        return {
+            "dice_kaggle": torch.where(self.n_images > 0, self.dice_sum / self.n_images.clamp(min=1), nan),
+            "dice_positive": torch.where(self.n_positive > 0, self.pos_dice_sum / self.n_positive.clamp(min=1),
+                                         nan),
+            "n_images": self.n_images.clone(),
+            "n_positive": self.n_positive.clone(),
+        }

@@ -1,10 +1,15 @@
 """Inference: trained runs -> probability maps -> masks, overlays, CSVs and a Kaggle submission.
 
-Resolution rule: every model sees the image at its run's ``data.size``; probabilities of an
-ensemble (several runs, checkpoints, flip TTA) are averaged at the first run's size, where the
-post-processing (threshold, min-area, triplet rule — tuned at that size by ``pneumoseg tune``)
-is applied. Masks are then brought back to the input's own resolution (bilinear on the 0/1
-mask, cut at 0.5), so ``DIR/masks/<image_id>.png`` and the RLE match the input image.
+The one inference path (``predict``, ``evaluate``, ``tune``, ``serve`` and the ONNX backend all
+use ``Predictor``): every model sees the image at its run's ``data.size``; probabilities of an
+ensemble (several runs, flip TTA) are averaged at the first run's size; they are then upsampled
+(bilinear) to the **source image's resolution before thresholding**, and the post-processing
+(threshold, ``min_area`` in source pixels, triplet rule) is applied there. So masks, areas and
+every metric are at the resolution the challenge scores (1024 x 1024 for its images).
+
+The post-processing is the rule ``pneumoseg tune`` stored for exactly these runs, checkpoint and
+TTA setting; without one, the first run's config default (``Predictor.postprocess_source``
+says which was used).
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ from torch import nn
 
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig
-from pneumoseg.data.dataset import normalize
 from pneumoseg.dicom import DicomMeta, read_dicom
 from pneumoseg.dicom_seg import make_segmentation, write_segmentation
 from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
 from pneumoseg.export import OnnxModel
 from pneumoseg.images import read_image, resize_image, write_png
+from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.overlay import overlay, write_rgb_png
-from pneumoseg.postprocess import PostProcess, load_tuned, run_postprocess
+from pneumoseg.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
+from pneumoseg.postprocess import PostProcess, find_tuned, legacy_rule_present
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import rle_encode, rle_encode_absolute
 from pneumoseg.training.run import load_run
@@ -99,12 +105,21 @@ def find_inputs(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_input(path: str | os.PathLike[str]) -> InputImage:
-    """Read a DICOM (ImageId = SOPInstanceUID) or a PNG/JPEG (ImageId = file stem)."""
+    """Read a DICOM (ImageId = SOPInstanceUID) or a PNG/JPEG (ImageId = file stem).
+
+    The ImageId names output files, so it is checked (``pneumoseg.paths``): a DICOM's UID must be
+    digits and dots (<= 64 characters), a stem a plain file name; DataError naming the file otherwise.
+    """
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return InputImage(path.stem, read_image(path), path)
+        return InputImage(safe_name(path.stem, path, "file stem"), read_image(path), path)
     dcm = read_dicom(path)
-    return InputImage(dcm.meta.image_id, dcm.pixels, path, dcm.meta)
+    uid = dcm.meta.image_id
+    if not is_valid_uid(uid):
+        shown = repr(uid[:80])
+        raise DataError(f"{path}: SOPInstanceUID {shown} is not a valid DICOM UID (digits and dots, "
+                        "at most 64 characters); not predicted")
+    return InputImage(uid, dcm.pixels, path, dcm.meta)
 
 
 def _onnx_file(run: str | os.PathLike[str]) -> Path:
@@ -148,22 +163,39 @@ class Predictor:
         self.checkpoint = checkpoint
         if backend == "torch":
             loaded = [load_run(r, checkpoint) for r in runs]
-            self.models: list[tuple[nn.Module | OnnxModel, ExperimentConfig]] = [
-                (m.to(self.device), c) for m, c in loaded]
+            self.models: list[tuple[nn.Module | OnnxModel, ExperimentConfig, Preprocessing]] = [
+                (m.to(self.device), c, Preprocessing.from_config(c)) for m, c in loaded]
         else:
             files = [Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs]
             nets = [OnnxModel(f, device=self.device) for f in files]
-            self.models = [(net, net.config()) for net in nets]
+            self.models = [(net, net.config(), net.metadata.preprocessing) for net in nets]
         self.cfg = self.models[0][1]
-        self.size = self.cfg.data.size
+        self.size = self.models[0][2].size
         self.tta = tta
         self.batch_size = batch_size
-        if postprocess is None and backend == "onnx":
-            first = self.models[0][0]
-            assert isinstance(first, OnnxModel)
-            postprocess = (load_tuned(runs[0]) if runs else None) or first.postprocess
-        self.postprocess = postprocess or run_postprocess(runs[0], self.cfg)
-        self.model_name = "+".join(c.model.name for _, c in self.models)
+        self.runs = [Path(r) for r in runs]
+        self.postprocess, self.postprocess_source = self._choose_postprocess(postprocess)
+        self.model_name = "+".join(c.model.name for _, c, _ in self.models)
+
+    def _choose_postprocess(self, given: PostProcess | None) -> tuple[PostProcess, str]:
+        """The rule and where it came from: given > tuned for these runs/flags > ONNX metadata > config."""
+        if given is not None:
+            return given, "given"
+        dirs = [r for r in self.runs if r.is_dir()]
+        if dirs and len(dirs) == len(self.runs):
+            tuned = find_tuned(dirs, self.checkpoint, self.tta)
+            if tuned is not None:
+                return tuned.rule, (f"tuned on {tuned.split} ({tuned.n_images} images, dice_kaggle "
+                                    f"{tuned.dice_kaggle:.4f} vs {tuned.default_dice_kaggle:.4f} untuned)")
+        first = self.models[0][0]
+        if isinstance(first, OnnxModel) and len(self.models) == 1:
+            return first.postprocess, "stored in the ONNX file"
+        cfg = self.cfg.postprocess
+        hint = ("an older pneumoseg tuned it at the model's size: re-run tune" if any(
+            legacy_rule_present(r) for r in dirs) else "none tuned for these runs and flags")
+        flags = " --tta" if self.tta else ""
+        return (PostProcess(threshold=cfg.threshold, min_area=cfg.min_area),
+                f"config default ({hint}; `pneumoseg tune {','.join(map(str, self.runs))}{flags}`)")
 
     @torch.inference_mode()
     def _forward(self, net: nn.Module | OnnxModel, x: torch.Tensor) -> torch.Tensor:
@@ -174,10 +206,10 @@ class Predictor:
     def probs_at_model_size(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float32 (N, S, S) probabilities, S = the first run's size, for uint8 (H, W) images."""
         out = np.zeros((len(images), self.size, self.size), dtype=np.float32)
-        for net, cfg in self.models:
-            s = cfg.data.size
+        for net, _, prep in self.models:
+            s = prep.size
             batch = np.stack([img if img.shape == (s, s) else resize_image(img, s) for img in images])
-            x = normalize(batch, cfg.data.in_channels, cfg.data.normalize).to(self.device)
+            x = prep(torch.from_numpy(batch).to(self.device))
             prob = self._forward(net, x)
             if self.tta:
                 prob = (prob + self._forward(net, x.flip(-1)).flip(-1)) / 2
@@ -187,18 +219,28 @@ class Predictor:
             out += p
         return out / len(self.models)
 
+    @staticmethod
+    def native_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """float32 (H, W) in [0, 1]: a model-size probability map upsampled (bilinear) to ``shape``."""
+        h, w = shape
+        p = np.asarray(prob, dtype=np.float32)
+        if p.shape != (h, w):
+            p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.clip(p, 0.0, 1.0)
+
+    def at_native(self, image_id: str, prob: np.ndarray, shape: tuple[int, int]) -> Prediction:
+        """Upsample to the source's ``shape`` (H, W), then post-process there."""
+        native = self.native_prob(prob, shape)
+        return Prediction(image_id, native, self.postprocess(native))
+
+    def finish(self, image: InputImage, prob: np.ndarray) -> Prediction:
+        """The prediction at ``image``'s own resolution from its model-size probabilities (CPU only)."""
+        return self.at_native(image.image_id, prob, image.pixels.shape)
+
     def predict_batch(self, images: Sequence[InputImage]) -> list[Prediction]:
         """Predictions at each input's own resolution."""
         probs = self.probs_at_model_size([im.pixels for im in images])
-        preds = []
-        for im, prob in zip(images, probs, strict=True):
-            mask = self.postprocess(prob)
-            h, w = im.pixels.shape
-            if (h, w) != prob.shape:
-                prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-                mask = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
-            preds.append(Prediction(im.image_id, np.clip(prob, 0, 1), mask))
-        return preds
+        return [self.finish(im, prob) for im, prob in zip(images, probs, strict=True)]
 
 
 @dataclass
@@ -265,9 +307,12 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
     ``seg_skipped_not_dicom``). A SEG that cannot be made is reported in ``failures``.
     """
     out = Path(out_dir)
+    check_output_dir(out)
+    if submission is not None:
+        check_output_file(submission, (), "submission")
     result = PredictResult(out)
     encode = rle_encode if rle_format == "relative" else rle_encode_absolute
-    rows: list[tuple[str, str, float, int, int, int]] = []
+    rows: list[tuple[str, str, float, int, int, int, int]] = []
     sub_rows: list[tuple[str, str]] = []
     seen: dict[str, Path] = {}
     paths = [Path(p) for p in inputs]
@@ -291,7 +336,8 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                 if overlays:
                     write_rgb_png(out / "overlays" / f"{pred.image_id}.png", overlay(image.pixels, pred.mask))
                 h, w = pred.mask.shape
-                rows.append((pred.image_id, str(image.path), round(pred.probability, 6), pred.area_px, h, w))
+                rows.append((pred.image_id, str(image.path), round(pred.probability, 6), int(pred.area_px > 0),
+                             pred.area_px, h, w))
                 sub_rows.append((pred.image_id, encode(pred.mask)))
                 if dicom_seg:
                     try:
@@ -302,11 +348,11 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                     on_prediction(image, pred)
             bar.advance(task, len(paths[start:start + predictor.batch_size]))
     result.n_images = len(rows)
-    result.n_positive = sum(r[3] > 0 for r in rows)
+    result.n_positive = sum(r[3] for r in rows)
     if rows:
         result.predictions_csv = out / "predictions.csv"
         atomic_write_text(result.predictions_csv, _csv_text(
-            ("image_id", "source", "probability", "area_px", "height", "width"), rows))
+            ("image_id", "source", "probability", "has_pneumothorax", "area_px", "height", "width"), rows))
         result.submission_csv = Path(submission) if submission else out / "submission.csv"
         atomic_write_text(result.submission_csv, _csv_text(("ImageId", "EncodedPixels"), sub_rows))
     return result

@@ -1,9 +1,9 @@
 """One self-contained HTML report of a run (plus a Markdown summary), from its files only.
 
-Reads ``RUN/config.yaml``, ``RUN/history.csv`` / ``curves.png``, ``RUN/postprocess.json``,
-``RUN/tune.csv``, the cache's ``splits.csv`` + ``index.csv`` (when reachable) and what
-``pneumoseg evaluate`` wrote in ``RUN/eval/`` (``metrics.json``, ``per_image.csv``,
-``cases.csv`` + ``cases/``). No model is loaded. Figures are embedded as base64 data URLs and
+Reads ``RUN/config.yaml``, ``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv``, the cache's
+``splits.csv`` + ``index.csv`` (when reachable) and what ``pneumoseg evaluate`` wrote in
+``RUN/eval/<split>/`` (``metrics.json`` with the post-processing rule it applied,
+``per_image.csv``, ``cases.csv`` + ``cases/``; the split is named in the report). No model is loaded. Figures are embedded as base64 data URLs and
 the page has no external CSS/JS, so it opens offline; the per-image table sorts by clicking a
 header. Overlays: prediction red, truth blue.
 """
@@ -37,6 +37,7 @@ __all__ = ["METRICS", "ReportData", "ReportFiles", "load_report_data", "render_h
 # metric key -> meaning (the order of the metrics table)
 METRICS = {
     "dice_kaggle": "challenge metric: mean per-image Dice, empty truth + empty prediction = 1",
+    "dice_empty_baseline": "dice_kaggle of predicting nothing at all (the share of images without pneumothorax)",
     "dice_positive": "mean Dice over images with a pneumothorax",
     "image_auc": "image-level detection AUC (score: largest pixel probability)",
     "sensitivity": "images with a pneumothorax that got a non-empty mask",
@@ -132,12 +133,23 @@ def _curves(run: Path, history: pd.DataFrame | None) -> bytes | None:
         return (Path(tmp) / "curves.png").read_bytes()
 
 
+def default_eval_dir(run: Path) -> Path:
+    """``RUN/eval/test`` when evaluated on test, else the only evaluated split; DataError otherwise."""
+    root = run / "eval"
+    done = sorted(p.parent.name for p in root.glob("*/metrics.json")) if root.is_dir() else []
+    if "test" in done or not done:
+        return root / "test"
+    if len(done) == 1:
+        return root / done[0]
+    raise DataError(f"{run}: evaluated on {', '.join(done)}; choose one with --eval-dir {root}/<split>")
+
+
 def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str] | None = None) -> ReportData:
     """Read a run's files; DataError naming the missing file when ``evaluate`` has not run."""
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"run folder {run} does not exist")
-    ev = Path(eval_dir) if eval_dir else run / "eval"
+    ev = Path(eval_dir) if eval_dir else default_eval_dir(run)
     try:
         metrics = json.loads(_need(ev / "metrics.json", run).read_text())
     except json.JSONDecodeError as exc:
@@ -150,8 +162,8 @@ def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLik
     if (run / "history.csv").is_file():
         data.history = _read_csv(run / "history.csv")
     data.curves_png = _curves(run, data.history)
-    if (run / "postprocess.json").is_file():
-        data.postprocess = json.loads((run / "postprocess.json").read_text())
+    applied = metrics.get("postprocess")
+    data.postprocess = applied if isinstance(applied, dict) else None
     if (run / "tune.csv").is_file():
         data.tune = _read_csv(run / "tune.csv")
     if (ev / "cases.csv").is_file():
@@ -211,8 +223,9 @@ def _metrics_html(d: ReportData) -> str:
               "pneumothorax, empty mask"),
              ("images", f"{m.get('n_images')} ({m.get('n_positive')} with pneumothorax)", f"split {m.get('split')}")]
     table = _table(pd.DataFrame(rows, columns=["metric", "value", "meaning"]))
-    ctx = (f"model {m.get('model')} at {m.get('size')} px, TTA {'on' if m.get('tta') else 'off'}, "
-           f"post-processing {m.get('postprocess')}")
+    ctx = (f"split {m.get('split')}; model {m.get('model')} at {m.get('model_size', m.get('size'))} px, "
+           f"TTA {'on' if m.get('tta') else 'off'}; scored at the {m.get('resolution', 'model')} resolution "
+           f"({m.get('source_size', 'n/a')}); post-processing: {m.get('postprocess_text', m.get('postprocess'))}")
     return f'{cards}{table}<p class="note">{html.escape(ctx)}</p>'
 
 
@@ -237,10 +250,11 @@ def _curves_html(d: ReportData) -> str:
 
 def _postprocess_html(d: ReportData, top: int = 10) -> str:
     if d.postprocess is None:
-        return '<p class="note">no postprocess.json: run `pneumoseg tune RUN` to search thresholds.</p>'
+        return '<p class="note">metrics.json records no post-processing rule: re-run `pneumoseg evaluate`.</p>'
     pp = pd.DataFrame([(k, _fmt(v)) for k, v in d.postprocess.items()], columns=["parameter", "value"])
     mode = "triplet rule" if d.postprocess.get("top_threshold") is not None else "plain threshold"
-    out = f"<div class=two><div><h3>Chosen rule ({mode})</h3>{_table(pp)}</div>"
+    source = html.escape(str(d.metrics.get("postprocess_source", "")))
+    out = (f"<div class=two><div><h3>Applied rule ({mode})</h3><p class=note>{source}</p>{_table(pp)}</div>")
     if d.tune is not None:
         out += (f"<div><h3>Top {min(top, len(d.tune))} of {len(d.tune)} rules (tune.csv)</h3>"
                 f"{_table(d.tune.head(top), sortable=True)}</div>")
@@ -313,11 +327,12 @@ def render_markdown(d: ReportData, html_path: str | os.PathLike[str]) -> str:
     m = d.metrics
     n_empty = int((d.per_image["truth_area_px"] == 0).sum())
     rows = [(f"`{k}`", _fmt(m.get(k))) for k in METRICS]
-    pp = json.dumps(d.postprocess) if d.postprocess is not None else m.get("postprocess", "n/a")
+    pp = m.get("postprocess_text") or (json.dumps(d.postprocess) if d.postprocess is not None else "n/a")
     lines = [f"# pneumoseg report: {d.run.resolve().name}", "",
              f"Full report (figures, galleries, sortable per-image table): `{Path(html_path).resolve()}`", "",
              f"Split `{m.get('split')}`: {m.get('n_images')} images, {m.get('n_positive')} with pneumothorax; "
-             f"model `{m.get('model')}` at {m.get('size')} px, TTA {'on' if m.get('tta') else 'off'}.", "",
+             f"model `{m.get('model')}` at {m.get('model_size', m.get('size'))} px, TTA {'on' if m.get('tta') else 'off'}; "
+             f"scored at the {m.get('resolution', 'model')} resolution ({m.get('source_size', 'n/a')}).", "",
              "## Metrics", "", _md_table(rows, ("metric", "value")), "",
              "## Post-processing", "", f"`{pp}`"]
     if d.tune is not None and len(d.tune):

@@ -28,3 +28,15 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path) -> None:
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_long_name_that_fits_is_written(tmp_path) -> None:
+    """A 240-character stem + ".png" fits in 255 bytes; its temporary name must fit too."""
+    target = tmp_path / ("a" * 240 + ".png")
+    with atomic_path(target) as tmp:
+        assert len(tmp.name) < 60 and tmp.name.startswith(".") and tmp.suffix == ".png"
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    atomic_write_text(tmp_path / ("b" * 250), "no suffix")  # 250 characters, no extension
+    assert (tmp_path / ("b" * 250)).read_text() == "no suffix"

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 import pneumoseg
 from pneumoseg.cli.main import app
-from pneumoseg.dicom_seg import make_segmentation
+from pneumoseg.dicom_seg import make_segmentation, read_segmentation
 from pneumoseg.errors import DicomError
 from pneumoseg.images import read_mask, write_png
 from pneumoseg.postprocess import PostProcess
@@ -49,7 +48,8 @@ def _check_seg(seg_path: Path, source_path: Path, mask: np.ndarray, model_name: 
     assert f"model={model_name}" in algo.AlgorithmParameters
     np.testing.assert_array_equal(raw.pixel_array.astype(bool), mask)
 
-    seg = hd.seg.segread(seg_path)
+    # highdicom's own segread rejects Pixel Measures without Slice Thickness (no Frame of Reference)
+    seg = read_segmentation(seg_path)
     assert (source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID) in seg.get_source_image_uids()
     pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
     np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), mask)
@@ -114,8 +114,15 @@ def test_seg_of_real_challenge_dicoms(trained_run: Path, tmp_path: Path) -> None
         mask = read_mask(tmp_path / "masks" / f"{path.stem}.png")
         if mask.any():
             _check_seg(tmp_path / "seg" / f"{path.stem}.dcm", path, mask, predictor.model_name)
-            # CR without a frame of reference: no patient geometry is invented for the SEG
-            assert "FrameOfReferenceUID" not in pydicom.dcmread(tmp_path / "seg" / f"{path.stem}.dcm")
+            # CR without a frame of reference: no patient geometry is invented for the SEG, but the
+            # source's PixelSpacing is carried (no Slice Thickness) and Patient Orientation is kept
+            raw = pydicom.dcmread(tmp_path / "seg" / f"{path.stem}.dcm")
+            assert "FrameOfReferenceUID" not in raw and raw.PatientOrientation == ""
+            measures = raw.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+            source = pydicom.dcmread(path, stop_before_pixels=True)
+            assert measures.PixelSpacing == source.PixelSpacing and "SliceThickness" not in measures
+            area = mask.sum() * float(source.PixelSpacing[0]) * float(source.PixelSpacing[1])
+            assert raw.ContentDescription.endswith(f"area {area:.1f} mm2")
 
 
 def test_make_segmentation_rejects_wrong_size_and_unreferenceable_source(synth_data: Path) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pneumoseg.errors import DataError
-from pneumoseg.images import encode_png, read_image, read_mask, resize_image, resize_mask, write_png
+from pneumoseg.images import encode_bilevel_png, encode_png, read_image, read_mask, resize_image, resize_mask, write_png
 from tests.shared_data import SIIM
 
 
@@ -36,6 +36,23 @@ def test_bool_mask_written_as_0_255(tmp_path):
     raw = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint8 and set(np.unique(raw)) == {0, 255}
     assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+
+
+def test_bilevel_png_roundtrip_and_pillow_agrees(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((37, 53)) > 0.7  # odd width: rows are padded to whole bytes in the file
+    path = tmp_path / "m.png"
+    path.write_bytes(encode_bilevel_png(mask))
+    assert encode_bilevel_png(mask) == encode_bilevel_png(mask.astype(np.uint8) * 7)
+    assert encode_bilevel_png(mask) == encode_bilevel_png(np.asfortranarray(mask))
+    assert np.array_equal(read_mask(path), mask)
+    assert set(np.unique(read_image(path)).tolist()) == {0, 255}
+    with Image.open(path) as im:
+        assert im.mode == "1" and np.array_equal(np.asarray(im), mask)
+    with pytest.raises(DataError, match="2-D"):
+        encode_bilevel_png(np.zeros((2, 2, 2), bool))
 
 
 def test_read_mask_accepts_0_1_masks(tmp_path):
@@ -126,6 +143,62 @@ def test_resize_mask_mixed_axes_and_identity():
     assert out.tolist() == [[0] * 4, [0] * 4, [0, 0, 1, 1], [0] * 4]
     same = resize_mask(mask, (8, 2))
     assert np.array_equal(same, mask) and same is not mask
+
+
+def _exact_fraction(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Reference covered fraction (float64, exact): replicate each source pixel h x w times
+    (sizes become H*h x W*w, divisible by h and w), then average the (H x W)-pixel blocks."""
+    big = np.repeat(np.repeat(mask.astype(np.float64), h, axis=0), w, axis=1)
+    src_h, src_w = mask.shape
+    return big.reshape(h, src_h, w, src_w).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize(("src", "dst"), [((64, 64), (16, 16)), ((100, 70), (30, 21)), ((97, 61), (40, 25))])
+def test_resize_mask_rules_match_exact_area_fractions(src, dst):
+    rng = np.random.default_rng(sum(src) + sum(dst))
+    # Blobs with boundaries, plus noise: every covered fraction from 0 to 1 occurs.
+    mask = cv2.GaussianBlur(rng.random(src), (0, 0), 3) > 0.5
+    mask ^= rng.random(src) > 0.97
+    frac = _exact_fraction(mask, *dst)
+    # Fractions within float32 noise of 0.5 may go either way; all others must agree exactly.
+    clear = np.abs(frac - 0.5) > 1e-5
+    for order in (mask, np.asfortranarray(mask)):  # row- or column-major input (RLE decodes the latter)
+        fraction = resize_mask(order, dst, rule="fraction")
+        assert fraction.dtype == bool and np.array_equal(fraction[clear], (frac >= 0.5)[clear])
+        soft = resize_mask(order, dst, rule="soft")
+        assert soft.dtype == np.uint8 and np.abs(soft.astype(int) - np.rint(255 * frac)).max() <= 1
+        assert np.array_equal(resize_mask(order, dst, rule="any"), frac > 0)
+        assert np.array_equal(resize_mask(order, dst), frac > 0)  # "any" stays the default
+
+
+def test_resize_mask_fraction_keeps_area_any_grows_it():
+    mask = np.zeros((1024, 1024), dtype=bool)
+    cv2.circle(mask.view(np.uint8), (400, 500), 150, 1, -1)
+    area = mask.sum() / 16  # expected area at 256 px
+    assert abs(resize_mask(mask, 256, rule="fraction").sum() - area) / area < 0.01
+    assert resize_mask(mask, 256, rule="any").sum() > 1.01 * area
+    assert abs(resize_mask(mask, 256, rule="soft").sum() / 255 - area) / area < 0.001
+    # Exactly half a 2x2 block is kept; a quarter is not (any keeps both).
+    small = np.zeros((4, 4), dtype=bool)
+    small[0, :2] = True  # half of block (0, 0)
+    small[2, 2] = True  # a quarter of block (1, 1)
+    assert resize_mask(small, 2, rule="fraction").tolist() == [[True, False], [False, False]]
+    assert resize_mask(small, 2, rule="soft").tolist() == [[128, 0], [0, 64]]
+    assert resize_mask(small, 2, rule="any").tolist() == [[True, False], [False, True]]
+
+
+def test_resize_mask_soft_upscale_identity_and_empty():
+    mask = np.array([[1, 0], [0, 1]], dtype=bool)
+    assert resize_mask(mask, 4, rule="soft").tolist() == [[255, 255, 0, 0], [255, 255, 0, 0],
+                                                          [0, 0, 255, 255], [0, 0, 255, 255]]
+    assert resize_mask(mask, 2, rule="soft").tolist() == [[255, 0], [0, 255]]
+    empty = resize_mask(np.zeros((9, 9), bool), (3, 5), rule="soft")
+    assert empty.dtype == np.uint8 and empty.shape == (3, 5) and not empty.any()
+    tall = np.zeros((8, 2), dtype=bool)
+    tall[4:6, 1] = True  # height shrinks (rule), width grows (nearest)
+    assert resize_mask(tall, (4, 4), rule="fraction").tolist() == [[0] * 4, [0] * 4, [0, 0, 1, 1], [0] * 4]
+    with pytest.raises(DataError, match=r"unknown mask rule 'max'.*any, fraction, soft"):
+        resize_mask(mask, 1, rule="max")  # type: ignore[arg-type]
 
 
 def test_resize_rejects_bad_size():

@@ -15,7 +15,7 @@ from pneumoseg.cli.main import app
 from pneumoseg.errors import DataError
 from pneumoseg.images import read_image, read_mask, write_png
 from pneumoseg.metrics import dice_kaggle
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.postprocess import PostProcess, find_tuned
 from pneumoseg.predict import Predictor, find_inputs, load_input, predict_to_folder
 from pneumoseg.rle import read_annotations, rle_decode_absolute
 
@@ -93,7 +93,8 @@ def test_run_without_checkpoint_is_one_clear_error(trained_run: Path, tmp_path: 
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(trained_run / "config.yaml", bare / "config.yaml")
-    result = runner.invoke(app, ["predict", str(bare), str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "in").mkdir()
+    result = runner.invoke(app, ["predict", str(bare), str(tmp_path / "in"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no checkpoint" in result.output and len(result.output.strip().splitlines()) == 1
     with pytest.raises(DataError, match=r"no \.dcm, \.png or \.jpg"):
@@ -105,36 +106,56 @@ def test_tune_then_evaluate(trained_run: Path, tmp_path: Path) -> None:
     shutil.copytree(trained_run, run)
     result = runner.invoke(app, ["tune", str(run), "--no-progress", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    tuned = PostProcess.load(run / "postprocess.json")
+    assert "untuned default" in result.output and "gain" in result.output
+    tuned = find_tuned([run], "best", tta=False)
+    assert tuned is not None and tuned.split == "val" and tuned.dice_kaggle >= tuned.default_dice_kaggle
     table = pd.read_csv(run / "tune.csv")
     assert len(table) > 10 and table["dice_kaggle"].iloc[0] == table["dice_kaggle"].max()
-    assert Predictor([run], device="cpu").postprocess == tuned  # predict uses the tuned rule by default
+    predictor = Predictor([run], device="cpu")
+    assert predictor.postprocess == tuned.rule and predictor.postprocess_source.startswith("tuned on val")
+    # The rule was tuned without TTA: with --tta, predict falls back to the default and says so.
+    assert Predictor([run], device="cpu", tta=True).postprocess_source.startswith("config default")
 
     result = runner.invoke(app, ["evaluate", str(run), "--split", "test", "--no-progress", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    for key in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity", "fpr_empty",
-                "n_images", "n_positive"):
+    ev = run / "eval" / "test"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    for key in ("dice_kaggle", "dice_empty_baseline", "dice_positive", "image_auc", "sensitivity", "specificity",
+                "fpr_empty", "n_images", "n_positive"):
         assert key in metrics
-    per_image = pd.read_csv(run / "eval" / "per_image.csv", dtype={"image_id": str})
+    assert metrics["resolution"] == "native" and metrics["postprocess"] == tuned.rule.to_dict()
+    assert metrics["tta"] is False and isinstance(metrics["postprocess"], dict)
+    per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str})
     assert len(per_image) == metrics["n_images"] and per_image["has_truth"].sum() == metrics["n_positive"]
     assert per_image["dice"].mean() == pytest.approx(metrics["dice_kaggle"], abs=1e-4)
+    assert metrics["dice_empty_baseline"] == pytest.approx(1 - per_image["has_truth"].mean())
     empty_pred = per_image["pred_area_px"] == 0
     empty_truth = per_image["has_truth"] == 0
     assert (per_image.loc[empty_pred & empty_truth, "dice"] == 1).all()
     assert (per_image.loc[~empty_pred & empty_truth, "dice"] == 0).all()
     for name in ("best.png", "worst.png"):
-        assert read_image(run / "eval" / name).shape[0] > 100
+        assert read_image(ev / name).shape[0] > 100
+    # Another split goes to its own folder and leaves the test results alone.
+    result = runner.invoke(app, ["evaluate", str(run), "--split", "val", "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((ev / "metrics.json").read_text()) == metrics
+    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["split"] == "val"
 
 
-def test_evaluate_metrics_match_an_independent_recomputation(trained_run: Path) -> None:
-    from pneumoseg.evaluate import predict_split
+def test_evaluate_metrics_match_an_independent_recomputation(trained_run: Path, synth_cache: Path,
+                                                             tmp_path: Path) -> None:
+    """Recompute per-image Dice from the written masks and the cache's full-resolution truth."""
+    from pneumoseg.evaluate import evaluate_run
 
-    predictor = Predictor([trained_run], device="cpu")
-    preds = predict_split(predictor, "val", progress=False)
-    masks = np.stack([p > predictor.postprocess.threshold for p in preds.probs.astype(np.float32)])
+    predictor = Predictor([trained_run], device="cpu", postprocess=PostProcess(threshold=0.3))
+    metrics = evaluate_run(predictor, trained_run, "val", progress=False, out_dir=tmp_path / "ev")
+    per_image = pd.read_csv(tmp_path / "ev" / "per_image.csv", dtype={"image_id": str})
     scores = []
-    for m, t in zip(masks, preds.truths, strict=True):
-        total = m.sum() + t.sum()
-        scores.append(1.0 if total == 0 else 2 * (m & t).sum() / total)
-    assert dice_kaggle(masks, preds.truths) == pytest.approx(np.mean(scores))
+    for image_id in per_image["image_id"]:
+        truth = read_mask(synth_cache / "truth" / f"{image_id}.png")
+        pred = read_mask(tmp_path / "ev" / "pred_masks" / f"{image_id}.png")
+        assert pred.shape == truth.shape
+        total = int(pred.sum()) + int(truth.sum())
+        scores.append(1.0 if total == 0 else 2 * int((pred & truth).sum()) / total)
+    assert metrics["dice_kaggle"] == pytest.approx(np.mean(scores), abs=1e-4)
+    assert dice_kaggle(np.zeros((2, 4, 4), bool), np.zeros((2, 4, 4), bool)) == 1.0

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from pneumoseg.errors import PneumosegError
+from pneumoseg.paths import os_error_line
 
 __all__ = ["cli_errors", "console", "err_console", "fail"]
 
@@ -27,7 +28,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn a PneumosegError raised by a command into one error line and exit code 2."""
+    """Turn a PneumosegError (or a failed write: OSError) raised by a command into one line, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -35,5 +36,7 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except PneumosegError as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:  # read-only folder, disk full, a file where a folder should be
+            raise fail(os_error_line(exc)) from None
 
     return wrapper

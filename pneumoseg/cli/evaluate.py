@@ -16,10 +16,14 @@ if TYPE_CHECKING:
 __all__ = ["evaluate", "register", "tune"]
 
 
-def _predictor(run: Path, checkpoint: str, tta: bool, device: str | None) -> Predictor:
+def _runs(text: str) -> list[Path]:
+    return [Path(r) for r in text.split(",") if r]
+
+
+def _predictor(runs: list[Path], checkpoint: str, tta: bool, device: str | None, batch_size: int) -> Predictor:
     from pneumoseg.predict import Predictor
 
-    return Predictor([run], checkpoint=checkpoint, tta=tta, device=device)
+    return Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
 
 
 def _fmt(value: object) -> str:
@@ -30,50 +34,69 @@ def _fmt(value: object) -> str:
 
 @cli_errors
 def tune(
-    run: Path = typer.Argument(..., help="Run folder written by `pneumoseg train`."),
+    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (the ensemble `predict` will use)."),
     split: str = typer.Option("val", "--split", help="Split to tune on (train | val | test)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K | a .ckpt path."),
-    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
+    oof: bool = typer.Option(False, "--oof", help="Out-of-fold: each K-fold run on its own validation fold, "
+                             "pooled (recommended for K-fold runs)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
+    tta: bool = typer.Option(False, "--tta", help="Tune for horizontal-flip TTA (as `predict --tta`)."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Grid-search threshold / min-area / triplet rule on a split; store the best in RUN."""
-    from pneumoseg.tune import tune_run
+    """Grid-search threshold / min-area / triplet rule at the source resolution; store it for these runs + flags."""
+    from pneumoseg.tune import tune_runs
 
-    best, table = tune_run(_predictor(run, checkpoint, tta, device), run, split, progress=progress)
+    runs = _runs(run)
+    result = tune_runs(runs, split=split, oof=oof, checkpoint=checkpoint, tta=tta, device=device,
+                       batch_size=batch_size, progress=progress)
+    table = result.table
     columns = ("mode", "threshold", "top_threshold", "min_area", "bottom_threshold", "dice_kaggle", "dice_positive")
-    shown = Table(*columns, title=f"Post-processing search on {split} (top 5 of {len(table)})")
+    where = "out-of-fold" if oof else split
+    shown = Table(*columns, title=f"Post-processing search on {where}, {result.record.n_images} images, "
+                  f"source pixels (top 5 of {len(table)})")
     for _, row in table.head(5).iterrows():
         shown.add_row(*(_fmt(row[c]) for c in columns))
     console.print(shown)
-    console.print(f"best: {best.to_dict()} -> {run / 'postprocess.json'} (all rules: {run / 'tune.csv'})")
+    rec = result.record
+    console.print(f"best: {rec.rule.describe()}", highlight=False)
+    console.print(f"dice_kaggle {rec.dice_kaggle:.4f} vs {rec.default_dice_kaggle:.4f} with the untuned default "
+                  f"(gain {result.gain:+.4f}) on the same {rec.n_images} images", highlight=False)
+    console.print(f"stored for runs={','.join(map(str, runs))} checkpoint={checkpoint} tta={tta} in "
+                  f"{', '.join(str(f) for f in result.files if f.name == 'postprocess.json')}", highlight=False)
 
 
 @cli_errors
 def evaluate(
-    run: Path = typer.Argument(..., help="Run folder written by `pneumoseg train`."),
+    run: str = typer.Argument(..., help="Run folder, or an ensemble RUN,RUN2,... (results go to the first)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (train | val | test)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K | a .ckpt path."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     report: bool = typer.Option(False, "--report", help="Also write RUN/report.html (+ .md), as `pneumoseg report`."),
 ) -> None:
-    """Challenge metric (dice_kaggle), dice_positive and image-level detection on a split."""
-    from pneumoseg.evaluate import evaluate_run
+    """Challenge metric (dice_kaggle) at the source resolution, dice_positive and image-level detection."""
+    from pneumoseg.evaluate import eval_dir, evaluate_run
 
-    metrics = evaluate_run(_predictor(run, checkpoint, tta, device), run, split, progress=progress)
-    table = Table(title=f"{run.name}: {split} split", show_header=False)
-    for key in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity", "fpr_empty",
-                "n_images", "n_positive"):
+    runs = _runs(run)
+    predictor = _predictor(runs, checkpoint, tta, device, batch_size)
+    metrics = evaluate_run(predictor, runs[0], split, progress=progress)
+    table = Table(title=f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})",
+                  show_header=False)
+    for key in ("dice_kaggle", "dice_empty_baseline", "dice_positive", "image_auc", "sensitivity", "specificity",
+                "fpr_empty", "n_images", "n_positive"):
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"outputs: {run / 'eval'} (metrics.json, per_image.csv, best.png, worst.png, cases.csv, cases/)")
+    console.print(f"post-processing: {metrics['postprocess_text']} ({metrics['postprocess_source']})", highlight=False)
+    console.print(f"outputs: {eval_dir(runs[0], split)} (metrics.json, per_image.csv, pred_masks/, best.png, "
+                  "worst.png, cases.csv, cases/)", highlight=False)
     if report:
         from pneumoseg.report import write_report
 
-        files = write_report(run)
+        files = write_report(runs[0], eval_dir(runs[0], split))
         console.print(f"report: {files.html} (summary: {files.markdown})", highlight=False)
 
 

@@ -30,8 +30,8 @@ def predict(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write OUT/overlays/<image_id>.png."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     dicom_seg: bool = typer.Option(False, "--dicom-seg/--no-dicom-seg",
                                    help="Write OUT/seg/<image_id>.dcm, a DICOM SEG, for DICOM inputs with a finding."),
     dicom_seg_empty: bool = typer.Option(False, "--dicom-seg-empty",
@@ -42,6 +42,7 @@ def predict(
 ) -> None:
     """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
     from pneumoseg.errors import ConfigError
+    from pneumoseg.paths import check_output_dir, check_output_file
     from pneumoseg.predict import Predictor, find_inputs, predict_to_folder
 
     if rle_format not in ("relative", "absolute"):
@@ -49,6 +50,10 @@ def predict(
     if onnx and backend != "onnx":
         raise ConfigError("--onnx needs --backend onnx")
     runs = [Path(r) for r in run.split(",") if r]
+    # Before any work: outputs never inside, or around, the inputs, and writable.
+    check_output_dir(out, [input])
+    if submission is not None:
+        check_output_file(submission, [input], "--submission")
     onnx_files = [Path(f) for f in onnx.split(",") if f] if onnx else None
     predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
                           backend=backend, onnx=onnx_files)
@@ -59,7 +64,7 @@ def predict(
     table = Table(title=f"Predictions ({what})", show_header=False)
     table.add_row("images", str(result.n_images))
     table.add_row("with pneumothorax", str(result.n_positive))
-    table.add_row("post-processing", str(predictor.postprocess.to_dict()))
+    table.add_row("post-processing", f"{predictor.postprocess.describe()} ({predictor.postprocess_source})")
     table.add_row("masks", str(out / "masks"))
     if overlays:
         table.add_row("overlays", str(out / "overlays"))

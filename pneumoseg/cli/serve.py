@@ -1,4 +1,4 @@
-"""``pneumoseg serve RUN [--host 127.0.0.1] [--port 8000]``: the viewer and JSON API over HTTP."""
+"""``pneumoseg serve RUN [--host 127.0.0.1] [--port 8000] [--token T]``: the viewer and JSON API over HTTP."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import cli_errors, console, err_console
 from pneumoseg.errors import ConfigError
 
-__all__ = ["register", "serve"]
+__all__ = ["TOKEN_ENV", "register", "serve"]
+
+TOKEN_ENV = "PNEUMOSEG_TOKEN"
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -20,41 +22,78 @@ def _check_port_free(host: str, port: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                              "(choose another --port or --host)") from None
+        except (OSError, OverflowError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason} (choose another --port or --host)") from None
+
+
+def _warn_exposed(host: str, has_token: bool) -> None:
+    """One warning line when listening beyond this machine (and a louder one without a token)."""
+    from pneumoseg.service.security import is_loopback
+
+    if is_loopback(host):
+        return
+    risk = ("anyone who can reach it can use the API" if not has_token
+            else "the token protects the API, but travels in clear text without TLS")
+    err_console.print(f"[bold yellow]warning:[/] --host {host} is not a loopback address: the service is reachable "
+                      f"from other machines and {risk}; put it behind a TLS reverse proxy"
+                      + ("" if has_token else f" and set --token or {TOKEN_ENV}"), highlight=False, soft_wrap=True)
 
 
 @cli_errors
 def serve(
     run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Interface to listen on (0.0.0.0: every interface; warns when not loopback)."),
+    port: float = typer.Option(8000, "--port", metavar="INTEGER", help="TCP port (1-65535)."),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest upload accepted (larger: HTTP 413)."),
+    max_pixels: float = typer.Option(64e6, "--max-pixels",
+                                     help="Largest image in pixels, read from its header before decoding "
+                                          "(larger: HTTP 413)."),
+    result_store_mb: float = typer.Option(512.0, "--result-store-mb",
+                                          help="Memory for recent results served by the image routes (LRU)."),
+    cache_size: float = typer.Option(64, "--cache-size", metavar="INTEGER",
+                                     help="At most this many results kept besides."),
+    max_concurrent: float = typer.Option(4, "--max-concurrent", metavar="INTEGER",
+                                         help="Uploads decoded / post-processed at once."),
+    token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True,
+                                     help="Require 'Authorization: Bearer TOKEN' on the API (prefer the "
+                                          "environment variable: a command line is visible to other users)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
-    cache_size: int = typer.Option(64, "--cache-size", min=1, help="Results kept for the image routes (LRU)."),
 ) -> None:
     """Serve the viewer (/) and the API (POST /predict, GET /health); the model is loaded once."""
     import uvicorn
 
     from pneumoseg.service import ServiceSettings, create_app
 
-    _check_port_free(host, port)
+    # Numbers are parsed as floats so that inf / nan / 1e9 reach these checks (one line, exit 2).
+    if not (1 <= port <= 65535 and float(port).is_integer()):
+        raise ConfigError(f"--port must be an integer in 1-65535, got {port:g}")
+    port_number = int(port)
+    # Every option is checked (one error line, exit 2) before the port is bound or the model loads.
+    settings = ServiceSettings(max_upload_mb=max_upload_mb, max_pixels=max_pixels,  # type: ignore[arg-type]
+                               result_store_mb=result_store_mb, cache_size=cache_size,  # type: ignore[arg-type]
+                               max_concurrent=max_concurrent, token=token or None,  # type: ignore[arg-type]
+                               checkpoint=checkpoint, device=device, tta=tta)
+    _check_port_free(host, port_number)
+    _warn_exposed(host, settings.token is not None)
 
-    settings = ServiceSettings(max_upload_mb=max_upload_mb, cache_size=cache_size, checkpoint=checkpoint,
-                               device=device, tta=tta)
     runs = [Path(r) for r in run.split(",") if r]
     with console.status("loading the model"):
         app = create_app(runs, settings)
     described = app.state.model.describe()
     shown = "localhost" if host in ("0.0.0.0", "::") else host
+    if app.state.stale_uploads_removed:
+        console.print(f"removed {app.state.stale_uploads_removed} upload folder(s) left by an older pneumoseg "
+                      "in the temporary directory", highlight=False)
     console.print(f"model [bold]{described['model']}[/] at {described['size']} px on {described['device']} "
                   f"(post-processing {described['postprocess']})", highlight=False)
-    console.print(f"viewer: [bold]http://{shown}:{port}/[/]  API docs: http://{shown}:{port}/docs  "
-                  "(Ctrl+C to stop)", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    console.print(f"viewer: [bold]http://{shown}:{port_number}/[/]  API docs: http://{shown}:{port_number}/docs  "
+                  f"(access token {'required' if settings.token else 'not required'}; Ctrl+C to stop)",
+                  highlight=False)
+    uvicorn.run(app, host=host, port=port_number, log_level="info", server_header=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,8 @@
 """Training augmentations (albumentations): the seed's default pipeline, presets, YAML specs.
 
-Every pipeline takes and returns ``image`` uint8 (H, W) and ``mask`` uint8 (H, W) 0/1: spatial
-transforms move the mask with the image (nearest-neighbour for the mask), pixel transforms
-touch the image only. Randomness comes from a seed per call (``apply_transform``), so a sample's
+Every pipeline takes and returns ``image`` uint8 (H, W) and ``mask`` uint8 (H, W) (0/1, 0/255 or a
+soft 0..255 target): spatial transforms move the mask with the image (nearest-neighbour for the
+mask, so soft values are kept, never blended), pixel transforms touch the image only. Randomness comes from a seed per call (``apply_transform``), so a sample's
 augmentation depends only on (run seed, epoch, position), not on workers or restarts.
 
 Presets (``size`` is the training size):
@@ -153,13 +153,16 @@ def build_transform(preset: str = "seed", size: int = 512,
 
 def apply_transform(transform: Any | None, image: np.ndarray, mask: np.ndarray,
                     seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``transform`` to uint8 ``image`` (H, W) and ``mask`` (H, W); returns (image, bool mask).
+    """Apply ``transform`` to uint8 ``image`` (H, W) and ``mask`` (H, W); returns (image, mask).
 
-    ``seed`` fixes the draw (same seed, same result); None uses the pipeline's own state.
+    A ``bool`` mask comes back ``bool``; a ``uint8`` mask (0/255 or soft 0..255) comes back
+    ``uint8`` with its values kept. ``seed`` fixes the draw (same seed, same result); None uses
+    the pipeline's own state.
     """
+    as_bool = mask.dtype == bool
     mask_u8 = np.ascontiguousarray(mask, dtype=np.uint8)
     if transform is None:
-        return image, mask_u8.astype(bool)
+        return image, mask_u8.astype(bool) if as_bool else mask_u8
     if seed is not None:
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
     out = transform(image=image, mask=mask_u8)
@@ -168,4 +171,5 @@ def apply_transform(transform: Any | None, image: np.ndarray, mask: np.ndarray,
         img = img[..., 0]
     if msk.ndim == 3:
         msk = msk[..., 0]
-    return np.ascontiguousarray(img), np.asarray(msk) > 0
+    msk = np.asarray(msk)
+    return np.ascontiguousarray(img), (msk > 0) if as_bool else np.ascontiguousarray(msk, dtype=np.uint8)

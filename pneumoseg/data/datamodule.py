@@ -5,6 +5,13 @@ train loader uses a :class:`~pneumoseg.data.sampler.PositiveRatioSampler` when `
 else a seeded :class:`~pneumoseg.data.sampler.ShuffleSampler`; validation and test are in order, each
 rank taking a disjoint, unpadded slice (metrics are summed over ranks at epoch end).
 All samplers are DDP-aware, so the Trainer must be built with ``use_distributed_sampler=False``.
+When the train epochs differ in length (``positives_once`` with a decaying share:
+``train_length_varies``), build the Trainer with ``reload_dataloaders_every_n_epochs=1``;
+``train_dataloader`` then sets the new sampler to the trainer's current epoch, so the loader's
+length is the epoch's.
+
+Batches hold uint8 images and targets (``pneumoseg.data.dataset``): the model normalises them on
+the device, which moves 4x fewer bytes from host to device than float32.
 
 Loader throughput: ``num_workers`` processes (default ``min(8, CPU count)``), each with OpenCV's
 own threading off (``cv2.setNumThreads(0)``), persistent between epochs, and pinned memory when
@@ -53,25 +60,24 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         cache: the prepared cache (needs ``splits.csv``: ``pneumoseg split CACHE``).
         fold: None or the validation fold.
-        size, in_channels, normalization: what the model sees (``dataset.normalize``).
+        size: the side the images are served at (the model's ``Preprocessing.size``).
         batch_size: per device.
         num_workers: loader processes; None = :func:`default_num_workers`.
         augment: ``{"preset": ..., "transforms": [...]}`` for ``augment.build_transform``.
-        sampler: None, or ``{"pos_start", "pos_end", "epoch_length"}`` for the positive-ratio sampler.
+        sampler: None, or ``{"pos_start", "pos_end", "mode", "epoch_length"}`` for the positive-ratio
+            sampler (``sampler.PositiveRatioSampler``).
         epochs: epochs the positive share decays over.
         seed: sampler and augmentation seed.
     """
 
     def __init__(self, cache: str | os.PathLike[str], *, fold: int | None = None, size: int = 512,
-                 in_channels: int = 1, normalization: str = "gray", batch_size: int = 8,
+                 batch_size: int = 8,
                  num_workers: int | None = None, augment: Mapping[str, Any] | None = None,
                  sampler: Mapping[str, Any] | None = None, epochs: int = 1, seed: int = 0) -> None:
         super().__init__()
         self.cache = Path(cache)
         self.fold = fold
         self.size = size
-        self.in_channels = in_channels
-        self.normalization = normalization
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.augment = dict(augment or {"preset": "none"})
@@ -90,8 +96,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if train:
             transform = build_transform(self.augment.get("preset", "none"), self.size,
                                         self.augment.get("transforms"))
-        return SegmentationDataset(self.cache, ids, size=self.size, in_channels=self.in_channels,
-                                   normalization=self.normalization, transform=transform)
+        return SegmentationDataset(self.cache, ids, size=self.size, transform=transform)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage`` (fit / validate / test); safe to call more than once."""
@@ -111,7 +116,16 @@ class SegmentationDataModule(L.LightningDataModule):
         opts = self.sampler_options
         return PositiveRatioSampler(self.train_labels, pos_start=opts.get("pos_start", 0.8),
                                     pos_end=opts.get("pos_end", 0.4), epochs=self.epochs,
+                                    mode=opts.get("mode", "positives_once"),
                                     epoch_length=opts.get("epoch_length"), seed=self.seed)
+
+    @property
+    def train_length_varies(self) -> bool:
+        """True when train epochs differ in length (reload the train loader every epoch)."""
+        opts = self.sampler_options
+        if opts is None or opts.get("mode", "positives_once") != "positives_once":
+            return False
+        return self.epochs > 1 and opts.get("pos_start", 0.8) != opts.get("pos_end", 0.4)
 
     def _loader(self, split: str, sampler: EpochSampler) -> DataLoader[Any]:
         workers = self.num_workers
@@ -123,7 +137,11 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[Any]:
         self.setup("fit")
-        return self._loader("train", self.train_sampler())
+        sampler = self.train_sampler()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # a loader rebuilt at epoch e must have epoch e's length
+            sampler.set_epoch(trainer.current_epoch)
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader[Any]:
         self.setup("validate")

@@ -1,18 +1,26 @@
-"""A torch Dataset over the prepared cache, the split lookup and the one input normalisation.
+"""A torch Dataset over the prepared cache and the split lookup. Items are uint8; the model normalises.
 
 Items are dicts:
 
-* ``image``: float32 (C, H, W), C = ``in_channels`` (1, or 3 = the gray image replicated),
-  normalised by :func:`normalize`;
-* ``mask``: float32 (1, H, W) in {0, 1};
-* ``label``: float32 scalar, 1.0 if the mask has any pixel (for an image-level head);
+* ``image``: uint8 (1, H, W), the gray image as stored (0..255). Normalisation (mean/std,
+  channels) is the model's :class:`~pneumoseg.models.preprocessing.Preprocessing`, applied on the
+  device after the transfer (``SegmentationModule.on_after_batch_transfer``): 4x less host->device
+  traffic than float32;
+* ``mask``: uint8 (1, H, W), the training target times 255 (:func:`mask_to_target` turns it into
+  float32 in [0, 1]): 0/255 for binary caches, the covered fraction 0..255 for soft caches;
+* ``label``: float32 scalar, 1.0 if the mask has any nonzero pixel (for an image-level head);
 * ``image_id``: str.
 
+Soft masks: ``CACHE/cache.json`` with ``"mask_rule": "soft"`` stores in ``CACHE/masks/<id>.png``
+the covered fraction of each low-resolution pixel (0..255); the target is then ``png / 255``
+(resized with area interpolation). Any other rule (``"fraction"``, ``"any"``, none) stores 0/255
+masks and the target is binary (``read_mask``; resized with ``resize_mask``). Metrics binarise
+targets at 0.5; :meth:`SegmentationDataset.load` returns that binary mask (png >= 128).
+
 H = W = ``size``; a cache prepared at another size is resized on the fly (images: area
-interpolation; masks: ``pneumoseg.images.resize_mask``). A dataset item may be indexed by an
-``int`` or by ``(index, seed)``: the seed then fixes the augmentation draw (the samplers in
-``pneumoseg.data.sampler`` yield such pairs, so augmentation depends only on run seed, epoch and
-position).
+interpolation). A dataset item may be indexed by an ``int`` or by ``(index, seed)``: the seed then
+fixes the augmentation draw (the samplers in ``pneumoseg.data.sampler`` yield such pairs, so
+augmentation depends only on run seed, epoch and position).
 
 Splits (``CACHE/splits.csv``, written by ``pneumoseg split``): with ``fold=None`` the ``split``
 column is used as is; with ``fold=k`` the images of fold k are ``val``, the other non-test folds
@@ -21,6 +29,7 @@ column is used as is; with ``fold=k`` the images of fold k are ``val``, the othe
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,51 +45,39 @@ from pneumoseg.errors import DataError
 from pneumoseg.images import read_image, read_mask, resize_image, resize_mask
 
 __all__ = [
-    "GRAY_MEAN",
-    "GRAY_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "NORMALIZATIONS",
+    "MASK_RULES",
     "SegmentationDataset",
     "check_cache",
-    "normalize",
+    "mask_rule",
+    "mask_to_target",
     "read_labels",
     "read_splits",
     "split_ids",
 ]
 
-NORMALIZATIONS: tuple[str, ...] = ("gray", "imagenet")
-GRAY_MEAN, GRAY_STD = 0.5, 0.25
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
+#: ``cache.json``'s ``mask_rule`` values: ``soft`` masks hold fractions, the others 0/255.
+MASK_RULES = ("fraction", "any", "soft")
 
 
-def normalize(img: np.ndarray | torch.Tensor, in_channels: int = 1, mode: str = "gray") -> torch.Tensor:
-    """uint8 image(s) -> float32 model input.
+def mask_to_target(mask: torch.Tensor) -> torch.Tensor:
+    """uint8 mask from the dataset (0..255) -> float32 target in [0, 1] (``mask / 255``), same device."""
+    return mask.to(torch.float32) / 255.0
 
-    ``img``: uint8 (H, W) or a batch (N, H, W), values 0..255. Returns (C, H, W) or (N, C, H, W)
-    float32 with C = ``in_channels`` (the gray image replicated). ``mode``: ``gray`` =
-    ``(x / 255 - 0.5) / 0.25``; ``imagenet`` = ``(x / 255 - mean_c) / std_c`` with ImageNet's
-    per-channel mean and std (3 channels). Training, evaluation and prediction all call this.
-    """
-    if mode not in NORMALIZATIONS:
-        raise DataError(f"unknown normalisation {mode!r} (valid: {', '.join(NORMALIZATIONS)})")
-    if in_channels not in (1, 3):
-        raise DataError(f"in_channels must be 1 or 3, got {in_channels}")
-    t = torch.as_tensor(np.ascontiguousarray(img) if isinstance(img, np.ndarray) else img)
-    if t.ndim not in (2, 3):
-        raise DataError(f"expected a uint8 (H, W) image or (N, H, W) batch, got shape {tuple(t.shape)}")
-    x = t.to(torch.float32).div_(255.0).unsqueeze(-3)  # (..., 1, H, W)
-    x = x.expand(*x.shape[:-3], in_channels, *x.shape[-2:])
-    if mode == "gray":
-        return (x - GRAY_MEAN) / GRAY_STD
-    if in_channels == 1:
-        mean, std = torch.tensor(IMAGENET_MEAN).mean(), torch.tensor(IMAGENET_STD).mean()
-        return (x - mean) / std
-    mean_t = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std_t = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean_t) / std_t
+
+def mask_rule(cache: str | os.PathLike[str]) -> str:
+    """``mask_rule`` of ``CACHE/cache.json``: soft | fraction | any (``any`` when absent)."""
+    path = Path(cache) / "cache.json"
+    if not path.is_file():
+        return "any"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({exc}); rerun `pneumoseg prepare`") from None
+    rule = meta.get("mask_rule", "any") if isinstance(meta, dict) else "any"
+    if rule not in MASK_RULES:
+        raise DataError(f"{path}: unknown mask_rule {rule!r} (valid: {', '.join(MASK_RULES)})")
+    return str(rule)
 
 
 def check_cache(cache: str | os.PathLike[str]) -> Path:
@@ -147,48 +144,58 @@ def read_labels(cache: str | os.PathLike[str], image_ids: Sequence[str]) -> np.n
 
 
 class SegmentationDataset(Dataset[dict[str, Any]]):
-    """Images and masks of ``image_ids`` from ``cache``, at ``size`` (see module docstring).
+    """Images and targets of ``image_ids`` from ``cache``, at ``size`` (see module docstring).
 
     Args:
         cache: the prepared cache folder.
         image_ids: ids to serve, in order.
         size: output size (None = as stored).
-        in_channels, normalization: passed to :func:`normalize`.
         transform: an albumentations pipeline (``pneumoseg.data.augment.build_transform``) or None.
+        soft: targets are soft (png / 255); None = from ``cache.json``'s ``mask_rule``.
     """
 
     def __init__(self, cache: str | os.PathLike[str], image_ids: Sequence[str], *, size: int | None = None,
-                 in_channels: int = 1, normalization: str = "gray", transform: Any | None = None) -> None:
+                 transform: Any | None = None, soft: bool | None = None) -> None:
         self.cache = Path(cache)
         self.image_ids = list(image_ids)
         self.size = size
-        self.in_channels = in_channels
-        self.normalization = normalization
         self.transform = transform
-        normalize(np.zeros((2, 2), np.uint8), in_channels, normalization)  # validates both options
+        self.soft = mask_rule(self.cache) == "soft" if soft is None else soft
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 (H, W) image, bool (H, W) mask) of item ``index`` at ``self.size``."""
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_id = self.image_ids[index]
         img = read_image(self.cache / "images" / f"{image_id}.png")
-        mask = read_mask(self.cache / "masks" / f"{image_id}.png")
+        mask_path = self.cache / "masks" / f"{image_id}.png"
+        mask = read_image(mask_path) if self.soft else read_mask(mask_path)
         if img.shape != mask.shape:
             raise DataError(f"{self.cache}: image {image_id} is {img.shape} but its mask is {mask.shape}")
-        if self.size is not None and img.shape != (self.size, self.size):
-            img, mask = resize_image(img, self.size), resize_mask(mask, self.size)
         return img, mask
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (H, W) image, bool (H, W) mask) of item ``index`` at ``self.size``; soft masks cut at 0.5."""
+        img, target = self.load_target(index)
+        return img, target >= 128
+
+    def load_target(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 (H, W) image, uint8 (H, W) target x 255) of item ``index`` at ``self.size``."""
+        img, mask = self._read(index)
+        size = self.size
+        if size is None or img.shape == (size, size):
+            return img, mask if self.soft else mask.astype(np.uint8) * np.uint8(255)
+        target = resize_image(mask, size) if self.soft else resize_mask(mask, size).astype(np.uint8) * np.uint8(255)
+        return resize_image(img, size), target
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = (int(item[0]), int(item[1])) if isinstance(item, tuple | list) else (int(item), None)
-        img, mask = self.load(index)
+        img, target = self.load_target(index)
         if self.transform is not None:
-            img, mask = apply_transform(self.transform, img, mask, seed)
+            img, target = apply_transform(self.transform, img, target, seed)
         return {
-            "image": normalize(img, self.in_channels, self.normalization).contiguous(),
-            "mask": torch.from_numpy(mask.astype(np.float32))[None],
-            "label": torch.tensor(float(mask.any())),
+            "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.uint8))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(target, dtype=np.uint8))[None],
+            "label": torch.tensor(float(target.any())),
             "image_id": self.image_ids[index],
         }

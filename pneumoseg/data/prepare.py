@@ -3,23 +3,37 @@
 Layout written (see docs/architecture.md)::
 
     CACHE/images/<image_id>.png   uint8 grayscale, size x size (area interpolation)
-    CACHE/masks/<image_id>.png    uint8 0/255, size x size (images.resize_mask: any-pixel rule)
+    CACHE/masks/<image_id>.png    size x size training target (images.resize_mask, ``mask_rule``):
+                                  uint8 0/255 (``fraction``, ``any``) or 0..255 covered fraction (``soft``)
+    CACHE/truth/<image_id>.png    the ground truth at the source resolution (orig_height x orig_width),
+                                  1-bit PNG (0/255 when read): the decoded union mask (DICOM + RLE) or
+                                  the source mask re-encoded (PNG); read it with ``read_truth``
     CACHE/index.csv               one row per prepared image, sorted by image_id (INDEX_COLUMNS)
-    CACHE/cache.json              {"size", "layout", "created_by", ...}
+    CACHE/cache.json              {"size", "layout", "mask_rule", "created_by", ...}: marks a pneumoseg cache
     CACHE/.parts/rec-*.json       records (index row + input fingerprint) of done items, to resume
 
-Items go to worker processes in small chunks; each item is read, decoded, resized and its two
-PNGs written atomically, one at a time, so memory does not grow with the number of images and a
-killed run leaves no half-written file. After a chunk, one record file lists its done items.
-Rerunning the same command skips the items whose record matches the current input (path, file
-size and mtime, RLE strings, size) and whose PNGs exist, then rewrites index.csv and cache.json;
-the result is byte-identical to an uninterrupted run.
+Image ids (they name files, so they are checked: ``pneumoseg.paths``): DICOM files are matched to
+their annotation rows by the SOPInstanceUID in the header, else by the file stem
+(``paths.dicom_image_id``; index.csv's ``matched_by`` says which: uid, stem or none); PNG images
+by the file stem. A file whose UID is not a valid DICOM UID, or whose stem cannot name a file, is
+a failure; the others go on.
 
-An item that cannot be prepared (unreadable file, undecodable RLE, mask/image size mismatch) is
-reported in ``PrepareResult.failures`` (one line naming the file or ImageId) and leaves no files;
-the others are still prepared. A cache prepared with another size or layout is refused unless
-``overwrite=True``, which deletes the previous cache's files first. Files of images no longer in
-the input stay on disk but are not in index.csv, which is what readers go by.
+Headers are read first (in the worker processes), then items go to the workers in small chunks;
+each item is read, decoded, resized and its three PNGs written atomically, one at a time, so
+memory does not grow with the number of images and a killed run leaves no half-written file.
+After a chunk, one record file lists its done items. Rerunning the same command skips the items
+whose record matches the current input (path, file size and mtime, RLE strings, size, mask rule)
+and whose PNGs exist, then rewrites index.csv and cache.json; the result is byte-identical to an
+uninterrupted run. Workers exit when the process that started them dies, even by ``kill -9``.
+
+An item that cannot be prepared (unreadable file, undecodable RLE, mask/image size mismatch,
+unsafe name) is reported in ``PrepareResult.failures`` (one line naming the file or ImageId) and
+leaves no files; the others are still prepared. A failed write (read-only, disk full) stops the
+run with one DataError line. The output folder must not contain or lie inside an input; it must
+be new, empty or a pneumoseg cache. A cache prepared with another size, layout or mask rule is
+refused unless ``overwrite=True``, which deletes that cache's own files (and nothing else) first.
+Files of images no longer in the input stay on disk but are not in index.csv, which is what
+readers go by.
 
 Workers come from a ``forkserver`` (``spawn`` on Windows), which imports ``__main__``: a script
 calling these functions with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
@@ -29,12 +43,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import hashlib
 import io
 import json
 import multiprocessing as mp
 import os
-import shutil
+import select
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -45,26 +64,46 @@ import cv2
 import numpy as np
 
 from pneumoseg import __version__
-from pneumoseg.atomic import atomic_write_text
+from pneumoseg.atomic import atomic_write_bytes, atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.images import read_image, read_mask, resize_image, resize_mask, write_png
+from pneumoseg.images import (
+    MASK_RULES,
+    encode_bilevel_png,
+    encode_png,
+    read_image,
+    read_mask,
+    resize_image,
+    resize_mask,
+)
+from pneumoseg.paths import check_output_dir, dicom_image_id, os_error_line, safe_name
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
-__all__ = ["INDEX_COLUMNS", "SIZES", "PrepareResult", "prepare_dicom", "prepare_png"]
+__all__ = ["DEFAULT_MASK_RULE", "INDEX_COLUMNS", "SIZES", "PrepareResult", "prepare_dicom", "prepare_png",
+           "read_truth"]
 
 SIZES = (256, 512, 1024)
+#: ``resize_mask`` rule for the training masks (see pneumoseg.images.resize_mask).
+DEFAULT_MASK_RULE = "fraction"
 INDEX_COLUMNS = ["image_id", "patient_id", "has_pneumothorax", "mask_area_px", "n_annotations", "sex", "age",
-                 "view_position", "source", "orig_height", "orig_width"]
+                 "view_position", "source", "orig_height", "orig_width", "matched_by"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_SUBDIRS = ("images", "masks", "truth")
 _PARTS = ".parts"
 _RUN = "_run.json"
+_OWNED_FILES = ("index.csv", "cache.json", "splits.csv")  # what --overwrite may delete at the top level
 _MAX_IDS_SHOWN = 5
+_HEADER_CHUNK = 32
+_WATCH_INTERVAL_S = 0.5
 
 
 @dataclass
 class PrepareResult:
-    """What a prepare run did. ``n_skipped``: items already done by an earlier run."""
+    """What a prepare run did. ``n_skipped``: items already done by an earlier run.
+
+    ``warnings``: run-level lines; ``file_warnings``: ``"<file>: warning: <text>"`` lines from
+    the DICOM reader (all one line each, control characters escaped).
+    """
 
     n_done: int
     n_skipped: int
@@ -74,6 +113,7 @@ class PrepareResult:
     index_path: Path = Path()
     n_positive: int = 0
     cache: Path = Path()
+    file_warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -83,24 +123,83 @@ class _Item:
     image_id: str
     source: str
     key: str
+    matched_by: str
+    stat: tuple[int, int]
+    uid: str = ""  # DICOM layout: the header's SOPInstanceUID (or stem), recorded to skip re-reading it
     mask_source: str = ""  # PNG layout: the mask file ("" = no mask: healthy)
     rles: tuple[str, ...] = ()  # DICOM layout: the image's RLE rows
     rows: tuple[int, ...] = ()
     rle_csv: str = ""
 
 
-# ---------------------------------------------------------------- worker side (one item at a time)
+def _one_line(text: str) -> str:
+    """``text`` with control characters (newlines, NUL, ESC) escaped: safe to print on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-def _worker_init() -> None:
+
+# ---------------------------------------------------------------- worker side
+
+def _die_with(parent_pid: int) -> None:
+    """Exit this worker as soon as ``parent_pid`` (the process running prepare) has gone.
+
+    A forkserver's worker is the child of the forkserver, not of prepare, and it blocks on a
+    queue that never closes: without this a ``kill -9`` of prepare leaves the workers and the
+    forkserver alive for ever. Linux: a pidfd that becomes readable when the parent exits;
+    elsewhere: poll its pid. PR_SET_PDEATHSIG also ends the worker if the forkserver dies.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    try:
+        fd = os.pidfd_open(parent_pid)  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        fd = -1
+
+    def watch() -> None:
+        if fd >= 0:
+            select.select([fd], [], [])  # readable once the process has exited
+        else:
+            while True:
+                try:
+                    os.kill(parent_pid, 0)
+                except ProcessLookupError:
+                    break
+                except OSError:
+                    pass
+                time.sleep(_WATCH_INTERVAL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pneumoseg-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int) -> None:
     cv2.setNumThreads(1)  # one process per core; no nested thread pools
+    _die_with(parent_pid)
 
 
-def _outputs(out: Path, image_id: str) -> tuple[Path, Path]:
-    return out / "images" / f"{image_id}.png", out / "masks" / f"{image_id}.png"
+def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:
+    return tuple(out / sub / f"{image_id}.png" for sub in _SUBDIRS)  # type: ignore[return-value]
 
 
-def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    from pneumoseg.dicom import read_dicom  # imported here: pydicom only where DICOMs are read
+def _scan_headers(paths: list[str]) -> list[tuple[str, str, str]]:
+    """``(path, SOPInstanceUID or stem, "")`` per readable header, ``(path, "", error line)`` otherwise."""
+    from pneumoseg.dicom import read_dicom_meta  # imported here: pydicom only where DICOMs are read
+
+    out = []
+    for path in paths:
+        try:
+            out.append((path, read_dicom_meta(path).image_id, ""))
+        except PneumosegError as exc:
+            out.append((path, "", str(exc)))
+        except Exception as exc:  # a pydicom surprise on hostile bytes: this file fails, not the run
+            out.append((path, "", f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})"))
+    return out
+
+
+def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:
+    from pneumoseg.dicom import read_dicom
 
     dcm = read_dicom(item.source)
     height, width = dcm.pixels.shape
@@ -112,10 +211,10 @@ def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     row = {"patient_id": meta.patient_id or "", "n_annotations": ann.n_annotations(item.image_id),
            "sex": meta.patient_sex or "", "age": "" if meta.patient_age is None else int(meta.patient_age),
            "view_position": meta.view_position or ""}
-    return dcm.pixels, mask, row
+    return dcm.pixels, mask, row, tuple(getattr(meta, "warnings", ()))
 
 
-def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:
     image = read_image(item.source)
     if item.mask_source:
         mask = read_mask(item.mask_source)
@@ -127,49 +226,60 @@ def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     # No annotation rows in this layout: count the mask's 8-connected regions instead.
     n_regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if mask.any() else 0
     row = {"patient_id": "", "n_annotations": int(n_regions), "sex": "", "age": "", "view_position": ""}
-    return image, mask, row
+    return image, mask, row, ()
 
 
-def _prepare_one(item: _Item, layout: str, out: Path, size: int) -> tuple[str, str, dict[str, Any] | str]:
-    image_path, mask_path = _outputs(out, item.image_id)
+_Result = tuple[str, str, Any, tuple[str, ...]]  # (status "ok"|"failed", image_id, row or message, warnings)
+
+
+def _prepare_one(item: _Item, layout: str, out: Path, size: int, rule: str) -> _Result:
+    paths = _outputs(out, item.image_id)
     try:
-        image, mask, extra = (_dicom_row if layout == "dicom" else _png_row)(item)
+        image, mask, extra, warns = (_dicom_row if layout == "dicom" else _png_row)(item)
         row = {"image_id": item.image_id, **extra, "has_pneumothorax": int(mask.any()),
                "mask_area_px": int(np.count_nonzero(mask)), "source": item.source,
-               "orig_height": int(image.shape[0]), "orig_width": int(image.shape[1])}
+               "orig_height": int(image.shape[0]), "orig_width": int(image.shape[1]),
+               "matched_by": item.matched_by}
         row = {c: row[c] for c in INDEX_COLUMNS}
-        write_png(image_path, resize_image(image, size))
-        write_png(mask_path, resize_mask(mask, size))
-        return "ok", item.image_id, row
+        blobs = (encode_png(resize_image(image, size)), encode_png(resize_mask(mask, size, rule=rule)),  # type: ignore[arg-type]
+                 encode_bilevel_png(mask))
     except Exception as exc:  # a bad item is reported; the rest go on
-        for p in (image_path, mask_path):
-            p.unlink(missing_ok=True)
         msg = str(exc) if isinstance(exc, PneumosegError) else f"{type(exc).__name__}: {exc}"
         if item.source not in msg and Path(item.source).name not in msg and item.image_id not in msg:
             msg = f"{item.source}: {msg}"
-        return "failed", item.image_id, msg
+        return "failed", item.image_id, msg, ()
+    try:
+        for path, blob in zip(paths, blobs, strict=True):
+            atomic_write_bytes(path, blob)
+    except OSError as exc:  # read-only, disk full: every item would fail the same way; stop the run
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise DataError(os_error_line(exc)) from None
+    return "ok", item.image_id, row, tuple(f"{item.source}: warning: {w}" for w in warns)
 
 
-def _prepare_chunk(items: list[_Item], layout: str, out: Path, size: int) -> list[tuple[str, str, Any]]:
+def _prepare_chunk(items: list[_Item], layout: str, out: Path, size: int, rule: str) -> list[_Result]:
     """Prepare ``items``, then record the done ones in one ``.parts/rec-*.json`` (written last)."""
-    results = [_prepare_one(it, layout, out, size) for it in items]
-    keys = {it.image_id: it.key for it in items}
-    done = {i: {"key": keys[i], "row": row} for status, i, row in results if status == "ok"}
+    results = [_prepare_one(it, layout, out, size, rule) for it in items]
+    by_id = {it.image_id: it for it in items}
+    done = {i: {"key": by_id[i].key, "row": row, "uid": by_id[i].uid, "stat": list(by_id[i].stat)}
+            for status, i, row, _ in results if status == "ok"}
     if done:
         name = hashlib.sha1("\n".join(sorted(done)).encode()).hexdigest()[:16]
         atomic_write_text(out / _PARTS / f"rec-{name}.json", json.dumps(done, sort_keys=True))
     return results
 
 
-# ---------------------------------------------------------------- main process
+# ---------------------------------------------------------------- main process: the output folder
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _stat(path: Path) -> list[int]:
+def _stat(path: Path) -> tuple[int, int]:
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return st.st_size, st.st_mtime_ns
 
 
 def _check_size(size: int) -> int:
@@ -178,38 +288,95 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
+def _check_rule(rule: str) -> str:
+    if rule not in MASK_RULES:
+        raise DataError(f"mask rule {rule!r} is not supported: choose one of {', '.join(MASK_RULES)}")
+    return rule
+
+
 def _check_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path}: {what} not found (or not a folder)")
     return path.resolve()
 
 
-def _open_cache(out: Path, layout: str, size: int, overwrite: bool) -> None:
-    """Refuse a cache of another size/layout (or wipe it with ``overwrite``); clean stray temps."""
-    params = {"layout": layout, "size": size}
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None if missing; ``{}`` if unreadable or not an object."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _params_of(meta: dict[str, Any]) -> dict[str, Any]:
+    # Caches from before mask rules were made with the any-rule.
+    return {"layout": meta.get("layout", "?"), "size": meta.get("size", "?"), "mask_rule": meta.get("mask_rule", "any")}
+
+
+def _is_cache(out: Path) -> bool:
+    """True if ``out`` is marked as a pneumoseg cache (cache.json by pneumoseg, or a run's .parts/_run.json)."""
+    meta = _read_json(out / "cache.json")
+    return bool(meta and str(meta.get("created_by", "")).startswith("pneumoseg")) or (out / _PARTS / _RUN).is_file()
+
+
+def _is_blank(out: Path) -> bool:
+    """True if ``out`` holds nothing but empty cache sub-folders."""
+    return all(p.name in (*_SUBDIRS, _PARTS) and p.is_dir() and not any(p.iterdir()) for p in out.iterdir())
+
+
+def _delete_owned(out: Path) -> None:
+    """Delete the files a pneumoseg cache owns in ``out`` (nothing else; emptied sub-folders go too)."""
+    patterns = [(sub, "*.png") for sub in _SUBDIRS] + [(sub, ".*.tmp*") for sub in (*_SUBDIRS, _PARTS, ".")]
+    patterns += [(_PARTS, "rec-*.json"), (_PARTS, _RUN)]
+    for sub, pattern in patterns:
+        for path in (out / sub).glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
+    for name in _OWNED_FILES:
+        (out / name).unlink(missing_ok=True)
+    for sub in (*_SUBDIRS, _PARTS):
+        with contextlib.suppress(OSError):  # not empty: it holds someone else's files, which stay
+            (out / sub).rmdir()
+
+
+def _open_cache(out: Path, params: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out`` ready for a run with ``params``: refuse what is not ours; clean stray temps.
+
+    ``out`` must be new, empty (but for empty cache sub-folders) or a pneumoseg cache. A cache
+    made with other params is refused, unless ``overwrite`` (which deletes only its own files).
+    A run that was started with other params but recorded nothing does not block.
+    """
+    if out.is_dir() and any(out.iterdir()) and not _is_cache(out) and not _is_blank(out):
+        raise DataError(f"--out {out} is not empty and is not a pneumoseg cache (no cache.json): choose a new "
+                        "or empty folder (--overwrite only ever deletes a pneumoseg cache's own files)")
+    mismatch = None
     for name in ("cache.json", f"{_PARTS}/{_RUN}"):
-        meta_path = out / name
-        if not meta_path.is_file():
+        meta = _read_json(out / name)
+        if meta is None:
             continue
-        try:
-            old = json.loads(meta_path.read_text())
-            old = {"layout": old.get("layout"), "size": old.get("size")}
-        except (OSError, ValueError, AttributeError):
-            old = {"layout": "?", "size": "?"}
-        if old != params and not overwrite:
-            raise DataError(f"{out} holds a cache with layout {old['layout']!r} at size {old['size']} (from "
-                            f"{meta_path.name}); this run asks for layout {layout!r} at size {size}: pass "
-                            f"--overwrite to rebuild it, or choose another --out")
-    if overwrite:
-        for sub in ("images", "masks", _PARTS):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("index.csv", "cache.json", "splits.csv"):
-            (out / name).unlink(missing_ok=True)
-    for sub in ("images", "masks", _PARTS):
+        old = _params_of(meta)
+        if name != "cache.json" and not any((out / _PARTS).glob("rec-*.json")):
+            continue  # an earlier run stopped before recording anything: nothing to protect
+        if old != params:
+            mismatch = (name, old)
+            break
+    if mismatch and not overwrite:
+        name, old = mismatch
+        raise DataError(f"{out} holds a cache with layout {old['layout']!r} at size {old['size']}, mask rule "
+                        f"{old['mask_rule']!r} (from {Path(name).name}); this run asks for layout "
+                        f"{params['layout']!r} at size {params['size']}, mask rule {params['mask_rule']!r}: "
+                        "pass --overwrite to rebuild it, or choose another --out")
+    if overwrite and out.is_dir() and _is_cache(out):
+        _delete_owned(out)
+    (out / _PARTS).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / _PARTS / _RUN, json.dumps(params, sort_keys=True))
+    for sub in (*_SUBDIRS, _PARTS):
         (out / sub).mkdir(parents=True, exist_ok=True)
         for tmp in (out / sub).glob(".*.tmp*"):  # left by a killed run (pneumoseg.atomic names)
             tmp.unlink(missing_ok=True)
-    atomic_write_text(out / _PARTS / _RUN, json.dumps(params, sort_keys=True))
 
 
 def _read_records(out: Path) -> dict[str, list[dict[str, Any]]]:
@@ -220,60 +387,77 @@ def _read_records(out: Path) -> dict[str, list[dict[str, Any]]]:
             chunk = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(chunk, dict):
+            continue
         for image_id, record in chunk.items():
-            records.setdefault(image_id, []).append(record)
+            if isinstance(record, dict):
+                records.setdefault(image_id, []).append(record)
     return records
 
 
 def _is_done(out: Path, item: _Item, records: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """The index row of ``item`` if a record matches its fingerprint and both PNGs exist."""
+    """The index row of ``item`` if a record matches its fingerprint and its PNGs exist."""
     row = next((r["row"] for r in records.get(item.image_id, ()) if r.get("key") == item.key), None)
     if row is None or not all(p.is_file() for p in _outputs(out, item.image_id)):
         return None
     return row
 
 
-def _chunks(items: list[_Item], n: int) -> Iterator[list[_Item]]:
+# ---------------------------------------------------------------- main process: workers
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
 
 
-@contextlib.contextmanager
-def _pool(workers: int, n_items: int) -> Iterator[ProcessPoolExecutor | None]:
-    """Worker processes (None when one process will do), forked from a ``forkserver``.
+class _Workers:
+    """Worker processes, started on first use (a rerun with nothing to do starts none).
 
-    Not plain ``fork``: forking a process whose native thread pools (OpenCV, OpenMP) hold locks
-    deadlocks the child. The server imports this module (and ``__main__``) once; each worker is
-    then a cheap fork of it. ``spawn`` where there is no forkserver (Windows).
+    Forked from a ``forkserver``, not plain ``fork``: forking a process whose native thread pools
+    (OpenCV, OpenMP) hold locks deadlocks the child. The server imports this module (and
+    ``__main__``) once; each worker is then a cheap fork of it. ``spawn`` where there is no
+    forkserver (Windows). Each worker exits when this process dies (``_die_with``).
     """
-    if workers <= 1 or n_items <= 1:
-        yield None
-        return
-    ctx: Any
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
-    else:
-        ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, n_items), mp_context=ctx, initializer=_worker_init) as pool:
-        yield pool
+
+    def __init__(self, workers: int, n_max: int) -> None:
+        self.n = max(1, min(workers, n_max))  # never more processes than files
+        self._pool: ProcessPoolExecutor | None = None
+
+    def pool(self, n_items: int) -> ProcessPoolExecutor | None:
+        """The pool, or None when one process will do (one worker, or at most one item)."""
+        if self._pool is None and self.n > 1 and n_items > 1:
+            ctx: Any
+            if "forkserver" in mp.get_all_start_methods():
+                ctx = mp.get_context("forkserver")
+                ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
+            else:
+                ctx = mp.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init,
+                                             initargs=(os.getpid(),))
+        return self._pool if n_items > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_items(items: list[_Item], layout: str, out: Path, size: int, pool: ProcessPoolExecutor | None,
-               workers: int, on_done: Callable[[int], None]) -> Iterator[tuple[str, str, Any]]:
-    """Prepare ``items`` in ``pool`` (or here if None); yield results as chunks finish."""
+def _run_chunks(fn: Callable[..., list[Any]], chunks: Iterator[list[Any]], args: tuple[Any, ...],
+                pool: ProcessPoolExecutor | None, in_flight: int,
+                on_done: Callable[[int], None]) -> Iterator[Any]:
+    """``fn(chunk, *args)`` for each chunk, in ``pool`` (or here if None); yield results as chunks finish.
+
+    At most ``in_flight`` chunks are queued at a time: the queue never holds the whole list.
+    """
     if pool is None:
-        for part in _chunks(items, 8):
-            yield from _prepare_chunk(part, layout, out, size)
+        for part in chunks:
+            yield from fn(part, *args)
             on_done(len(part))
         return
-    todo = _chunks(items, max(1, min(16, len(items) // (workers * 8))))
-    running: dict[Future[list[tuple[str, str, Any]]], int] = {}
+    running: dict[Future[list[Any]], int] = {}
     try:
         while True:
-            # Keep a bounded number of chunks in flight: the queue never holds the whole list.
-            while len(running) < workers * 4 and (part := next(todo, [])):  # chunks are never empty
-                running[pool.submit(_prepare_chunk, part, layout, out, size)] = len(part)
+            while len(running) < in_flight and (part := next(chunks, [])):  # chunks are never empty
+                running[pool.submit(fn, part, *args)] = len(part)
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -289,7 +473,7 @@ def _run_items(items: list[_Item], layout: str, out: Path, size: int, pool: Proc
 
 def _write_index(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["image_id"]))
     path = out / "index.csv"
@@ -303,119 +487,248 @@ def _few(ids: Iterable[str]) -> str:
     return ", ".join(ids[:_MAX_IDS_SHOWN]) + more
 
 
-def _run(items: list[_Item], failures: list[str], warnings: list[str], *, layout: str, out: Path,
-         size: int, workers: int | None, progress: bool, info: dict[str, Any]) -> PrepareResult:
-    rows: dict[str, dict[str, Any]] = {}
-    pending: list[_Item] = []
-    records = _read_records(out)
-    for item in items:
-        done = _is_done(out, item, records)
-        if done is None:
-            pending.append(item)
-        else:
-            rows[item.image_id] = done
-    n_skipped = len(rows)
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    with (_pool(workers, len(pending)) as pool,
-          progress_bar(progress) as bar):
-        task = bar.add_task(f"prepare {layout} -> {size}px", total=len(items), completed=n_skipped)
-        for status, image_id, payload in _run_items(pending, layout, out, size, pool, workers,
-                                                    lambda n: bar.advance(task, n)):
+def _mask_note(rule: str) -> dict[str, str]:
+    notes = {"any": "foreground if any covered source pixel is (downscale); nearest (upscale)",
+             "fraction": "foreground if >= 50% of the covered source area is (downscale); nearest (upscale)",
+             "soft": "covered foreground fraction, round(255 * f) (downscale); nearest (upscale)"}
+    fmt = "uint8 0..255 covered fraction PNG" if rule == "soft" else "uint8 0/255 PNG"
+    return {"mask_resize": notes[rule], "mask_format": fmt}
+
+
+@dataclass
+class _Run:
+    """One prepare run's settings and what it has found so far."""
+
+    layout: str
+    out: Path
+    size: int
+    rule: str
+    workers: _Workers
+    bar: Any
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def prepare(self, items: list[_Item], records: dict[str, list[dict[str, Any]]],
+                info: dict[str, Any]) -> PrepareResult:
+        rows: dict[str, dict[str, Any]] = {}
+        pending: list[_Item] = []
+        for item in items:
+            done = _is_done(self.out, item, records)
+            if done is None:
+                pending.append(item)
+            else:
+                rows[item.image_id] = {**done, "matched_by": item.matched_by}
+        n_skipped = len(rows)
+        file_warnings: list[str] = []
+        task = self.bar.add_task(f"prepare {self.layout} -> {self.size}px", total=len(items), completed=n_skipped)
+        pool = self.workers.pool(len(pending))
+        per_chunk = max(1, min(16, len(pending) // (self.workers.n * 8)))
+        for status, image_id, payload, warns in _run_chunks(
+                _prepare_chunk, _chunks(pending, 8 if pool is None else per_chunk),
+                (self.layout, self.out, self.size, self.rule), pool, self.workers.n * 4,
+                lambda n: self.bar.advance(task, n)):
+            file_warnings += map(_one_line, warns)
             if status == "ok":
                 rows[image_id] = payload
             else:
-                failures.append(payload)
-    index_path = _write_index(out, rows.values())
-    n_positive = sum(int(r["has_pneumothorax"]) for r in rows.values())
-    cache_meta = {"size": size, "layout": layout, "created_by": f"pneumoseg {__version__}",
-                  "n_images": len(rows), "n_positive": n_positive, "n_failed": len(failures),
-                  "image_interpolation": "area", "mask_resize": "any source pixel (downscale)",
-                  "mask_format": "uint8 0/255 PNG", **info}
-    atomic_write_text(out / "cache.json", json.dumps(cache_meta, indent=2, sort_keys=True) + "\n")
-    return PrepareResult(n_done=len(rows) - n_skipped, n_skipped=n_skipped, n_failed=len(failures),
-                         failures=failures, warnings=warnings, index_path=index_path,
-                         n_positive=n_positive, cache=out)
+                self.failures.append(payload)
+        index_path = _write_index(self.out, rows.values())
+        n_positive = sum(int(r["has_pneumothorax"]) for r in rows.values())
+        cache_meta = {"size": self.size, "layout": self.layout, "mask_rule": self.rule,
+                      "created_by": f"pneumoseg {__version__}", "n_images": len(rows), "n_positive": n_positive,
+                      "n_failed": len(self.failures), "image_interpolation": "area", **_mask_note(self.rule),
+                      "truth": "truth/<image_id>.png: 1-bit PNG at orig_height x orig_width", **info}
+        atomic_write_text(self.out / "cache.json", json.dumps(cache_meta, indent=2, sort_keys=True) + "\n")
+        return PrepareResult(n_done=len(rows) - n_skipped, n_skipped=n_skipped, n_failed=len(self.failures),
+                             failures=[_one_line(f) for f in self.failures],
+                             warnings=[_one_line(w) for w in self.warnings], index_path=index_path,
+                             n_positive=n_positive, cache=self.out, file_warnings=file_warnings)
 
 
-def _dedupe(paths: list[Path], failures: list[str]) -> dict[str, Path]:
+@contextlib.contextmanager
+def _session(layout: str, out: Path, size: int, rule: str, workers: int | None, n_files: int,
+             progress: bool) -> Iterator[_Run]:
+    pool = _Workers(workers if workers is not None else (os.cpu_count() or 1), n_files)
+    try:
+        with progress_bar(progress) as bar:
+            yield _Run(layout, out, size, rule, pool, bar)
+    finally:
+        pool.close()
+
+
+def _unique(ids: Iterable[tuple[str, Path]], failures: list[str]) -> dict[str, Path]:
+    """image_id -> file; a second file with an id already taken is a failure."""
     by_id: dict[str, Path] = {}
-    for p in sorted(paths):
-        if p.stem in by_id:
-            failures.append(f"{p}: duplicate image id {p.stem!r} (also {by_id[p.stem]}); skipped")
+    for image_id, path in ids:
+        if image_id in by_id:
+            failures.append(f"{path}: duplicate image id {image_id!r} (also {by_id[image_id]}); skipped")
         else:
-            by_id[p.stem] = p
+            by_id[image_id] = path
     return by_id
+
+
+def _header_uids(run: _Run, files: list[Path], records: dict[str, list[dict[str, Any]]]) -> dict[Path, str]:
+    """File -> SOPInstanceUID (or stem) of each readable header; unreadable files become failures.
+
+    Files recorded by an earlier run with the same size and mtime are not read again.
+    """
+    known = {(r["row"].get("source"), tuple(r.get("stat", ()))): r["uid"]
+             for recs in records.values() for r in recs if isinstance(r.get("row"), dict) and r.get("uid")}
+    uids: dict[Path, str] = {}
+    todo: list[str] = []
+    for path in files:
+        uid = known.get((str(path), _stat(path)))
+        if uid is None:
+            todo.append(str(path))
+        else:
+            uids[path] = uid
+    task = run.bar.add_task("reading headers", total=len(todo))
+    pool = run.workers.pool(len(todo))
+    per_chunk = max(1, min(_HEADER_CHUNK, len(todo) // (run.workers.n * 4)))
+    for path, uid, error in _run_chunks(_scan_headers, _chunks(todo, per_chunk), (), pool,
+                                        run.workers.n * 4, lambda n: run.bar.advance(task, n)):
+        if error:
+            run.failures.append(error)
+        else:
+            uids[Path(path)] = uid
+    return uids
+
+
+def _find_dicoms(src: Path) -> list[Path]:
+    return sorted(p for p in src.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
 
 
 def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str],
                   out: str | os.PathLike[str], size: int = 512, workers: int | None = None,
-                  progress: bool = True, overwrite: bool = False) -> PrepareResult:
-    """Prepare ``dicom_dir/**/*.dcm`` (image_id = file stem) with masks from ``rle_csv``.
+                  progress: bool = True, overwrite: bool = False,
+                  mask_rule: str = DEFAULT_MASK_RULE) -> PrepareResult:
+    """Prepare ``dicom_dir/**/*.dcm`` with masks from ``rle_csv`` (see the module docstring).
 
+    image_id: the header's SOPInstanceUID, or the file stem when only that has annotation rows.
     An image without an annotation row is healthy (one warning gives the count); annotation
     ImageIds without a file are listed in one warning. ``workers``: processes (default: all cores).
+    ``mask_rule``: how the training masks are downscaled (``images.MASK_RULES``).
     """
-    size = _check_size(size)
+    size, rule = _check_size(size), _check_rule(mask_rule)
     src = _check_dir(Path(dicom_dir), "DICOM folder")
+    out = check_output_dir(out, [src, rle_csv], create=False)
     ann = read_annotations(rle_csv)
-    out = Path(out)
-    _open_cache(out, "dicom", size, overwrite)
-    failures: list[str] = []
-    warnings: list[str] = []
-    files = _dedupe(list(src.rglob("*.dcm")), failures)
+    files = _find_dicoms(src)
     if not files:
-        raise DataError(f"{src}: no *.dcm files found")
-    unannotated = [i for i in files if i not in ann]
+        raise DataError(f"{src}: no .dcm files found (searched recursively)")
+    check_output_dir(out)
+    _open_cache(out, {"layout": "dicom", "size": size, "mask_rule": rule}, overwrite)
+    records = _read_records(out)
+    with _session("dicom", out, size, rule, workers, len(files), progress) as run:
+        run.warnings += _annotation_warnings(ann)
+        uids = _header_uids(run, files, records)
+        matched: list[tuple[str, Path]] = []
+        how: dict[str, str] = {}
+        for path, uid in uids.items():
+            try:
+                image_id, how_matched = dicom_image_id(uid, path, ann)
+            except DataError as exc:
+                run.failures.append(str(exc))
+                continue
+            matched.append((image_id, path))
+            how.setdefault(image_id, how_matched)
+        by_id = _unique(sorted(matched), run.failures)
+        _label_warnings(run, by_id, how, ann, src)
+        items = []
+        for image_id, path in sorted(by_id.items()):
+            rles, rows = tuple(ann.get(image_id, ())), tuple(ann.rows.get(image_id, ()))
+            stat = _stat(path)
+            key = _fingerprint("dicom", size, rule, str(path), stat, rles)
+            items.append(_Item(image_id, str(path), key, how[image_id], stat, uid=uids[path], rles=rles,
+                               rows=rows, rle_csv=str(ann.source)))
+        info = {"source_dir": str(src), "annotations": str(Path(ann.source).resolve())}
+        return run.prepare(items, records, info)
+
+
+def _annotation_warnings(ann: Annotations) -> list[str]:
+    """The annotation file's own warnings (``Annotations.warnings()``: duplicate rows), if it has any."""
+    found = getattr(ann, "warnings", ())
+    return [str(w) for w in (found() if callable(found) else found)]
+
+
+def _label_warnings(run: _Run, by_id: dict[str, Path], how: dict[str, str], ann: Annotations, src: Path) -> None:
+    unannotated = [i for i in by_id if i not in ann]
     if unannotated:
-        warnings.append(f"{len(unannotated)} image(s) have no row in {ann.source}: treated as healthy "
-                        f"(no pneumothorax): {_few(unannotated)}")
-    orphans = [i for i in ann if i not in files]
+        run.warnings.append(f"{len(unannotated)} image(s) have no row in {ann.source}: treated as healthy "
+                            f"(no pneumothorax): {_few(unannotated)}")
+    by_stem = [i for i in by_id if how[i] == "stem"]
+    if by_stem:
+        run.warnings.append(f"{len(by_stem)} image(s) matched to their annotation rows by file name, not by "
+                            f"the SOPInstanceUID in the header (index.csv: matched_by=stem): {_few(by_stem)}")
+    orphans = [i for i in ann if i not in by_id]
     if orphans:
-        warnings.append(f"{len(orphans)} annotated ImageId(s) in {ann.source} have no DICOM file under "
-                        f"{src}: {_few(orphans)}")
-    items = []
-    for image_id, path in sorted(files.items()):
-        rles, rows = tuple(ann.get(image_id, ())), tuple(ann.rows.get(image_id, ()))
-        key = _fingerprint("dicom", size, str(path), _stat(path), rles)
-        items.append(_Item(image_id, str(path), key, rles=rles, rows=rows, rle_csv=str(ann.source)))
-    info = {"source_dir": str(src), "annotations": str(Path(ann.source).resolve())}
-    return _run(items, failures, warnings, layout="dicom", out=out, size=size, workers=workers,
-                progress=progress, info=info)
+        run.warnings.append(f"{len(orphans)} annotated ImageId(s) in {ann.source} have no DICOM file under "
+                            f"{src}: {_few(orphans)}")
 
 
 def prepare_png(png_dir: str | os.PathLike[str], out: str | os.PathLike[str], size: int = 512,
-                workers: int | None = None, progress: bool = True, overwrite: bool = False) -> PrepareResult:
+                workers: int | None = None, progress: bool = True, overwrite: bool = False,
+                mask_rule: str = DEFAULT_MASK_RULE) -> PrepareResult:
     """Prepare ``png_dir/images/*`` with ``png_dir/masks/<same stem>.png`` (0/255) masks.
 
-    image_id = file stem; there are no patient ids (each image is its own group when splitting) and
-    no annotation rows: ``n_annotations`` is the number of 8-connected regions of the mask.
-    An image without a mask is healthy (one warning); a mask without an image is reported in one
-    warning; a mask whose size differs from its image's is a failure naming both files.
+    image_id = file stem (it must pass ``paths.safe_name``); there are no patient ids (each
+    image is its own group when splitting) and no annotation rows: ``n_annotations`` is the
+    number of 8-connected regions of the mask. An image without a mask is healthy (one warning);
+    a mask without an image is reported in one warning; a mask whose size differs from its
+    image's is a failure naming both files.
     """
-    size = _check_size(size)
+    size, rule = _check_size(size), _check_rule(mask_rule)
     src = _check_dir(Path(png_dir), "PNG folder")
     images_dir = _check_dir(src / "images", "images folder")
     masks_dir = src / "masks"
-    out = Path(out)
-    _open_cache(out, "png", size, overwrite)
-    failures: list[str] = []
-    warnings: list[str] = []
-    files = _dedupe([p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES], failures)
-    if not files:
+    out = check_output_dir(out, [src], create=False)
+    found = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
         raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png"))} if masks_dir.is_dir() else {}
-    unmasked = [i for i in files if i not in masks]
-    if unmasked:
-        warnings.append(f"{len(unmasked)} image(s) have no mask in {masks_dir}: treated as healthy "
-                        f"(no pneumothorax): {_few(unmasked)}")
-    orphans = [i for i in masks if i not in files]
-    if orphans:
-        warnings.append(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}: "
-                        f"{_few(orphans)}")
-    items = []
-    for image_id, path in sorted(files.items()):
-        mask = masks.get(image_id)
-        key = _fingerprint("png", size, str(path), _stat(path), str(mask or ""), _stat(mask) if mask else [])
-        items.append(_Item(image_id, str(path), key, mask_source=str(mask or "")))
-    return _run(items, failures, warnings, layout="png", out=out, size=size, workers=workers,
-                progress=progress, info={"source_dir": str(src)})
+    check_output_dir(out)
+    _open_cache(out, {"layout": "png", "size": size, "mask_rule": rule}, overwrite)
+    records = _read_records(out)
+    with _session("png", out, size, rule, workers, len(found), progress) as run:
+        named = []
+        for path in found:
+            try:
+                named.append((safe_name(path.stem, path, "file name"), path))
+            except DataError as exc:
+                run.failures.append(str(exc))
+        files = _unique(named, run.failures)
+        masks = {p.stem: p for p in sorted(masks_dir.glob("*.png"))} if masks_dir.is_dir() else {}
+        unmasked = [i for i in files if i not in masks]
+        if unmasked:
+            run.warnings.append(f"{len(unmasked)} image(s) have no mask in {masks_dir}: treated as healthy "
+                                f"(no pneumothorax): {_few(unmasked)}")
+        orphans = [i for i in masks if i not in files]
+        if orphans:
+            run.warnings.append(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}: "
+                                f"{_few(orphans)}")
+        items = []
+        for image_id, path in sorted(files.items()):
+            mask = masks.get(image_id)
+            stat = _stat(path)
+            key = _fingerprint("png", size, rule, str(path), stat, str(mask or ""), _stat(mask) if mask else [])
+            items.append(_Item(image_id, str(path), key, "stem" if mask else "none", stat,
+                               mask_source=str(mask or "")))
+        return run.prepare(items, records, {"source_dir": str(src)})
+
+
+def read_truth(cache: str | os.PathLike[str], image_id: str) -> np.ndarray:
+    """The ground truth of ``image_id`` at its source resolution: ``bool (orig_height, orig_width)``.
+
+    Reads ``CACHE/truth/<image_id>.png`` (written by prepare, whatever the training size).
+    Raises DataError for an unsafe id, a cache without ``truth/`` (made by an older pneumoseg:
+    re-run prepare) or a missing file.
+    """
+    root = Path(cache)
+    safe_name(image_id, root / "truth", "ImageId")
+    folder = root / "truth"
+    if not folder.is_dir():
+        raise DataError(f"{root}: cache made by an older pneumoseg (no truth/ folder with the full-resolution "
+                        f"masks): re-run `pneumoseg prepare ... --out {root} --overwrite`")
+    path = folder / f"{image_id}.png"
+    if not path.is_file():
+        raise DataError(f"{path}: ground truth of ImageId {image_id} not found in the cache (re-run prepare)")
+    return read_mask(path)

@@ -10,10 +10,21 @@ same number of batches (``pad=False``, for evaluation: no padding, ranks may dif
 Trainer with ``use_distributed_sampler=False`` so Lightning does not wrap them again).
 
 Positive-ratio sampling (the winner's ``PneumoSampler``, scheduled): in epoch ``e`` of ``E`` the
-share of positives is ``pos_start + (pos_end - pos_start) * e / (E - 1)`` (0.8 -> 0.4 in the
-winner's setup); the epoch draws ``round(share * L)`` positives and the rest negatives, each
-without replacement (a pool smaller than its draw is used whole, repeatedly), and shuffles them.
-``L`` defaults to the dataset size.
+share of positives is ``s = pos_start + (pos_end - pos_start) * e / (E - 1)`` (0.8 -> 0.4 in the
+winner's setup). Two modes:
+
+* ``positives_once`` (the default, the winner's semantics): every positive image is used exactly
+  once per epoch and ``P * (1 - s) / s`` negatives (rounded half up) are drawn without replacement (a pool
+  smaller than its draw is used whole, repeatedly), so positives make the share ``s``. The epoch
+  length ``P + that`` follows from ``s`` and changes from epoch to epoch (1.25 P at 0.8, 2.5 P at
+  0.4): the data module's loader is rebuilt each epoch (``length_varies``). The winner drew its
+  negatives with replacement (``np.random.choice``); here a negative repeats only when the pool
+  is exhausted. ``s`` must be > 0.
+* ``fixed_length`` (this project's earlier behaviour): every epoch has ``L`` items (``epoch_length``,
+  default the dataset size): ``round(s * L)`` positives and the rest negatives, each drawn without
+  replacement from its pool and repeated when the pool is smaller than the draw. With SIIM-like
+  counts (22% positives, s = 0.8) each positive is seen ~3.6 times per epoch and most negatives
+  not at all.
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ from torch.utils.data import Sampler
 
 from pneumoseg.errors import DataError
 
-__all__ = ["EpochSampler", "PositiveRatioSampler", "ShuffleSampler", "positive_share"]
+__all__ = ["SAMPLER_MODES", "EpochSampler", "PositiveRatioSampler", "ShuffleSampler", "positive_share"]
 
 _SEED_RANGE = 2**31 - 1
+#: ``PositiveRatioSampler`` modes (see the module docstring); the first is the default.
+SAMPLER_MODES: tuple[str, ...] = ("positives_once", "fixed_length")
 
 
 def positive_share(epoch: int, epochs: int, start: float, end: float) -> float:
@@ -69,6 +82,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @property
+    def length_varies(self) -> bool:
+        """True when epochs differ in length (the loader must then be rebuilt every epoch)."""
+        return False
+
+    def epoch_size(self) -> int:
+        """Items in the current epoch, all ranks together, before padding."""
+        return self.length
+
     def epoch_indices(self, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -81,15 +103,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         if self.pad:
-            return math.ceil(self.length / self.num_replicas)
-        return len(range(self.rank, self.length, self.num_replicas))
+            return math.ceil(self.epoch_size() / self.num_replicas)
+        return len(range(self.rank, self.epoch_size(), self.num_replicas))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         items = self.epoch_items()
         world = self.num_replicas
         if not self.pad:
             return iter(items[self.rank::world])
-        total = math.ceil(self.length / world) * world
+        total = math.ceil(len(items) / world) * world
         items = (items * math.ceil(total / len(items)))[:total]
         return iter(items[self.rank:total:world])
 
@@ -113,17 +135,26 @@ class PositiveRatioSampler(EpochSampler):
         labels: bool per dataset item, True = has pneumothorax.
         pos_start, pos_end: share of positives in the first and the last epoch.
         epochs: number of epochs the share decays over.
-        epoch_length: items per epoch (all ranks together); None = ``len(labels)``.
+        mode: ``positives_once`` (each positive once per epoch; length follows) or ``fixed_length``.
+        epoch_length: ``fixed_length`` only: items per epoch (all ranks together); None = ``len(labels)``.
     """
 
     def __init__(self, labels: Sequence[bool] | np.ndarray, *, pos_start: float = 0.8, pos_end: float = 0.4,
-                 epochs: int = 1, epoch_length: int | None = None, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None) -> None:
+                 epochs: int = 1, mode: str = "positives_once", epoch_length: int | None = None,
+                 seed: int = 0, num_replicas: int | None = None, rank: int | None = None) -> None:
         labels = np.asarray(labels, dtype=bool)
+        if mode not in SAMPLER_MODES:
+            raise DataError(f"positive-ratio sampler: unknown mode {mode!r} (valid: {', '.join(SAMPLER_MODES)})")
+        if mode == "positives_once" and epoch_length is not None:
+            raise DataError(f"positive-ratio sampler: epoch_length={epoch_length} applies to mode fixed_length "
+                            "only (positives_once: the length follows from the positives and the share)")
         super().__init__(epoch_length or len(labels), seed=seed, num_replicas=num_replicas, rank=rank)
         for name, share in (("pos_start", pos_start), ("pos_end", pos_end)):
-            if not 0.0 <= share <= 1.0:
-                raise DataError(f"{name} must be in [0, 1], got {share}")
+            lo_ok = share > 0 if mode == "positives_once" else share >= 0
+            if not (lo_ok and share <= 1.0):
+                valid = "(0, 1] in mode positives_once" if mode == "positives_once" else "[0, 1]"
+                raise DataError(f"positive-ratio sampler: {name} must be in {valid}, got {share}")
+        self.mode = mode
         self.positives = np.flatnonzero(labels)
         self.negatives = np.flatnonzero(~labels)
         if (pos_start > 0 or pos_end > 0) and len(self.positives) == 0:
@@ -137,9 +168,25 @@ class PositiveRatioSampler(EpochSampler):
         epoch = self.epoch if epoch is None else epoch
         return positive_share(epoch, self.epochs, self.pos_start, self.pos_end)
 
+    @property
+    def length_varies(self) -> bool:
+        return self.mode == "positives_once" and self.epochs > 1 and self.pos_start != self.pos_end
+
+    def counts(self, epoch: int | None = None) -> tuple[int, int]:
+        """(positives, negatives) drawn in ``epoch`` (default: the current one)."""
+        share = self.share(epoch)
+        if self.mode == "positives_once":
+            n_pos = len(self.positives)
+            return n_pos, math.floor(n_pos * (1.0 - share) / share + 0.5 + 1e-9)  # half up, float-safe
+        n_pos = round(share * self.length)
+        return n_pos, self.length - n_pos
+
+    def epoch_size(self) -> int:
+        return sum(self.counts())
+
     def epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
-        n_pos = round(self.share() * self.length)
-        picks = [self._draw(rng, self.positives, n_pos), self._draw(rng, self.negatives, self.length - n_pos)]
+        n_pos, n_neg = self.counts()
+        picks = [self._draw(rng, self.positives, n_pos), self._draw(rng, self.negatives, n_neg)]
         return rng.permutation(np.concatenate(picks))
 
     @staticmethod

@@ -3,6 +3,7 @@
 Importing this package registers every model: ``unet`` (the seed's U-Net), ``uxception`` (the
 seed's Xception U-Net) and curated smp ``<arch>-<encoder>`` combinations; any other smp
 combination is resolved by name. Use ``create_model(name, in_channels=1, classes=1, ...)``.
+``Preprocessing`` (``models/preprocessing.py``) is the input rule that travels with the weights.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pneumoseg.models.registry import (
     register_model,
     register_resolver,
 )
+from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.models.smp_models import parse_smp_name
 from pneumoseg.models.unet import UNet
 from pneumoseg.models.uxception import UXception
 
 __all__ = [
+    "Preprocessing",
     "UNet",
     "UXception",
     "check_online",

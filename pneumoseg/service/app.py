@@ -12,20 +12,22 @@ from fastapi.responses import JSONResponse
 from pneumoseg import __version__
 from pneumoseg.errors import PneumosegError
 from pneumoseg.predict import Predictor
-from pneumoseg.service.inference import ServiceModel, UnsupportedMediaError
+from pneumoseg.service.inference import ImageTooLargeError, ServiceModel, UnsupportedMediaError
 from pneumoseg.service.limits import BodySizeLimit
 from pneumoseg.service.routes import api_router
+from pneumoseg.service.routes.pages import page_csp
+from pneumoseg.service.security import SecurityHeaders
 from pneumoseg.service.settings import ServiceSettings
+from pneumoseg.service.uploads import remove_stale_uploads
 
 __all__ = ["create_app"]
 
 
-def _unsupported(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=415)
+def _error(status: int):
+    def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status)
 
-
-def _unreadable(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=422)
+    return handler
 
 
 def create_app(run_dirs: Sequence[str | os.PathLike[str]], settings: ServiceSettings | None = None,
@@ -34,8 +36,9 @@ def create_app(run_dirs: Sequence[str | os.PathLike[str]], settings: ServiceSett
 
     ``predictor`` may be passed pre-loaded (tests, benchmarks), else it is built from ``run_dirs``
     with ``settings.checkpoint/device/tta``. Loading errors (missing run, bad checkpoint) raise
-    here, before any server starts. ``app.state.model`` is the ServiceModel, ``app.state.settings``
-    the settings.
+    here, before any server starts. Upload folders left by older versions in the temporary
+    directory are removed (``app.state.stale_uploads_removed`` says how many). ``app.state.model``
+    is the ServiceModel, ``app.state.settings`` the settings.
     """
     settings = settings or ServiceSettings()
     runs = [Path(r) for r in run_dirs]
@@ -46,9 +49,12 @@ def create_app(run_dirs: Sequence[str | os.PathLike[str]], settings: ServiceSett
                   description="Pneumothorax segmentation of chest radiographs (SIIM-ACR): upload a DICOM or "
                               "PNG to POST /predict; open / for the viewer.")
     app.state.settings = settings
-    app.state.model = ServiceModel(predictor, runs, cache_size=settings.cache_size)
-    app.add_exception_handler(UnsupportedMediaError, _unsupported)
-    app.add_exception_handler(PneumosegError, _unreadable)
+    app.state.model = ServiceModel(predictor, runs, settings)
+    app.state.stale_uploads_removed = remove_stale_uploads()
+    app.add_exception_handler(UnsupportedMediaError, _error(415))
+    app.add_exception_handler(ImageTooLargeError, _error(413))
+    app.add_exception_handler(PneumosegError, _error(422))
     app.add_middleware(BodySizeLimit, limit_bytes=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeaders, page_csp=page_csp())
     app.include_router(api_router)
     return app

@@ -1,43 +1,92 @@
-"""Typed settings of the viewer service (``pneumoseg serve``)."""
+"""Typed settings of the viewer service (``pneumoseg serve``), validated before any model loads."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pneumoseg.errors import ConfigError
 
-__all__ = ["ServiceSettings"]
+__all__ = ["MIN_TOKEN_LEN", "ServiceSettings"]
+
+MIN_TOKEN_LEN = 16
+"""Shortest bearer token accepted (``secrets.token_urlsafe(32)`` gives 43 characters)."""
+
+
+def _check_number(name: str, value: object, *, integer: bool = False, maximum: float | None = None) -> None:
+    """ConfigError unless ``value`` is a finite number > 0 (an integer when asked), <= ``maximum``."""
+    option = "--" + name.replace("_", "-")
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        upper = f" and <= {maximum:g}" if maximum is not None else ""
+        raise ConfigError(f"{option} must be {kind} > 0{upper} (finite), got {value!r}")
+
+
+def _check_token(token: str) -> None:
+    if len(token) < MIN_TOKEN_LEN or not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(f"--token / PNEUMOSEG_TOKEN must be at least {MIN_TOKEN_LEN} printable ASCII characters "
+                          f"without spaces (got {len(token)} characters); make one with "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """What ``create_app`` needs besides the run folders.
+    """What ``create_app`` needs besides the run folders. Every number must be finite and > 0.
 
     ``max_upload_mb``: largest accepted upload (MB = 10**6 bytes; larger -> HTTP 413).
-    ``cache_size``: how many results (image, probability map, mask; ~3 MB each at 1024 px) are
-    kept for the PNG routes; the least recently used one is dropped first.
+    ``max_pixels``: largest decoded image (rows x columns, read from the PNG/JPEG/DICOM header
+    before decoding; larger -> HTTP 413).
+    ``result_store_mb``: bytes of recent results kept for the PNG routes (compressed PNGs plus
+    the JSON answer); the least recently used are dropped first, a result larger than the whole
+    budget is answered but not kept. ``cache_size``: at most this many results besides.
+    ``max_concurrent``: uploads decoded / post-processed at once (each holds up to a few bytes
+    per pixel of ``max_pixels``); others wait their turn.
+    ``token``: when set, every API route but ``/health`` and the page needs
+    ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
     ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.predict.Predictor`.
     """
 
     max_upload_mb: float = 50.0
+    max_pixels: int = 64_000_000
+    result_store_mb: float = 512.0
     cache_size: int = 64
+    max_concurrent: int = 4
+    token: str | None = field(default=None, repr=False)
     checkpoint: str = "best"
     device: str | None = "cpu"
     tta: bool = False
     title: str = "pneumoseg viewer"
 
     def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ConfigError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if int(self.cache_size) != self.cache_size or self.cache_size < 1:
-            raise ConfigError(f"cache_size must be an integer >= 1, got {self.cache_size}")
+        _check_number("max_upload_mb", self.max_upload_mb, maximum=100_000)
+        _check_number("max_pixels", self.max_pixels, integer=True, maximum=2**31 - 1)
+        _check_number("result_store_mb", self.result_store_mb, maximum=1_000_000)
+        _check_number("cache_size", self.cache_size, integer=True, maximum=1_000_000)
+        _check_number("max_concurrent", self.max_concurrent, integer=True, maximum=256)
+        object.__setattr__(self, "max_pixels", int(self.max_pixels))
+        object.__setattr__(self, "cache_size", int(self.cache_size))
+        object.__setattr__(self, "max_concurrent", int(self.max_concurrent))
+        if self.token is not None:
+            _check_token(self.token)
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"device {self.device!r} unknown (valid: cpu, cuda, cuda:N, mps)")
+            raise ConfigError(f"--device {self.device!r} unknown (valid: cpu, cuda, cuda:N, mps)")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
 
+    @property
+    def result_store_bytes(self) -> int:
+        return int(self.result_store_mb * 1_000_000)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as a dict, the token replaced by whether one is set."""
+        out = asdict(self)
+        out["token"] = self.token is not None
+        return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["TrainResult", "list_checkpoints", "load_run", "train"]
+__all__ = ["TrainResult", "list_checkpoints", "load_preprocessing", "load_run", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,42 +1,51 @@
 """The LightningModule: steps, metrics and optimizers around a finished network and loss.
 
 It receives the network (any ``nn.Module`` returning (N, 1, H, W) logits, or a tuple
-``(mask_logits, class_logits (N, 1))``), the loss (logits, targets -> scalar; ``last_parts`` is
-logged when present), an optimizer factory, an optional scheduler factory and the
-post-processing that turns probabilities into masks. It reads no config and knows no model.
+``(mask_logits, class_logits (N, 1))``), the loss (logits, targets -> scalar; ``last_part_tensors``
+is logged when present), an optimizer factory, an optional scheduler factory, the model's
+:class:`~pneumoseg.models.preprocessing.Preprocessing` and the post-processing that turns
+probabilities into masks. It reads no config and knows no model.
 
-Logged (per epoch; ``sync_dist``):
+Batches are dicts from ``pneumoseg.data.dataset``: ``image`` (N, 1, H, W) uint8, ``mask``
+(N, 1, H, W) uint8 (target x 255; soft or 0/255), ``label`` (N,) float32. They cross to the
+device as uint8 (4x fewer bytes than float32); ``on_after_batch_transfer`` then normalises the
+images there with the preprocessing (float32 (N, C, H, W)) and turns the masks into float32
+targets in [0, 1]. Losses get those targets (soft ones as they are); metrics cut them at 0.5.
+
+Logged (per epoch):
 
 * ``train/loss`` (and ``train/<part>`` for each part of the loss, ``train/aux_bce`` for the
-  image-level head), ``train/dice_kaggle``;
+  image-level head), ``train/dice_kaggle`` (``train_dice``: mean per-image Dice of the training
+  batches at ``prob > threshold``, without ``min_area``);
 * ``val/loss``, ``val/dice_kaggle`` (mean per-image Dice over all validation images, the
-  challenge metric), ``val/dice_positive`` (over images with a mask), computed with
-  ``pneumoseg.metrics.dice_per_image`` after ``postprocess``. Validation sums are reduced over
-  DDP ranks once per epoch, so ranks may hold different numbers of images.
+  challenge metric), ``val/dice_positive`` (over images with a mask), after ``postprocess``.
 
-Batches are dicts from ``pneumoseg.data.dataset``: ``image`` (N, C, H, W) float32, ``mask``
-(N, 1, H, W) float32 {0, 1}, ``label`` (N,) float32.
+Dice is counted on the device in :class:`~pneumoseg.metrics.DiceKaggle` (torchmetrics) and reduced
+over DDP ranks once per epoch: no per-step host sync in training or validation. The one exception:
+validation with a ``postprocess`` that needs connected components (``min_area > 0``, plain mode)
+copies each validation batch's probabilities to the CPU for it.
+
+Mixed precision: the network runs under Lightning's autocast; the loss is computed in float32
+outside it (``logits.float()``), and the weights and optimizer state stay float32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 
-from pneumoseg.metrics import dice_per_image
+from pneumoseg.data.dataset import mask_to_target
+from pneumoseg.metrics import DiceKaggle
+from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.postprocess import PostProcess
 from pneumoseg.training.schedules import OptimizerFactory, SchedulerFactory
 
 __all__ = ["SegmentationModule"]
-
-#: probabilities float32 (N, 1, H, W) numpy -> bool masks (N, H, W)
-Binarizer = Callable[[np.ndarray], np.ndarray]
 
 
 class SegmentationModule(L.LightningModule):
@@ -46,27 +55,45 @@ class SegmentationModule(L.LightningModule):
         net: the network.
         loss: the loss module.
         optimizer: ``params -> Optimizer`` (``schedules.optimizer_factory``).
+        preprocessing: uint8 -> model input; saved in every checkpoint (``"preprocessing"``).
         scheduler: ``optimizer -> lr_scheduler dict | None`` (``schedules.scheduler_factory``).
         postprocess: probabilities -> masks for validation Dice; default ``PostProcess(0.5)``.
         aux_weight: weight of the image-level BCE when ``net`` returns class logits.
         channels_last: on CUDA, keep the network and inputs in channels-last memory format.
-        train_dice: log ``train/dice_kaggle`` (copies each batch's probabilities to the CPU).
+        train_dice: log ``train/dice_kaggle`` (counted on the device).
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, *, postprocess: Binarizer | None = None,
-                 aux_weight: float = 0.0, channels_last: bool = False, train_dice: bool = True) -> None:
+                 preprocessing: Preprocessing, scheduler: SchedulerFactory | None = None, *,
+                 postprocess: PostProcess | None = None, aux_weight: float = 0.0, channels_last: bool = False,
+                 train_dice: bool = True) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.postprocess: Binarizer = postprocess or PostProcess(0.5).apply_batch
+        self.preprocessing = preprocessing
+        self.postprocess = postprocess or PostProcess(0.5)
         self.aux_weight = aux_weight
         self.channels_last = channels_last
         self.train_dice = train_dice
         self._use_channels_last = False
-        self._val_sums = torch.zeros(5, dtype=torch.float64)
+        self.train_metric = DiceKaggle()
+        self.val_metric = DiceKaggle()
+        self.val_loss = MeanMetric(nan_strategy="disable")
+
+    # ------------------------------------------------------------------ batches
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: uint8 images -> normalised float32 (N, C, H, W); uint8 masks -> float targets."""
+        if isinstance(batch, dict) and batch.get("image") is not None and batch["image"].dtype == torch.uint8:
+            batch = dict(batch)
+            batch["image"] = self.preprocessing(batch["image"])
+            if batch.get("mask") is not None and batch["mask"].dtype == torch.uint8:
+                batch["mask"] = mask_to_target(batch["mask"])
+        return batch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["preprocessing"] = self.preprocessing.to_dict()
 
     # ------------------------------------------------------------------ forward and steps
     def forward(self, x: torch.Tensor) -> Any:
@@ -82,18 +109,34 @@ class SegmentationModule(L.LightningModule):
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         out = self(batch["image"])
         mask_logits, class_logits = out if isinstance(out, tuple | list) else (out, None)
-        loss = self.loss(mask_logits, batch["mask"])
-        parts = {k: v for k, v in getattr(self.loss, "last_part_tensors", {}).items() if k != "total"}
-        if class_logits is not None and self.aux_weight > 0:
-            aux = F.binary_cross_entropy_with_logits(class_logits.reshape(-1).float(), batch["label"].float())
-            loss = loss + self.aux_weight * aux
-            parts["aux_bce"] = aux.detach()
+        with torch.autocast(self.device.type, enabled=False):  # every loss in float32
+            loss = self.loss(mask_logits.float(), batch["mask"].float())
+            parts = {k: v for k, v in getattr(self.loss, "last_part_tensors", {}).items() if k != "total"}
+            if class_logits is not None and self.aux_weight > 0:
+                aux = F.binary_cross_entropy_with_logits(class_logits.reshape(-1).float(),
+                                                         batch["label"].float())
+                loss = loss + self.aux_weight * aux
+                parts["aux_bce"] = aux.detach()
         return loss, mask_logits, parts
 
-    def _dice(self, mask_logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-        probs = torch.sigmoid(mask_logits.detach().float()).cpu().numpy()
-        pred = self.postprocess(probs)
-        return dice_per_image(pred, masks.detach().cpu().numpy() > 0.5)
+    def _device_masks(self, mask_logits: torch.Tensor, plain: bool) -> torch.Tensor | None:
+        """bool (N, 1, H, W) predicted masks on the device, or None when the rule needs the CPU."""
+        pp = self.postprocess
+        probs = torch.sigmoid(mask_logits.detach().float())
+        if plain or (pp.mode == "plain" and pp.min_area == 0):
+            return probs > pp.threshold
+        if pp.mode == "triplet":
+            n_top = (probs > pp.top_threshold).flatten(1).sum(1)
+            return (probs > pp.mask_threshold) & (n_top >= pp.min_area).view(-1, 1, 1, 1)
+        return None
+
+    def _update(self, metric: DiceKaggle, mask_logits: torch.Tensor, targets: torch.Tensor, plain: bool) -> None:
+        truth = targets.detach() >= 0.5
+        pred = self._device_masks(mask_logits, plain)
+        if pred is None:  # connected components: numpy post-processing on the host
+            probs = torch.sigmoid(mask_logits.detach().float()).cpu().numpy()
+            pred = torch.from_numpy(self.postprocess.apply_batch(probs)).to(truth.device)[:, None]
+        metric.update(pred, truth)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, mask_logits, parts = self._step(batch)
@@ -104,33 +147,34 @@ class SegmentationModule(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         if self.train_dice:
-            dice = self._dice(mask_logits, batch["mask"])
-            self.log("train/dice_kaggle", float(dice.mean()), on_step=False, on_epoch=True, sync_dist=True,
-                     batch_size=n)
+            self._update(self.train_metric, mask_logits, batch["mask"], plain=True)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        if self.train_dice:
+            values = self.train_metric.compute()  # summed over ranks: equal on all of them
+            self.log("train/dice_kaggle", values["dice_kaggle"].float(), sync_dist=True)
+            self.train_metric.reset()
+
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(5, dtype=torch.float64)
+        self.val_metric.reset()
+        self.val_loss.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, mask_logits, _ = self._step(batch)
-        dice = self._dice(mask_logits, batch["mask"])
-        positive = batch["mask"].detach().flatten(1).amax(1).cpu().numpy() > 0.5
-        n = len(dice)
-        self._val_sums += torch.tensor([float(loss.detach()) * n, n, dice.sum(), dice[positive].sum(),
-                                        positive.sum()], dtype=torch.float64)
+        self.val_loss.update(loss.detach(), weight=batch["image"].shape[0])
+        self._update(self.val_metric, mask_logits, batch["mask"], plain=False)
 
     def on_validation_epoch_end(self) -> None:
-        sums = self.trainer.strategy.reduce(self._val_sums.to(self.device, torch.float32), reduce_op="sum")
-        loss_sum, n, dice_sum, pos_dice_sum, n_pos = (float(v) for v in sums)
-        if n == 0:
+        values = self.val_metric.compute()  # summed over ranks once per epoch
+        if int(values["n_images"]) == 0:
             return
         metrics = {
-            "val/loss": loss_sum / n,
-            "val/dice_kaggle": dice_sum / n,
-            "val/dice_positive": pos_dice_sum / n_pos if n_pos else float("nan"),
+            "val/loss": self.val_loss.compute().float(),
+            "val/dice_kaggle": values["dice_kaggle"].float(),
+            "val/dice_positive": values["dice_positive"].float(),
         }
-        # the values are already summed over ranks, hence equal on all of them
+        # the values are already reduced over ranks, hence equal on all of them
         self.log_dict(metrics, prog_bar=True, sync_dist=True)
 
     # ------------------------------------------------------------------ optimizers

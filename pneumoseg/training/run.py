@@ -6,6 +6,8 @@ factories (``schedules``), the post-processing (``pneumoseg.postprocess``), the 
 Lightning Trainer, then calls ``fit``. The run folder (docs/architecture.md)::
 
     RUN/config.yaml                       the resolved config (reload with load_config(RUN))
+    RUN/preprocessing.json                the model's input rule (load_preprocessing(RUN)); also in
+                                          every checkpoint under "preprocessing"
     RUN/checkpoints/best.ckpt             best by val/<train.monitor> (max; min for "loss")
     RUN/checkpoints/last.ckpt             end of the last finished epoch, for resume
     RUN/checkpoints/snapshot-K.ckpt       schedule "snapshot": end of cycle K
@@ -26,12 +28,16 @@ in ``PNEUMOSEG_RUN_DIR``). Multi-node: start one process per GPU with the launch
     srun pneumoseg train exp.yaml --out runs/exp --devices 8 --set train.num_nodes=2
 
 ``train.batch_size`` is per GPU. Mixed precision: ``train.precision: bf16-mixed`` (or
-``16-mixed``); ``train.channels_last`` applies on CUDA. ``train.deterministic`` (default true)
-uses deterministic algorithms (set it false for speed: cuDNN autotuning).
+``16-mixed``; ``bf16-true`` / ``16-true`` are refused at config load: half-precision weights and
+Adam state lose updates); losses are computed in float32. ``train.channels_last`` applies on CUDA.
+``train.deterministic`` (default true) uses deterministic algorithms (set it false for speed: cuDNN
+autotuning). With the ``positives_once`` sampler and a decaying share the epochs differ in length,
+so the train loader is rebuilt every epoch (``reload_dataloaders_every_n_epochs=1``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -46,13 +52,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from pneumoseg.atomic import atomic_path
+from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.config import ExperimentConfig, dump_config, load_config
 from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.data.dataset import check_cache
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.losses import create_loss
 from pneumoseg.models import create_model
+from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.postprocess import PostProcess
 from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,
@@ -86,11 +93,14 @@ __all__ = [
     "default_run_dir",
     "init_run",
     "list_checkpoints",
+    "load_preprocessing",
     "load_run",
+    "save_preprocessing",
     "train",
 ]
 
 RUN_DIR_ENV = "PNEUMOSEG_RUN_DIR"
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 @dataclass
@@ -134,9 +144,10 @@ def build_module(cfg: ExperimentConfig, net: nn.Module | None = None) -> Segment
         net if net is not None else build_model(cfg),
         create_loss(cfg.loss),
         optimizer_factory(o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum),
+        Preprocessing.from_config(cfg),
         scheduler_factory(s.name, epochs=cfg.train.epochs, snapshots=s.snapshots, min_lr=s.min_lr,
                           factor=s.factor, patience=s.patience, monitor=monitor, mode=mode),
-        postprocess=PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area).apply_batch,
+        postprocess=PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area),
         aux_weight=cfg.model.aux_weight if cfg.model.aux_classifier else 0.0,
         channels_last=cfg.train.channels_last,
         train_dice=cfg.train.train_dice,
@@ -151,18 +162,21 @@ def build_datamodule(cfg: ExperimentConfig) -> SegmentationDataModule:
     sampler = None
     if cfg.sampler is not None:
         sampler = {"pos_start": cfg.sampler.pos_start, "pos_end": cfg.sampler.pos_end,
-                   "epoch_length": cfg.sampler.epoch_length}
+                   "mode": cfg.sampler.mode, "epoch_length": cfg.sampler.epoch_length}
     return SegmentationDataModule(
-        d.cache, fold=d.fold, size=d.size, in_channels=d.in_channels, normalization=d.normalize,
-        batch_size=cfg.train.batch_size, num_workers=d.num_workers,
+        d.cache, fold=d.fold, size=Preprocessing.from_config(cfg).size, batch_size=cfg.train.batch_size, num_workers=d.num_workers,
         augment={"preset": cfg.augment.preset, "transforms": cfg.augment.transforms},
         sampler=sampler, epochs=cfg.train.epochs, seed=cfg.train.seed,
     )
 
 
 def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progress: bool = True,
-                  callbacks: list[L.Callback] | tuple[L.Callback, ...] = ()) -> L.Trainer:
-    """The Lightning Trainer with the run folder's callbacks (checkpoints, history, snapshots)."""
+                  callbacks: list[L.Callback] | tuple[L.Callback, ...] = (),
+                  reload_train_loader: bool = False) -> L.Trainer:
+    """The Lightning Trainer with the run folder's callbacks (checkpoints, history, snapshots).
+
+    ``reload_train_loader``: rebuild the train loader every epoch (epochs that differ in length).
+    """
     t = cfg.train
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -193,7 +207,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progre
         limit_val_batches=_limit(t.limit_val_batches), deterministic="warn" if t.deterministic else False,
         benchmark=not t.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
         enable_model_summary=progress, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1 if reload_train_loader else 0,
     )
 
 
@@ -223,7 +237,9 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
     module = build_module(cfg)
     if getattr(rank_zero_only, "rank", 0) == 0:
         dump_config(cfg, run_dir / "config.yaml")
-    trainer = build_trainer(cfg, run_dir, progress=progress, callbacks=callbacks)
+        save_preprocessing(module.preprocessing, run_dir)
+    trainer = build_trainer(cfg, run_dir, progress=progress, callbacks=callbacks,
+                            reload_train_loader=datamodule.train_length_varies)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*exists and is not empty")  # resuming into RUN
         trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
@@ -244,10 +260,41 @@ def init_run(cfg: ExperimentConfig, run_dir: str | os.PathLike[str]) -> Path:
     run = Path(run_dir)
     net = build_model(cfg, encoder_weights=False)
     dump_config(cfg, run / "config.yaml")
-    state = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
+    preprocessing = Preprocessing.from_config(cfg)
+    save_preprocessing(preprocessing, run)
+    state = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+             "preprocessing": preprocessing.to_dict()}
     with atomic_path(run / "checkpoints" / "best.ckpt") as tmp:
         torch.save(state, tmp)
     return run
+
+
+def save_preprocessing(preprocessing: Preprocessing, run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``RUN/preprocessing.json`` (atomically); returns its path."""
+    path = Path(run_dir) / PREPROCESSING_FILE
+    atomic_write_text(path, json.dumps(preprocessing.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_preprocessing(run_dir: str | os.PathLike[str]) -> Preprocessing:
+    """The model's input rule of a run: ``RUN/preprocessing.json``, else (older runs) its config.
+
+    DataError for a folder with neither, or an unreadable file; ConfigError for bad values.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / PREPROCESSING_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not readable JSON ({exc})") from None
+        try:
+            return Preprocessing.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir} is not a run folder (no {PREPROCESSING_FILE}, no config.yaml)")
+    return Preprocessing.from_config(load_config(run_dir / "config.yaml"))
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> dict[str, Path]:

@@ -1,7 +1,8 @@
-"""Dataset over the cache, normalisation, augmentations and the epoch samplers."""
+"""Dataset over the cache (uint8 items, binary and soft targets), augmentations, the data module."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -11,16 +12,9 @@ import torch
 
 from pneumoseg.data.augment import apply_transform, build_transform, transforms_from_specs
 from pneumoseg.data.datamodule import SegmentationDataModule
-from pneumoseg.data.dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SegmentationDataset,
-    normalize,
-    read_labels,
-    split_ids,
-)
-from pneumoseg.data.sampler import PositiveRatioSampler, ShuffleSampler, positive_share
+from pneumoseg.data.dataset import SegmentationDataset, mask_rule, mask_to_target, read_labels, split_ids
 from pneumoseg.errors import ConfigError, DataError
+from pneumoseg.images import resize_image
 
 INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
                 "source,orig_height,orig_width\n")
@@ -57,39 +51,59 @@ def cache(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- normalisation
-def test_normalize_gray_and_imagenet() -> None:
-    img = np.array([[0, 255], [128, 64]], np.uint8)
-    gray = normalize(img)
-    assert gray.shape == (1, 2, 2) and gray.dtype == torch.float32
-    assert gray[0, 0, 0].item() == pytest.approx(-2.0) and gray[0, 0, 1].item() == pytest.approx(2.0)
-    rgb = normalize(img, in_channels=3, mode="imagenet")
-    assert rgb.shape == (3, 2, 2)
-    for c in range(3):
-        assert rgb[c, 0, 1].item() == pytest.approx((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rel=1e-5)
-    batch = normalize(np.stack([img, img]), in_channels=3, mode="gray")
-    assert batch.shape == (2, 3, 2, 2) and torch.equal(batch[0, 0], batch[1, 2])
-    with pytest.raises(DataError, match="gray, imagenet"):
-        normalize(img, mode="zscore")
-
-
 # ---------------------------------------------------------------------------- dataset and splits
 def test_dataset_items(cache: Path) -> None:
     ids = split_ids(cache, "train")
     assert ids == [f"id{i:02d}" for i in range(8)]
     ds = SegmentationDataset(cache, ids, size=64)
+    assert not ds.soft and mask_rule(cache) == "any"  # no cache.json: binary masks
     item = ds[0]
-    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
-    assert item["mask"].shape == (1, 64, 64) and set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    img, mask = ds.load(0)
+    # uint8 as stored: the model normalises on the device (one preprocessing rule, 4x fewer bytes)
+    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.uint8
+    assert np.array_equal(item["image"][0].numpy(), cv2.imread(str(cache / "images" / "id00.png"), 0))
+    assert item["mask"].shape == (1, 64, 64) and item["mask"].dtype == torch.uint8
+    assert set(item["mask"].unique().tolist()) == {0, 255}
+    assert torch.equal(mask_to_target(item["mask"])[0], torch.from_numpy(mask.astype(np.float32)))
     assert item["image_id"] == "id00" and item["label"].item() == 1.0
     assert ds[1]["mask"].sum().item() == 0 and ds[1]["label"].item() == 0.0
     assert read_labels(cache, ids).tolist() == [True, False] * 4
 
 
 def test_dataset_resizes_on_the_fly(cache: Path) -> None:
-    ds = SegmentationDataset(cache, ["id00"], size=32, in_channels=3, normalization="imagenet")
+    ds = SegmentationDataset(cache, ["id00"], size=32)
     item = ds[0]
-    assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (1, 32, 32)
-    assert item["mask"][0, 4:12, 2:10].min().item() == 1.0 and item["mask"].sum().item() == 64
+    assert item["image"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32)
+    target = mask_to_target(item["mask"])
+    assert target[0, 4:12, 2:10].min().item() == 1.0 and target.sum().item() == 64
+
+
+def test_soft_masks_give_fractional_targets(tmp_path: Path) -> None:
+    """cache.json mask_rule soft: target = png / 255 (resized by area); load() and metrics cut at 0.5."""
+    cache = make_cache(tmp_path / "c", n=6)
+    soft = np.zeros((64, 64), np.uint8)
+    soft[8:24, 4:20] = 255
+    soft[8:24, 20] = 100   # a partly covered column: 100 / 255 of each pixel
+    soft[24, 4:20] = 200
+    cv2.imwrite(str(cache / "masks" / "id00.png"), soft)
+    (cache / "cache.json").write_text(json.dumps({"size": 64, "layout": "png", "mask_rule": "soft"}))
+    ds = SegmentationDataset(cache, ["id00", "id01"], size=64)
+    assert ds.soft
+    item = ds[0]
+    assert torch.equal(item["mask"][0], torch.from_numpy(soft))
+    target = mask_to_target(item["mask"])
+    assert target.dtype == torch.float32 and target[0, 10, 20].item() == pytest.approx(100 / 255)
+    assert target[0, 24, 10].item() == pytest.approx(200 / 255)
+    _, binary = ds.load(0)
+    assert np.array_equal(binary, soft >= 128)
+    half = SegmentationDataset(cache, ["id00"], size=32)[0]["mask"][0].numpy()
+    assert np.array_equal(half, resize_image(soft, 32))  # soft targets average, not any-rule
+    (cache / "cache.json").write_text(json.dumps({"size": 64, "mask_rule": "fraction"}))
+    assert not SegmentationDataset(cache, ["id00"]).soft
+    assert set(SegmentationDataset(cache, ["id00"])[0]["mask"].unique().tolist()) == {0, 255}
+    (cache / "cache.json").write_text(json.dumps({"mask_rule": "blurry"}))
+    with pytest.raises(DataError, match="unknown mask_rule 'blurry'"):
+        SegmentationDataset(cache, ["id00"])
 
 
 def test_folds(cache: Path) -> None:
@@ -121,8 +135,8 @@ def test_flip_keeps_mask_aligned(cache: Path) -> None:
     ds = SegmentationDataset(cache, ["id00"], size=64, transform=A.Compose(flip))
     img, mask = ds.load(0)
     item = ds[(0, 123)]
-    assert torch.equal(item["mask"][0], torch.from_numpy(mask[:, ::-1].astype(np.float32)))
-    assert torch.equal(item["image"], normalize(img[:, ::-1].copy()))
+    assert torch.equal(item["mask"][0], torch.from_numpy(mask[:, ::-1].astype(np.uint8) * 255))
+    assert torch.equal(item["image"][0], torch.from_numpy(img[:, ::-1].copy()))
 
 
 @pytest.mark.parametrize("preset", ["seed", "light"])
@@ -154,55 +168,14 @@ def test_augment_spec_errors() -> None:
     assert tuple(crop.min_max_height) == (32, 64)
 
 
-# ---------------------------------------------------------------------------- samplers
-def test_positive_share_decays_linearly() -> None:
-    shares = [positive_share(e, 5, 0.8, 0.4) for e in range(5)]
-    assert shares == pytest.approx([0.8, 0.7, 0.6, 0.5, 0.4])
-    assert positive_share(0, 1, 0.8, 0.4) == 0.8
-
-
-def test_positive_ratio_sampler() -> None:
-    labels = np.array([True] * 20 + [False] * 80)
-    sampler = PositiveRatioSampler(labels, pos_start=0.8, pos_end=0.4, epochs=3, seed=5)
-    ratios = []
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        items = list(sampler)
-        assert len(items) == len(sampler) == 100
-        ratios.append(np.mean([labels[i] for i, _ in items]))
-    assert ratios == pytest.approx([0.8, 0.6, 0.4])
-    sampler.set_epoch(1)
-    again = PositiveRatioSampler(labels, pos_start=0.8, pos_end=0.4, epochs=3, seed=5)
-    again.set_epoch(1)
-    assert list(sampler) == list(again)
-    other = PositiveRatioSampler(labels, pos_start=0.8, pos_end=0.4, epochs=3, seed=6)
-    other.set_epoch(1)
-    assert list(other) != list(sampler)
-    short = PositiveRatioSampler(labels, epochs=3, epoch_length=10)
-    assert len(list(short)) == 10
-    with pytest.raises(DataError, match="no positive"):
-        PositiveRatioSampler(np.zeros(5, bool))
-
-
-def test_samplers_split_disjointly_across_ranks() -> None:
-    labels = np.array([True, False] * 25)
-    full = PositiveRatioSampler(labels, epochs=2, seed=1, num_replicas=1, rank=0)
-    parts = [list(PositiveRatioSampler(labels, epochs=2, seed=1, num_replicas=3, rank=r)) for r in range(3)]
-    assert {len(p) for p in parts} == {17}  # 50 padded to 51
-    positions = sorted(pos for r in range(3) for pos in range(r, 51, 3))
-    assert positions == list(range(51))
-    merged = [parts[k % 3][k // 3] for k in range(50)]
-    assert merged == list(full)
-    evals = [list(ShuffleSampler(10, shuffle=False, pad=False, num_replicas=3, rank=r)) for r in range(3)]
-    assert sorted(i for part in evals for i, _ in part) == list(range(10))
-
-
+# ---------------------------------------------------------------------------- data module
 def test_datamodule_batches(cache: Path) -> None:
     dm = SegmentationDataModule(cache, size=64, batch_size=4, num_workers=0, augment={"preset": "seed"},
                                 sampler={"pos_start": 1.0, "pos_end": 0.5}, epochs=2, seed=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 1, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
+    assert batch["image"].dtype == batch["mask"].dtype == torch.uint8
     assert batch["label"].tolist() == [1.0] * 4  # epoch 0: positives only
     val = list(dm.val_dataloader())
     assert [i for b in val for i in b["image_id"]] == ["id08", "id09"]

@@ -18,11 +18,12 @@ from pneumoseg.dicom import read_dicom
 from pneumoseg.predict import Predictor, load_input
 from pneumoseg.rle import rle_decode
 from pneumoseg.service import ServiceSettings, create_app
-from pneumoseg.service.inference import ResultStore, UnsupportedMediaError, sniff
+from pneumoseg.service.inference import UnsupportedMediaError, sniff
 from tests.shared_data import SIIM, require_siim
 
 SUMMARY_KEYS = {"id", "image_id", "has_pneumothorax", "probability", "area_px", "area_percent", "rle", "threshold",
-                "postprocess", "width", "height", "meta", "urls", "format", "filename", "model", "elapsed_ms"}
+                "postprocess", "width", "height", "meta", "urls", "format", "filename", "model", "elapsed_ms",
+                "stored"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_predict_dicom_matches_the_predictor_and_rle_decodes_to_area(client: Tes
     image = load_input(dicom_path)
     expected = predictor.predict_batch([image])[0]
     assert body["image_id"] == image.image_id
-    assert body["format"] == "dicom"
+    assert body["format"] == "dicom" and body["stored"] is True
     assert (body["height"], body["width"]) == image.pixels.shape
     assert body["meta"] == image.meta.as_dict()
     assert body["postprocess"] == predictor.postprocess.to_dict()
@@ -165,7 +166,7 @@ def test_truncated_dicom_is_422_naming_the_file(client: TestClient, dicom_path: 
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert detail.startswith("broken.dcm:") and "truncated" in detail
-    assert "pneumoseg-upload" not in detail  # the temporary path is not leaked
+    assert "pneumoseg-upload" not in detail and "/tmp" not in detail  # no temporary path exists or leaks
     _assert_healthy(client)
 
 
@@ -190,9 +191,14 @@ def test_results_are_kept_in_a_bounded_lru(trained_run: Path, predictor: Predict
     assert len(set(ids)) == 3
 
 
-def test_unknown_result_and_image_name_are_404(client: TestClient) -> None:
-    assert client.get("/predict/0123456789abcdef/overlay.png").status_code == 404
+def test_unknown_result_is_404_and_malformed_ids_and_names_are_422(client: TestClient) -> None:
+    assert client.get("/predict/0123456789abcdef0123456789abcdef/overlay.png").status_code == 404
+    assert client.get("/predict/0123456789abcdef0123456789abcdef").status_code == 404
+    for bad in ("0123456789abcdef", "..%2F..%2Fetc", "0123456789ABCDEF0123456789ABCDEF"):
+        assert client.get(f"/predict/{bad}/overlay.png").status_code in (404, 422), bad
+        assert client.get(f"/predict/{bad}").status_code in (404, 422), bad
     body = _post(client, "x.png", cv2.imencode(".png", np.zeros((32, 48), np.uint8))[1].tobytes()).json()
+    assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
     assert client.get(f"/predict/{body['id']}/secret.png").status_code == 422
 
 
@@ -204,15 +210,11 @@ def test_viewer_page_has_the_stable_ids(client: TestClient) -> None:
     assert "http://" not in r.text and "https://" not in r.text  # no external resources
 
 
-def test_sniff_and_store_units() -> None:
+def test_sniff_units() -> None:
     assert sniff(b"\0" * 128 + b"DICM" + b"\0" * 8) == "dicom"
     assert sniff(b"\x89PNG\r\n\x1a\n....") == "png"
     with pytest.raises(UnsupportedMediaError):
         sniff(b"GIF89a" + b"\0" * 200)
-    store = ResultStore(2)
-    for key in "abc":
-        store.put(key, key)  # type: ignore[arg-type]
-    assert store.get("a") is None and store.get("c") == "c" and len(store) == 2
 
 
 runner = CliRunner()

@@ -19,6 +19,7 @@ from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.data.dataset import SegmentationDataset, split_ids
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.metrics import dice_per_image
+from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.postprocess import PostProcess
 from pneumoseg.training.run import build_model, list_checkpoints, load_run, train
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, snapshot_lr
@@ -69,11 +70,12 @@ def config(cache: Path, *extra: str) -> ExperimentConfig:
 
 def val_dice(net: torch.nn.Module, cache: Path) -> float:
     ds = SegmentationDataset(cache, split_ids(cache, "val"), size=64)
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    y = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    pre = Preprocessing(size=64, in_channels=1, mean=(0.5,), std=(0.25,))
+    x = pre(torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    y = np.stack([ds.load(i)[1] for i in range(len(ds))])
     with torch.no_grad():
         probs = torch.sigmoid(net.eval()(x)).numpy()
-    return float(dice_per_image(PostProcess(0.5).apply_batch(probs), y.numpy() > 0.5).mean())
+    return float(dice_per_image(PostProcess(0.5).apply_batch(probs), y).mean())
 
 
 def test_snapshot_schedule_formula() -> None:
@@ -125,8 +127,10 @@ class Kill(L.Callback):
 
 def test_resume_after_kill_equals_uninterrupted_run(cache: Path, tmp_path: Path) -> None:
     extra = ("train.epochs=3", "schedule.name=cosine", "sampler.pos_start=0.8", "sampler.pos_end=0.4",
-             "sampler.epoch_length=24", "model.aux_classifier=true")
-    cfg = config(cache, *extra)  # seed augmentations, positive sampler, dropout in the aux head
+             "model.aux_classifier=true")
+    # seed augmentations, the positives-once sampler (epochs of 23, 30, 45 images: the loader is
+    # rebuilt each epoch), dropout in the aux head
+    cfg = config(cache, *extra)
     full = train(cfg, tmp_path / "full", progress=False)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, tmp_path / "killed", progress=False, callbacks=[Kill(at=2)])

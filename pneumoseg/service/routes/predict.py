@@ -1,76 +1,86 @@
 """``POST /predict`` (multipart field ``file``: DICOM, PNG or JPEG) and the result's PNGs.
 
+``GET /predict/{id}``              the JSON answer again
 ``GET /predict/{id}/image.png``    the radiograph (uint8 grayscale, input resolution)
 ``GET /predict/{id}/overlay.png``  the radiograph with the predicted mask tinted red and outlined
 ``GET /predict/{id}/prob.png``     probability x 255 (8-bit grayscale) for client-side thresholds
 ``GET /predict/{id}/mask.png``     the post-processed mask (0/255)
 
-Results live in a bounded LRU (``settings.cache_size``); an evicted or unknown id gives 404.
+Every route here needs the bearer token when one is configured (checked before the body is read).
+Uploads are parsed in memory. Results live in an LRU bounded by bytes (``settings.result_store_mb``)
+and count (``settings.cache_size``); ids are random (32 hex digits); an evicted or unknown id gives 404.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from pneumoseg.overlay import encode_rgb_png, overlay
 from pneumoseg.service.deps import ModelDep, SettingsDep
-from pneumoseg.service.inference import StoredResult, encode_gray_png
-from pneumoseg.service.limits import too_large_detail
+from pneumoseg.service.inference import RESULT_ID_PATTERN, StoredResult, decode_png_gray
+from pneumoseg.service.security import require_token
+from pneumoseg.service.uploads import read_upload
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[Depends(require_token)],
+                   responses={401: {"description": "Token required (pneumoseg serve --token) and missing or wrong"}})
 
 ImageName = Literal["image", "overlay", "prob", "mask"]
+ResultId = Annotated[str, Path(pattern=RESULT_ID_PATTERN, description="Result id (32 hex digits)")]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "Upload larger than settings.max_upload_mb"},
+    400: {"description": "Malformed multipart body"},
+    413: {"description": "Upload larger than settings.max_upload_mb, or image over settings.max_pixels"},
     415: {"description": "Not a DICOM, PNG or JPEG file"},
-    422: {"description": "A DICOM or image file that cannot be read (the message names the problem)"},
+    422: {"description": "No file field, or a DICOM or image file that cannot be read (the message says why)"},
 }
+UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "DICOM (.dcm), PNG or JPEG"}}}}}}}
 
 
-@router.post("", responses=ERRORS)
-async def predict(model: ModelDep, settings: SettingsDep,
-                  file: Annotated[UploadFile, File(description="DICOM (.dcm), PNG or JPEG")]) -> dict[str, Any]:
-    """Predict one radiograph; the answer holds the numbers, RLE, thresholds, metadata and result URLs."""
-    limit = settings.max_upload_bytes
-    data = await file.read(limit + 1)
-    await file.close()
-    if len(data) > limit:
-        raise HTTPException(status_code=413, detail=too_large_detail(limit))
+@router.post("", responses=ERRORS, openapi_extra=UPLOAD_BODY)
+async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
+    """Predict one radiograph; the answer holds the numbers, RLE, thresholds, metadata and result URLs.
+
+    ``stored`` says whether the result was kept for the image routes (``urls`` is null when not).
+    """
+    filename, data = await read_upload(request, "file", settings.max_upload_bytes)
     if not data:
-        raise HTTPException(status_code=422, detail=f"{file.filename or 'upload'}: empty file")
-    return await run_in_threadpool(model.predict_upload, data, file.filename or "upload")
+        raise HTTPException(status_code=422, detail="the uploaded file is empty")
+    return await run_in_threadpool(model.predict_upload, data, filename)
 
 
 def _result(model: ModelDep, result_id: str) -> StoredResult:
     stored = model.store.get(result_id)
     if stored is None:
-        raise HTTPException(status_code=404, detail=f"result {result_id!r} not found (only the last "
-                                                    f"{model.store.capacity} results are kept)")
+        raise HTTPException(status_code=404, detail=f"result {result_id} not found (unknown, or evicted from the "
+                                                    f"result store of {model.settings.result_store_mb:g} MB / "
+                                                    f"{model.settings.cache_size} results)")
     return stored
 
 
 def _png(content: bytes) -> Response:
-    return Response(content, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(content, media_type="image/png")
 
 
 @router.get("/{result_id}", responses={404: {"description": "Unknown or evicted id"}})
-def result(model: ModelDep, result_id: str) -> dict[str, Any]:
+def result(model: ModelDep, result_id: ResultId) -> dict[str, Any]:
     """The JSON answer of an earlier ``POST /predict``."""
     return _result(model, result_id).summary
 
 
 @router.get("/{result_id}/{name}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "Unknown or evicted id"}})
-def result_png(model: ModelDep, result_id: str, name: ImageName) -> Response:
-    """One of the result's images as PNG, at the input's resolution."""
+def result_png(model: ModelDep, result_id: ResultId, name: ImageName) -> Response:
+    """One of the result's images as PNG, at the input's resolution (the overlay is drawn on request)."""
     stored = _result(model, result_id)
     if name == "overlay":
-        return _png(encode_rgb_png(overlay(stored.image, stored.mask)))
-    arr = {"image": stored.image, "prob": stored.prob, "mask": stored.mask.view("uint8") * 255}[name]
-    return _png(encode_gray_png(arr))
+        image = decode_png_gray(stored.image_png)
+        mask = decode_png_gray(stored.mask_png) > 127
+        return _png(encode_rgb_png(overlay(image, mask)))
+    return _png({"image": stored.image_png, "prob": stored.prob_png, "mask": stored.mask_png}[name])

@@ -1,0 +1,67 @@
+"""``pneumoseg compare RUN_A RUN_B [...] --split S``: evaluated runs side by side, with bootstrap CIs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.errors import DataError
+
+__all__ = ["compare", "register"]
+
+
+def _edges(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"--size-edges {text!r}: expected two numbers SMALL,LARGE (e.g. 500,2000)") from None
+    if not 0 < lo < hi:
+        raise DataError(f"--size-edges {text!r}: expected 0 < SMALL < LARGE")
+    return lo, hi
+
+
+@cli_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders, each evaluated on --split; the first "
+                                      "is the reference A."),
+    split: str = typer.Option("test", "--split", help="Split the runs were evaluated on."),
+    out: Path = typer.Option(Path("compare.html"), "--out", help="HTML page to write; the Markdown goes beside "
+                             "it (.md)."),
+    allow_different_sets: bool = typer.Option(False, "--allow-different-sets", help="Compare on the common "
+                                              "images when the runs were evaluated on different image sets."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    cases: int = typer.Option(6, "--cases", min=0, help="Images shown per case kind (disagree, best, worst)."),
+    size_edges: str | None = typer.Option(None, "--size-edges", help="Size bucket edges SMALL,LARGE in mm² "
+                                          "(px without Pixel Spacing); default: tertiles of the positives."),
+) -> None:
+    """Every metric per run with a 95 % CI, paired differences to the first run, curves, cases, size buckets."""
+    from pneumoseg.compare import compare_runs, metric_header, metric_rows, write_comparison
+    from pneumoseg.paths import check_output_file
+
+    check_output_file(out, runs, what="--out")
+    c = compare_runs(runs, split, allow_different_sets, n_boot, seed, n_cases=cases, size_edges=_edges(size_edges))
+    table = Table(*metric_header(c), title=f"split {split}: {len(c.image_ids)} images, "
+                  f"{int(c.has_truth.sum())} with pneumothorax; value [95 % CI]")
+    for row in metric_rows(c):
+        table.add_row(*row)
+    console.print(table)
+    for r in c.runs:
+        console.print(f"{r.name}  ({r.run})", highlight=False)
+    for r in c.runs[1:]:
+        console.print(f"{r.label} vs A, per-image Dice: Wilcoxon p = {c.wilcoxon[r.label]:.3g}", highlight=False)
+    console.print(f"predict-nothing baseline dice_kaggle: {c.baseline:.4f}", highlight=False)
+    for note in c.notes:
+        console.print(f"note: {note}", highlight=False)
+    html_path, md_path = write_comparison(c, out)
+    console.print(f"page: {html_path} (self-contained)\nsummary: {md_path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compare`` to ``app``."""
+    app.command("compare")(compare)

@@ -1,0 +1,77 @@
+"""``pneumoseg score SUBMISSION --truth TRUTH``: a local Kaggle-style scorer of a submission CSV."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pneumoseg.cli._common import cli_errors, console
+
+__all__ = ["register", "score"]
+
+_SHOW_IDS = 5
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _ids(ids: list[str]) -> str:
+    shown = ", ".join(ids[:_SHOW_IDS])
+    return shown + (f", ... ({len(ids) - _SHOW_IDS} more)" if len(ids) > _SHOW_IDS else "")
+
+
+@cli_errors
+def score(
+    submission: Path = typer.Argument(..., help="Submission CSV (ImageId,EncodedPixels; several rows per image "
+                                      "are united)."),
+    truth: Path = typer.Option(..., "--truth", help="Truth CSV in the same form (e.g. train-rle.csv)."),
+    rle_format: str = typer.Option("auto", "--rle-format", help="Submission RLE: auto | relative (train-rle.csv "
+                                   "form) | absolute (standard Kaggle, 1-based, column-major)."),
+    truth_format: str = typer.Option("auto", "--truth-rle-format", help="Truth RLE: auto | relative | absolute."),
+    height: int = typer.Option(1024, "--height", help="Image height in pixels (all images)."),
+    width: int = typer.Option(1024, "--width", help="Image width in pixels (all images)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the per-image table (CSV) here."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse a submission that lacks truth ImageIds, as "
+                                "Kaggle did (default: score them as empty predictions)."),
+) -> None:
+    """Per-image Dice (empty/empty = 1) averaged over the truth's images, with a 95 % bootstrap CI."""
+    from pneumoseg.paths import check_output_file
+    from pneumoseg.score import score_submission, write_per_image
+
+    if out is not None:
+        check_output_file(out, [submission, truth], what="--out")
+    result = score_submission(submission, truth, rle_format, truth_format, height, width,  # type: ignore[arg-type]
+                              n_boot=n_boot, seed=seed, strict=strict)
+    m = result.metrics
+    table = Table(title=f"{submission.name} vs {truth.name} ({m['n_images']} images, {m['n_positive']} "
+                  "with pneumothorax)", show_header=True)
+    for column in ("metric", "value", "95 % CI"):
+        table.add_column(column)
+    for name, ci in (("dice_kaggle", result.dice_kaggle), ("dice_positive", result.dice_positive)):
+        table.add_row(name, _fmt(ci.value), f"[{_fmt(ci.low)}, {_fmt(ci.high)}]")
+    for name in ("sensitivity", "specificity", "fpr_empty", "image_auc"):
+        table.add_row(name, _fmt(m[name]), "")
+    table.add_row("predict nothing", _fmt(m["predict_nothing"]), "dice_kaggle of an all-empty submission")
+    console.print(table)
+    console.print(f"RLE: submission {result.submission_format}, truth {result.truth_format}", highlight=False)
+    if result.missing:
+        console.print(f"missing ({len(result.missing)}, scored empty): {_ids(result.missing)}", highlight=False)
+    if result.extra:
+        console.print(f"extra ({len(result.extra)}, ignored): {_ids(result.extra)}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    if out is not None:
+        console.print(f"per-image: {write_per_image(result, out)}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``score`` to ``app``."""
+    app.command("score")(score)

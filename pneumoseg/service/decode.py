@@ -1,0 +1,218 @@
+"""Uploads (bytes in memory) -> ``InputImage``, with the pixel count checked before decoding.
+
+Uploads are sniffed by content, never by name: ``DICM`` at offset 128 (DICOM), the PNG or JPEG
+signature, or a preamble-less DICOM that pydicom parses (one with a File Meta group or image
+IOD tags). Nothing is written to disk. The image size is read from the header first (Pillow for
+PNG/JPEG, ``read_dicom(max_pixels=...)`` for DICOM) and an image of more than ``max_pixels``
+pixels is refused with ImageTooLargeError before any pixel is decoded. Pixels then go through
+the same conversions as ``pneumoseg predict`` (``read_image``, ``read_dicom``).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from pneumoseg.errors import DataError, DicomError, PneumosegError
+from pneumoseg.paths import is_valid_uid
+from pneumoseg.predict import InputImage
+
+__all__ = [
+    "JPEG_SIGNATURE",
+    "MAX_NAME_CHARS",
+    "PNG_SIGNATURE",
+    "ImageTooLargeError",
+    "Kind",
+    "UnsupportedMediaError",
+    "decode_upload",
+    "display_name",
+    "image_header_size",
+    "pillow_pixel_limit",
+    "sniff",
+]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+MAX_NAME_CHARS = 200
+"""Longest upload file name echoed back (longer names are cut)."""
+Kind = Literal["dicom", "dicom-no-preamble", "png", "jpeg"]
+_UNSAFE_STEM = re.compile(r"[^A-Za-z0-9._-]+")
+_DICOM_TOO_LARGE = "over the limit of"  # how read_dicom words a refusal by max_pixels
+
+
+class UnsupportedMediaError(PneumosegError):
+    """An upload that is neither DICOM nor PNG/JPEG (HTTP 415)."""
+
+
+class ImageTooLargeError(PneumosegError):
+    """An image whose header declares more pixels than ``settings.max_pixels`` (HTTP 413)."""
+
+
+def display_name(filename: str | None) -> str:
+    """The upload's file name as echoed back: last path component, printable, at most 200 characters.
+
+    ``../../x.dcm`` -> ``x.dcm``; ``C:\\dir\\x.png`` -> ``x.png``; empty or missing -> ``upload``.
+    Never used as a path: uploads stay in memory.
+    """
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip()[:MAX_NAME_CHARS]
+    return name if name not in ("", ".", "..") else "upload"
+
+
+def _image_id_from_name(name: str) -> str:
+    """A PNG/JPEG's ImageId: the name's stem mapped to ``[A-Za-z0-9._-]`` (``upload`` if nothing is left)."""
+    stem = PurePosixPath(name).stem
+    return _UNSAFE_STEM.sub("_", stem).strip("._-") or "upload"
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """A DICOM stream without the 128-byte preamble and ``DICM``, as pydicom reads it with force."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    except Exception:
+        return False
+    file_meta = getattr(ds, "file_meta", None)
+    has_meta = file_meta is not None and "TransferSyntaxUID" in file_meta
+    return has_meta or any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality"))
+
+
+def sniff(data: bytes) -> Kind:
+    """The upload's kind from its first bytes; UnsupportedMediaError when none fits."""
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    if len(data) > 8 and _looks_like_bare_dicom(data):
+        return "dicom-no-preamble"
+    head = data[:16]
+    raise UnsupportedMediaError(
+        f"unsupported file type (first bytes {head!r}): upload a DICOM file (.dcm) or a PNG/JPEG image")
+
+
+# Pillow's decompression-bomb guard is a process-wide setting (``Image.MAX_IMAGE_PIXELS``: warn
+# above it, refuse above twice it). While any upload decodes it is lowered so that Pillow itself
+# refuses more than the smallest active ``max_pixels`` (it also decodes DICOM JPEG frames, whose
+# size the DICOM header may misstate); the original value is restored when the last one ends.
+_pillow_lock = threading.Lock()
+_pillow_active: list[int] = []
+_pillow_saved: list[int | None] = []
+
+
+@contextmanager
+def pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Within the block, Pillow refuses images of more than about ``max_pixels`` pixels (thread-safe)."""
+    from PIL import Image
+
+    with _pillow_lock:
+        if not _pillow_active:
+            _pillow_saved[:] = [Image.MAX_IMAGE_PIXELS]
+        _pillow_active.append(max_pixels)
+        Image.MAX_IMAGE_PIXELS = max(1, min(_pillow_active) // 2)
+    try:
+        yield
+    finally:
+        with _pillow_lock:
+            _pillow_active.remove(max_pixels)
+            Image.MAX_IMAGE_PIXELS = max(1, min(_pillow_active) // 2) if _pillow_active else _pillow_saved[0]
+
+
+def _too_large(name: str, what: str, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(f"{name}: image too large ({what}); the limit is {max_pixels:,} pixels "
+                              "(settings.max_pixels / --max-pixels)")
+
+
+def image_header_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of a PNG/JPEG read from its header only (no pixel is decoded).
+
+    ImageTooLargeError above ``max_pixels``; DataError naming ``name`` when the header is unreadable.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise _too_large(name, "Pillow's decompression-bomb guard refused it", max_pixels) from None
+    except Exception as exc:
+        raise DataError(f"{name}: not a readable image (PNG or JPEG expected; {type(exc).__name__}: {exc})") from None
+    if height * width > max_pixels:
+        raise _too_large(name, f"{width} x {height} = {width * height:,} pixels", max_pixels)
+    if height < 1 or width < 1:
+        raise DataError(f"{name}: image header declares {width} x {height} pixels")
+    return height, width
+
+
+def _decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 (H, W), by the same conversions as ``pneumoseg.images.read_image``."""
+    shape = image_header_size(data, name, max_pixels)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if arr is None:
+        raise DataError(f"{name}: not a readable image (PNG or JPEG expected, {len(data)} bytes)")
+    if arr.shape[:2] != shape:
+        raise DataError(f"{name}: decoded pixels have shape {arr.shape[:2]}, header says {shape}")
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY) if arr.shape[2] == 3 else arr[:, :, 0]
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise DataError(f"{name}: unsupported pixel type {arr.dtype} (8- or 16-bit expected)")
+    return np.ascontiguousarray(arr)
+
+
+def _decode_dicom(data: bytes, name: str, max_pixels: int) -> InputImage:
+    """DICOM bytes -> InputImage (ImageId = SOPInstanceUID, checked as ``pneumoseg predict`` does)."""
+    from pneumoseg.dicom import read_dicom
+
+    try:
+        dcm = read_dicom(data, max_pixels=max_pixels, name=name)
+    except DicomError as exc:
+        message = str(exc)
+        if _DICOM_TOO_LARGE in message:  # refused from the header or the codestream, nothing decoded
+            raise ImageTooLargeError(f"{message} (settings.max_pixels / --max-pixels)") from None
+        raise
+    uid = dcm.meta.image_id
+    if not is_valid_uid(uid):
+        raise DicomError(f"{name}: SOPInstanceUID {uid[:80]!r} is not a valid DICOM UID (digits and dots, "
+                         "at most 64 characters)")
+    return InputImage(uid, dcm.pixels, Path(name), dcm.meta)
+
+
+def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> tuple[InputImage, Kind]:
+    """Upload bytes -> (InputImage, kind); ``filename`` only names the upload (see ``display_name``).
+
+    Raises UnsupportedMediaError (not DICOM/PNG/JPEG), ImageTooLargeError (more than
+    ``max_pixels`` pixels, from the header), DicomError or DataError (unreadable), each naming
+    the upload.
+    """
+    name = display_name(filename)
+    kind = sniff(data)
+    with pillow_pixel_limit(max_pixels):
+        if kind in ("png", "jpeg"):
+            return InputImage(_image_id_from_name(name), _decode_image(data, name, max_pixels), Path(name)), kind
+        if kind == "dicom-no-preamble":
+            data = b"\0" * 128 + b"DICM" + data
+        return _decode_dicom(data, name, max_pixels), kind
