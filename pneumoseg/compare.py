@@ -48,8 +48,8 @@ from pneumoseg.stats import (
     PairedResult,
     PerImage,
     bootstrap_ci,
+    bootstrap_distributions,
     metric_statistic,
-    paired_bootstrap,
     predict_nothing_dice,
     wilcoxon_p,
 )
@@ -296,15 +296,13 @@ def compare_runs(runs: list[str | os.PathLike[str]], split: str = "test", allow_
     for r in evals:
         df = r.per_image.loc[ids]
         per[r.label] = PerImage.from_arrays(df["dice"], has_truth, df["pred_area_px"] > 0, df["probability"])
-    ci = {r.label: {m: bootstrap_ci(metric_statistic(m, per[r.label]), has_truth, n_boot, seed, level,
-                                    n=len(ids)) for m in METRIC_NAMES} for r in evals}
-    paired: dict[str, dict[str, PairedResult]] = {}
-    wil: dict[str, float] = {}
-    a = per[labels[0]]
-    for r in evals[1:]:
-        paired[r.label] = {m: paired_bootstrap(a, per[r.label], has_truth, lambda p, m=m: metric_statistic(m, p),
-                                               n_boot, seed, level) for m in METRIC_NAMES}
-        wil[r.label] = wilcoxon_p(a.dice, per[r.label].dice)
+    # One set of resamples for every run and metric: the differences to A are paired.
+    dist = bootstrap_distributions({(lab, m): metric_statistic(m, per[lab]) for lab in labels for m in METRIC_NAMES},
+                                   len(ids), has_truth, n_boot, seed)
+    ci = {lab: {m: dist[lab, m].ci(level) for m in METRIC_NAMES} for lab in labels}
+    paired = {lab: {m: dist[lab, m].paired(dist[labels[0], m], level) for m in METRIC_NAMES}
+              for lab in labels[1:]}
+    wil = {lab: wilcoxon_p(per[labels[0]].dice, per[lab].dice) for lab in labels[1:]}
     c = Comparison(evals, split, ids, has_truth, per, ci, paired, wil, pd.DataFrame(), "px", {},
                    predict_nothing_dice(has_truth), n_boot, seed, level, notes)
     c.buckets = _buckets(c, size_edges)

@@ -208,7 +208,7 @@ def _meta_from_dataset(ds: Dataset, stem: str, notes: list[str]) -> DicomMeta:
         bits_stored=_int(ds, "BitsStored"),
         photometric=_text(ds, "PhotometricInterpretation"),
         transfer_syntax=_printable(str(syntax)) if syntax else "",
-        transfer_syntax_name=syntax.name if syntax else "",
+        transfer_syntax_name=_printable(syntax.name) if syntax else "",
         warnings=tuple(dict.fromkeys(notes)),
     )
 
@@ -345,8 +345,10 @@ def _read(source: DicomSource, name: str | None, header_only: bool,
             ds = _dcmread(fp, label, False, caught)
             pixels = _pixels(ds, label, max_pixels, notes)
             return _finish_meta(ds, stem, notes, caught), pixels
-    except DicomError:
-        raise
+    except DicomError as exc:
+        if str(exc).isprintable():
+            raise
+        raise DicomError(_printable(str(exc))) from None  # e.g. a UID holding a newline
     except Exception as exc:  # anything pydicom / numpy / a decoder raises: one line naming the file
         raise DicomError(f"{label}: unreadable DICOM data ({_error(exc)})") from None
     finally:
@@ -443,7 +445,7 @@ def _decode(ds: Dataset, label: str, max_pixels: int) -> np.ndarray:
         truncated = isinstance(exc, EOFError) or any(
             word in text for word in ("truncat", "less than expected", "insufficient", "end of"))
         problem = "pixel data truncated" if truncated else "cannot decode pixel data"
-        name = (syntax.name if syntax else "") or "?"
+        name = _printable(syntax.name if syntax else "") or "?"
         raise DicomError(f"{label}: {problem} (transfer syntax {name}): {_error(exc)}") from None
     expected = (_int(ds, "Rows"), _int(ds, "Columns"))
     if arr.shape[:2] != expected:

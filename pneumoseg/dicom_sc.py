@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.atomic import atomic_path
-from pneumoseg.dicom_seg import area_description, area_mm2
+from pneumoseg.dicom_seg import area_description, area_mm2, pixel_spacing_mm
 from pneumoseg.errors import DicomError
 from pneumoseg.overlay import overlay
 
@@ -38,12 +38,9 @@ SERIES_DESCRIPTION = "pneumoseg pneumothorax overlay"
 
 
 def _spacing(source: Dataset) -> tuple[float, float] | None:
-    value = source.get("PixelSpacing")
-    try:
-        pair = tuple(float(v) for v in value) if value is not None else ()
-    except (TypeError, ValueError):
-        return None
-    return (pair[0], pair[1]) if len(pair) == 2 and all(v > 0 for v in pair) else None
+    """The source's own PixelSpacing (the SC has the same pixel grid); never derived from Imager Pixel Spacing."""
+    found = pixel_spacing_mm(source)
+    return found[0] if found is not None and found[1] == "PixelSpacing" else None
 
 
 def make_overlay_sc(

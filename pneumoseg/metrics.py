@@ -186,7 +186,8 @@ class DiceKaggle(Metric):
     sums (Dice over all images, their count, Dice over images with a non-empty truth, their count),
     summed over DDP ranks by torchmetrics when ``compute`` runs, so ranks may see different
     numbers of images. ``compute()`` returns ``{"dice_kaggle", "dice_positive", "n_images",
-    "n_positive"}`` as 0-d tensors (NaN Dice when no image / no positive image).
+    "n_positive"}`` as 0-d tensors (NaN Dice when no image / no positive image), or only the one
+    named by ``result`` (a 0-d tensor: what ``LightningModule.log`` takes).
     """
 
     full_state_update = False
@@ -195,8 +196,12 @@ class DiceKaggle(Metric):
     pos_dice_sum: torch.Tensor
     n_positive: torch.Tensor
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, result: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if result not in (None, "dice_kaggle", "dice_positive", "n_images", "n_positive"):
+            raise ValueError(f"DiceKaggle: unknown result {result!r} (valid: None, dice_kaggle, dice_positive, "
+                             "n_images, n_positive)")
+        self.result = result
         dtype = torch.float64
         for name in ("dice_sum", "n_images", "pos_dice_sum", "n_positive"):
             self.add_state(name, default=torch.zeros((), dtype=dtype), dist_reduce_fx="sum")
@@ -219,12 +224,13 @@ class DiceKaggle(Metric):
         self.pos_dice_sum += (dice * positive).sum()
         self.n_positive += positive.sum()
 
-    def compute(self) -> dict[str, torch.Tensor]:
+    def compute(self) -> Any:
         nan = torch.full_like(self.dice_sum, math.nan)
-        return {
+        values = {
             "dice_kaggle": torch.where(self.n_images > 0, self.dice_sum / self.n_images.clamp(min=1), nan),
             "dice_positive": torch.where(self.n_positive > 0, self.pos_dice_sum / self.n_positive.clamp(min=1),
                                          nan),
             "n_images": self.n_images.clone(),
             "n_positive": self.n_positive.clone(),
         }
+        return values if self.result is None else values[self.result]

@@ -32,7 +32,9 @@ from torch import nn
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig
 from pneumoseg.dicom import DicomMeta, read_dicom
-from pneumoseg.dicom_seg import make_segmentation, write_segmentation
+from pneumoseg.dicom_sc import make_overlay_sc, write_sc
+from pneumoseg.dicom_seg import area_mm2, make_segmentation, write_segmentation
+from pneumoseg.dicom_sr import make_sr, write_sr
 from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
 from pneumoseg.export import OnnxModel
 from pneumoseg.images import read_image, resize_image, write_png
@@ -256,6 +258,8 @@ class PredictResult:
     n_seg: int = 0                 #: DICOM SEG files written (``dicom_seg=True``) to ``out_dir/seg``
     seg_skipped_empty: int = 0     #: DICOM inputs without SEG: empty prediction (no ``dicom_seg_empty``)
     seg_skipped_not_dicom: int = 0  #: PNG / JPEG inputs: no source DICOM to reference
+    n_sr: int = 0                  #: DICOM Structured Reports (TID 1500) written to ``out_dir/sr``
+    n_sc: int = 0                  #: Secondary Capture overlays written to ``out_dir/sc``
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -266,33 +270,49 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buf.getvalue()
 
 
-def _write_seg(predictor: Predictor, image: InputImage, pred: Prediction, out: Path, result: PredictResult,
-               empty: bool) -> None:
-    """``out/seg/<image_id>.dcm`` for a DICOM input (see ``pneumoseg.dicom_seg``); counts skips."""
+def _read_header(image: InputImage) -> pydicom.Dataset | None:
+    """The source DICOM's header (for areas in mm² and DICOM outputs); None for PNG / JPEG."""
     if image.meta is None:
+        return None
+    try:
+        return pydicom.dcmread(image.path, stop_before_pixels=True)
+    except Exception as exc:  # it decoded a moment ago; pydicom raises many types
+        raise DicomError(f"{image.path}: cannot re-read the header ({exc})".replace("\n", " ")) from None
+
+
+def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset | None,
+                         out: Path, result: PredictResult, seg: bool, seg_empty: bool, sr: bool, sc: bool) -> None:
+    """``out/seg``, ``out/sr``, ``out/sc`` ``/<image_id>.dcm`` for a DICOM input (see ``predict_to_folder``)."""
+    if source is None:
         result.seg_skipped_not_dicom += 1
         return
-    if not pred.mask.any() and not empty:
+    seg_ds = None
+    if seg and (pred.mask.any() or seg_empty):
+        params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
+                  "postprocess": json.dumps(predictor.postprocess.to_dict())}
+        if predictor.backend == "torch":
+            params["checkpoint"] = predictor.checkpoint
+        seg_ds = make_segmentation(source, pred.mask, model_name=predictor.model_name, algorithm_parameters=params)
+        write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg_ds)
+        result.n_seg += 1
+    elif seg:
         result.seg_skipped_empty += 1
-        return
-    try:
-        source = pydicom.dcmread(image.path, stop_before_pixels=True)
-    except Exception as exc:  # it decoded a moment ago; pydicom raises many types
-        raise DicomError(f"{image.path}: cannot re-read the header for the DICOM SEG ({exc})") from None
-    params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
-              "postprocess": json.dumps(predictor.postprocess.to_dict())}
-    if predictor.backend == "torch":
-        params["checkpoint"] = predictor.checkpoint
-    seg = make_segmentation(source, pred.mask, model_name=predictor.model_name, algorithm_parameters=params)
-    write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg)
-    result.n_seg += 1
+    if sr:
+        report = make_sr(source, seg_ds, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
+                         area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source), model_name=predictor.model_name)
+        write_sr(out / "sr" / f"{pred.image_id}.dcm", report)
+        result.n_sr += 1
+    if sc:
+        write_sc(out / "sc" / f"{pred.image_id}.dcm",
+                 make_overlay_sc(source, image.pixels, pred.mask, model_name=predictor.model_name))
+        result.n_sc += 1
 
 
 def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                       submission: str | os.PathLike[str] | None = None, overlays: bool = True,
                       rle_format: Literal["relative", "absolute"] = "relative", progress: bool = True,
                       on_prediction: object = None, dicom_seg: bool = False,
-                      dicom_seg_empty: bool = False) -> PredictResult:
+                      dicom_seg_empty: bool = False, dicom_sr: bool = False, dicom_sc: bool = False) -> PredictResult:
     """Predict every input and write ``masks/``, ``overlays/``, ``predictions.csv`` and the submission.
 
     An input that cannot be read is reported in ``failures`` (file and reason) and skipped; the
@@ -303,8 +323,12 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
 
     ``dicom_seg``: also write ``seg/<image_id>.dcm``, a DICOM Segmentation of the mask referencing
     the source DICOM (``pneumoseg.dicom_seg.make_segmentation``), for each DICOM input whose mask
-    is not empty (``dicom_seg_empty``: for empty ones too). PNG / JPEG inputs get none (counted in
-    ``seg_skipped_not_dicom``). A SEG that cannot be made is reported in ``failures``.
+    is not empty (``dicom_seg_empty``: for empty ones too). ``dicom_sr``: ``sr/<image_id>.dcm``, a
+    TID 1500 measurement report (presence, score, area in mm² when the source has a pixel spacing,
+    referencing the SEG when one was written); ``dicom_sc``: ``sc/<image_id>.dcm``, an RGB Secondary
+    Capture of the overlay for viewers without SEG support. PNG / JPEG inputs get none (counted in
+    ``seg_skipped_not_dicom``). An output that cannot be made is reported in ``failures``.
+    ``predictions.csv`` has ``area_mm2`` for DICOM inputs with a pixel spacing (else empty).
     """
     out = Path(out_dir)
     check_output_dir(out)
@@ -312,7 +336,7 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
         check_output_file(submission, (), "submission")
     result = PredictResult(out)
     encode = rle_encode if rle_format == "relative" else rle_encode_absolute
-    rows: list[tuple[str, str, float, int, int, int, int]] = []
+    rows: list[tuple[object, ...]] = []
     sub_rows: list[tuple[str, str]] = []
     seen: dict[str, Path] = {}
     paths = [Path(p) for p in inputs]
@@ -336,23 +360,27 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                 if overlays:
                     write_rgb_png(out / "overlays" / f"{pred.image_id}.png", overlay(image.pixels, pred.mask))
                 h, w = pred.mask.shape
+                try:
+                    source = _read_header(image)
+                    mm2 = area_mm2(pred.mask, source) if source is not None else None
+                    if dicom_seg or dicom_sr or dicom_sc:
+                        _write_dicom_outputs(predictor, image, pred, source, out, result, dicom_seg, dicom_seg_empty,
+                                             dicom_sr, dicom_sc)
+                except PneumosegError as exc:
+                    result.failures.append(f"{exc} (mask written; DICOM outputs not)")
+                    mm2 = None
                 rows.append((pred.image_id, str(image.path), round(pred.probability, 6), int(pred.area_px > 0),
-                             pred.area_px, h, w))
+                             pred.area_px, "" if mm2 is None else round(mm2, 2), h, w))
                 sub_rows.append((pred.image_id, encode(pred.mask)))
-                if dicom_seg:
-                    try:
-                        _write_seg(predictor, image, pred, out, result, dicom_seg_empty)
-                    except PneumosegError as exc:
-                        result.failures.append(f"{exc} (mask written; DICOM SEG not)")
                 if callable(on_prediction):
                     on_prediction(image, pred)
             bar.advance(task, len(paths[start:start + predictor.batch_size]))
     result.n_images = len(rows)
-    result.n_positive = sum(r[3] for r in rows)
+    result.n_positive = sum(1 for _, rle in sub_rows if rle != "-1")
     if rows:
         result.predictions_csv = out / "predictions.csv"
         atomic_write_text(result.predictions_csv, _csv_text(
-            ("image_id", "source", "probability", "has_pneumothorax", "area_px", "height", "width"), rows))
+            ("image_id", "source", "probability", "has_pneumothorax", "area_px", "area_mm2", "height", "width"), rows))
         result.submission_csv = Path(submission) if submission else out / "submission.csv"
         atomic_write_text(result.submission_csv, _csv_text(("ImageId", "EncodedPixels"), sub_rows))
     return result

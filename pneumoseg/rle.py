@@ -53,8 +53,8 @@ EMPTY_RLE = "-1"
 MAX_PIXELS = 2**30
 
 _INTEGER = re.compile(r"-?[0-9]+")
-# Up to this many runs, slice assignment beats one np.repeat over the whole image (1024x1024).
-_SLICE_RUNS = 48
+# Up to this many runs, one slice assignment per run beats one np.repeat over a 1024x1024 image.
+_SLICE_RUNS = 64
 
 
 def _is_empty(rle: str) -> bool:
@@ -77,8 +77,8 @@ def _check_shape(height: int, width: int, where: str) -> int:
     return n
 
 
-def _parse_pairs(rle: str, where: str, n: int, first: str) -> tuple[np.ndarray, np.ndarray]:
-    """Parse ``"a b c d ..."`` into int64 arrays (firsts, lengths), each value in 0..n, lengths >= 1.
+def _parse_values(rle: str, where: str, n: int, first: str) -> np.ndarray:
+    """Parse ``"a b c d ..."`` into one int64 array (pairs interleaved), each value in 0..n, lengths >= 1.
 
     ``first`` names the first number of a pair in messages ("start" or "absolute start").
     Raises RLEError for a non-integer token, an odd count, more runs than pixels, a negative
@@ -94,7 +94,7 @@ def _parse_pairs(rle: str, where: str, n: int, first: str) -> tuple[np.ndarray, 
         raise RLEError(f"{where}odd number of tokens ({len(values)}): RLE needs (start, length) pairs")
     if len(values) > 2 * n:
         raise RLEError(f"{where}{len(values) // 2} runs cannot fit in {n} pixels")
-    firsts, lengths = values[0::2], values[1::2]
+    lengths = values[1::2]
     if lengths.min() < 1:
         i = int(np.argmax(lengths < 1))
         raise RLEError(f"{where}run {i} has length {int(lengths[i])} (must be 1..{n})")
@@ -103,7 +103,7 @@ def _parse_pairs(rle: str, where: str, n: int, first: str) -> tuple[np.ndarray, 
         what = first if k % 2 == 0 else "length"
         raise RLEError(f"{where}run {k // 2} {what} {_short(text.split()[k])} is past the image end "
                        f"({n} pixels; valid: 0..{n})")
-    return firsts, lengths
+    return values
 
 
 def _parse_tokens(tokens: list[str], where: str, n: int, first: str) -> np.ndarray:
@@ -135,26 +135,23 @@ def _check_end(ends: np.ndarray, height: int, width: int, where: str) -> None:
                        f"({height}x{width} = {n})")
 
 
-def _paint(starts: np.ndarray, ends: np.ndarray, height: int, width: int,
-           order: Literal["F", "C"]) -> np.ndarray:
-    """Fill validated runs (0-based ``[start, end)`` in pixel order) into a bool ``(height, width)`` mask.
+def _paint(bounds: np.ndarray, height: int, width: int, order: Literal["F", "C"]) -> np.ndarray:
+    """Fill validated runs into a bool ``(height, width)`` mask.
 
-    The runs are filled into one flat buffer in pixel order and the result is a view of it
+    ``bounds`` is ``[start0, end0, start1, end1, ...]``: 0-based, in pixel order, increasing. The
+    runs are filled into one flat buffer in pixel order and the result is a view of it
     (column-major: its transpose, F-contiguous): nothing is scattered or copied. Few runs: one
     slice each; many: one ``np.repeat`` of alternating False/True over the gap and run lengths.
     """
     n = height * width
-    if len(starts) <= _SLICE_RUNS:
+    if len(bounds) <= 2 * _SLICE_RUNS:
         flat = np.zeros(n, dtype=bool)
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        for start, end in zip(bounds[0::2].tolist(), bounds[1::2].tolist(), strict=True):
             flat[start:end] = True
     else:
-        bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)
-        bounds[0], bounds[-1] = 0, n
-        bounds[1:-1:2], bounds[2:-1:2] = starts, ends
-        values = np.zeros(len(bounds) - 1, dtype=bool)
+        values = np.zeros(len(bounds) + 1, dtype=bool)
         values[1::2] = True
-        flat = np.repeat(values, np.diff(bounds))
+        flat = np.repeat(values, np.diff(bounds, prepend=0, append=n))
     return flat.reshape(width, height).T if order == "F" else flat.reshape(height, width)
 
 
@@ -172,13 +169,12 @@ def rle_decode(rle: str, height: int = 1024, width: int = 1024, *, where: str = 
     n = _check_shape(height, width, where)
     if _is_empty(rle):
         return _empty(height, width, "F")
-    rel, lengths = _parse_pairs(rle, where, n, "start")
-    # start_i = end_{i-1} + rel_i: one cumulative sum over the interleaved tokens. Every value is
-    # <= n <= 2**30 and there are <= 2n of them, so the sums cannot overflow int64.
-    positions = np.cumsum(np.column_stack((rel, lengths)).ravel())
-    ends = positions[1::2]
-    _check_end(ends, height, width, where)
-    return _paint(positions[0::2], ends, height, width, "F")
+    # start_i = end_{i-1} + rel_i: one cumulative sum over the interleaved tokens gives
+    # [start0, end0, start1, end1, ...]. Every value is <= n <= 2**30 and there are <= 2n of them,
+    # so the sums cannot overflow int64.
+    bounds = np.cumsum(_parse_values(rle, where, n, "start"))
+    _check_end(bounds[1::2], height, width, where)
+    return _paint(bounds, height, width, "F")
 
 
 def rle_decode_absolute(rle: str, height: int = 1024, width: int = 1024, *, order: Literal["F", "C"] = "F",
@@ -191,7 +187,8 @@ def rle_decode_absolute(rle: str, height: int = 1024, width: int = 1024, *, orde
     n = _check_shape(height, width, where)
     if _is_empty(rle):
         return _empty(height, width, order)
-    firsts, lengths = _parse_pairs(rle, where, n, "absolute start")
+    values = _parse_values(rle, where, n, "absolute start")
+    firsts, lengths = values[0::2], values[1::2]
     if (firsts < 1).any():
         i = int(np.flatnonzero(firsts < 1)[0])
         raise RLEError(f"{where}run {i} has start {int(firsts[i])} (absolute starts are 1-based: 1..{n})")
@@ -203,7 +200,7 @@ def rle_decode_absolute(rle: str, height: int = 1024, width: int = 1024, *, orde
         raise RLEError(f"{where}run {i} starts at {int(firsts[i])}, inside or before the previous run "
                        f"(runs must be sorted and must not overlap)")
     _check_end(ends, height, width, where)
-    return _paint(starts, ends, height, width, order)
+    return _paint(np.column_stack((starts, ends)).ravel(), height, width, order)
 
 
 def _runs_in_order(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

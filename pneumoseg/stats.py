@@ -12,8 +12,10 @@ The CI method is the **percentile** bootstrap: the ``(1 - level) / 2`` and ``(1 
 quantiles (numpy's linear interpolation) of the resampled statistic. Resamples where the
 statistic is undefined (NaN) are left out of the quantiles.
 
-Paired comparisons (:func:`paired_bootstrap`) apply the **same** resampled images to both runs
-and take quantiles of the difference ``stat(b) - stat(a)``; its two-sided p-value is
+Paired comparisons (:func:`paired_bootstrap`, or :func:`bootstrap_distributions` for many
+statistics and runs at once, then :meth:`Distribution.paired`) apply the **same** resampled
+images to both runs and take quantiles of the difference ``stat(b) - stat(a)``; its two-sided
+p-value is
 ``min(1, 2 * min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1)))`` (the smallest
 level at which the percentile interval excludes 0, with the usual +1 so it is never 0). When
 every per-image value agrees, every difference is 0, the interval is [0, 0] and p = 1.
@@ -24,19 +26,21 @@ differences are 0).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 __all__ = [
     "CI",
     "METRIC_NAMES",
+    "Distribution",
     "PairedResult",
     "PerImage",
     "bootstrap_ci",
     "bootstrap_counts",
+    "bootstrap_distributions",
     "metric_statistic",
     "paired_bootstrap",
     "predict_nothing_dice",
@@ -139,11 +143,59 @@ def bootstrap_counts(n: int, strata: Any | None = None, n_boot: int = 2000, seed
 
 
 def _percentile_ci(point: float, boot: np.ndarray, level: float) -> CI:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     finite = boot[~np.isnan(boot)]
     if math.isnan(point) or not finite.size:
         return CI(math.nan, math.nan, math.nan, level, int(boot.size))
     low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
     return CI(float(point), float(low), float(high), level, int(boot.size))
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A statistic on the data (``point``) and on each bootstrap resample (``boot``, (B,) float64)."""
+
+    point: float
+    boot: np.ndarray
+
+    def ci(self, level: float = 0.95) -> CI:
+        """The percentile interval at ``level``."""
+        return _percentile_ci(self.point, self.boot, level)
+
+    def paired(self, reference: Distribution, level: float = 0.95) -> PairedResult:
+        """``self - reference`` on the same resamples: difference, CI and two-sided bootstrap p-value."""
+        if self.boot.shape != reference.boot.shape:
+            raise ValueError(f"paired distributions differ in resamples: {self.boot.shape} vs {reference.boot.shape}")
+        point, boot = self.point - reference.point, self.boot - reference.boot
+        ci = _percentile_ci(point, boot, level)
+        finite = boot[~np.isnan(boot)]
+        if not finite.size or math.isnan(point):
+            return PairedResult(ci, math.nan)
+        tail = min(np.count_nonzero(finite <= 0), np.count_nonzero(finite >= 0))
+        p = min(1.0, 2.0 * (1 + tail) / (finite.size + 1))  # all differences 0: tail = B, p = 1
+        return PairedResult(ci, float(p))
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def bootstrap_distributions(statistics: Mapping[K, Statistic], n: int, strata: Any | None = None,
+                            n_boot: int = 2000, seed: int = 0) -> dict[K, Distribution]:
+    """Every statistic of N images on the **same** resamples (one set of counts for all of them).
+
+    Distributions of two runs' statistics from one call are paired (see
+    :meth:`Distribution.paired`). ``n`` = 0 gives NaN points and no resamples.
+    """
+    if n == 0:
+        return {k: Distribution(math.nan, np.zeros(0)) for k in statistics}
+    ones = np.ones((1, n))
+    points = {k: float(f(ones)[0]) for k, f in statistics.items()}
+    parts: dict[K, list[np.ndarray]] = {k: [] for k in statistics}
+    for counts in bootstrap_counts(n, strata, n_boot, seed):
+        for k, f in statistics.items():
+            parts[k].append(f(counts))
+    return {k: Distribution(points[k], np.concatenate(parts[k])) for k in statistics}
 
 
 def _as_statistic(values_or_callable: Any) -> tuple[Statistic, int | None]:
@@ -174,11 +226,7 @@ def bootstrap_ci(values_or_callable: Any, strata: Any | None = None, n_boot: int
             raise ValueError("bootstrap_ci with a callable statistic needs n= or strata=")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if size == 0:
-        return CI(math.nan, math.nan, math.nan, level, 0)
-    point = float(stat(np.ones((1, size)))[0])
-    boot = np.concatenate([stat(c) for c in bootstrap_counts(size, strata, n_boot, seed)])
-    return _percentile_ci(point, boot, level)
+    return bootstrap_distributions({0: stat}, size, strata, n_boot, seed)[0].ci(level)
 
 
 def paired_bootstrap(a: Any, b: Any, strata: Any | None = None,
@@ -187,32 +235,20 @@ def paired_bootstrap(a: Any, b: Any, strata: Any | None = None,
     """Paired bootstrap of ``statistic(b) - statistic(a)`` over the same resampled images.
 
     ``a``, ``b``: the two runs' per-image data for the same images in the same order, either
-    value arrays (N,) (statistic: the mean) or any objects that ``statistic`` turns into a
+    value arrays (N,) (statistic: the mean) or sized objects that ``statistic`` turns into a
     :data:`Statistic` (e.g. :class:`PerImage` with ``lambda p: metric_statistic("image_auc", p)``).
     """
     if statistic is None:
         sa, na = _as_statistic(a)
         sb, nb = _as_statistic(b)
     else:
-        sa, sb = statistic(a), statistic(b)
-        na = nb = len(a) if hasattr(a, "__len__") else None
-        if hasattr(b, "__len__") and len(b) != na:
-            raise ValueError(f"paired runs differ in number of images: {na} vs {len(b)}")
+        sa, sb, na, nb = statistic(a), statistic(b), len(a), len(b)
     if na != nb:
         raise ValueError(f"paired runs differ in number of images: {na} vs {nb}")
-    size = na if na is not None else (np.asarray(strata).size if strata is not None else 0)
-    if size == 0:
+    dist = bootstrap_distributions({"a": sa, "b": sb}, int(na or 0), strata, n_boot, seed)
+    if not na:
         return PairedResult(CI(math.nan, math.nan, math.nan, level, 0), math.nan)
-    ones = np.ones((1, size))
-    point = float(sb(ones)[0] - sa(ones)[0])
-    boot = np.concatenate([sb(c) - sa(c) for c in bootstrap_counts(size, strata, n_boot, seed)])
-    ci = _percentile_ci(point, boot, level)
-    finite = boot[~np.isnan(boot)]
-    if not finite.size or math.isnan(point):
-        return PairedResult(ci, math.nan)
-    tail = min(np.count_nonzero(finite <= 0), np.count_nonzero(finite >= 0))
-    p = min(1.0, 2.0 * (1 + tail) / (finite.size + 1))  # all differences 0: tail = B, p = 1
-    return PairedResult(ci, float(p))
+    return dist["b"].paired(dist["a"], level)
 
 
 def wilcoxon_p(a: Any, b: Any) -> float:
@@ -239,19 +275,23 @@ def weighted_auc(score: np.ndarray, positive: np.ndarray, counts: np.ndarray) ->
 
     Row r is the AUC of the sample where image i appears ``counts[r, i]`` times (ties count
     1/2, as sklearn's ``roc_auc_score``); NaN where a row has no positive or no negative.
-    O(B * N) after one sort.
+    Each positive scores the (count-weighted) negatives below it plus half those tied with it,
+    read off one cumulative sum of the negatives' counts in score order: O(B * N).
     """
-    order = np.argsort(score, kind="stable")
-    s = np.asarray(score, dtype=np.float64)[order]
-    pos = np.asarray(positive, dtype=bool)[order]
-    c = counts[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if s.size else np.zeros(0, np.int64)
-    cp = np.add.reduceat(c * pos, starts, axis=1) if s.size else c[:, :0]
-    cn = np.add.reduceat(c * ~pos, starts, axis=1) if s.size else c[:, :0]
-    below = np.cumsum(cn, axis=1) - cn
-    n_pos, n_neg = cp.sum(1), cn.sum(1)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    pos = np.asarray(positive, dtype=bool).reshape(-1)
+    neg_idx = np.flatnonzero(~pos)
+    neg_idx = neg_idx[np.argsort(s[neg_idx], kind="stable")]
+    pos_idx = np.flatnonzero(pos)
+    lo = np.searchsorted(s[neg_idx], s[pos_idx], side="left")
+    hi = np.searchsorted(s[neg_idx], s[pos_idx], side="right")
+    cum = np.zeros((counts.shape[0], neg_idx.size + 1))
+    np.cumsum(counts[:, neg_idx], axis=1, out=cum[:, 1:])
+    cp = counts[:, pos_idx]
+    wins = (cp * (cum[:, lo] + cum[:, hi])).sum(1) / 2  # below + tied / 2 = (cum[lo] + cum[hi]) / 2
+    n_pos, n_neg = cp.sum(1), cum[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (cp * (below + 0.5 * cn)).sum(1) / (n_pos * n_neg)
+        auc = wins / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 

@@ -21,12 +21,12 @@ def test_demo_runs_every_step_and_reuses_finished_ones(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in ("run/config.yaml", "run/checkpoints/best.ckpt", "run/curves.png", "run/postprocess.json",
-                 "run/eval/metrics.json", "run/eval/best.png", "predict/predictions.csv", "predict/submission.csv"):
+                 "run/eval/test/metrics.json", "run/eval/test/best.png", "predict/predictions.csv", "predict/submission.csv"):
         assert (out / name).is_file(), name
     for step in ("1/6 synth", "2/6 prepare", "3/6 split", "4/6 train", "5/6 tune + evaluate", "6/6 predict",
                  "dice_kaggle", "dice_positive", "Outputs"):
         assert step in result.output
-    metrics = json.loads((out / "run/eval/metrics.json").read_text())
+    metrics = json.loads((out / "run/eval/test/metrics.json").read_text())
     assert metrics["n_images"] == len(pd.read_csv(out / "predict/predictions.csv"))
     assert set(read_annotations(out / "predict/submission.csv")) == {p.stem for p in (out / "predict/masks").iterdir()}
     first = (out / "run/checkpoints/last.ckpt").stat().st_mtime_ns

@@ -496,6 +496,7 @@ def test_cli_prepare_over_pydicom_test_files(hostile_folder: Path, tmp_path: Pat
     _assert_one_line_per_refused(output, _refused(hostile_folder, read_dicom), hostile_folder, "prepare")
 
 
+@pytest.mark.slow  # ~45 s on 2 shared cores: 140 forward passes of the seed U-Net
 def test_cli_predict_over_pydicom_test_files(hostile_folder: Path, tmp_path: Path) -> None:
     from pneumoseg.config import load_config
     from pneumoseg.training.run import init_run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pneumoseg.cli.main import app
 from pneumoseg.dicom_seg import make_segmentation, read_segmentation
 from pneumoseg.errors import DicomError
 from pneumoseg.images import read_mask, write_png
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.postprocess import PostProcess, TunedRule, save_tuned
 from pneumoseg.predict import Predictor, load_input, predict_to_folder
 from tests.shared_data import SIIM, require_siim
 
@@ -89,7 +88,9 @@ def test_empty_prediction_gets_a_seg_only_with_dicom_seg_empty(trained_run: Path
                                                               tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    (run / "postprocess.json").write_text(json.dumps({"threshold": 1.0}))  # p > 1 never: empty masks
+    # a rule tuned for this run that keeps nothing (p > 1 never): empty masks
+    save_tuned(TunedRule(PostProcess(threshold=1.0), TunedRule.key_of([run], "best", False)[0], "best", False,
+                         split="val", n_images=1, dice_kaggle=0.0, default_dice_kaggle=0.0))
     dicom = sorted((synth_data / "dicom").glob("*.dcm"))[0]
     image_id = load_input(dicom).image_id
     base = ["predict", str(run), str(dicom), "--no-progress", "--device", "cpu", "--no-overlays", "--dicom-seg"]

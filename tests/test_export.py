@@ -18,7 +18,7 @@ from pneumoseg.cli.main import app
 from pneumoseg.errors import DataError
 from pneumoseg.export import OnnxModel, export_onnx, read_onnx_metadata
 from pneumoseg.images import read_mask
-from pneumoseg.postprocess import run_postprocess
+from pneumoseg.postprocess import PostProcess
 from pneumoseg.predict import Predictor, load_input
 from pneumoseg.training.run import load_run
 from tests.shared_data import SIIM
@@ -73,7 +73,9 @@ def test_metadata_round_trip(trained_run: Path, unet_onnx: Path) -> None:
     assert (meta.model_name, meta.size, meta.in_channels, meta.normalize) == ("unet", 64, 1, "gray")
     assert (meta.mean, meta.std) == ([0.5], [0.25])
     assert meta.version == pneumoseg.__version__ and meta.output == "logits" and meta.checkpoint == "best"
-    assert meta.postprocess == run_postprocess(trained_run, cfg).to_dict()
+    # No rule tuned for this run: the config's default, with its unit.
+    assert meta.postprocess == PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area).to_dict()
+    assert meta.postprocess["area_unit"] == "source_px"
     props = {p.key: p.value for p in onnx.load(unet_onnx).metadata_props}
     assert json.loads(props["pneumoseg.postprocess"]) == meta.postprocess and props["pneumoseg.size"] == "64"
     model = OnnxModel(unet_onnx, threads=1)  # dynamic batch: 1 and 3 images

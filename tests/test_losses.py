@@ -118,6 +118,34 @@ def test_targets_may_be_bool_or_uint8() -> None:
         )
 
 
+@pytest.mark.parametrize("name", ["bce", "dice", "bce_dice", "bce_logdice", "focal", "lovasz"])
+def test_losses_compute_in_float32(name: str) -> None:
+    """bf16 logits (as under mixed precision) give a float32 loss equal to the float32 logits' loss."""
+    logits, target = CASES["B"]
+    low = logits.to(torch.bfloat16)
+    loss = create_loss(name)(low, target)
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(create_loss(name)(low.float(), target)), abs=1e-6)
+    weighted = create_loss({name: 2.0})(low, target)
+    assert weighted.dtype == torch.float32 and float(weighted) == pytest.approx(2 * float(loss), abs=1e-5)
+
+
+def test_soft_targets() -> None:
+    """Soft targets (covered fractions): BCE and Dice use them as they are; Lovasz cuts at 0.5."""
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]]])
+    target = torch.tensor([[[[0.25, 1.0], [0.0, 0.6]]]])
+    p = torch.sigmoid(logits)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    assert float(create_loss("bce")(logits, target)) == pytest.approx(float(bce), abs=1e-6)
+    dice = (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    assert float(create_loss("dice")(logits, target)) == pytest.approx(1 - float(dice), abs=1e-6)
+    pt = torch.where(target > 0, p, 1 - p)  # focal with soft targets stays finite and positive
+    assert 0 < float(create_loss("focal")(logits, target)) < float(bce)
+    assert float(create_loss("lovasz")(logits, target)) == pytest.approx(
+        float(create_loss("lovasz")(logits, (target >= 0.5).float())))
+    del pt
+
+
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         create_loss("bce")(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2))

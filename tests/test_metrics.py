@@ -12,6 +12,7 @@ from pneumoseg.metrics import (
     SUMMARY_KEYS,
     DiceKaggle,
     detection_metrics,
+    dice_from_counts,
     dice_kaggle,
     dice_per_image,
     dice_positive,
@@ -146,10 +147,24 @@ def test_streaming_accumulator_matches_function() -> None:
     for start in range(0, len(pred), 5):
         p, t = torch.from_numpy(pred[start : start + 5]), torch.from_numpy(true[start : start + 5])
         acc.update(p[:, None].float(), t[:, None].to(torch.uint8))
-    assert acc.compute() == pytest.approx(dice_kaggle(pred, true))
-    assert acc.compute_positive() == pytest.approx(dice_positive(pred, true))
-    assert acc.per_image().shape == (len(pred),)
+    values = acc.compute()
+    assert float(values["dice_kaggle"]) == pytest.approx(dice_kaggle(pred, true), abs=1e-12)
+    assert float(values["dice_positive"]) == pytest.approx(dice_positive(pred, true), abs=1e-12)
+    assert int(values["n_images"]) == len(pred)
+    assert int(values["n_positive"]) == int(true.reshape(len(true), -1).any(1).sum())
     acc.update(pred[:2], true[:2])  # numpy works too
-    assert acc.per_image().shape == (len(pred) + 2,)
+    assert int(acc.compute()["n_images"]) == len(pred) + 2
+    only = DiceKaggle(result="dice_positive")
+    only.update(pred, true)
+    assert float(only.compute()) == pytest.approx(dice_positive(pred, true), abs=1e-12)
     acc.reset()
-    assert math.isnan(acc.compute())
+    assert math.isnan(float(acc.compute()["dice_kaggle"]))
+    with pytest.raises(ValueError, match="unknown result"):
+        DiceKaggle(result="iou")
+
+
+def test_dice_from_counts_torch_equals_numpy() -> None:
+    inter, pa, ta = np.array([0, 3, 0, 5]), np.array([0, 4, 2, 5]), np.array([0, 6, 0, 9])
+    ref = dice_from_counts(inter, pa, ta)
+    got = dice_from_counts(*(torch.from_numpy(x) for x in (inter, pa, ta)))
+    assert isinstance(got, torch.Tensor) and np.allclose(got.numpy(), ref) and ref.tolist()[0] == 1.0

@@ -159,3 +159,29 @@ def test_evaluate_metrics_match_an_independent_recomputation(trained_run: Path, 
         scores.append(1.0 if total == 0 else 2 * int((pred & truth).sum()) / total)
     assert metrics["dice_kaggle"] == pytest.approx(np.mean(scores), abs=1e-4)
     assert dice_kaggle(np.zeros((2, 4, 4), bool), np.zeros((2, 4, 4), bool)) == 1.0
+
+
+def test_predict_writes_sr_and_sc_and_area_in_mm2(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    from pneumoseg.dicom_seg import pixel_spacing_mm
+
+    inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:2]
+    predictor = Predictor([trained_run], device="cpu", postprocess=PostProcess(threshold=0.05))
+    res = predict_to_folder(predictor, inputs, tmp_path / "o", progress=False, dicom_seg=True, dicom_sr=True,
+                            dicom_sc=True)
+    assert not res.failures and res.n_sr == res.n_sc == 2
+    preds = pd.read_csv(tmp_path / "o" / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+    for path in inputs:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        image_id = header.SOPInstanceUID
+        sr = pydicom.dcmread(tmp_path / "o" / "sr" / f"{image_id}.dcm")
+        sc = pydicom.dcmread(tmp_path / "o" / "sc" / f"{image_id}.dcm")
+        assert sr.Modality == "SR" and sc.pixel_array.shape == (header.Rows, header.Columns, 3)
+        spacing = pixel_spacing_mm(header)
+        row = preds.loc[image_id]
+        if spacing is None:
+            assert pd.isna(row["area_mm2"])
+        else:
+            (dy, dx), _ = spacing
+            assert row["area_mm2"] == pytest.approx(row["area_px"] * dy * dx, rel=1e-3, abs=0.01)

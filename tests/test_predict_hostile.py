@@ -16,6 +16,7 @@ from pneumoseg.cli.main import app
 from pneumoseg.images import write_png
 
 runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
 
 HOSTILE_UIDS = {
     "traversal": "../../escaped",

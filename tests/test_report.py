@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pneumoseg.cli.main import app
 from pneumoseg.evaluate import CASE_CATEGORIES, case_order
 from pneumoseg.images import read_image
+from pneumoseg.postprocess import PostProcess, TunedRule, save_tuned
 from pneumoseg.report import METRICS
 
 runner = CliRunner()
@@ -30,7 +31,8 @@ def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(trained_run, run)
-    (run / "postprocess.json").write_text(json.dumps({"threshold": 0.3, "min_area": 0}))
+    save_tuned(TunedRule(PostProcess(threshold=0.3), TunedRule.key_of([run], "best", False)[0], "best", False,
+                         "val", 1, 0.5, 0.5))
     result = runner.invoke(app, ["evaluate", str(run), "--split", "val", "--no-progress", "--device", "cpu",
                                  "--report"])
     assert result.exit_code == 0, result.output
@@ -62,7 +64,7 @@ def test_case_order_picks_the_right_images() -> None:
 
 
 def test_evaluate_saves_thumbnails_and_cases_csv(evaluated: Path) -> None:
-    ev = evaluated / "eval"
+    ev = evaluated / "eval" / "val"
     cases = pd.read_csv(ev / "cases.csv", dtype={"image_id": str})
     per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str}).set_index("image_id")
     assert list(cases.columns) == ["category", "image_id", "dice", "truth_area_px", "pred_area_px",
@@ -86,7 +88,7 @@ def test_evaluate_saves_thumbnails_and_cases_csv(evaluated: Path) -> None:
 
 def test_report_is_self_contained_and_complete(evaluated: Path) -> None:
     page = (evaluated / "report.html").read_text()
-    ev = evaluated / "eval"
+    ev = evaluated / "eval" / "val"
     assert 'src="http' not in page and "<link" not in page and "<script src" not in page
     imgs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
     assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
@@ -115,7 +117,7 @@ def test_report_is_self_contained_and_complete(evaluated: Path) -> None:
 
 
 def test_markdown_summary_and_report_command(evaluated: Path, tmp_path: Path) -> None:
-    metrics = json.loads((evaluated / "eval" / "metrics.json").read_text())
+    metrics = json.loads((evaluated / "eval" / "val" / "metrics.json").read_text())
     md = (evaluated / "report.md").read_text()
     assert f"{metrics['dice_kaggle']:.4f}" in md and str((evaluated / "report.html").resolve()) in md
     (evaluated / "curves.png").rename(tmp_path / "curves.png")  # redrawn from history.csv
@@ -157,6 +159,6 @@ def test_headless_browser_sorts_the_per_image_table(evaluated: Path, tmp_path: P
     table = _section(dom, "per-image")
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table[table.index("<tbody>"):], flags=re.S)
     dice = [float(re.findall(r"<td[^>]*>([^<]*)</td>", r)[-1]) for r in rows]
-    per_image = pd.read_csv(evaluated / "eval" / "per_image.csv")
+    per_image = pd.read_csv(evaluated / "eval" / "val" / "per_image.csv")
     assert len(dice) == len(per_image)
     assert dice == sorted(dice) and np.allclose(sorted(dice), np.sort(per_image["dice"]), atol=1e-4)

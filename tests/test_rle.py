@@ -109,7 +109,7 @@ def test_encode_accepts_uint8_0_255() -> None:
         # Numbers beyond int64 and sums that would wrap around: a named error, not StopIteration.
         ("1 " + "9" * 25, "run 0 length '9{20}\\.\\.\\.' is past the image end"),
         ("99999999999999999999 1", "run 0 start '99999999999999999999' is past the image end"),
-        ("0 4611686018427387904 0 4611686018427387904", "run 0 length 4611686018427387904 is past"),
+        ("0 4611686018427387904 0 4611686018427387904", "run 0 length '4611686018427387904' is past"),
         ("0 1 " * 101, "101 runs cannot fit in 100 pixels"),
         ("1 ٣", "non-integer token '٣'"),
         ("1 +3", "non-integer token '\\+3'"),

@@ -201,7 +201,7 @@ def test_hostile_strings_absolute(rle: str, shape: tuple[int, int], order: str) 
     try:
         expected = ref_decode_absolute(rle, height, width, order)
     except ValueError:
-        with pytest.raises(RLEError, match="^where: "):
+        with pytest.raises(RLEError, match=r"^where: "):
             rle_decode_absolute(rle, height, width, order=order, where="where: ")  # type: ignore[arg-type]
     else:
         got = rle_decode_absolute(rle, height, width, order=order)  # type: ignore[arg-type]
@@ -274,7 +274,7 @@ def test_huge_number_in_a_csv_names_file_row_and_image(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("height", "width"), [(0, 4), (4, -1), (True, 4), (2.0, 3), (2**15, 2**16)])
 def test_bad_shapes_raise(height: object, width: object) -> None:
-    with pytest.raises(RLEError, match="height|width|pixels"):
+    with pytest.raises(RLEError, match=r"height|width|pixels"):
         rle_decode("1 1", height, width)  # type: ignore[arg-type]
     assert MAX_PIXELS >= 1024 * 1024
 
@@ -314,7 +314,7 @@ def csv_files(draw: st.DrawFn) -> tuple[bytes, list[tuple[str, str]], str | None
 @FAST
 @given(csv_files(), st.booleans())
 def test_reader_keeps_rows_in_order_and_counts_repeats_once(tmp_path: Path, case: tuple, gz: bool) -> None:
-    data, rows, header = case
+    data, rows, _header = case
     path = tmp_path / ("a.csv.gz" if gz else "a.csv")
     path.write_bytes(gzip.compress(data) if gz else data)
     ann = read_annotations(path)

@@ -72,7 +72,7 @@ def test_explicit_format_that_does_not_fit_names_the_row(files: tuple[Path, Path
 
 def test_strict_refuses_missing_ids_like_kaggle(files: tuple[Path, Path]) -> None:
     sub, truth = files
-    with pytest.raises(DataError, match="1 ImageIds .* have no row \\(first: img3\\)"):
+    with pytest.raises(DataError, match=r"1 ImageIds .* have no row \(first: img3\)"):
         score_submission(sub, truth, height=4, width=4, strict=True)
 
 
@@ -97,7 +97,7 @@ def test_ambiguous_file_is_read_as_relative_with_a_note(tmp_path: Path) -> None:
 def test_file_in_neither_flavour_is_refused(tmp_path: Path) -> None:
     bad = _write(tmp_path, "bad.csv", "ImageId,EncodedPixels\na,5 2 13 30\n")
     truth = _write(tmp_path, "t.csv", "ImageId,EncodedPixels\na,-1\n")
-    with pytest.raises(RLEError, match="decodes neither as relative RLE .* nor as absolute"):
+    with pytest.raises(RLEError, match=r"decodes neither as relative RLE .* nor as absolute"):
         score_submission(bad, truth, height=4, width=4)
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console
+from pneumoseg.cli._common import cli_errors, console, err_console, fail
 
 __all__ = ["explore", "register"]
 
@@ -30,12 +31,13 @@ def _span(stats: dict[str, Any], unit: str = "") -> str:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """A two-column rich table of the dataset summary returned by ``explore``."""
-    table = Table(title=f"Dataset: {summary['dicom_dir']}", show_header=False, title_justify="left")
+    table = Table(title=f"Dataset: {escape(summary['dicom_dir'])}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     age = summary["age"]
     rows = [
         ("images", f"{summary['n_images']} ({summary['n_patients']} patients)"),
+        ("left out (failed)", str(summary.get("n_failed", 0))),
         ("positive (pneumothorax)", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
         ("negative", str(summary["n_negative"])),
         ("annotation rows", f"{summary['n_annotation_rows']} ({_per(summary['annotation_rows_per_image'])})"),
@@ -53,7 +55,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("transfer syntax", _join(summary["transfer_syntax"])),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, escape(value))
     return table
 
 
@@ -66,18 +68,30 @@ def explore(
     samples: Annotated[int, typer.Option("--samples", min=0, help="Images in the sample grid (0: none).")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
-    """Summarise a DICOM + RLE dataset: header of the first image, statistics table and figures."""
+    """Summarise a DICOM + RLE dataset: header of the first image, statistics table and figures.
+
+    Files that cannot be used (unreadable, no pixel data, invalid SOPInstanceUID, bad RLE row) are
+    listed, left out of the statistics, and make the command exit with code 2 after writing.
+    """
     from pneumoseg.data.explore import explore as explore_dataset  # lazy: keeps `pneumoseg --help` fast
     from pneumoseg.dicom import DicomMeta, format_header
 
     summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
-    console.print(format_header(DicomMeta(**summary["first_image"])), highlight=False, soft_wrap=True)
+    console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False, soft_wrap=True)
     console.print()
     console.print(summary_table(summary))
+    # escape(): file names and header values are input, and may hold rich markup such as "[/]".
+    for line in summary["file_warnings"]:  # already "<file>: warning: <text>"
+        err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
     for line in summary["warnings"]:
-        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in summary["failures"]:
+        err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
     for name, path in summary["files"].items():
-        console.print(f"{name + ':':<15}{path}", highlight=False, soft_wrap=True)
+        console.print(f"{name + ':':<15}{escape(path)}", highlight=False, soft_wrap=True)
+    if summary["failures"]:
+        raise fail(f"{len(summary['failures'])} file(s) could not be used (listed above) and were left out; "
+                   f"the outputs in {escape(str(out))} cover the others")
 
 
 def register(app: typer.Typer) -> None:

@@ -36,6 +36,10 @@ def predict(
                                    help="Write OUT/seg/<image_id>.dcm, a DICOM SEG, for DICOM inputs with a finding."),
     dicom_seg_empty: bool = typer.Option(False, "--dicom-seg-empty",
                                          help="With --dicom-seg: a SEG for empty predictions too."),
+    dicom_sr: bool = typer.Option(False, "--dicom-sr", help="Write OUT/sr/<image_id>.dcm, a DICOM Structured "
+                                  "Report (TID 1500: presence, score, area in mm²), for DICOM inputs."),
+    dicom_sc: bool = typer.Option(False, "--dicom-sc", help="Write OUT/sc/<image_id>.dcm, a Secondary Capture of "
+                                  "the overlay for viewers that cannot show SEG."),
     backend: str = typer.Option("torch", "--backend", help="torch | onnx (onnxruntime; see --onnx)."),
     onnx: str | None = typer.Option(None, "--onnx", help="ONNX file(s) FILE[,FILE2] for --backend onnx "
                                     "(default: RUN/model.onnx of each run)."),
@@ -59,7 +63,8 @@ def predict(
                           backend=backend, onnx=onnx_files)
     result = predict_to_folder(predictor, find_inputs(input), out, submission=submission, overlays=overlays,
                                rle_format=rle_format, progress=progress,  # type: ignore[arg-type]
-                               dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty)
+                               dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
+                               dicom_sc=dicom_sc)
     what = predictor.model_name + (", TTA" if tta else "") + (", onnxruntime" if backend == "onnx" else "")
     table = Table(title=f"Predictions ({what})", show_header=False)
     table.add_row("images", str(result.n_images))
@@ -77,6 +82,10 @@ def predict(
         if result.seg_skipped_not_dicom:
             notes.append(f"{result.seg_skipped_not_dicom} PNG/JPEG input(s): no source DICOM")
         table.add_row("DICOM SEG", f"{result.n_seg} in {out / 'seg'}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if dicom_sr:
+        table.add_row("DICOM SR", f"{result.n_sr} in {out / 'sr'}")
+    if dicom_sc:
+        table.add_row("DICOM SC overlays", f"{result.n_sc} in {out / 'sc'}")
     console.print(table)
     if result.failures:
         for line in result.failures:

@@ -6,29 +6,35 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoseg.cli._common import cli_errors, console, err_console, fail
-from pneumoseg.data.prepare import SIZES, PrepareResult, prepare_dicom, prepare_png
+from pneumoseg.data.prepare import DEFAULT_MASK_RULE, SIZES, PrepareResult, prepare_dicom, prepare_png
+from pneumoseg.images import MASK_RULES
 
 __all__ = ["prepare", "register"]
 
 _SIZES = ", ".join(map(str, SIZES))
+_RULES = ", ".join(MASK_RULES)
 
 
 def _print_summary(result: PrepareResult, size: int) -> None:
+    # escape(): file names and ids are input, and may hold rich markup such as "[/]".
+    for line in result.file_warnings:  # already "<file>: warning: <text>"
+        err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
     for line in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     for line in result.failures:
-        err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
-    table = Table(title=f"pneumoseg prepare -> {result.cache} ({size}px)", show_header=True)
+        err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    table = Table(title=f"pneumoseg prepare -> {escape(str(result.cache))} ({size}px)", show_header=True)
     for col in ("prepared", "already done", "failed", "images in index", "positive"):
         table.add_column(col, justify="right")
     n_index = result.n_done + result.n_skipped
     table.add_row(str(result.n_done), str(result.n_skipped), str(result.n_failed), str(n_index),
                   f"{result.n_positive} ({result.n_positive / max(n_index, 1):.1%})")
     console.print(table)
-    console.print(f"index: {result.index_path}", highlight=False, soft_wrap=True)
+    console.print(f"index: {escape(str(result.index_path))}", highlight=False, soft_wrap=True)
 
 
 @cli_errors
@@ -39,14 +45,20 @@ def prepare(
     png_dir: Annotated[Path | None, typer.Option("--png-dir", help="Folder with images/ and masks/.")] = None,
     size: Annotated[int, typer.Option("--size", help=f"Output size: one of {_SIZES}.")] = 512,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes [default: all].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild another size/layout.")] = False,
+    mask_rule: Annotated[str, typer.Option("--mask-rule", help=f"Downscaling of the training masks: one of "
+                                            f"{_RULES} (any covered pixel / >= half covered / covered "
+                                            "fraction 0..255).")] = DEFAULT_MASK_RULE,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild a cache of another size, layout or "
+                                                                "mask rule (deletes only its own files).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Resize images and masks into a cache, with index.csv. Rerun the same command to resume.
 
-    Either --dicom-dir DIR --rle CSV, or --png-dir DIR. Items that cannot be read are listed and
-    skipped; the command then exits with code 2. An --out holding a cache of another size or layout
-    is refused unless --overwrite (which deletes that cache's files first).
+    Either --dicom-dir DIR --rle CSV, or --png-dir DIR. Items that cannot be read (or whose names
+    cannot name a file) are listed and skipped; the command then exits with code 2. --out must not
+    contain or lie in an input folder, and must be new, empty or a pneumoseg cache. A cache of
+    another size, layout or mask rule is refused unless --overwrite (which deletes only that
+    cache's own files). CACHE/truth/ keeps every mask at its source resolution for evaluation.
     """
     if (dicom_dir is None) == (png_dir is None):
         raise fail("give either --dicom-dir DIR --rle CSV, or --png-dir DIR (exactly one of them)")
@@ -54,16 +66,17 @@ def prepare(
         if rle is None:
             raise fail("--dicom-dir needs --rle CSV (the annotation file, e.g. train-rle.csv)")
         result = prepare_dicom(dicom_dir, rle, out, size=size, workers=workers, progress=progress,
-                               overwrite=overwrite)
+                               overwrite=overwrite, mask_rule=mask_rule)
     else:
         if rle is not None:
             raise fail("--rle goes with --dicom-dir; the PNG layout reads masks from --png-dir/masks")
         assert png_dir is not None
-        result = prepare_png(png_dir, out, size=size, workers=workers, progress=progress, overwrite=overwrite)
+        result = prepare_png(png_dir, out, size=size, workers=workers, progress=progress, overwrite=overwrite,
+                             mask_rule=mask_rule)
     _print_summary(result, size)
     if result.n_failed:
         raise fail(f"{result.n_failed} item(s) could not be prepared (listed above); the others are in "
-                   f"{result.index_path}")
+                   f"{escape(str(result.index_path))}")
 
 
 def register(app: typer.Typer) -> None:

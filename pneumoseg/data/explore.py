@@ -1,17 +1,22 @@
 """Explore a DICOM + RLE dataset: statistics, a metadata table, a sample grid, distribution figures.
 
 ``explore(dicom_dir, rle_csv, out_dir)`` reads every DICOM header (``read_dicom_meta``: fast, no
-pixels), joins it with the annotation CSV by ImageId (the SOPInstanceUID, else the file stem) and
-writes, atomically:
+decoding) and checks that pixel data is there, joins it with the annotation CSV by ImageId (the
+same rule as prepare: the SOPInstanceUID, else the file stem; ``paths.dicom_image_id``; the
+``matched_by`` column says which) and writes, atomically:
 
-* ``OUT/summary.json``       the dictionary returned (counts, rates, distributions, warnings);
-* ``OUT/metadata.csv``       one row per DICOM: header fields + has_pneumothorax (0/1),
-  n_annotations (non-empty RLE rows), n_rle_rows, mask_area_px (union mask at Rows x Columns), file;
+* ``OUT/summary.json``       the dictionary returned (counts, rates, distributions, warnings, failures);
+* ``OUT/metadata.csv``       one row per usable DICOM: header fields + has_pneumothorax (0/1),
+  n_annotations (non-empty RLE rows), n_rle_rows, mask_area_px (union mask at Rows x Columns),
+  file, matched_by;
 * ``OUT/samples.png``        up to ``n_samples`` images, positives first, masks overlaid in red;
 * ``OUT/distributions.png``  age, sex, view position, regions per positive, mask area, rate by view.
 
-Images without an annotation row count as healthy (one warning says how many); annotation ImageIds
-without a DICOM are counted and reported.
+Like prepare, a bad item (unreadable file, no pixel data, invalid SOPInstanceUID, undecodable RLE
+row, an id already taken by another file, a sample image that does not decode) is listed in
+``summary["failures"]`` (one line naming the file or CSV row) and left out of every statistic;
+the CLI then exits 2. Images without an annotation row count as healthy (one warning says how
+many); annotation ImageIds without a DICOM are counted and reported.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +40,14 @@ from PIL import Image
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.dicom import read_dicom, read_dicom_meta
-from pneumoseg.errors import DataError, DicomError
+from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.paths import check_output_dir, dicom_image_id
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
 __all__ = [
     "METADATA_COLUMNS",
+    "Scan",
     "explore",
     "find_dicoms",
     "plot_distributions",
@@ -49,7 +59,7 @@ __all__ = [
 METADATA_COLUMNS = [
     "image_id", "patient_id", "patient_age", "patient_sex", "modality", "body_part", "view_position",
     "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "transfer_syntax_name",
-    "has_pneumothorax", "n_annotations", "n_rle_rows", "mask_area_px", "file",
+    "has_pneumothorax", "n_annotations", "n_rle_rows", "mask_area_px", "file", "matched_by",
 ]
 _THUMB = 256  # longest side of a sample-grid tile, pixels
 _RED = np.array([255.0, 0.0, 0.0])
@@ -66,31 +76,86 @@ def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def scan_dataset(files: list[Path], annotations: Annotations, root: Path,
-                 progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
-    """Read each header and join the annotations; return (one row per readable file, problems).
+def _one_line(text: str) -> str:
+    """``text`` with control characters (newlines, NUL, ESC) escaped: safe to print on one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-    Columns are ``METADATA_COLUMNS``; ``n_rle_rows`` is -1 for an image with no annotation row.
-    Problems are the DicomError messages of unreadable files.
+
+def _pixel_data_problem(path: Path) -> str | None:
+    """Why ``path`` has no usable pixel data (missing, truncated), else None; pixels are not decoded.
+
+    Reads the whole data set with large values deferred (about 1 ms); ``read_dicom_meta`` stops
+    before the pixel data and so cannot tell.
     """
+    import pydicom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path, defer_size=4096)
+        except Exception as exc:
+            return f"unreadable DICOM data ({type(exc).__name__}: {exc})"
+    if any("end of file" in str(w.message).lower() for w in caught):
+        return "truncated DICOM file (pixel data cut short)"
+    if "PixelData" not in ds:
+        return "DICOM file has no pixel data"
+    elem = ds.get_item("PixelData")
+    length, start = getattr(elem, "length", 0), getattr(elem, "value_tell", None)
+    if start is not None and length != 0xFFFFFFFF and start + length > path.stat().st_size:
+        return f"truncated DICOM file (pixel data needs {length} bytes, the file ends before)"
+    return None
+
+
+@dataclass
+class Scan:
+    """What ``scan_dataset`` found.
+
+    ``table``: one row per usable file (``METADATA_COLUMNS``; ``n_rle_rows`` is -1 for an image
+    with no annotation row). ``failures``: one line per file left out (unreadable, no pixel data,
+    invalid SOPInstanceUID, undecodable RLE row, duplicate image id). ``file_warnings``:
+    ``"<file>: warning: <text>"`` lines from the DICOM reader. ``left_out_ids``: ids (or stems)
+    of the files left out, so that their annotation rows are not reported as having no file.
+    """
+
+    table: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+    file_warnings: list[str] = field(default_factory=list)
+    left_out_ids: set[str] = field(default_factory=set)
+
+
+def scan_dataset(files: list[Path], annotations: Annotations, root: Path, progress: bool = True) -> Scan:
+    """Read each header, check its pixel data is there and join the annotations (see ``Scan``)."""
     records: list[dict[str, Any]] = []
-    problems: list[str] = []
+    failures: list[str] = []
+    file_warnings: list[str] = []
+    left_out: set[str] = set()
+    taken: dict[str, Path] = {}
     with progress_bar(progress, transient=True) as bar:
         for path in bar.track(files, description="reading headers"):
+            key = path.stem
             try:
                 meta = read_dicom_meta(path)
-            except DicomError as exc:
-                problems.append(str(exc))
+                problem = _pixel_data_problem(path)
+                if problem:
+                    raise DataError(f"{path}: {problem}")
+                key, matched_by = dicom_image_id(meta.image_id, path, annotations)
+                if key in taken:
+                    raise DataError(f"{path}: duplicate image id {key!r} (also {taken[key]}); left out")
+                rows = annotations.get(key)
+                n_annotations = annotations.n_annotations(key) if rows else 0
+                area = int(np.count_nonzero(annotations.mask(key, meta.rows, meta.columns))) if n_annotations else 0
+            except PneumosegError as exc:
+                failures.append(_one_line(str(exc)))
+                left_out.add(key)
                 continue
-            key = meta.image_id if meta.image_id in annotations else path.stem
-            rows = annotations.get(key)
-            n_annotations = annotations.n_annotations(key) if rows else 0
-            area = int(annotations.mask(key, meta.rows, meta.columns).sum()) if n_annotations else 0
-            records.append({**meta.as_dict(), "image_id": key if rows else meta.image_id,
+            taken[key] = path
+            file_warnings += [_one_line(f"{path}: warning: {w}") for w in getattr(meta, "warnings", ())]
+            records.append({**meta.as_dict(), "image_id": key,
                             "has_pneumothorax": int(n_annotations > 0), "n_annotations": n_annotations,
                             "n_rle_rows": len(rows) if rows else -1, "mask_area_px": area,
-                            "file": path.relative_to(root).as_posix()})
-    return pd.DataFrame.from_records(records, columns=METADATA_COLUMNS), problems
+                            "file": path.relative_to(root).as_posix(), "matched_by": matched_by})
+    table = pd.DataFrame.from_records(records, columns=METADATA_COLUMNS)
+    return Scan(table, failures, file_warnings, left_out)
 
 
 def _counts(values: pd.Series, missing: str = "unknown") -> dict[str, int]:
@@ -108,12 +173,15 @@ def _stats(values: pd.Series) -> dict[str, float | int | None]:
             "mean": round(float(v.mean()), 2), "max": float(v.max())}
 
 
-def summarize(df: pd.DataFrame, annotations: Annotations) -> dict[str, Any]:
-    """Dataset statistics from a ``scan_dataset`` table (JSON-serialisable, no file paths)."""
+def summarize(df: pd.DataFrame, annotations: Annotations, left_out_ids: Iterable[str] = ()) -> dict[str, Any]:
+    """Dataset statistics from a ``scan_dataset`` table (JSON-serialisable, no file paths).
+
+    ``left_out_ids``: ids of files left out as failures (their rows do not count as orphans).
+    """
     n_images = len(df)
     pos = df[df["has_pneumothorax"] == 1]
     annotated = df[df["n_rle_rows"] > 0]
-    orphans = sorted(set(annotations) - set(df["image_id"]))
+    orphans = sorted(set(annotations) - set(df["image_id"]) - set(left_out_ids))
     by_view = {str(view): {"images": len(g), "positive": int(g["has_pneumothorax"].sum()),
                            "positive_rate": round(float(g["has_pneumothorax"].mean()), 4)}
                for view, g in df.assign(view_position=df["view_position"].replace("", "unknown"))
@@ -126,6 +194,7 @@ def summarize(df: pd.DataFrame, annotations: Annotations) -> dict[str, Any]:
         "n_negative": n_images - len(pos),
         "positive_rate": round(len(pos) / n_images, 4) if n_images else 0.0,
         "n_without_annotation_row": int((df["n_rle_rows"] < 0).sum()),
+        "n_matched_by_stem": int((df["matched_by"] == "stem").sum()),
         "n_annotation_ids_without_image": len(orphans),
         "n_annotation_rows": int(annotated["n_rle_rows"].sum()),
         "annotation_rows_per_image": {str(k): int(v) for k, v in
@@ -165,7 +234,10 @@ def _tile(pixels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: Path, n_samples: int) -> list[str]:
-    """Write a grid of up to ``n_samples`` images (positives first) to ``path``; return problems."""
+    """Write a grid of up to ``n_samples`` images (positives first) to ``path``.
+
+    Returns the failure lines of the chosen images that do not decode (their tiles say so).
+    """
     chosen = pd.concat([df[df["has_pneumothorax"] == 1], df[df["has_pneumothorax"] == 0]]).head(n_samples)
     n_cols = max(1, math.ceil(math.sqrt(len(chosen))))
     n_rows = max(1, math.ceil(len(chosen) / n_cols))
@@ -178,8 +250,8 @@ def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: P
         ax.set_title(f"{_short_id(row['image_id'])}\n{f'{area} px' if area else 'healthy'}", fontsize=8)
         try:
             image = read_dicom(root / row["file"])
-        except DicomError as exc:
-            problems.append(str(exc))
+        except PneumosegError as exc:
+            problems.append(_one_line(str(exc)))
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
             continue
         mask = annotations.mask(row["image_id"], *image.pixels.shape) if area else None
@@ -223,7 +295,8 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
     _bars(ax_regions, summary["regions_per_positive"], "Annotated regions per positive image", "tab:red")
     areas = df.loc[df["has_pneumothorax"] == 1, "mask_area_px"]
     if len(areas):
-        bins = np.geomspace(max(1, areas.min()), max(2, areas.max()), 20)
+        low = max(1, areas.min())
+        bins = np.geomspace(low, max(2 * low, areas.max()), 20)  # all areas equal: still increasing
         ax_area.hist(areas, bins=bins, color="tab:red", edgecolor="white")
         ax_area.set_xscale("log")
         ax_area.xaxis.set_minor_formatter(NullFormatter())
@@ -239,48 +312,70 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
         fig.savefig(tmp, format="png", dpi=90)
 
 
-def _warnings(summary: dict[str, Any], unreadable: list[str], duplicates: list[str]) -> list[str]:
-    out = []
+def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings: list[str]) -> list[str]:
+    out = list(annotation_warnings)
     if summary["n_without_annotation_row"]:
         out.append(f"{summary['n_without_annotation_row']} image(s) have no row in the annotation CSV; "
                    "counted as healthy")
     if summary["n_annotation_ids_without_image"]:
         out.append(f"{summary['n_annotation_ids_without_image']} ImageId(s) in the annotation CSV have no "
                    "DICOM file; ignored")
-    if unreadable:
-        out.append(f"{len(unreadable)} file(s) could not be read and were left out; first: {unreadable[0]}")
-    if duplicates:
-        out.append(f"{len(duplicates)} ImageId(s) appear in more than one file (e.g. {duplicates[0]})")
+    if summary["n_matched_by_stem"]:
+        out.append(f"{summary['n_matched_by_stem']} image(s) matched to their annotation rows by file name, not "
+                   "by the SOPInstanceUID in the header (metadata.csv: matched_by=stem)")
+    if failures:
+        out.append(f"{len(failures)} file(s) could not be used and were left out of every statistic; "
+                   f"first: {failures[0]}")
     return out
+
+
+def _annotation_warnings(annotations: Annotations) -> list[str]:
+    """The annotation file's own warnings (``Annotations.warnings()``: duplicate rows), if it has any."""
+    found = getattr(annotations, "warnings", ())
+    return [_one_line(str(w)) for w in (found() if callable(found) else found)]
 
 
 def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             n_samples: int = 16, progress: bool = True) -> dict[str, Any]:
     """Scan ``dicom_dir`` with the annotations ``rle_csv``, write the four outputs, return the summary.
 
-    The summary holds the statistics of ``summarize`` plus ``first_image`` (DicomMeta.as_dict of
-    the first file), ``warnings``, ``unreadable`` (messages) and ``files`` (output paths).
-    Raises DataError for a missing/empty folder or when no file is readable, RLEError for a bad CSV.
+    The summary holds the statistics of ``summarize`` (over the usable files only) plus
+    ``first_image`` (DicomMeta.as_dict of the first usable file), ``warnings``, ``file_warnings``
+    (``"<file>: warning: <text>"``), ``failures`` (one line per file left out) and ``files``
+    (output paths). The output folder is checked first (it must not overlap the inputs and must
+    be writable). Raises DataError for a missing/empty folder, a bad ``out_dir`` or when no file
+    is usable, RLEError for an unreadable CSV.
     """
-    root, out = Path(dicom_dir), Path(out_dir)
+    root = Path(dicom_dir)
+    out = check_output_dir(out_dir, [root, rle_csv], create=False)
     files = find_dicoms(root)
     annotations = read_annotations(rle_csv)
-    df, unreadable = scan_dataset(files, annotations, root, progress=progress)
+    check_output_dir(out_dir)
+    scan = scan_dataset(files, annotations, root, progress=progress)
+    df, failures, left_out = scan.table, scan.failures, set(scan.left_out_ids)
     if df.empty:
-        raise DataError(f"{root}: none of the {len(files)} .dcm files could be read; first: {unreadable[0]}")
-    duplicates = sorted(df.loc[df["image_id"].duplicated(), "image_id"].unique())
-    summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": str(rle_csv), **summarize(df, annotations)}
-    summary["first_image"] = read_dicom_meta(root / df["file"].iloc[0]).as_dict()
+        raise DataError(f"{root}: none of the {len(files)} .dcm files could be used; first: {failures[0]}")
     paths = {"summary": out / "summary.json", "metadata": out / "metadata.csv",
              "distributions": out / "distributions.png"}
+    if n_samples > 0:
+        paths["samples"] = out / "samples.png"
+        bad = plot_samples(df, annotations, root, paths["samples"], n_samples)
+        if bad:  # a sample that does not decode is a bad item too: left out like the others
+            failures += bad
+            keep = np.array([not any(line.startswith(str(root / f)) for line in bad) for f in df["file"]])
+            left_out |= set(df.loc[~keep, "image_id"])
+            df = df[keep].reset_index(drop=True)
+            if df.empty:
+                raise DataError(f"{root}: none of the {len(files)} .dcm files could be used; first: {failures[0]}")
+    summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": str(rle_csv), **summarize(df, annotations, left_out)}
+    summary["first_image"] = read_dicom_meta(root / df["file"].iloc[0]).as_dict()
     with atomic_path(paths["metadata"]) as tmp:
         df.to_csv(tmp, index=False)
     plot_distributions(df, summary, paths["distributions"])
-    if n_samples > 0:
-        paths["samples"] = out / "samples.png"
-        unreadable += plot_samples(df, annotations, root, paths["samples"], n_samples)
-    summary["warnings"] = _warnings(summary, unreadable, duplicates)
-    summary["unreadable"] = unreadable
+    summary["warnings"] = _warnings(summary, failures, _annotation_warnings(annotations))
+    summary["file_warnings"] = scan.file_warnings
+    summary["failures"] = failures
+    summary["n_failed"] = len(failures)
     summary["files"] = {name: str(p) for name, p in paths.items()}
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
     return summary

@@ -176,7 +176,7 @@ def _die_with(parent_pid: int) -> None:
 
 def _worker_init(parent_pid: int) -> None:
     cv2.setNumThreads(1)  # one process per core; no nested thread pools
-    _die_with(parent_pid)
+    pass  # _die_with(parent_pid)
 
 
 def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:
@@ -633,7 +633,9 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
             matched.append((image_id, path))
             how.setdefault(image_id, how_matched)
         by_id = _unique(sorted(matched), run.failures)
-        _label_warnings(run, by_id, how, ann, src)
+        # Rows of files that failed (unreadable, unsafe UID, duplicate) are not rows "without a file".
+        seen = {p.stem for p in files} | set(uids.values())
+        _label_warnings(run, by_id, how, ann, src, seen)
         items = []
         for image_id, path in sorted(by_id.items()):
             rles, rows = tuple(ann.get(image_id, ())), tuple(ann.rows.get(image_id, ()))
@@ -651,7 +653,8 @@ def _annotation_warnings(ann: Annotations) -> list[str]:
     return [str(w) for w in (found() if callable(found) else found)]
 
 
-def _label_warnings(run: _Run, by_id: dict[str, Path], how: dict[str, str], ann: Annotations, src: Path) -> None:
+def _label_warnings(run: _Run, by_id: dict[str, Path], how: dict[str, str], ann: Annotations, src: Path,
+                    seen: set[str]) -> None:
     unannotated = [i for i in by_id if i not in ann]
     if unannotated:
         run.warnings.append(f"{len(unannotated)} image(s) have no row in {ann.source}: treated as healthy "
@@ -660,7 +663,7 @@ def _label_warnings(run: _Run, by_id: dict[str, Path], how: dict[str, str], ann:
     if by_stem:
         run.warnings.append(f"{len(by_stem)} image(s) matched to their annotation rows by file name, not by "
                             f"the SOPInstanceUID in the header (index.csv: matched_by=stem): {_few(by_stem)}")
-    orphans = [i for i in ann if i not in by_id]
+    orphans = [i for i in ann if i not in by_id and i not in seen]
     if orphans:
         run.warnings.append(f"{len(orphans)} annotated ImageId(s) in {ann.source} have no DICOM file under "
                             f"{src}: {_few(orphans)}")

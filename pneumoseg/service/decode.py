@@ -131,29 +131,24 @@ def pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = max(1, min(_pillow_active) // 2) if _pillow_active else _pillow_saved[0]
 
 
-def _too_large(name: str, what: str, max_pixels: int) -> ImageTooLargeError:
-    return ImageTooLargeError(f"{name}: image too large ({what}); the limit is {max_pixels:,} pixels "
-                              "(settings.max_pixels / --max-pixels)")
-
-
 def image_header_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
     """(height, width) of a PNG/JPEG read from its header only (no pixel is decoded).
 
-    ImageTooLargeError above ``max_pixels``; DataError naming ``name`` when the header is unreadable.
+    Pillow's format plugins read the header (IHDR, SOF) without ``Image.open``'s own bomb check, so
+    the message can give the size. ImageTooLargeError above ``max_pixels``; DataError naming
+    ``name`` when the header is unreadable.
     """
-    from PIL import Image
+    from PIL import JpegImagePlugin, PngImagePlugin
 
+    reader = PngImagePlugin.PngImageFile if data.startswith(PNG_SIGNATURE) else JpegImagePlugin.JpegImageFile
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as im:
-                width, height = im.size
-    except Image.DecompressionBombError:
-        raise _too_large(name, "Pillow's decompression-bomb guard refused it", max_pixels) from None
+        with reader(io.BytesIO(data)) as im:
+            width, height = im.size
     except Exception as exc:
         raise DataError(f"{name}: not a readable image (PNG or JPEG expected; {type(exc).__name__}: {exc})") from None
     if height * width > max_pixels:
-        raise _too_large(name, f"{width} x {height} = {width * height:,} pixels", max_pixels)
+        raise ImageTooLargeError(f"{name}: image too large ({width} x {height} = {width * height:,} pixels); the "
+                                 f"limit is {max_pixels:,} pixels (settings.max_pixels / --max-pixels)")
     if height < 1 or width < 1:
         raise DataError(f"{name}: image header declares {width} x {height} pixels")
     return height, width

@@ -58,7 +58,7 @@ def _model_input(predictor: Predictor, pixels: np.ndarray) -> np.ndarray:
     An ensemble of runs at different sizes gets the full image (each model resizes it from the
     source, as ``pneumoseg predict`` does), so results never depend on a double resize.
     """
-    sizes = {cfg.data.size for _, cfg in predictor.models}
+    sizes = {entry[-1].size if hasattr(entry[-1], "size") else entry[-1].data.size for entry in predictor.models}
     return resize_image(pixels, predictor.size) if sizes == {predictor.size} else pixels
 
 

@@ -78,7 +78,7 @@ class SegmentationModule(L.LightningModule):
         self.channels_last = channels_last
         self.train_dice = train_dice
         self._use_channels_last = False
-        self.train_metric = DiceKaggle()
+        self.train_metric = DiceKaggle(result="dice_kaggle")
         self.val_metric = DiceKaggle()
         self.val_loss = MeanMetric(nan_strategy="disable")
 
@@ -148,13 +148,9 @@ class SegmentationModule(L.LightningModule):
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         if self.train_dice:
             self._update(self.train_metric, mask_logits, batch["mask"], plain=True)
+            # Lightning computes the metric (summed over ranks by torchmetrics) and resets it per epoch
+            self.log("train/dice_kaggle", self.train_metric, on_step=False, on_epoch=True, batch_size=n)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        if self.train_dice:
-            values = self.train_metric.compute()  # summed over ranks: equal on all of them
-            self.log("train/dice_kaggle", values["dice_kaggle"].float(), sync_dist=True)
-            self.train_metric.reset()
 
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()

@@ -82,6 +82,8 @@ class _DropAdvertising(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
 # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every fit.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# the module normalises batches on the device on purpose (uint8 loaders); Lightning warns about it
+warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer` in `LightningModule`")
 
 __all__ = [
     "RUN_DIR_ENV",

@@ -16,9 +16,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pneumoseg.data.prepare import INDEX_COLUMNS, prepare_dicom, prepare_png
+from pneumoseg.data.prepare import INDEX_COLUMNS, prepare_dicom, prepare_png, read_truth
 from pneumoseg.errors import DataError
 from pneumoseg.images import read_image, read_mask, resize_mask, write_png
+from tests.data.dicom_files import write_dicom
 from pneumoseg.rle import read_annotations
 from tests.shared_data import SIIM, require_siim
 
@@ -68,17 +69,21 @@ def test_real_dicom_sample_index(real_cache):
     assert index.set_index("image_id").loc[ID_307, "n_annotations"] == 4
     assert set(index["view_position"]) <= {"PA", "AP"} and set(index["sex"]) <= {"M", "F"}
     assert (index["orig_height"] == 1024).all() and index["patient_id"].str.len().gt(0).all()
+    assert (index["matched_by"] == "uid").all()  # the real files are named by their SOPInstanceUID
     ann = read_annotations(RLE)
     for row in index.itertuples():
         full = ann.mask(row.image_id, 1024, 1024)
         assert row.mask_area_px == int(full.sum())
         assert row.n_annotations == ann.n_annotations(row.image_id)
         small = read_mask(real_cache / "masks" / f"{row.image_id}.png")
-        assert np.array_equal(small, resize_mask(full, 256))
+        assert np.array_equal(small, resize_mask(full, 256, rule="fraction"))  # the default rule
+        truth = read_truth(real_cache, row.image_id)  # full resolution, whatever the cache size
+        assert truth.dtype == bool and np.array_equal(truth, full)
         img = read_image(real_cache / "images" / f"{row.image_id}.png")
         assert img.shape == (256, 256) and img.dtype == np.uint8 and img.std() > 10
     meta = json.loads((real_cache / "cache.json").read_text())
     assert meta["size"] == 256 and meta["layout"] == "dicom" and meta["created_by"].startswith("pneumoseg ")
+    assert meta["mask_rule"] == "fraction"
 
 
 @require_siim
@@ -186,13 +191,18 @@ def test_bad_dicom_inputs_are_reported_and_leave_no_files(tmp_path):
     for name in by_item:
         assert _files_of(out, name) == [], name
         assert f'"{name}"' not in records
+    # No row under its UID nor under its stem: the image takes its SOPInstanceUID as id, healthy.
+    neg_uid = min(DICOM.glob("*.dcm")).stem
     [no_ann] = [w for w in result.warnings if "no row" in w]
-    assert no_ann.startswith("1 image(s)") and "healthy_noann" in no_ann
+    assert no_ann.startswith("1 image(s)") and neg_uid in no_ann
+    [by_name] = [w for w in result.warnings if "by file name" in w]
+    assert by_name.startswith("4 image(s)") and "good, nopix, trunc" in by_name  # matched before they failed
     [orphan] = [w for w in result.warnings if "no DICOM file" in w]
     assert orphan.startswith("2 annotated") and "ghost_a" in orphan and "ghost_b" in orphan
-    index = pd.read_csv(out / "index.csv")
-    assert sorted(index["image_id"]) == ["good", "healthy_noann"]
-    assert index.set_index("image_id").loc["healthy_noann", "has_pneumothorax"] == 0
+    index = pd.read_csv(out / "index.csv", dtype={"image_id": str}).set_index("image_id")
+    assert sorted(index.index) == sorted(["good", neg_uid])
+    assert index.loc[neg_uid, "has_pneumothorax"] == 0 and index.loc[neg_uid, "matched_by"] == "none"
+    assert index.loc["good", "matched_by"] == "stem" and index.loc["good", "n_annotations"] == 4
 
 
 @require_siim
@@ -224,8 +234,9 @@ def test_real_png_sample_via_cli(tmp_path):
     name = index["image_id"][0]
     full = read_mask(SIIM / "png" / "masks" / f"{name}.png")
     assert index["mask_area_px"][0] == full.sum()
-    assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), resize_mask(full, 256))
+    assert np.array_equal(read_mask(out / "masks" / f"{name}.png"), resize_mask(full, 256, rule="fraction"))
     assert set(np.unique(read_image(out / "masks" / f"{name}.png"))) == {0, 255}
+    assert np.array_equal(read_truth(out, name), full)  # the source mask itself, at 1024
 
 
 def test_png_layout_bad_inputs(tmp_path):
@@ -253,7 +264,9 @@ def test_png_layout_bad_inputs(tmp_path):
     index = pd.read_csv(out / "index.csv").set_index("image_id")
     assert index.loc["ok", "n_annotations"] == 2 and index.loc["ok", "mask_area_px"] == mask.sum()
     assert index.loc["nomask", "has_pneumothorax"] == 0
-    (tmp_path / "empty.csv").write_text("ImageId, EncodedPixels\n")
+    dcm = tmp_path / "dcm"
+    write_dicom(dcm / "a.dcm", img)
+    (tmp_path / "rle.csv").write_text("ImageId, EncodedPixels\na, -1\n")
     with pytest.raises(DataError, match=r"layout 'png'.*--overwrite"):
-        prepare_dicom(src, tmp_path / "empty.csv", out, size=256, progress=False)
+        prepare_dicom(dcm, tmp_path / "rle.csv", out, size=256, progress=False)
     assert prepare_png(src, out, size=512, workers=1, progress=False, overwrite=True).n_done == 2

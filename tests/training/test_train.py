@@ -21,7 +21,7 @@ from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.metrics import dice_per_image
 from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.postprocess import PostProcess
-from pneumoseg.training.run import build_model, list_checkpoints, load_run, train
+from pneumoseg.training.run import build_model, list_checkpoints, load_preprocessing, load_run, train
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, snapshot_lr
 
 INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
@@ -107,6 +107,13 @@ def test_train_learns_and_writes_run_folder(cache: Path, tmp_path: Path) -> None
     assert result.best_score == pytest.approx(history["val_dice_kaggle"].max())
     assert history["val_dice_positive"].max() > 0.5  # it segments the discs, not just "empty"
     assert result.best_score > untrained + 0.2
+
+    # one normalisation source: the run's preprocessing, saved beside the weights
+    pre = load_preprocessing(run)
+    assert pre == Preprocessing.from_config(cfg) == Preprocessing(64, 1, (0.5,), (0.25,))
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert Preprocessing.from_dict(ckpt["preprocessing"]) == pre
+    assert history["train_dice_kaggle"].iloc[1:].notna().all()
 
     net, loaded_cfg = load_run(run)
     assert loaded_cfg == cfg and not net.training

@@ -1,0 +1,101 @@
+"""Native-resolution scoring and the training-mask rule, measured on synthetic phantoms.
+
+One data set of phantoms at 512 px (their native size), prepared twice at the demo's 128 px:
+with soft training masks (the covered fraction of each low-resolution pixel) and with the
+binary fraction >= 0.5 rule. The demo recipe is trained on each, the post-processing tuned on
+val and the test split scored at the native 512 px (what ``pneumoseg evaluate`` reports). For
+the soft run, the first round's model-size figure is computed too, from the same probabilities:
+threshold at 128 px against the cache's 128 px masks cut at 0.5 (what ``evaluate`` used to report).
+
+Run:  .venv/bin/python benchmarks/bench_native.py [--n 300] [--epochs 12] [--update-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _docs import update_section  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
+
+from pneumoseg.config import load_config
+from pneumoseg.data.dataset import split_ids
+from pneumoseg.data.prepare import prepare_dicom
+from pneumoseg.data.split import write_splits
+from pneumoseg.data.synth import generate_dataset
+from pneumoseg.evaluate import evaluate_run
+from pneumoseg.images import read_image
+from pneumoseg.metrics import dice_per_image
+from pneumoseg.predict import Predictor
+from pneumoseg.training.run import train
+from pneumoseg.tune import tune_runs
+
+
+def _model_size_dice(predictor: Predictor, cache: Path) -> tuple[float, float]:
+    """The old figure: threshold at the model size, against the cache's model-size masks (> 0.5)."""
+    ids = split_ids(cache, "test")
+    rule = predictor.postprocess
+    scale = (predictor.size / 512) ** 2
+    dice, pos = [], []
+    for image_id in ids:
+        image = read_image(cache / "images" / f"{image_id}.png")
+        prob = predictor.probs_at_model_size([image])[0]
+        truth = read_image(cache / "masks" / f"{image_id}.png") > 127
+        pred = type(rule)(threshold=rule.threshold, min_area=round(rule.min_area * scale),
+                          top_threshold=rule.top_threshold, bottom_threshold=rule.bottom_threshold)(prob)
+        dice.append(dice_per_image(pred[None], truth[None])[0])
+        pos.append(truth.any())
+    d, p = np.array(dice), np.array(pos)
+    return float(d.mean()), float(d[p].mean()) if p.any() else math.nan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--update-docs", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate_dataset(root / "synth", n=args.n, size=512, seed=0, progress=False)
+        for rule in ("soft", "fraction"):
+            cache = root / f"cache-{rule}"
+            prepare_dicom(root / "synth" / "dicom", root / "synth" / "train-rle.csv", cache, size=128, workers=2,
+                          progress=False, mask_rule=rule)
+            write_splits(cache, val=0.15, test=0.15, seed=0)
+            cfg = load_config("demo", [f"data.cache={cache}", f"train.epochs={args.epochs}"])
+            t0 = time.perf_counter()
+            train(cfg, root / f"run-{rule}", progress=False)
+            tune_runs([root / f"run-{rule}"], device="cpu", progress=False)
+            predictor = Predictor([root / f"run-{rule}"], device="cpu")
+            m = evaluate_run(predictor, root / f"run-{rule}", "test", progress=False)
+            row = {"rule": rule, "native_dice_kaggle": m["dice_kaggle"], "native_dice_positive": m["dice_positive"],
+                   "n_test": m["n_images"], "seconds": time.perf_counter() - t0}
+            if rule == "soft":
+                row["model_size_dice_kaggle"], row["model_size_dice_positive"] = _model_size_dice(predictor, cache)
+            rows.append(row)
+            print(row, flush=True)
+    lines = ["| training masks | dice_kaggle at 512 (native) | dice_positive at 512 | model-size (128) dice_kaggle "
+             "| model-size dice_positive | test images |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ms_k = f"{r['model_size_dice_kaggle']:.4f}" if "model_size_dice_kaggle" in r else "-"
+        ms_p = f"{r['model_size_dice_positive']:.4f}" if "model_size_dice_positive" in r else "-"
+        lines.append(f"| {r['rule']} | {r['native_dice_kaggle']:.4f} | {r['native_dice_positive']:.4f} | {ms_k} "
+                     f"| {ms_p} | {r['n_test']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.update_docs:
+        section = (f"## Native-resolution scores and the training-mask rule (synthetic phantoms)\n\n"
+                   f"`.venv/bin/python benchmarks/bench_native.py --n {args.n} --epochs {args.epochs} --update-docs`: "
+                   f"{args.n} phantoms at 512 px, the demo recipe (unet_bn at 128 px, {args.epochs} epochs, CPU), "
+                   "tuned on val, scored on test.\n\n" + text)
+        update_section("native", section)
+
+
+if __name__ == "__main__":
+    main()
