@@ -1,14 +1,21 @@
 """Training throughput through the real training code vs a plain PyTorch loop on device tensors.
 
     .venv/bin/python benchmarks/bench_train.py --cache CACHE [--model unet-resnet34] [--size 512]
-        [--batch 16] [--precisions 32-true,bf16-mixed] [--batches 60] [--workers 8]
+        [--batch 16] [--precisions 32-true,bf16-mixed] [--batches 60] [--workers 8] [--epochs 3]
 
-For each precision it trains 2 short epochs with ``pneumoseg.training.run.train`` (the real data
-loader from the cache, the seed's augmentations, channels_last on CUDA, cuDNN autotuning) and
-reports the second epoch's ``train_img_per_s`` from ``history.csv``; then the same model and
-precision in a plain loop over random tensors already on the device (no data loading): the gap
-between the two is what the data pipeline costs. Also peak GPU memory and peak host RSS.
-On CPU use tiny settings, e.g. ``--model unet --size 128 --batch 8 --batches 10 --precisions 32-true``.
+For each precision it trains a few short epochs with ``pneumoseg.training.run.train`` and reports
+the median ``train_img_per_s`` of the epochs after the first (``history.csv``), in two rows:
+
+* ``defaults``: the packaged default config as users get it (train Dice on, deterministic
+  algorithms, the snapshot schedule, the seed's augmentations, channels_last on CUDA); only the
+  model, size, batch, precision, workers and the number of batches are set;
+* ``fastest``: the same plus ``train.deterministic=false`` (cuDNN autotuning) and
+  ``train.train_dice=false``.
+
+Then the same model and precision in a plain loop over random tensors already on the device (no
+data loading): the gap is what the data pipeline and Lightning cost. Also peak GPU memory and
+peak host RSS. On CPU use tiny settings, e.g.
+``--model unet --size 128 --batch 8 --batches 16 --precisions 32-true --workers 1``.
 """
 
 from __future__ import annotations
@@ -23,20 +30,27 @@ import pandas as pd
 import torch
 
 
-def real_loop(cache: str, model: str, size: int, batch: int, precision: str, batches: int, workers: int) -> float:
+#: label -> overrides on top of the default config
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "defaults": (),
+    "fastest": ("train.deterministic=false", "train.train_dice=false"),
+}
+
+
+def real_loop(cache: str, model: str, size: int, batch: int, precision: str, batches: int, workers: int,
+              epochs: int, extra: tuple[str, ...]) -> float:
     from pneumoseg.config import load_config
     from pneumoseg.training.run import train
 
     cfg = load_config(None, [
         f"data.cache={cache}", f"model.name={model}", f"data.size={size}", f"train.batch_size={batch}",
-        f"train.precision={precision}", f"data.num_workers={workers}", "train.epochs=2",
-        f"train.limit_train_batches={batches}", "train.limit_val_batches=2", "train.deterministic=false",
-        "train.train_dice=false", "train.channels_last=true", "schedule.name=none",
+        f"train.precision={precision}", f"data.num_workers={workers}", f"train.epochs={epochs}",
+        f"train.limit_train_batches={batches}", "train.limit_val_batches=2", *extra,
     ])
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp) / "run", progress=False)
         history = pd.read_csv(Path(tmp) / "run" / "history.csv")
-    return float(history["train_img_per_s"].iloc[-1])
+    return float(history["train_img_per_s"].iloc[1:].median())
 
 
 def plain_loop(model: str, size: int, batch: int, precision: str, steps: int) -> float:
@@ -84,18 +98,22 @@ def main() -> None:
     parser.add_argument("--precisions", default="32-true,bf16-mixed")
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
+    parser.add_argument("--settings", default="defaults,fastest", help=f"rows: {', '.join(SETTINGS)}")
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{device}, torch {torch.__version__}, {args.model} at {args.size}, batch {args.batch}")
-    print("| precision | pneumoseg train (img/s) | plain loop, no loader (img/s) | peak GPU memory |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| precision | settings | pneumoseg train (img/s) | plain loop, no loader (img/s) | peak GPU memory |")
+    print("| --- | --- | ---: | ---: | ---: |")
     for precision in args.precisions.split(","):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        real = real_loop(args.cache, args.model, args.size, args.batch, precision, args.batches, args.workers)
         plain = plain_loop(args.model, args.size, args.batch, precision, args.batches)
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else "-"
-        print(f"| {precision} | {real:.1f} | {plain:.1f} | {peak} |", flush=True)
+        for label in args.settings.split(","):
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            real = real_loop(args.cache, args.model, args.size, args.batch, precision, args.batches,
+                             args.workers, args.epochs, SETTINGS[label])
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else "-"
+            print(f"| {precision} | {label} | {real:.1f} | {plain:.1f} | {peak} |", flush=True)
     print(f"peak host RSS (this process): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

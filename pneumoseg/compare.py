@@ -28,6 +28,7 @@ import json
 import math
 import os
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,7 @@ from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.images import read_image, read_mask, resize_image, resize_mask
 from pneumoseg.overlay import encode_rgb_png, overlay
+from pneumoseg.paths import safe_name
 from pneumoseg.stats import (
     CI,
     METRIC_NAMES,
@@ -148,6 +150,8 @@ def _read_per_image(path: Path) -> pd.DataFrame:
             raise DataError(f"{path} row {k + 2} ImageId {df['image_id'].iloc[k]}: {col} {df[col].iloc[k]!r} "
                             "is not a number")
         df[col] = values
+    for image_id in df["image_id"]:  # ids become file names (thumbnails): refuse ../ and the like
+        safe_name(str(image_id), path)
     dup = df["image_id"].duplicated()
     if dup.any():
         raise DataError(f"{path}: ImageId {df['image_id'][dup].iloc[0]} appears more than once")
@@ -282,7 +286,7 @@ def _cases(c: Comparison, n_cases: int) -> dict[str, list[str]]:
             "worst": list(ids[worst[mean[worst] < 1][:n_cases]])}
 
 
-def compare_runs(runs: list[str | os.PathLike[str]], split: str = "test", allow_different_sets: bool = False,
+def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", allow_different_sets: bool = False,
                  n_boot: int = 2000, seed: int = 0, level: float = 0.95, n_cases: int = 6,
                  size_edges: tuple[float, float] | None = None) -> Comparison:
     """Compare two or more evaluated runs on ``split`` (the first is the reference A)."""
@@ -376,13 +380,13 @@ def _num(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-def _ci_text(ci: CI) -> str:
-    return "n/a" if math.isnan(ci.value) else f"{ci.value:.4f} [{ci.low:.4f}, {ci.high:.4f}]"
+def _ci_text(ci: CI, digits: int = 4) -> str:
+    return "n/a" if math.isnan(ci.value) else f"{ci.value:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
 
 
-def _diff_text(p: PairedResult) -> str:
+def _diff_text(p: PairedResult, digits: int = 4) -> str:
     d = p.diff
-    return "n/a" if math.isnan(d.value) else f"{d.value:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+    return "n/a" if math.isnan(d.value) else f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
 
 
 def _p_text(p: float) -> str:
@@ -401,13 +405,13 @@ def _fact_text(key: str, v: Any) -> str:
     return str(v)
 
 
-def metric_rows(c: Comparison) -> list[list[str]]:
+def metric_rows(c: Comparison, digits: int = 4) -> list[list[str]]:
     """Rows ``metric, value [CI] per run, then (diff [CI], p) per later run``; the CLI's and reports' table."""
     rows = []
     for m in METRIC_NAMES:
-        row = [m] + [_ci_text(c.ci[r.label][m]) for r in c.runs]
+        row = [m] + [_ci_text(c.ci[r.label][m], digits) for r in c.runs]
         for r in c.runs[1:]:
-            row += [_diff_text(c.paired[r.label][m]), _p_text(c.paired[r.label][m].p_value)]
+            row += [_diff_text(c.paired[r.label][m], digits), _p_text(c.paired[r.label][m].p_value)]
         rows.append(row)
     return rows
 

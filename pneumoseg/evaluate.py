@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from pneumoseg.overlay import overlay, write_rgb_png
 from pneumoseg.postprocess import PostProcess
 from pneumoseg.predict import Predictor
 from pneumoseg.progress import progress_bar
+from pneumoseg.stats import METRIC_NAMES, PerImage, bootstrap_distributions, metric_statistic, predict_nothing_dice
 
 __all__ = [
     "CASE_CATEGORIES",
@@ -211,20 +213,27 @@ def save_cases(cache: Path, per_image: pd.DataFrame, out_dir: str | os.PathLike[
     return cases
 
 
-def summarize_per_image(per_image: pd.DataFrame) -> dict[str, float | int]:
-    """The headline metrics from evaluate's per-image table (see the module docstring)."""
+def summarize_per_image(per_image: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict[str, object]:
+    """The headline metrics from evaluate's per-image table (see the module docstring), and ``ci95``:
+    each metric's 95 % percentile bootstrap interval over images (resampled within positives and
+    within negatives; ``pneumoseg.stats``)."""
     dice = per_image["dice"].to_numpy(float)
     has_truth = per_image["has_truth"].to_numpy().astype(bool)
-    det = detection_metrics(per_image["probability"].to_numpy(float), has_truth,
-                            per_image["pred_area_px"].to_numpy() > 0)
+    pred_positive = per_image["pred_area_px"].to_numpy() > 0
+    score = per_image["probability"].to_numpy(float)
+    det = detection_metrics(score, has_truth, pred_positive)
     n = len(dice)
+    per = PerImage.from_arrays(dice, has_truth, pred_positive, score)
+    dists = bootstrap_distributions({m: metric_statistic(m, per) for m in METRIC_NAMES}, n, has_truth, n_boot, seed)
+    ci = {m: d.ci() for m, d in dists.items()}
     return {
         "dice_kaggle": float(dice.mean()) if n else math.nan,
-        "dice_empty_baseline": float((~has_truth).mean()) if n else math.nan,
+        "dice_empty_baseline": predict_nothing_dice(has_truth),
         "dice_positive": float(dice[has_truth].mean()) if has_truth.any() else math.nan,
         **det,
         "n_images": n,
         "n_positive": int(has_truth.sum()),
+        "ci95": {m: [c.low, c.high] for m, c in ci.items()},
     }
 
 
@@ -239,6 +248,7 @@ def evaluate_run(predictor: Predictor, run_dir: str | os.PathLike[str], split: s
     pp = postprocess or predictor.postprocess
     out = Path(out_dir) if out_dir else eval_dir(run_dir, split)
     records = []
+    started = time.perf_counter()
     for item in iter_split(predictor, split, progress):
         mask = pp(item.prob)
         inter, pred_area, true_area = (int(np.count_nonzero(mask & item.truth)), int(mask.sum()),
@@ -251,6 +261,7 @@ def evaluate_run(predictor: Predictor, run_dir: str | os.PathLike[str], split: s
                                                   np.array([true_area]))[0]), 5),
             "height": item.truth.shape[0], "width": item.truth.shape[1],
         })
+    seconds = time.perf_counter() - started
     per_image = pd.DataFrame(records)
     with atomic_path(out / "per_image.csv") as tmp:
         per_image.to_csv(tmp, index=False)
@@ -265,6 +276,8 @@ def evaluate_run(predictor: Predictor, run_dir: str | os.PathLike[str], split: s
     metrics.update(split=split, resolution="native",
                    source_size=f"{heights[0]}x{widths[0]}" if len(heights) == len(widths) == 1 else "mixed",
                    model_size=predictor.size, tta=bool(predictor.tta), model=predictor.model_name,
+                   n_params=predictor.n_params, predict_seconds=round(seconds, 3),
+                   latency_ms_per_image=round(1000 * seconds / max(1, len(per_image)), 2),
                    postprocess=pp.to_dict(), postprocess_text=pp.describe(),
                    postprocess_source="given" if postprocess else predictor.postprocess_source)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True) + "\n")

@@ -199,6 +199,14 @@ class Predictor:
         return (PostProcess(threshold=cfg.threshold, min_area=cfg.min_area),
                 f"config default ({hint}; `pneumoseg tune {','.join(map(str, self.runs))}{flags}`)")
 
+    @property
+    def n_params(self) -> int | None:
+        """Parameters of the ensemble's networks (None for ONNX files)."""
+        nets = [net for net, _, _ in self.models]
+        if not all(isinstance(n, nn.Module) for n in nets):
+            return None
+        return sum(p.numel() for n in nets for p in n.parameters())  # type: ignore[union-attr]
+
     @torch.inference_mode()
     def _forward(self, net: nn.Module | OnnxModel, x: torch.Tensor) -> torch.Tensor:
         out = net(x)
@@ -253,6 +261,7 @@ class PredictResult:
     n_images: int = 0
     n_positive: int = 0
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  #: ``FILE: warning: ...`` (e.g. a modality not CR/DX/DR)
     predictions_csv: Path | None = None
     submission_csv: Path | None = None
     n_seg: int = 0                 #: DICOM SEG files written (``dicom_seg=True``) to ``out_dir/seg``
@@ -350,6 +359,8 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                 except PneumosegError as exc:
                     result.failures.append(str(exc))
                     continue
+                if image.meta is not None:
+                    result.warnings += [f"{path}: warning: {w}" for w in image.meta.warnings]
                 if image.image_id in seen:
                     result.failures.append(f"{path}: ImageId {image.image_id} already predicted from {seen[image.image_id]}")
                     continue

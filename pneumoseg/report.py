@@ -217,7 +217,7 @@ def _metrics_html(d: ReportData) -> str:
                     for k in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity"))
     cards = (f'<div class="cards">{cards}<div class="card"><div class="v">{d.count("FP")} / {n_empty}</div>'
              '<div class="k">false positives on empty images</div></div></div>')
-    rows = [(k, _fmt(m.get(k)), v) for k, v in METRICS.items()]
+    rows = [(k, _with_ci(m, k), v) for k, v in METRICS.items()]
     rows += [("false positives on empty images", f"{d.count('FP')} of {n_empty}", "empty truth, non-empty mask"),
              ("missed pneumothoraces", f"{d.count('FN')} of {len(d.per_image) - n_empty}",
               "pneumothorax, empty mask"),
@@ -317,6 +317,15 @@ def render_html(d: ReportData) -> str:
                                body="".join(_section(a, t, b) for a, t, b in sections))
 
 
+def _with_ci(m: dict[str, Any], key: str) -> str:
+    """``0.8123 [0.79, 0.83]``: the value and its 95 % bootstrap interval when evaluate stored one."""
+    ci = (m.get("ci95") or {}).get(key)
+    text = _fmt(m.get(key))
+    if ci and all(isinstance(v, int | float) and v == v for v in ci):
+        text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+    return text
+
+
 def _md_table(rows: list[tuple[str, str]], head: tuple[str, str]) -> str:
     lines = [f"| {head[0]} | {head[1]} |", "| --- | --- |"]
     return "\n".join(lines + [f"| {a} | {b} |" for a, b in rows])
@@ -326,14 +335,14 @@ def render_markdown(d: ReportData, html_path: str | os.PathLike[str]) -> str:
     """A short summary: metrics, post-processing, key numbers and where the HTML report is."""
     m = d.metrics
     n_empty = int((d.per_image["truth_area_px"] == 0).sum())
-    rows = [(f"`{k}`", _fmt(m.get(k))) for k in METRICS]
+    rows = [(f"`{k}`", _with_ci(m, k)) for k in METRICS]
     pp = m.get("postprocess_text") or (json.dumps(d.postprocess) if d.postprocess is not None else "n/a")
     lines = [f"# pneumoseg report: {d.run.resolve().name}", "",
              f"Full report (figures, galleries, sortable per-image table): `{Path(html_path).resolve()}`", "",
              f"Split `{m.get('split')}`: {m.get('n_images')} images, {m.get('n_positive')} with pneumothorax; "
              f"model `{m.get('model')}` at {m.get('model_size', m.get('size'))} px, TTA {'on' if m.get('tta') else 'off'}; "
              f"scored at the {m.get('resolution', 'model')} resolution ({m.get('source_size', 'n/a')}).", "",
-             "## Metrics", "", _md_table(rows, ("metric", "value")), "",
+             "## Metrics", "", _md_table(rows, ("metric", "value [95 % bootstrap CI]")), "",
              "## Post-processing", "", f"`{pp}`"]
     if d.tune is not None and len(d.tune):
         lines.append(f"(best of {len(d.tune)} rules in `tune.csv`: dice_kaggle {_fmt(float(d.tune['dice_kaggle'].iloc[0]))}"

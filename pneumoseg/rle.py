@@ -53,8 +53,10 @@ EMPTY_RLE = "-1"
 MAX_PIXELS = 2**30
 
 _INTEGER = re.compile(r"-?[0-9]+")
-# Up to this many runs, one slice assignment per run beats one np.repeat over a 1024x1024 image.
-_SLICE_RUNS = 64
+# Up to this many runs, one slice copy per run beats one np.repeat over the runs' span (measured on
+# the stage-2 annotations; the median mask spans 18 % of a 1024x1024 image).
+_SLICE_RUNS = 48
+_ONES = memoryview(b"\x01" * 2**20)  # source of the slice copies: any run of a 1024x1024 image
 
 
 def _is_empty(rle: str) -> bool:
@@ -68,6 +70,8 @@ def _short(token: str) -> str:
 
 def _check_shape(height: int, width: int, where: str) -> int:
     """Return ``height * width`` after checking both are positive ints and the product is sane."""
+    if type(height) is int and type(width) is int and 0 < height * width <= MAX_PIXELS and height > 0:
+        return height * width
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise RLEError(f"{where}{name} must be a positive integer, got {value!r}")
@@ -85,9 +89,10 @@ def _parse_values(rle: str, where: str, n: int, first: str) -> np.ndarray:
     number, a length of 0 or a number larger than the image, before any large allocation.
     """
     text = rle.strip()
-    plain = text.replace(" ", "")
-    if plain.isascii() and plain.isdigit():  # digits and single spaces: the fast, common case
-        values = np.fromstring(text, dtype=np.int64, sep=" ")  # saturates at 2**63-1: caught below
+    if text.isascii() and not text.encode("ascii").translate(None, b"0123456789 "):
+        # Only digits and spaces (the common case): numpy parses it in one call, and a number too
+        # large for int64 saturates at 2**63-1, which the range check below reports.
+        values = np.fromstring(text, dtype=np.int64, sep=" ")
     else:
         values = _parse_tokens(text.split(), where, n, first)
     if len(values) % 2:
@@ -102,7 +107,7 @@ def _parse_values(rle: str, where: str, n: int, first: str) -> np.ndarray:
         k = int(np.argmax(values > n))
         what = first if k % 2 == 0 else "length"
         raise RLEError(f"{where}run {k // 2} {what} {_short(text.split()[k])} is past the image end "
-                       f"({n} pixels; valid: 0..{n})")
+                       f"(valid: at most {n}, the pixel count)")
     return values
 
 
@@ -116,13 +121,13 @@ def _parse_tokens(tokens: list[str], where: str, n: int, first: str) -> np.ndarr
     values = [int(t) for t in tokens]
     for i, value in enumerate(values):
         what = first if i % 2 == 0 else "length"
-        if value < 0 and what == "length":
-            raise RLEError(f"{where}run {i // 2} has length {value} (must be 1..{n})")
         if value < 0:
-            raise RLEError(f"{where}run {i // 2} has negative {what} {value} (valid: 0..{n})")
+            lowest = 0 if what == "start" else 1
+            raise RLEError(f"{where}run {i // 2} has {'' if what == 'length' else 'negative '}{what} {value} "
+                           f"(valid: {lowest}..{n})")
         if value > n:
             raise RLEError(f"{where}run {i // 2} {what} {_short(tokens[i])} is past the image end "
-                           f"({n} pixels; valid: 0..{n})")
+                           f"(valid: at most {n}, the pixel count)")
     return np.array(values, dtype=np.int64)
 
 
@@ -139,19 +144,25 @@ def _paint(bounds: np.ndarray, height: int, width: int, order: Literal["F", "C"]
     """Fill validated runs into a bool ``(height, width)`` mask.
 
     ``bounds`` is ``[start0, end0, start1, end1, ...]``: 0-based, in pixel order, increasing. The
-    runs are filled into one flat buffer in pixel order and the result is a view of it
-    (column-major: its transpose, F-contiguous): nothing is scattered or copied. Few runs: one
-    slice each; many: one ``np.repeat`` of alternating False/True over the gap and run lengths.
+    runs are filled into one zeroed flat buffer in pixel order and the result is a view of it
+    (column-major: its transpose, F-contiguous): nothing is scattered or copied. Up to
+    ``_SLICE_RUNS`` runs: one byte-slice copy each; more: one ``np.repeat`` of alternating
+    True/False over the run and gap lengths, from the first start to the last end.
     """
     n = height * width
-    if len(bounds) <= 2 * _SLICE_RUNS:
-        flat = np.zeros(n, dtype=bool)
-        for start, end in zip(bounds[0::2].tolist(), bounds[1::2].tolist(), strict=True):
-            flat[start:end] = True
+    flat = np.zeros(n, dtype=bool)
+    if len(bounds) > 2 * _SLICE_RUNS:
+        values = np.zeros(len(bounds) - 1, dtype=bool)
+        values[0::2] = True
+        flat[int(bounds[0]):int(bounds[-1])] = np.repeat(values, np.diff(bounds))
+    elif n <= len(_ONES):  # every run fits the source: a memoryview copy costs less than ndarray setitem
+        out, ones, pairs = memoryview(flat).cast("B"), _ONES, iter(bounds.tolist())
+        for start, end in zip(pairs, pairs, strict=True):
+            out[start:end] = ones[:end - start]
     else:
-        values = np.zeros(len(bounds) + 1, dtype=bool)
-        values[1::2] = True
-        flat = np.repeat(values, np.diff(bounds, prepend=0, append=n))
+        pairs = iter(bounds.tolist())
+        for start, end in zip(pairs, pairs, strict=True):
+            flat[start:end] = True
     return flat.reshape(width, height).T if order == "F" else flat.reshape(height, width)
 
 

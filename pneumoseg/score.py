@@ -37,7 +37,7 @@ import pandas as pd
 from pneumoseg.atomic import atomic_path
 from pneumoseg.errors import DataError, RLEError
 from pneumoseg.metrics import detection_metrics, dice_from_counts
-from pneumoseg.rle import Annotations, read_annotations, rle_decode, rle_decode_absolute
+from pneumoseg.rle import EMPTY_RLE, Annotations, read_annotations, rle_decode, rle_decode_absolute
 from pneumoseg.stats import CI, PerImage, bootstrap_ci, metric_statistic, predict_nothing_dice
 
 __all__ = ["PER_IMAGE_COLUMNS", "RLE_FORMATS", "ScoreResult", "decode_mask", "resolve_format",
@@ -57,47 +57,62 @@ def _decoder(fmt: str) -> Callable[..., np.ndarray]:
     raise RLEError(f"RLE format {fmt!r} is not valid; choose one of {', '.join(RLE_FORMATS)}")
 
 
+def _is_empty(rle: str) -> bool:
+    return rle.strip() in ("", EMPTY_RLE)
+
+
+def _decode_or_none(ann: Annotations, image_id: str, fmt: str, height: int, width: int) -> np.ndarray | None:
+    """Union of the non-empty rows of ``image_id`` as bool (height, width); None when every row is empty."""
+    decode = _decoder(fmt)
+    out: np.ndarray | None = None
+    for rle, row in zip(ann[image_id], ann.rows[image_id], strict=True):
+        if _is_empty(rle):
+            continue
+        mask = decode(rle, height, width, where=f"{ann.source} row {row} ImageId {image_id}: ")
+        out = mask if out is None else out | mask
+    return out
+
+
 def decode_mask(ann: Annotations, image_id: str, fmt: str, height: int, width: int) -> np.ndarray:
     """Union of the masks of every row of ``image_id`` decoded as ``fmt``: bool (height, width).
 
     RLEError names the file, row and ImageId of a string that does not decode.
     """
-    decode = _decoder(fmt)
-    out = np.zeros((height, width), dtype=bool)
-    for rle, row in zip(ann[image_id], ann.rows[image_id], strict=True):
-        out |= decode(rle, height, width, where=f"{ann.source} row {row} ImageId {image_id}: ")
-    return out
-
-
-def _first_failure(ann: Annotations, fmt: str, height: int, width: int) -> str | None:
-    """The error of the first string of ``ann`` that does not decode as ``fmt`` (None if all do)."""
-    decode = _decoder(fmt)
-    for image_id, rles in ann.items():
-        for rle, row in zip(rles, ann.rows[image_id], strict=True):
-            try:
-                decode(rle, height, width, where=f"row {row} ImageId {image_id}: ")
-            except RLEError as exc:
-                return str(exc)
-    return None
+    mask = _decode_or_none(ann, image_id, fmt, height, width)
+    return np.zeros((height, width), dtype=bool) if mask is None else mask
 
 
 def resolve_format(ann: Annotations, fmt: str, height: int, width: int) -> tuple[str, str]:
-    """(flavour, note) for ``fmt`` = auto | relative | absolute; RLEError if no flavour fits."""
+    """(flavour, reason) for ``fmt`` = auto | relative | absolute; RLEError if no flavour fits.
+
+    ``auto`` decodes the file's non-empty strings in both flavours until one flavour fails on a
+    string and the other does not: the other is taken (a later string that does not decode in
+    it fails when scored, naming its row). When no string tells them apart, ``relative`` is
+    taken and ``reason`` says so. The reason is "" when ``fmt`` is given.
+    """
     if fmt not in RLE_FORMATS:
         raise RLEError(f"RLE format {fmt!r} is not valid; choose one of {', '.join(RLE_FORMATS)}")
     if fmt != "auto":
         return fmt, ""
-    rel = _first_failure(ann, "relative", height, width)
-    ab = _first_failure(ann, "absolute", height, width)
-    if rel is None and ab is None:
-        return "relative", (f"{ann.source}: every mask decodes as relative and as absolute RLE; took relative "
-                            "(pass the format explicitly if it is absolute)")
-    if rel is None:
-        return "relative", ""
-    if ab is None:
-        return "absolute", ""
-    raise RLEError(f"{ann.source}: decodes neither as relative RLE ({rel}) nor as absolute RLE ({ab}) "
-                   f"at {height}x{width}; check --height/--width")
+    for image_id, rles in ann.items():
+        for rle, row in zip(rles, ann.rows[image_id], strict=True):
+            if _is_empty(rle):
+                continue
+            errors = {}
+            for flavour in ("relative", "absolute"):
+                try:
+                    _decoder(flavour)(rle, height, width, where=f"row {row} ImageId {image_id}: ")
+                except RLEError as exc:
+                    errors[flavour] = str(exc)
+            if len(errors) == 2:
+                raise RLEError(f"{ann.source}: decodes neither as relative RLE ({errors['relative']}) nor as "
+                               f"absolute RLE ({errors['absolute']}) at {height}x{width}; check --height/--width")
+            if errors:
+                bad = next(iter(errors))
+                good = "absolute" if bad == "relative" else "relative"
+                return good, f"{ann.source}: read as {good} RLE (row {row} ImageId {image_id} is not valid {bad} RLE)"
+    return "relative", (f"{ann.source}: every mask decodes as relative and as absolute RLE; took relative "
+                        "(pass the format explicitly if it is absolute)")
 
 
 @dataclass
@@ -112,7 +127,7 @@ class ScoreResult:
     dice_positive: CI
     submission_format: str
     truth_format: str
-    notes: list[str] = field(default_factory=list)  #: how an ``auto`` flavour was decided, when ambiguous
+    notes: list[str] = field(default_factory=list)  #: how each ``auto`` flavour was decided
 
 
 def score_submission(submission: str | os.PathLike[str], truth: str | os.PathLike[str],
@@ -142,12 +157,17 @@ def score_submission(submission: str | os.PathLike[str], truth: str | os.PathLik
     n = len(ids)
     inter, pred_area, truth_area = (np.zeros(n, np.int64) for _ in range(3))
     for k, image_id in enumerate(ids):
-        t = decode_mask(truth_ann, image_id, truth_fmt, height, width)
-        truth_area[k] = np.count_nonzero(t)
-        if image_id in sub_ann:
-            p = decode_mask(sub_ann, image_id, sub_fmt, height, width)
-            pred_area[k] = np.count_nonzero(p)
-            inter[k] = np.count_nonzero(p & t)
+        try:
+            t = _decode_or_none(truth_ann, image_id, truth_fmt, height, width)
+        except RLEError as exc:
+            raise RLEError(f"{exc}; {truth_note}" if truth_note else str(exc)) from None
+        try:
+            p = _decode_or_none(sub_ann, image_id, sub_fmt, height, width) if image_id in sub_ann else None
+        except RLEError as exc:
+            raise RLEError(f"{exc}; {sub_note}" if sub_note else str(exc)) from None
+        truth_area[k] = np.count_nonzero(t) if t is not None else 0
+        pred_area[k] = np.count_nonzero(p) if p is not None else 0
+        inter[k] = np.count_nonzero(p & t) if p is not None and t is not None else 0
     dice = dice_from_counts(inter, pred_area, truth_area)
     has_truth = truth_area > 0
     per_image = pd.DataFrame({

@@ -163,6 +163,11 @@ def test_missing_evaluation_and_other_truth_are_refused(study: dict[str, object]
     df.drop(columns="dice").to_csv(b / "eval/test/per_image.csv", index=False)
     with pytest.raises(DataError, match=r"missing column\(s\) dice"):
         compare_runs([a, b], "test")
+    df = pd.read_csv(a / "eval/test/per_image.csv", dtype={"image_id": str})
+    df.loc[2, "image_id"] = "../../etc/passwd"
+    df.to_csv(a / "eval/test/per_image.csv", index=False)
+    with pytest.raises(DataError, match=r"per_image\.csv: ImageId '\.\./\.\./etc/passwd' cannot name"):
+        compare_runs([a, a], "test")
     with pytest.raises(DataError, match="at least two runs"):
         compare_runs([a], "test")
 

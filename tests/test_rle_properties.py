@@ -236,6 +236,40 @@ def test_annotations_mask_is_the_union(rles: list[str]) -> None:
     np.testing.assert_array_equal(ann.mask("img", 6, 5), expected)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([(40, 30), (7, 300)]), st.floats(0.05, 0.95))
+def test_many_runs_and_few_runs_paint_the_same(seed: int, shape: tuple[int, int], p: float) -> None:
+    """Masks with hundreds of runs (the np.repeat path) and a few runs (the slice path)."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < p
+    few = np.zeros(shape, dtype=bool)
+    few[rng.integers(0, shape[0]), :] = True  # one row: a run per column, 30-300 runs
+    few[:, : rng.integers(1, 4)] = True
+    for m in (mask, few, few[:, :5]):  # few[:, :5]: at most 5 runs
+        h, w = m.shape
+        rle = rle_encode(m)
+        np.testing.assert_array_equal(rle_decode(rle, h, w), ref_decode(rle, h, w))
+        for order in ("F", "C"):
+            absolute = rle_encode_absolute(m, order=order)  # type: ignore[arg-type]
+            np.testing.assert_array_equal(rle_decode_absolute(absolute, h, w, order=order),  # type: ignore[arg-type]
+                                          ref_decode_absolute(absolute, h, w, order))
+
+
+@pytest.mark.parametrize("n_runs", [3, 500])
+def test_images_larger_than_1024_squared(n_runs: int) -> None:
+    """Past 2**20 pixels the slice path uses ndarray assignment; both paths agree with a plain fill."""
+    height, width = 1100, 1000
+    rng = np.random.default_rng(n_runs)
+    cuts = np.sort(rng.choice(height * width, size=2 * n_runs, replace=False))
+    expected = np.zeros(height * width, dtype=bool)
+    for start, end in zip(cuts[0::2], cuts[1::2], strict=True):
+        expected[start:end] = True
+    expected = expected.reshape(width, height).T
+    rle = " ".join(f"{s + 1} {e - s}" for s, e in zip(cuts[0::2], cuts[1::2], strict=True))
+    np.testing.assert_array_equal(rle_decode_absolute(rle, height, width), expected)
+    np.testing.assert_array_equal(rle_decode(rle_encode(expected), height, width), expected)
+
+
 # --- crafted strings: bounded work and memory, a named error --------------------------------------
 
 BIG = 2**62

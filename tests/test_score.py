@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from pneumoseg.cli.main import app
 from pneumoseg.errors import DataError, RLEError
 from pneumoseg.metrics import dice_per_image
-from pneumoseg.rle import rle_encode, rle_encode_absolute
+from pneumoseg.rle import read_annotations, rle_decode, rle_encode, rle_encode_absolute
 from pneumoseg.score import score_submission
+from tests.shared_data import SIIM, require_siim
 
 # 4x4 images, pixels numbered column-major from 0: pixel p is (row p % 4, column p // 4).
 # Truth in the challenge's relative form, with the file's quirks (BOM, " EncodedPixels", " -1").
@@ -84,7 +85,17 @@ def test_auto_detects_each_file_flavour(tmp_path: Path) -> None:
     sub = _write(tmp_path, "s.csv", "ImageId,EncodedPixels\na,4 2 7 2\nb,4 2 61 2\n")
     res = score_submission(sub, truth, height=8, width=8, n_boot=10)
     assert (res.submission_format, res.truth_format) == ("absolute", "relative")
-    assert res.metrics["dice_kaggle"] == 1.0 and not res.notes
+    assert res.metrics["dice_kaggle"] == 1.0
+    assert any("s.csv: read as absolute RLE (row 3 ImageId b is not valid relative RLE)" in n for n in res.notes)
+    assert any("t.csv: read as relative RLE (row 2 ImageId a is not valid absolute RLE)" in n for n in res.notes)
+
+
+def test_auto_choice_that_fails_later_says_why(tmp_path: Path) -> None:
+    # Row 2 is absolute only; row 3 decodes in neither flavour at 8x8.
+    sub = _write(tmp_path, "s.csv", "ImageId,EncodedPixels\na,4 2 61 2\nb,60 10\n")
+    truth = _write(tmp_path, "t.csv", "ImageId,EncodedPixels\na,-1\nb,-1\n")
+    with pytest.raises(RLEError, match=r"s\.csv row 3 ImageId b: .*; .*read as absolute RLE \(row 2 ImageId a"):
+        score_submission(sub, truth, height=8, width=8)
 
 
 def test_ambiguous_file_is_read_as_relative_with_a_note(tmp_path: Path) -> None:
@@ -145,3 +156,25 @@ def test_cli_errors_are_one_line(files: tuple[Path, Path], tmp_path: Path) -> No
     result = CliRunner().invoke(app, ["score", str(sub), "--truth", str(tmp_path / "nope.csv")])
     assert result.exit_code == 2 and "annotation file not found" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@require_siim
+def test_real_challenge_files(tmp_path: Path) -> None:
+    """The challenge's own sample file (no header, BOM, CRLF) against the sample's train-rle.csv."""
+    sample, truth = SIIM / "dicom" / "train-rle-sample.csv", SIIM / "dicom" / "train-rle.csv"
+    res = score_submission(sample, truth, n_boot=200)
+    assert (res.submission_format, res.truth_format) == ("relative", "relative")
+    assert res.metrics["n_images"] == 12 and len(res.missing) == 2 and not res.extra
+    scored = res.per_image[res.per_image["status"] == "scored"]
+    assert (scored["dice"] == 1.0).all()
+    assert (res.per_image.loc[res.per_image["status"] == "missing", "dice"] == 0.0).all()
+    # The truth re-encoded as standard Kaggle RLE, one row per annotation: auto finds absolute
+    # and every image (the 4-annotation one included) scores 1.
+    ann = read_annotations(truth)
+    lines = ["ImageId,EncodedPixels"]
+    for image_id, rles in ann.items():
+        lines += [f"{image_id},{rle_encode_absolute(rle_decode(r, 1024, 1024), empty='')}" for r in rles]
+    absolute = _write(tmp_path, "absolute.csv", "\n".join(lines) + "\n")
+    res = score_submission(absolute, truth, n_boot=50)
+    assert res.submission_format == "absolute" and res.metrics["dice_kaggle"] == 1.0
+    assert max(len(v) for v in ann.values()) == 4

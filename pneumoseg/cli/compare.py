@@ -46,13 +46,20 @@ def compare(
 
     check_output_file(out, runs, what="--out")
     c = compare_runs(runs, split, allow_different_sets, n_boot, seed, n_cases=cases, size_edges=_edges(size_edges))
-    table = Table(*metric_header(c), title=f"split {split}: {len(c.image_ids)} images, "
-                  f"{int(c.has_truth.sum())} with pneumothorax; value [95 % CI]")
-    for row in metric_rows(c):
-        table.add_row(*row)
-    console.print(table)
+    head, rows, k = metric_header(c), metric_rows(c, digits=3), 1 + len(c.runs)
+    values = Table(*head[:k], title=f"split {split}: {len(c.image_ids)} images, {int(c.has_truth.sum())} with "
+                   "pneumothorax; value [95 % CI]")
+    diffs = Table(*head[:1], *head[k:], title="paired difference to A [95 % CI], two-sided bootstrap p")
+    for table in (values, diffs):
+        table.columns[0].no_wrap = True
+    for row in rows:
+        row = [cell.replace(" [", "\n[") for cell in row]  # value over its interval: narrow columns
+        values.add_row(*row[:k])
+        diffs.add_row(*row[:1], *row[k:])
+    console.print(values)
+    console.print(diffs)
     for r in c.runs:
-        console.print(f"{r.name}  ({r.run})", highlight=False)
+        console.print(f"{r.label}: {r.run.resolve()}", highlight=False)
     for r in c.runs[1:]:
         console.print(f"{r.label} vs A, per-image Dice: Wilcoxon p = {c.wilcoxon[r.label]:.3g}", highlight=False)
     console.print(f"predict-nothing baseline dice_kaggle: {c.baseline:.4f}", highlight=False)

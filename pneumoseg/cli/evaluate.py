@@ -85,10 +85,15 @@ def evaluate(
     metrics = evaluate_run(predictor, runs[0], split, progress=progress)
     table = Table(title=f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})",
                   show_header=False)
+    ci = metrics["ci95"]
+    assert isinstance(ci, dict)
     for key in ("dice_kaggle", "dice_empty_baseline", "dice_positive", "image_auc", "sensitivity", "specificity",
                 "fpr_empty", "n_images", "n_positive"):
         value = metrics[key]
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if key in ci and all(v == v for v in ci[key]):
+            text += f"  [{ci[key][0]:.4f}, {ci[key][1]:.4f}] 95 % CI"
+        table.add_row(key, text)
     console.print(table)
     console.print(f"post-processing: {metrics['postprocess_text']} ({metrics['postprocess_source']})", highlight=False)
     console.print(f"outputs: {eval_dir(runs[0], split)} (metrics.json, per_image.csv, pred_masks/, best.png, "

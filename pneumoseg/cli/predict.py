@@ -87,6 +87,8 @@ def predict(
     if dicom_sc:
         table.add_row("DICOM SC overlays", f"{result.n_sc} in {out / 'sc'}")
     console.print(table)
+    for line in result.warnings:
+        err_console.print(line, highlight=False, soft_wrap=True, markup=False)
     if result.failures:
         for line in result.failures:
             err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)

@@ -57,8 +57,9 @@ def score(
         table.add_column(column)
     for name, ci in (("dice_kaggle", result.dice_kaggle), ("dice_positive", result.dice_positive)):
         table.add_row(name, _fmt(ci.value), f"[{_fmt(ci.low)}, {_fmt(ci.high)}]")
-    for name in ("sensitivity", "specificity", "fpr_empty", "image_auc"):
+    for name in ("sensitivity", "specificity", "fpr_empty"):
         table.add_row(name, _fmt(m[name]), "")
+    table.add_row("image_auc", _fmt(m["image_auc"]), "scored by predicted area")
     table.add_row("predict nothing", _fmt(m["predict_nothing"]), "dice_kaggle of an all-empty submission")
     console.print(table)
     console.print(f"RLE: submission {result.submission_format}, truth {result.truth_format}", highlight=False)

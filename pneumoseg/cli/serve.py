@@ -54,7 +54,7 @@ def serve(
                                           help="Memory for recent results served by the image routes (LRU)."),
     cache_size: float = typer.Option(64, "--cache-size", metavar="INTEGER",
                                      help="At most this many results kept besides."),
-    max_concurrent: float = typer.Option(4, "--max-concurrent", metavar="INTEGER",
+    max_concurrent: float = typer.Option(2, "--max-concurrent", metavar="INTEGER",
                                          help="Uploads decoded / post-processed at once."),
     token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True,
                                      help="Require 'Authorization: Bearer TOKEN' on the API (prefer the "

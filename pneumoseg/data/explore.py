@@ -135,6 +135,7 @@ def scan_dataset(files: list[Path], annotations: Annotations, root: Path, progre
             key = path.stem
             try:
                 meta = read_dicom_meta(path)
+                key = meta.image_id
                 problem = _pixel_data_problem(path)
                 if problem:
                     raise DataError(f"{path}: {problem}")
@@ -146,7 +147,7 @@ def scan_dataset(files: list[Path], annotations: Annotations, root: Path, progre
                 area = int(np.count_nonzero(annotations.mask(key, meta.rows, meta.columns))) if n_annotations else 0
             except PneumosegError as exc:
                 failures.append(_one_line(str(exc)))
-                left_out.add(key)
+                left_out.update({path.stem, key})  # its annotation rows, under either name
                 continue
             taken[key] = path
             file_warnings += [_one_line(f"{path}: warning: {w}") for w in getattr(meta, "warnings", ())]
@@ -368,7 +369,8 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str], 
             if df.empty:
                 raise DataError(f"{root}: none of the {len(files)} .dcm files could be used; first: {failures[0]}")
     summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": str(rle_csv), **summarize(df, annotations, left_out)}
-    summary["first_image"] = read_dicom_meta(root / df["file"].iloc[0]).as_dict()
+    # Through JSON and back: the summary returned equals the summary.json written (tuples -> lists).
+    summary["first_image"] = json.loads(json.dumps(read_dicom_meta(root / df["file"].iloc[0]).as_dict()))
     with atomic_path(paths["metadata"]) as tmp:
         df.to_csv(tmp, index=False)
     plot_distributions(df, summary, paths["distributions"])

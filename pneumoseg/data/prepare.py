@@ -176,7 +176,7 @@ def _die_with(parent_pid: int) -> None:
 
 def _worker_init(parent_pid: int) -> None:
     cv2.setNumThreads(1)  # one process per core; no nested thread pools
-    pass  # _die_with(parent_pid)
+    _die_with(parent_pid)
 
 
 def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:

@@ -3,9 +3,9 @@
 Only the forward pass runs under the model lock (one at a time: the model is shared and torch
 already uses every core). Decoding, the resize to the model's size, upsampling and
 post-processing at the input's resolution (``Predictor.finish``), RLE and PNG encoding all run
-outside it, so one huge image never stalls the others' forward passes; at most
-``settings.max_concurrent`` uploads are in that image work at once (each may hold a few bytes
-per pixel of ``settings.max_pixels``).
+outside it, so one huge image never stalls the others' forward passes. ``predict_upload_async``
+lets at most ``settings.max_concurrent`` uploads into that work at once (a 64 MP image peaks near
+1 GB); the others wait in the event loop, holding no worker thread.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import cv2
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from pneumoseg.images import encode_png, resize_image
 from pneumoseg.predict import InputImage, Prediction, Predictor
@@ -58,7 +60,10 @@ def _model_input(predictor: Predictor, pixels: np.ndarray) -> np.ndarray:
     An ensemble of runs at different sizes gets the full image (each model resizes it from the
     source, as ``pneumoseg predict`` does), so results never depend on a double resize.
     """
-    sizes = {entry[-1].size if hasattr(entry[-1], "size") else entry[-1].data.size for entry in predictor.models}
+    sizes = set()
+    for entry in predictor.models:  # (net, config[, preprocessing]): the input size is in the last one
+        last: Any = entry[-1]
+        sizes.add(int(last.size) if hasattr(last, "size") else int(last.data.size))
     return resize_image(pixels, predictor.size) if sizes == {predictor.size} else pixels
 
 
@@ -72,7 +77,7 @@ class ServiceModel:
         self.settings = settings or ServiceSettings()
         self.store = ResultStore(self.settings.result_store_bytes, self.settings.cache_size)
         self._forward_lock = threading.Lock()
-        self._work = threading.BoundedSemaphore(self.settings.max_concurrent)
+        self._slots = anyio.Semaphore(self.settings.max_concurrent)
 
     @property
     def model_name(self) -> str:
@@ -93,22 +98,26 @@ class ServiceModel:
         with self._forward_lock:
             return self.predictor.probs_at_model_size([small])[0]
 
+    async def predict_upload_async(self, data: bytes, filename: str | None) -> dict[str, Any]:
+        """``predict_upload`` on a worker thread once one of ``settings.max_concurrent`` slots is free."""
+        async with self._slots:
+            return await run_in_threadpool(self.predict_upload, data, filename)
+
     def predict_upload(self, data: bytes, filename: str | None) -> dict[str, Any]:
-        """Decode, predict, store; return the JSON answer (see the /predict route).
+        """Decode, predict, store; return the JSON answer (see the /predict route). Blocking.
 
         Raises UnsupportedMediaError (not DICOM/PNG/JPEG), ImageTooLargeError (over
         ``settings.max_pixels``), DicomError or DataError (unreadable).
         """
         start = time.perf_counter()
-        with self._work:
-            image, kind = decode_upload(data, filename, self.settings.max_pixels)
-            prob = self._forward(_model_input(self.predictor, image.pixels))
-            pred = self.predictor.finish(image, prob)
-            del prob
-            summary = self._summary(image, kind, pred)
-            stored = StoredResult(encode_gray_png(image.pixels), encode_gray_png(_prob_to_uint8(pred.prob)),
-                                  encode_gray_png(pred.mask), summary)
-            del pred
+        image, kind = decode_upload(data, filename, self.settings.max_pixels)
+        prob = self._forward(_model_input(self.predictor, image.pixels))
+        pred = self.predictor.finish(image, prob)
+        del prob
+        summary = self._summary(image, kind, pred)
+        stored = StoredResult(encode_gray_png(image.pixels), encode_gray_png(_prob_to_uint8(pred.prob)),
+                              encode_gray_png(pred.mask), summary)
+        del pred, image
         if self.store.put(summary["id"], stored):
             summary["stored"] = True
         else:

@@ -18,11 +18,9 @@ def _check_number(name: str, value: object, *, integer: bool = False, maximum: f
     """ConfigError unless ``value`` is a finite number > 0 (an integer when asked), <= ``maximum``."""
     option = "--" + name.replace("_", "-")
     kind = "an integer" if integer else "a number"
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok and maximum is not None:
-        ok = value <= maximum
+    ok = False
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        ok = (not integer or float(value).is_integer()) and (maximum is None or value <= maximum)
     if not ok:
         upper = f" and <= {maximum:g}" if maximum is not None else ""
         raise ConfigError(f"{option} must be {kind} > 0{upper} (finite), got {value!r}")
@@ -45,8 +43,8 @@ class ServiceSettings:
     ``result_store_mb``: bytes of recent results kept for the PNG routes (compressed PNGs plus
     the JSON answer); the least recently used are dropped first, a result larger than the whole
     budget is answered but not kept. ``cache_size``: at most this many results besides.
-    ``max_concurrent``: uploads decoded / post-processed at once (each holds up to a few bytes
-    per pixel of ``max_pixels``); others wait their turn.
+    ``max_concurrent``: uploads decoded / predicted / post-processed at once (an image of
+    ``max_pixels`` = 64 MP peaks near 1 GB); others wait their turn without holding a thread.
     ``token``: when set, every API route but ``/health`` and the page needs
     ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
     ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.predict.Predictor`.
@@ -56,7 +54,7 @@ class ServiceSettings:
     max_pixels: int = 64_000_000
     result_store_mb: float = 512.0
     cache_size: int = 64
-    max_concurrent: int = 4
+    max_concurrent: int = 2
     token: str | None = field(default=None, repr=False)
     checkpoint: str = "best"
     device: str | None = "cpu"

@@ -58,7 +58,7 @@ def test_dataset_items(cache: Path) -> None:
     ds = SegmentationDataset(cache, ids, size=64)
     assert not ds.soft and mask_rule(cache) == "any"  # no cache.json: binary masks
     item = ds[0]
-    img, mask = ds.load(0)
+    _, mask = ds.load(0)
     # uint8 as stored: the model normalises on the device (one preprocessing rule, 4x fewer bytes)
     assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.uint8
     assert np.array_equal(item["image"][0].numpy(), cv2.imread(str(cache / "images" / "id00.png"), 0))

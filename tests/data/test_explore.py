@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ def test_cli_on_the_real_sample(tmp_path: Path) -> None:
     assert (summary["n_images"], summary["n_positive"], summary["n_negative"]) == (12, 7, 5)
     assert summary["n_annotation_rows"] == 15 and summary["annotation_rows_per_image"] == {"1": 11, "4": 1}
     assert summary["regions_per_positive"] == {"1": 6, "4": 1}
-    assert summary["warnings"] == [] and summary["unreadable"] == []
+    assert summary["warnings"] == [] and summary["failures"] == [] and summary["n_failed"] == 0
+    assert summary["n_matched_by_stem"] == 0
     assert sum(summary["view_position"].values()) == 12 and set(summary["view_position"]) == {"PA", "AP"}
     assert sum(summary["sex"].values()) == 12
 
@@ -71,7 +73,7 @@ def test_cli_on_the_real_sample(tmp_path: Path) -> None:
     assert len(meta) == 12 and list(meta.columns) == METADATA_COLUMNS
     row = meta.set_index("image_id").loc[ID_307]
     assert (row["n_rle_rows"], row["n_annotations"], row["has_pneumothorax"]) == (4, 4, 1)
-    assert meta["has_pneumothorax"].sum() == 7
+    assert meta["has_pneumothorax"].sum() == 7 and (meta["matched_by"] == "uid").all()
     assert (meta.loc[meta["has_pneumothorax"] == 0, "mask_area_px"] == 0).all()
     assert (meta.loc[meta["has_pneumothorax"] == 1, "mask_area_px"] > 1000).all()
 
@@ -153,7 +155,8 @@ def test_explore_synthetic_counts_warnings_and_areas(tmp_path: Path) -> None:
     warnings = " | ".join(summary["warnings"])
     assert "1 image(s) have no row" in warnings and "counted as healthy" in warnings
     assert "1 ImageId(s) in the annotation CSV have no DICOM" in warnings
-    assert "1 file(s) could not be read" in warnings and "broken.dcm" in warnings
+    assert "1 file(s) could not be used" in warnings and "broken.dcm" in warnings
+    assert len(summary["failures"]) == 1 and "broken.dcm" in summary["failures"][0]
     meta = pd.read_csv(out / "metadata.csv", keep_default_na=False).set_index("image_id")
     for image_id, mask in masks.items():
         assert meta.loc[image_id, "mask_area_px"] == mask.sum()
@@ -170,5 +173,76 @@ def test_explore_without_samples_and_all_unreadable(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.dcm").write_bytes(b"junk")
-    with pytest.raises(DataError, match=r"none of the 1 \.dcm files could be read"):
+    with pytest.raises(DataError, match=r"none of the 1 \.dcm files could be used"):
         explore(bad, csv, tmp_path / "out2", progress=False)
+
+
+# --- bad items: listed, left out of every statistic, exit 2 (as prepare) ------------------------
+
+
+def _bad_items(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """The synthetic set plus a file without pixel data, one with an invalid UID and one whose RLE
+    row does not decode."""
+    root, csv, masks = _synthetic(tmp_path)
+    rng = np.random.default_rng(1)
+    nopix = root / "nopix.dcm"
+    uid = _write_dicom(nopix, rng.integers(0, 256, (40, 48), dtype=np.uint8), "p9", "M", "PA", "050Y")
+    import pydicom
+
+    ds = pydicom.dcmread(nopix)
+    del ds.PixelData
+    ds.save_as(nopix)
+    evil = root / "evil.dcm"
+    evil_uid = _write_dicom(evil, rng.integers(0, 256, (40, 48), dtype=np.uint8), "p8", "F", "AP", "020Y")
+    ds = pydicom.dcmread(evil)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UID: that is the point
+        ds.SOPInstanceUID = "../../../tmp/owned"
+        ds.save_as(evil)
+    badrle = _write_dicom(root / "badrle.dcm", rng.integers(0, 256, (40, 48), dtype=np.uint8), "p7", "F",
+                          "PA", "030Y")
+    lines = csv.read_text() + f"{uid}, -1\n{evil_uid}, -1\n{badrle}, 3 abc\n"
+    csv.write_text(lines)
+    return root, csv, masks
+
+
+def test_bad_items_are_listed_left_out_and_the_others_summarised(tmp_path: Path) -> None:
+    root, csv, masks = _bad_items(tmp_path)
+    out = tmp_path / "out"
+    summary = explore(root, csv, out, n_samples=4, progress=False)
+    # The same four usable images as the clean synthetic set: nothing bad is counted.
+    assert (summary["n_images"], summary["n_positive"], summary["n_negative"]) == (4, 2, 2)
+    # The orphan, and the row of the UID evil.dcm no longer carries; not the rows of the bad files.
+    assert summary["n_annotation_ids_without_image"] == 2
+    failures = summary["failures"]
+    assert len(failures) == 4 and summary["n_failed"] == 4
+    for name, what in (("nopix.dcm", "no pixel data"), ("evil.dcm", "not a valid DICOM UID"),
+                       ("badrle.dcm", "abc"), ("broken.dcm", "not a DICOM")):
+        [line] = [f for f in failures if name in f or (name == "badrle.dcm" and "abc" in f)]
+        assert what in line and "\n" not in line, line
+    meta = pd.read_csv(out / "metadata.csv", keep_default_na=False).set_index("image_id")
+    assert sorted(meta.index) == sorted(masks)
+    assert json.loads((out / "summary.json").read_text())["failures"] == failures
+
+
+def test_cli_exits_2_after_writing_when_items_are_bad(tmp_path: Path) -> None:
+    root, csv, _ = _bad_items(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_app(), ["explore", str(root), "--rle", str(csv), "--out", str(out),
+                                         "--no-progress", "--samples", "2"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "failed:" in text and "nopix.dcm" in text and "4 file(s) could not be used" in text
+    assert (out / "summary.json").is_file() and (out / "metadata.csv").is_file()
+
+
+def test_output_folder_checked_before_any_work(tmp_path: Path) -> None:
+    root, csv, _ = _synthetic(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    for out, what in ((root, "overlaps the input"), (root / "sub", "overlaps the input"),
+                      (tmp_path / "afile" / "out", "afile")):
+        result = CliRunner().invoke(_app(), ["explore", str(root), "--rle", str(csv), "--out", str(out),
+                                             "--no-progress"])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and what in lines[0], result.output
+    assert not (root / "sub").exists() and not list(root.rglob("*.png"))

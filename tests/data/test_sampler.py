@@ -84,7 +84,7 @@ def test_seeds_make_epochs_reproducible() -> None:
 def test_sampler_errors() -> None:
     with pytest.raises(DataError, match="no positive"):
         PositiveRatioSampler(np.zeros(5, bool))
-    with pytest.raises(DataError, match="unknown mode 'cycle'.*positives_once, fixed_length"):
+    with pytest.raises(DataError, match=r"unknown mode 'cycle'.*positives_once, fixed_length"):
         PositiveRatioSampler(LABELS, mode="cycle")
     with pytest.raises(DataError, match="epoch_length=50 applies to mode fixed_length only"):
         PositiveRatioSampler(LABELS, epoch_length=50)

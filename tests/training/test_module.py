@@ -43,7 +43,7 @@ def batches(n_batches: int = 3, n: int = 4, size: int = 32, seed: int = 0, soft:
             img = rng.normal(80, 20, (size, size))
             mask = np.zeros((size, size), np.uint8)
             if k % 2 == 0:
-                cx, cy, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(3, 7))]
+                cx, cy, r = [*rng.integers(8, size - 8, 2).tolist(), int(rng.integers(3, 7))]
                 d = np.hypot(xx - cx, yy - cy)
                 mask = (np.clip(r + 0.5 - d, 0, 1) * 255).astype(np.uint8) if soft else ((d <= r) * 255).astype(
                     np.uint8)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from pneumoseg.overlay import encode_rgb_png, overlay
@@ -52,7 +51,7 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> d
     filename, data = await read_upload(request, "file", settings.max_upload_bytes)
     if not data:
         raise HTTPException(status_code=422, detail="the uploaded file is empty")
-    return await run_in_threadpool(model.predict_upload, data, filename)
+    return await model.predict_upload_async(data, filename)
 
 
 def _result(model: ModelDep, result_id: str) -> StoredResult:

@@ -1,0 +1,89 @@
+"""Headless Chromium against a server started with a token: the page asks for it, then works as usual.
+
+Skipped (with the reason) where Chromium or ChromeDriver is missing. Uses a synthetic DICOM only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumoseg.predict import Predictor
+from pneumoseg.service import ServiceSettings, create_app, serve_in_background
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TOKEN = "browser-token-0123456789abcdef"
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                                reason=f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
+                                       "(Debian: apt-get install chromium chromium-driver)")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+
+
+@pytest.fixture(scope="module")
+def token_server(trained_run: Path) -> Iterator[str]:
+    torch.set_num_threads(1)
+    predictor = Predictor([trained_run], device="cpu", batch_size=1)
+    with serve_in_background(create_app([trained_run], ServiceSettings(token=TOKEN), predictor=predictor)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-token')}"):
+        options.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    drv.set_page_load_timeout(30)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def test_page_asks_for_the_token_then_uploads_and_opens_links_with_it(token_server: str, driver: object,
+                                                                      synth_data: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    drv = driver
+    wait = WebDriverWait(drv, 60)
+    find = drv.find_element  # type: ignore[attr-defined]
+    dicom = sorted((synth_data / "dicom").glob("*.dcm"))[0]
+    drv.get(token_server + "/")  # type: ignore[attr-defined]
+    wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())  # /health says a token is needed
+    assert "model" in find(By.ID, "model").text
+
+    find(By.ID, "file").send_keys(str(dicom))  # without the token: the 401 is explained
+    wait.until(lambda d: "401" in d.find_element(By.ID, "status").text)
+    assert "access token" in find(By.ID, "status").text
+
+    find(By.ID, "token").send_keys(TOKEN + Keys.TAB)
+    assert drv.execute_script("return sessionStorage.getItem('pneumoseg-token')") == TOKEN  # type: ignore[attr-defined]
+    drv.execute_script("document.getElementById('file').value = ''")  # type: ignore[attr-defined]
+    find(By.ID, "file").send_keys(str(dicom))
+    wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "ready")
+    size = drv.execute_script(  # type: ignore[attr-defined]
+        "const c = document.getElementById('canvas'); return [c.width, c.height]")
+    assert size == [256, 256]
+    assert find(By.ID, "area").text.endswith("px")
+
+    result_id = find(By.ID, "result").get_attribute("data-id")
+    main = drv.current_window_handle  # type: ignore[attr-defined]
+    find(By.ID, "link-json").click()
+    wait.until(lambda d: len(d.window_handles) == 2)
+    drv.switch_to.window(next(h for h in drv.window_handles if h != main))  # type: ignore[attr-defined]
+    wait.until(lambda d: result_id in d.find_element(By.TAG_NAME, "body").text)
+    drv.close()  # type: ignore[attr-defined]
+    drv.switch_to.window(main)  # type: ignore[attr-defined]
