@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,19 +44,25 @@ from pneumoseg.paths import check_output_dir, check_output_file, is_valid_uid, s
 from pneumoseg.postprocess import PostProcess, find_tuned, legacy_rule_present
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import rle_encode, rle_encode_absolute
-from pneumoseg.training.run import load_run
+from pneumoseg.training.run import list_checkpoints, load_run
 
 __all__ = [
     "BACKENDS",
+    "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "ONNX_NAME",
+    "ImageOutputs",
     "InputImage",
+    "PREDICTIONS_HEADER",
     "PredictResult",
     "Prediction",
     "Predictor",
+    "SUBMISSION_HEADER",
     "find_inputs",
     "load_input",
     "predict_to_folder",
+    "write_outputs",
+    "write_tables",
 ]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -135,6 +141,14 @@ def _onnx_file(run: str | os.PathLike[str]) -> Path:
                     f"`pneumoseg export {path} --onnx {path / ONNX_NAME}` or pass --onnx FILE")
 
 
+def _checkpoint_file(run: str | os.PathLike[str], checkpoint: str) -> Path:
+    """The ``.ckpt`` that ``load_run(run, checkpoint)`` read (a path, or a name in ``RUN/checkpoints``)."""
+    path = Path(checkpoint)
+    if path.suffix == ".ckpt" and path.is_file():
+        return path
+    return list_checkpoints(run)[checkpoint]
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -150,6 +164,8 @@ class Predictor:
     folder holding ``model.onnx``; ``checkpoint`` is then ignored (it was fixed at export). Size and
     normalisation come from each file's metadata; the post-processing from the first run folder's
     ``postprocess.json`` when there is one, else from the first file's metadata.
+
+    ``weight_files``: the checkpoint (or ONNX) file of each model, in order (hashed by archive manifests).
     """
 
     def __init__(self, runs: Sequence[str | os.PathLike[str]], checkpoint: str = "best", tta: bool = False,
@@ -167,9 +183,11 @@ class Predictor:
             loaded = [load_run(r, checkpoint) for r in runs]
             self.models: list[tuple[nn.Module | OnnxModel, ExperimentConfig, Preprocessing]] = [
                 (m.to(self.device), c, Preprocessing.from_config(c)) for m, c in loaded]
+            self.weight_files = [_checkpoint_file(r, checkpoint) for r in runs]
         else:
             files = [Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs]
             nets = [OnnxModel(f, device=self.device) for f in files]
+            self.weight_files = files
             self.models = [(net, net.config(), net.metadata.preprocessing) for net in nets]
         self.cfg = self.models[0][1]
         self.size = self.models[0][2].size
@@ -253,6 +271,24 @@ class Predictor:
         return [self.finish(im, prob) for im, prob in zip(images, probs, strict=True)]
 
 
+@dataclass(frozen=True)
+class ImageOutputs:
+    """What ``write_outputs`` wrote for one image (paths relative to the output folder).
+
+    ``row``: its ``predictions.csv`` row (``PREDICTIONS_HEADER``); ``rle``: its submission cell;
+    ``seg``: ``"written"``, ``"empty"`` (no SEG for an empty mask), ``"not_dicom"`` or ``""`` (not
+    asked); ``failure``: one line when a DICOM output could not be made (the mask was written).
+    """
+
+    row: tuple[object, ...]
+    rle: str
+    files: tuple[str, ...]
+    seg: str = ""
+    sr: bool = False
+    sc: bool = False
+    failure: str | None = None
+
+
 @dataclass
 class PredictResult:
     """What ``predict_to_folder`` wrote, and the inputs it could not use (one line each)."""
@@ -269,14 +305,45 @@ class PredictResult:
     seg_skipped_not_dicom: int = 0  #: PNG / JPEG inputs: no source DICOM to reference
     n_sr: int = 0                  #: DICOM Structured Reports (TID 1500) written to ``out_dir/sr``
     n_sc: int = 0                  #: Secondary Capture overlays written to ``out_dir/sc``
+    n_resumed: int = 0             #: images whose complete outputs an earlier (killed) run had written
+
+    def add(self, outputs: ImageOutputs) -> None:
+        """Count one image's DICOM outputs and its failure line."""
+        self.n_seg += outputs.seg == "written"
+        self.seg_skipped_empty += outputs.seg == "empty"
+        self.seg_skipped_not_dicom += outputs.seg == "not_dicom"
+        self.n_sr += outputs.sr
+        self.n_sc += outputs.sc
+        if outputs.failure:
+            self.failures.append(outputs.failure)
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+PREDICTIONS_HEADER = ("image_id", "source", "probability", "has_pneumothorax", "area_px", "area_mm2", "height",
+                      "width")
+SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def write_tables(result: PredictResult, rows: Sequence[Sequence[object]], sub_rows: Sequence[tuple[str, str]],
+                 submission: str | os.PathLike[str] | None = None) -> None:
+    """``predictions.csv`` and the submission (default ``out_dir/submission.csv``), atomically; counts.
+
+    Nothing is written when ``rows`` is empty. Sets ``n_images``, ``n_positive`` and the two paths.
+    """
+    result.n_images = len(rows)
+    result.n_positive = sum(1 for _, rle in sub_rows if rle != "-1")
+    if rows:
+        result.predictions_csv = result.out_dir / "predictions.csv"
+        atomic_write_text(result.predictions_csv, _csv_text(PREDICTIONS_HEADER, rows))
+        result.submission_csv = Path(submission) if submission else result.out_dir / "submission.csv"
+        atomic_write_text(result.submission_csv, _csv_text(SUBMISSION_HEADER, sub_rows))
 
 
 def _read_header(image: InputImage) -> pydicom.Dataset | None:
@@ -289,13 +356,15 @@ def _read_header(image: InputImage) -> pydicom.Dataset | None:
         raise DicomError(f"{image.path}: cannot re-read the header ({exc})".replace("\n", " ")) from None
 
 
-def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset | None,
-                         out: Path, result: PredictResult, seg: bool, seg_empty: bool, sr: bool, sc: bool) -> None:
-    """``out/seg``, ``out/sr``, ``out/sc`` ``/<image_id>.dcm`` for a DICOM input (see ``predict_to_folder``)."""
-    if source is None:
-        result.seg_skipped_not_dicom += 1
-        return
+def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset,
+                         out: Path, seg: bool, seg_empty: bool, sr: bool, sc: bool,
+                         files: list[str]) -> tuple[str, bool, bool]:
+    """``out/seg``, ``out/sr``, ``out/sc`` ``/<image_id>.dcm`` for a DICOM input (see ``predict_to_folder``).
+
+    Returns ``(seg status, sr written, sc written)``; appends each written file to ``files``.
+    """
     seg_ds = None
+    status = ""
     if seg and (pred.mask.any() or seg_empty):
         params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
                   "postprocess": json.dumps(predictor.postprocess.to_dict())}
@@ -303,18 +372,55 @@ def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Predicti
             params["checkpoint"] = predictor.checkpoint
         seg_ds = make_segmentation(source, pred.mask, model_name=predictor.model_name, algorithm_parameters=params)
         write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg_ds)
-        result.n_seg += 1
+        files.append(f"seg/{pred.image_id}.dcm")
+        status = "written"
     elif seg:
-        result.seg_skipped_empty += 1
+        status = "empty"
     if sr:
         report = make_sr(source, seg_ds, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
                          area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source), model_name=predictor.model_name)
         write_sr(out / "sr" / f"{pred.image_id}.dcm", report)
-        result.n_sr += 1
+        files.append(f"sr/{pred.image_id}.dcm")
     if sc:
         write_sc(out / "sc" / f"{pred.image_id}.dcm",
                  make_overlay_sc(source, image.pixels, pred.mask, model_name=predictor.model_name))
-        result.n_sc += 1
+        files.append(f"sc/{pred.image_id}.dcm")
+    return status, sr, sc
+
+
+def write_outputs(predictor: Predictor, image: InputImage, pred: Prediction, out_dir: str | os.PathLike[str],
+                  overlays: bool = True, rle_format: Literal["relative", "absolute"] = "relative",
+                  dicom_seg: bool = False, dicom_seg_empty: bool = False, dicom_sr: bool = False,
+                  dicom_sc: bool = False) -> ImageOutputs:
+    """Write one image's files (mask, overlay, DICOM outputs; see ``predict_to_folder``), each atomically.
+
+    The one place that turns a ``Prediction`` into files and CSV cells: ``predict_to_folder`` and
+    the archive engine (``pneumoseg.inference``) both call it.
+    """
+    out = Path(out_dir)
+    encode = rle_encode if rle_format == "relative" else rle_encode_absolute
+    write_png(out / "masks" / f"{pred.image_id}.png", pred.mask.astype(np.uint8) * 255)
+    files = [f"masks/{pred.image_id}.png"]
+    if overlays:
+        write_rgb_png(out / "overlays" / f"{pred.image_id}.png", overlay(image.pixels, pred.mask))
+        files.append(f"overlays/{pred.image_id}.png")
+    h, w = pred.mask.shape
+    status, sr, sc, failure = "", False, False, None
+    try:
+        source = _read_header(image)
+        mm2 = area_mm2(pred.mask, source) if source is not None else None
+        if dicom_seg or dicom_sr or dicom_sc:
+            if source is None:
+                status = "not_dicom"
+            else:
+                status, sr, sc = _write_dicom_outputs(predictor, image, pred, source, out, dicom_seg,
+                                                      dicom_seg_empty, dicom_sr, dicom_sc, files)
+    except PneumosegError as exc:
+        failure = f"{exc} (mask written; DICOM outputs not)"
+        mm2 = None
+    row = (pred.image_id, str(image.path), round(pred.probability, 6), int(pred.area_px > 0), pred.area_px,
+           "" if mm2 is None else round(mm2, 2), h, w)
+    return ImageOutputs(row, encode(pred.mask), tuple(files), status, sr, sc, failure)
 
 
 def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
@@ -338,13 +444,15 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
     Capture of the overlay for viewers without SEG support. PNG / JPEG inputs get none (counted in
     ``seg_skipped_not_dicom``). An output that cannot be made is reported in ``failures``.
     ``predictions.csv`` has ``area_mm2`` for DICOM inputs with a pixel spacing (else empty).
+
+    In-process and in memory; ``pneumoseg.inference.predict_archive`` does the same for archives
+    (streamed inputs, several processes, resumable) with the same ``write_outputs``.
     """
     out = Path(out_dir)
     check_output_dir(out)
     if submission is not None:
         check_output_file(submission, (), "submission")
     result = PredictResult(out)
-    encode = rle_encode if rle_format == "relative" else rle_encode_absolute
     rows: list[tuple[object, ...]] = []
     sub_rows: list[tuple[str, str]] = []
     seen: dict[str, Path] = {}
@@ -367,31 +475,14 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                 seen[image.image_id] = path
                 batch.append(image)
             for image, pred in zip(batch, predictor.predict_batch(batch) if batch else [], strict=True):
-                write_png(out / "masks" / f"{pred.image_id}.png", pred.mask.astype(np.uint8) * 255)
-                if overlays:
-                    write_rgb_png(out / "overlays" / f"{pred.image_id}.png", overlay(image.pixels, pred.mask))
-                h, w = pred.mask.shape
-                try:
-                    source = _read_header(image)
-                    mm2 = area_mm2(pred.mask, source) if source is not None else None
-                    if dicom_seg or dicom_sr or dicom_sc:
-                        _write_dicom_outputs(predictor, image, pred, source, out, result, dicom_seg, dicom_seg_empty,
-                                             dicom_sr, dicom_sc)
-                except PneumosegError as exc:
-                    result.failures.append(f"{exc} (mask written; DICOM outputs not)")
-                    mm2 = None
-                rows.append((pred.image_id, str(image.path), round(pred.probability, 6), int(pred.area_px > 0),
-                             pred.area_px, "" if mm2 is None else round(mm2, 2), h, w))
-                sub_rows.append((pred.image_id, encode(pred.mask)))
+                outputs = write_outputs(predictor, image, pred, out, overlays=overlays, rle_format=rle_format,
+                                        dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
+                                        dicom_sc=dicom_sc)
+                result.add(outputs)
+                rows.append(outputs.row)
+                sub_rows.append((pred.image_id, outputs.rle))
                 if callable(on_prediction):
                     on_prediction(image, pred)
             bar.advance(task, len(paths[start:start + predictor.batch_size]))
-    result.n_images = len(rows)
-    result.n_positive = sum(1 for _, rle in sub_rows if rle != "-1")
-    if rows:
-        result.predictions_csv = out / "predictions.csv"
-        atomic_write_text(result.predictions_csv, _csv_text(
-            ("image_id", "source", "probability", "has_pneumothorax", "area_px", "area_mm2", "height", "width"), rows))
-        result.submission_csv = Path(submission) if submission else out / "submission.csv"
-        atomic_write_text(result.submission_csv, _csv_text(("ImageId", "EncodedPixels"), sub_rows))
+    write_tables(result, rows, sub_rows, submission)
     return result

@@ -156,7 +156,7 @@ def _paint(bounds: np.ndarray, height: int, width: int, order: Literal["F", "C"]
         values[0::2] = True
         flat[int(bounds[0]):int(bounds[-1])] = np.repeat(values, np.diff(bounds))
     elif n <= len(_ONES):  # every run fits the source: a memoryview copy costs less than ndarray setitem
-        out, ones, pairs = memoryview(flat).cast("B"), _ONES, iter(bounds.tolist())
+        out, ones, pairs = flat.data.cast("B"), _ONES, iter(bounds.tolist())
         for start, end in zip(pairs, pairs, strict=True):
             out[start:end] = ones[:end - start]
     else:

@@ -19,7 +19,7 @@ app = typer.Typer(
 # Order here is the order in `pneumoseg --help`.
 COMMAND_MODULES = [
     "demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "compare", "score", "predict",
-    "report", "export", "serve",
+    "report", "export", "serve", "listen",
 ]
 
 

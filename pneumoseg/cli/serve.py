@@ -47,7 +47,7 @@ def serve(
                              help="Interface to listen on (0.0.0.0: every interface; warns when not loopback)."),
     port: float = typer.Option(8000, "--port", metavar="INTEGER", help="TCP port (1-65535)."),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest upload accepted (larger: HTTP 413)."),
-    max_pixels: float = typer.Option(64e6, "--max-pixels",
+    max_pixels: float = typer.Option(64_000_000, "--max-pixels", metavar="INTEGER",
                                      help="Largest image in pixels, read from its header before decoding "
                                           "(larger: HTTP 413)."),
     result_store_mb: float = typer.Option(512.0, "--result-store-mb",

@@ -5,11 +5,17 @@
 * ``queue``    the listener's on-disk queue: one state file per instance, received -> predicted -> sent;
 * ``listen``   the pynetdicom node: C-ECHO, C-STORE queued on disk before acknowledging, a worker
   that predicts and C-STOREs the results to the destination;
-* ``dicomweb`` WADO-RS fetch, predict, STOW-RS store (dicomweb-client).
+* ``dicomweb`` QIDO-RS list, WADO-RS fetch, predict, STOW-RS store (dicomweb-client).
 
-Nothing here is imported by ``pneumoseg`` itself: pynetdicom and dicomweb-client load only when used.
+``import pneumoseg.pacs`` is light: pynetdicom and dicomweb-client load with ``listen`` / ``dicomweb``.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from pneumoseg.errors import PneumosegError
+
+__all__ = ["PacsError"]
+
+
+class PacsError(PneumosegError):
+    """A PACS or DICOMweb server that cannot be reached or refuses a request."""

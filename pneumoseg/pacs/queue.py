@@ -92,7 +92,7 @@ class InstanceQueue:
         self.info = dict(info or {})
         for sub in ("instances", "state", "outputs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._lock_file: IO[bytes] | None = open(self.root / ".lock", "ab")  # noqa: SIM115 (held while open)
+        self._lock_file: IO[bytes] | None = open(self.root / ".lock", "ab")  # held open: the lock
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -1,0 +1,122 @@
+"""``pneumoseg listen RUN --forward AE@HOST:PORT`` (a DICOM node) and ``pneumoseg dicomweb RUN --url URL --study UID``.
+
+``listen`` accepts C-STORE of CR / DX radiographs (and C-ECHO), queues each on disk before
+acknowledging, predicts, and C-STOREs a SEG (+ SR / SC overlay with ``--sr`` / ``--sc``) into the
+source's study at the destination; ``QUEUE/status.json`` is its health, one log line per instance
+goes to stderr. Stop it with Ctrl-C / SIGTERM; a killed node resumes its queue on restart.
+``dicomweb`` does the same for one study (or series) on a DICOMweb server: WADO-RS in, STOW-RS out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pneumoseg.cli._common import cli_errors, console, err_console, fail
+
+__all__ = ["dicomweb", "listen", "register"]
+
+
+def _predictor(run: str, checkpoint: str, tta: bool, device: str | None, batch_size: int) -> object:
+    from pneumoseg.predict import Predictor
+
+    return Predictor([Path(r) for r in run.split(",") if r], checkpoint=checkpoint, tta=tta, device=device,
+                     batch_size=batch_size)
+
+
+@cli_errors
+def listen(
+    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
+    forward: str = typer.Option(..., "--forward", help="Where results go: AE@HOST:PORT (e.g. PACS@10.0.0.5:104)."),
+    ae_title: str = typer.Option("PNEUMOSEG", "--ae-title", help="This node's AE title (callers must use it)."),
+    port: int = typer.Option(11112, "--port", min=0, max=65535, help="DICOM port to listen on (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    queue: Path = typer.Option(Path("pneumoseg-queue"), "--queue", help="Queue folder (resumed on restart)."),
+    max_pending: int = typer.Option(64, "--max-pending", min=1,
+                                    help="Instances waiting before C-STORE is answered Out of Resources."),
+    sr: bool = typer.Option(False, "--sr", help="Also send a DICOM SR (TID 1500: presence, score, area)."),
+    sc: bool = typer.Option(False, "--sc", help="Also send a Secondary Capture of the overlay."),
+    seg_empty: bool = typer.Option(True, "--seg-empty/--no-seg-empty", help="Send a SEG for empty predictions too."),
+    calling_ae: str | None = typer.Option(None, "--calling-ae", help="Accept only these calling AE titles (A,B,...)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep sent instances and results in the queue folder."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
+    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Instances per forward pass."),
+) -> None:
+    """Run a DICOM node: receive radiographs, predict, send the SEG (+ SR / SC) to --forward."""
+    from pneumoseg.pacs.listen import Destination, Listener
+    from pneumoseg.pacs.outputs import OutputOptions
+    from pneumoseg.pacs.queue import InstanceQueue
+
+    destination = Destination.parse(forward)
+    predictor = _predictor(run, checkpoint, tta, device, batch_size)
+    options = OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    instance_queue = InstanceQueue(queue, max_pending=max_pending, keep=keep)
+    try:
+        node = Listener(predictor, instance_queue, destination, ae_title=ae_title, host=host, port=port,  # type: ignore[arg-type]
+                        options=options, batch_size=batch_size,
+                        calling_ae_titles=[t for t in calling_ae.split(",") if t] if calling_ae else None)
+    except BaseException:
+        instance_queue.close()
+        raise
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.start()
+    except OSError as exc:
+        instance_queue.close()
+        raise fail(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
+    err_console.print(f"listening as {node.ae_title} on {host}:{node.port}; results ({options.describe()}) -> "
+                      f"{destination}; queue {queue} (status.json)", highlight=False, soft_wrap=True)
+    node.serve(stop)
+
+
+@cli_errors
+def dicomweb(
+    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
+    url: str = typer.Option(..., "--url", help="DICOMweb root, e.g. http://orthanc:8042/dicom-web."),
+    study: str = typer.Option(..., "--study", help="StudyInstanceUID to predict."),
+    series: str | None = typer.Option(None, "--series", help="Only this SeriesInstanceUID of the study."),
+    sr: bool = typer.Option(False, "--sr", help="Also store a DICOM SR (TID 1500: presence, score, area)."),
+    sc: bool = typer.Option(False, "--sc", help="Also store a Secondary Capture of the overlay."),
+    seg_empty: bool = typer.Option(True, "--seg-empty/--no-seg-empty", help="Store a SEG for empty predictions too."),
+    redo: bool = typer.Option(False, "--redo", help="Predict instances that already have this model's SEG again."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
+    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Instances per forward pass."),
+) -> None:
+    """Predict a study on a DICOMweb server (WADO-RS) and store the SEG (+ SR / SC) there (STOW-RS)."""
+    from pneumoseg.pacs.dicomweb import predict_dicomweb
+    from pneumoseg.pacs.outputs import OutputOptions
+
+    predictor = _predictor(run, checkpoint, tta, device, batch_size)
+    result = predict_dicomweb(predictor, url, study=study, series=series,  # type: ignore[arg-type]
+                              options=OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty), redo=redo)
+    table = Table(title=f"DICOMweb {url}", show_header=False)
+    table.add_row("study" + (" / series" if series else ""), study + (f" / {series}" if series else ""))
+    table.add_row("instances", str(result.n_instances))
+    table.add_row("predicted", f"{result.n_predicted} ({result.n_positive} with pneumothorax)")
+    table.add_row("already done", f"{result.n_already_done} (--redo predicts them again)")
+    table.add_row("not radiographs", str(result.n_not_predicted))
+    table.add_row("stored", ", ".join(f"{n} {kind.upper()}" for kind, n in result.stored.items() if n) or "nothing")
+    console.print(table)
+    if result.failures:
+        for line in result.failures:
+            err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+        raise fail(f"{len(result.failures)} instance(s) could not be predicted or stored (listed above)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``listen`` and ``dicomweb`` to ``app``."""
+    app.command("listen")(listen)
+    app.command("dicomweb")(dicomweb)
