@@ -8,7 +8,7 @@ STAMP := $(VENV)/.pneumoseg-installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test fuzz bench lint clean
 
 $(STAMP): pyproject.toml
 	# Debian's Chromium + ChromeDriver for the viewer's browser test (skipped, with a reason, where
@@ -31,6 +31,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# A longer fuzz run than the one in `make test`: mutated real DICOMs and hypothesis on the RLE codecs.
+fuzz: install
+	PNEUMOSEG_FUZZ_EXAMPLES=5000 PNEUMOSEG_FUZZ_SEED=1 PNEUMOSEG_FUZZ_SCALE=20 \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_dicom.py tests/test_rle_properties.py
 
 bench: install
 	$(PY) benchmarks/bench_data.py

@@ -68,7 +68,11 @@ def plain_loop(model: str, size: int, batch: int, precision: str, steps: int) ->
     y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
     if device.type == "cuda":
         x = x.to(memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    dtype = None
+    if precision.startswith("bf16"):
+        dtype = torch.bfloat16
+    elif precision.startswith("16"):
+        dtype = torch.float16
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -103,7 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{device}, torch {torch.__version__}, {args.model} at {args.size}, batch {args.batch}")
-    print("| precision | settings | pneumoseg train (img/s) | plain loop, no loader (img/s) | peak GPU memory |")
+    print("| precision | settings | pneumoseg train (img/s) | plain loop, no loader (img/s) "
+          "| peak GPU memory |")
     print("| --- | --- | ---: | ---: | ---: |")
     for precision in args.precisions.split(","):
         plain = plain_loop(args.model, args.size, args.batch, precision, args.batches)
@@ -112,9 +117,11 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             real = real_loop(args.cache, args.model, args.size, args.batch, precision, args.batches,
                              args.workers, args.epochs, SETTINGS[label])
-            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else "-"
+            cuda = torch.cuda.is_available()
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
             print(f"| {precision} | {label} | {real:.1f} | {plain:.1f} | {peak} |", flush=True)
-    print(f"peak host RSS (this process): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak host RSS (this process): {rss:.2f} GiB")
 
 
 if __name__ == "__main__":

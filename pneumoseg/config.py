@@ -48,7 +48,8 @@ from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
 
 __all__ = [
-    "CHOICES", "HALF_PRECISIONS", "AugmentConfig", "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig",
+    "CHOICES", "HALF_PRECISIONS", "AugmentConfig",
+    "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig",
     "PostprocessConfig", "SamplerConfig", "ScheduleConfig", "TrainConfig",
     "config_to_dict", "dump_config", "list_configs", "load_config", "packaged_config", "parse_override",
 ]
@@ -388,8 +389,8 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
             raise bad("sampler.epoch_length", f"must be >= 1, got {s.epoch_length}")
         if s.mode == "positives_once":
             if s.epoch_length is not None:
-                raise bad("sampler.epoch_length", "applies to sampler.mode fixed_length only (positives_once: "
-                          "each positive once per epoch, the length follows from the share)")
+                raise bad("sampler.epoch_length", "applies to sampler.mode fixed_length only "
+                          "(positives_once: each positive once per epoch, the length follows from the share)")
             for key, value in (("sampler.pos_start", s.pos_start), ("sampler.pos_end", s.pos_end)):
                 if value == 0:
                     raise bad(key, "must be > 0 in sampler.mode positives_once (use fixed_length for 0)")

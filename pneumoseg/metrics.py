@@ -78,7 +78,8 @@ def _pair(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 @overload
-def dice_from_counts(inter: torch.Tensor, pred_area: torch.Tensor, true_area: torch.Tensor) -> torch.Tensor: ...
+def dice_from_counts(inter: torch.Tensor, pred_area: torch.Tensor,
+                     true_area: torch.Tensor) -> torch.Tensor: ...
 @overload
 def dice_from_counts(inter: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray: ...
 def dice_from_counts(inter: Any, pred_area: Any, true_area: Any) -> Any:
@@ -199,8 +200,8 @@ class DiceKaggle(Metric):
     def __init__(self, result: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if result not in (None, "dice_kaggle", "dice_positive", "n_images", "n_positive"):
-            raise ValueError(f"DiceKaggle: unknown result {result!r} (valid: None, dice_kaggle, dice_positive, "
-                             "n_images, n_positive)")
+            raise ValueError(f"DiceKaggle: unknown result {result!r} "
+                             "(valid: None, dice_kaggle, dice_positive, n_images, n_positive)")
         self.result = result
         dtype = torch.float64
         for name in ("dice_sum", "n_images", "pos_dice_sum", "n_positive"):
@@ -208,7 +209,7 @@ class DiceKaggle(Metric):
 
     @torch.no_grad()
     def update(self, pred: Any, true: Any) -> None:  # type: ignore[override]
-        p, t = (torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in (pred, true))
+        p, t = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for x in (pred, true))
         p, t = p.to(self.dice_sum.device), t.to(self.dice_sum.device)
         if p.shape != t.shape:
             raise ValueError(f"pred and true masks differ in shape: {tuple(p.shape)} vs {tuple(t.shape)}")
@@ -226,10 +227,10 @@ class DiceKaggle(Metric):
 
     def compute(self) -> Any:
         nan = torch.full_like(self.dice_sum, math.nan)
+        mean_pos = self.pos_dice_sum / self.n_positive.clamp(min=1)
         values = {
             "dice_kaggle": torch.where(self.n_images > 0, self.dice_sum / self.n_images.clamp(min=1), nan),
-            "dice_positive": torch.where(self.n_positive > 0, self.pos_dice_sum / self.n_positive.clamp(min=1),
-                                         nan),
+            "dice_positive": torch.where(self.n_positive > 0, mean_pos, nan),
             "n_images": self.n_images.clone(),
             "n_positive": self.n_positive.clone(),
         }

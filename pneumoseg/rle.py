@@ -17,7 +17,7 @@ numpy, Pillow and OpenCV inputs accept it (cv2 copies it); call ``np.ascontiguou
 1024x1024) only where a C buffer is required (a cv2 ``dst``, raw ``.data``). Encoders accept any
 2-D array whose non-zero pixels are the mask.
 
-Every number is checked before anything is allocated: tokens are ASCII integers, lengths >= 1,
+Every number is checked before the mask is allocated: tokens are ASCII integers, lengths >= 1,
 starts >= 0 (>= 1 absolute), every run and the running end inside ``height * width``; a
 violation raises ``RLEError`` (prefixed by ``where``, e.g. the file, row and ImageId).
 """

@@ -6,7 +6,7 @@ in the submission as in the truth. RLE flavours (per file):
 
 * ``relative``: the challenge's ``train-rle.csv`` form (0-based starts relative to the end of
   the previous run, column-major);
-* ``absolute``: the standard Kaggle form used for stage-2 submissions (1-based absolute starts,
+* ``absolute``: the standard Kaggle form other tools write (1-based absolute starts,
   column-major);
 * ``auto``: the flavour in which every string of the file decodes (starts increasing, runs
   inside the image). Real multi-run masks decode in only one of them; when every string decodes

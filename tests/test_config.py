@@ -97,7 +97,8 @@ def test_bad_files_name_file_and_key(tmp_path: Path, text: str, needles: list[st
         ("train.epochs=0", ["train.epochs", ">= 1"]),
         ("data.normalize=imagenet", ["data.normalize", "in_channels: 3"]),
         ("train.precision=8-bit", ["train.precision", "bf16-mixed"]),
-        ("train.precision=bf16-true", ["train.precision", "'bf16-true'", "loses small updates", "bf16-mixed"]),
+        ("train.precision=bf16-true",
+         ["train.precision", "'bf16-true'", "loses small updates", "bf16-mixed"]),
         ("train.precision=16-true", ["train.precision", "'16-true'", "half precision"]),
         ("sampler.mode=cycle", ["sampler.mode", "'cycle'", "positives_once, fixed_length"]),
         ("sampler.epoch_length=100", ["sampler.epoch_length", "fixed_length only"]),
@@ -127,7 +128,9 @@ def test_dump_round_trip(tmp_path: Path) -> None:
 
 def test_sampler_modes() -> None:
     cfg = load_config("winner")
-    assert cfg.sampler is not None and cfg.sampler.mode == "positives_once" and cfg.sampler.epoch_length is None
+    assert cfg.sampler is not None and cfg.sampler.mode == "positives_once"
+    assert cfg.sampler.epoch_length is None
     fixed = load_config(None, ["sampler.mode=fixed_length", "sampler.epoch_length=100", "sampler.pos_end=0"])
-    assert fixed.sampler is not None and (fixed.sampler.mode, fixed.sampler.epoch_length) == ("fixed_length", 100)
+    assert fixed.sampler is not None
+    assert (fixed.sampler.mode, fixed.sampler.epoch_length) == ("fixed_length", 100)
     assert load_config(None, ["train.precision=bf16-mixed"]).train.precision == "bf16-mixed"

@@ -158,7 +158,8 @@ def test_streaming_accumulator_matches_function() -> None:
     only.update(pred, true)
     assert float(only.compute()) == pytest.approx(dice_positive(pred, true), abs=1e-12)
     acc.reset()
-    assert math.isnan(float(acc.compute()["dice_kaggle"]))
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(float(acc.compute()["dice_kaggle"]))
     with pytest.raises(ValueError, match="unknown result"):
         DiceKaggle(result="iou")
 

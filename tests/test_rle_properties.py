@@ -8,6 +8,7 @@ a vectorised shortcut in ``pneumoseg.rle`` cannot agree with itself by construct
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import tracemalloc
 from pathlib import Path
@@ -29,7 +30,9 @@ from pneumoseg.rle import (
     rle_encode_absolute,
 )
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+#: `make fuzz` sets PNEUMOSEG_FUZZ_SCALE to run every property many more times than CI does.
+SCALE = int(os.environ.get("PNEUMOSEG_FUZZ_SCALE", "1"))
+FAST = settings(max_examples=60 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --- references: plain Python, one token and one pixel at a time --------------------------------
@@ -180,7 +183,7 @@ def test_decode_matches_reference_on_valid_strings(case: tuple[str, int, int]) -
     assert rle_encode(mask) == ref_encode(mask)  # zero-gap runs come back merged
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(hostile, shapes)
 def test_hostile_strings_decode_like_the_reference_or_raise_rle_error(rle: str, shape: tuple[int, int]) -> None:
     height, width = shape
@@ -194,7 +197,7 @@ def test_hostile_strings_decode_like_the_reference_or_raise_rle_error(rle: str, 
         np.testing.assert_array_equal(rle_decode(rle, height, width), expected)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(hostile, shapes, st.sampled_from(["F", "C"]))
 def test_hostile_strings_absolute(rle: str, shape: tuple[int, int], order: str) -> None:
     height, width = shape
@@ -208,7 +211,7 @@ def test_hostile_strings_absolute(rle: str, shape: tuple[int, int], order: str) 
         np.testing.assert_array_equal(got, expected)
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=120 * SCALE, deadline=None)
 @given(masks_any_layout())
 def test_encoders_match_the_pixel_loop_in_any_layout(mask: np.ndarray) -> None:
     height, width = mask.shape
@@ -224,7 +227,7 @@ def test_encoders_match_the_pixel_loop_in_any_layout(mask: np.ndarray) -> None:
                                       truth)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40 * SCALE, deadline=None)
 @given(st.lists(valid_relative((6, 5)).map(lambda c: c[0]), min_size=1, max_size=4))
 def test_annotations_mask_is_the_union(rles: list[str]) -> None:
     ann = Annotations()
@@ -236,7 +239,7 @@ def test_annotations_mask_is_the_union(rles: list[str]) -> None:
     np.testing.assert_array_equal(ann.mask("img", 6, 5), expected)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25 * SCALE, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([(40, 30), (7, 300)]), st.floats(0.05, 0.95))
 def test_many_runs_and_few_runs_paint_the_same(seed: int, shape: tuple[int, int], p: float) -> None:
     """Masks with hundreds of runs (the np.repeat path) and a few runs (the slice path)."""

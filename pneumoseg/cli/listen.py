@@ -57,8 +57,8 @@ def listen(
     destination = Destination.parse(forward)
     predictor = _predictor(run, checkpoint, tta, device, batch_size)
     options = OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pneumoseg.listen").setLevel(logging.INFO)  # one line per instance
     instance_queue = InstanceQueue(queue, max_pending=max_pending, keep=keep)
     try:
         node = Listener(predictor, instance_queue, destination, ae_title=ae_title, host=host, port=port,  # type: ignore[arg-type]

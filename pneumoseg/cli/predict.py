@@ -1,5 +1,10 @@
 """``pneumoseg predict RUN INPUT --out DIR``: masks, overlays, predictions.csv, submission.csv.
 
+Runs on Lightning's prediction loop (``pneumoseg.inference.predict_archive``): inputs are streamed
+(a folder, or ``--list FILE`` with one path per line), ``--devices N [--num-nodes M]`` shards them
+over DDP processes (torchrun / SLURM detected), and rerunning the same command into the same
+``--out`` resumes: complete images are skipped; other settings are refused unless ``--overwrite``.
+
 ``--dicom-seg`` adds ``DIR/seg/<image_id>.dcm`` (DICOM Segmentation) per DICOM input with a
 non-empty mask (``--dicom-seg-empty``: every DICOM input). ``--backend onnx`` runs exported
 networks with onnxruntime: ``--onnx FILE[,FILE2]``, else ``RUN/model.onnx`` (``pneumoseg export
@@ -15,13 +20,16 @@ from rich.table import Table
 
 from pneumoseg.cli._common import cli_errors, console, err_console, fail
 
-__all__ = ["predict", "register"]
+__all__ = ["PRECISIONS", "predict", "register"]
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
 @cli_errors
 def predict(
     run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
-    input: Path = typer.Argument(..., help="A DICOM, a PNG/JPEG, or a folder of them (recursive)."),
+    input: Path | None = typer.Argument(None, help="A DICOM, a PNG/JPEG, or a folder of them (recursive); "
+                                        "or give --list."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
     submission: Path | None = typer.Option(None, "--submission", help="Submission CSV path (default OUT/submission.csv)."),
@@ -43,32 +51,62 @@ def predict(
     backend: str = typer.Option("torch", "--backend", help="torch | onnx (onnxruntime; see --onnx)."),
     onnx: str | None = typer.Option(None, "--onnx", help="ONNX file(s) FILE[,FILE2] for --backend onnx "
                                     "(default: RUN/model.onnx of each run)."),
+    list_file: Path | None = typer.Option(None, "--list", help="A text file of input paths, one per line "
+                                          "(instead of INPUT; relative to the current folder)."),
+    devices: int = typer.Option(1, "--devices", min=1, help="Processes per node (GPUs, or CPU processes)."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (torchrun / SLURM); --out shared."),
+    precision: str = typer.Option("32-true", "--precision", help="32-true | bf16-mixed | 16-mixed (GPU)."),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader processes decoding inputs per device."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions in --out made with other "
+                                   "settings (default: resume when the settings match, else refuse)."),
 ) -> None:
     """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
     from pneumoseg.errors import ConfigError
+    from pneumoseg.inference import first_input, folder_source, list_source, predict_archive
     from pneumoseg.paths import check_output_dir, check_output_file
-    from pneumoseg.predict import Predictor, find_inputs, predict_to_folder
+    from pneumoseg.predict import Predictor
 
     if rle_format not in ("relative", "absolute"):
         raise ConfigError(f"--rle-format {rle_format!r} unknown (valid: relative, absolute)")
     if onnx and backend != "onnx":
         raise ConfigError("--onnx needs --backend onnx")
+    if (input is None) == (list_file is None):
+        raise ConfigError("give either INPUT (a file or folder) or --list FILE, not both or neither")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} unknown (valid: {', '.join(PRECISIONS)})")
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} unknown (valid: cpu, cuda)")
     runs = [Path(r) for r in run.split(",") if r]
+    given = input if input is not None else list_file
+    assert given is not None
     # Before any work: outputs never inside, or around, the inputs, and writable.
-    check_output_dir(out, [input])
+    check_output_dir(out, [given])
     if submission is not None:
-        check_output_file(submission, [input], "--submission")
+        check_output_file(submission, [given], "--submission")
     onnx_files = [Path(f) for f in onnx.split(",") if f] if onnx else None
-    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device="cpu", batch_size=batch_size,
                           backend=backend, onnx=onnx_files)
-    result = predict_to_folder(predictor, find_inputs(input), out, submission=submission, overlays=overlays,
-                               rle_format=rle_format, progress=progress,  # type: ignore[arg-type]
-                               dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
-                               dicom_sc=dicom_sc)
+    if input is not None:
+        source, spec = folder_source(input), f"folder:{input.resolve()}"
+        first_input(source, f"{input}: no .dcm, .png or .jpg files found")
+    else:
+        source, spec = list_source(given), f"list:{given.resolve()}"
+        first_input(source, f"--list {given}: no input paths in it")
+    accelerator = {"cpu": "cpu", "cuda": "gpu"}.get(device or "", "auto")
+    result = predict_archive(predictor, source, out, input_spec=spec, submission=submission, overlays=overlays,
+                             rle_format=rle_format,  # type: ignore[arg-type]
+                             dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
+                             dicom_sc=dicom_sc, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                             precision=precision, workers=workers, overwrite=overwrite, progress=progress)
+    if result is None:  # another rank: rank 0 merges and reports
+        return
     what = predictor.model_name + (", TTA" if tta else "") + (", onnxruntime" if backend == "onnx" else "")
     table = Table(title=f"Predictions ({what})", show_header=False)
     table.add_row("images", str(result.n_images))
     table.add_row("with pneumothorax", str(result.n_positive))
+    if result.n_resumed:
+        table.add_row("resumed", f"{result.n_resumed} complete from an earlier run, "
+                      f"{result.n_images - result.n_resumed} predicted now")
     table.add_row("post-processing", f"{predictor.postprocess.describe()} ({predictor.postprocess_source})")
     table.add_row("masks", str(out / "masks"))
     if overlays:

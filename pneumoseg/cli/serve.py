@@ -1,4 +1,7 @@
-"""``pneumoseg serve RUN [--host 127.0.0.1] [--port 8000] [--token T]``: the viewer and JSON API over HTTP."""
+"""``pneumoseg serve RUN [--host 127.0.0.1] [--port 8000] [--token T] [--browse DIR [--truth CSV]]``.
+
+The viewer (``/``) and the JSON API over HTTP; with ``--browse`` the viewer steps through a folder.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +65,13 @@ def serve(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
+    browse: str | None = typer.Option(None, "--browse", metavar="DIR",
+                                      help="Step through the DICOM / PNG files under DIR in the viewer "
+                                           "(predicted on demand; DIR/masks/<stem>.png is their ground truth)."),
+    truth: str | None = typer.Option(None, "--truth", metavar="CSV",
+                                     help="Ground truth of the --browse files: a train-rle.csv (by ImageId)."),
+    browse_max_files: float = typer.Option(10_000, "--browse-max-files", metavar="INTEGER",
+                                           help="List at most this many files of --browse DIR."),
 ) -> None:
     """Serve the viewer (/) and the API (POST /predict, GET /health); the model is loaded once."""
     import uvicorn
@@ -76,7 +86,8 @@ def serve(
     settings = ServiceSettings(max_upload_mb=max_upload_mb, max_pixels=max_pixels,  # type: ignore[arg-type]
                                result_store_mb=result_store_mb, cache_size=cache_size,  # type: ignore[arg-type]
                                max_concurrent=max_concurrent, token=token or None,  # type: ignore[arg-type]
-                               checkpoint=checkpoint, device=device, tta=tta)
+                               checkpoint=checkpoint, device=device, tta=tta, browse_dir=browse,
+                               truth=truth, browse_max_files=browse_max_files)  # type: ignore[arg-type]
     _check_port_free(host, port_number)
     _warn_exposed(host, settings.token is not None)
 
@@ -90,9 +101,13 @@ def serve(
                       "in the temporary directory", highlight=False)
     console.print(f"model [bold]{described['model']}[/] at {described['size']} px on {described['device']} "
                   f"(post-processing {described['postprocess']})", highlight=False)
-    console.print(f"viewer: [bold]http://{shown}:{port_number}/[/]  API docs: http://{shown}:{port_number}/docs  "
-                  f"(access token {'required' if settings.token else 'not required'}; Ctrl+C to stop)",
-                  highlight=False)
+    folder = app.state.browse
+    if folder is not None:
+        more = f" (first {folder.max_files} only: --browse-max-files)" if folder.truncated else ""
+        console.print(f"browsing {len(folder)} image file(s) under {folder.root}{more}", highlight=False)
+    console.print(f"viewer: [bold]http://{shown}:{port_number}/[/]  API schema: http://{shown}:{port_number}"
+                  f"/openapi.json  (access token {'required' if settings.token else 'not required'}; "
+                  "Ctrl+C to stop)", highlight=False)
     uvicorn.run(app, host=host, port=port_number, log_level="info", server_header=False)
 
 

@@ -2,8 +2,9 @@
 
 Every pipeline takes and returns ``image`` uint8 (H, W) and ``mask`` uint8 (H, W) (0/1, 0/255 or a
 soft 0..255 target): spatial transforms move the mask with the image (nearest-neighbour for the
-mask, so soft values are kept, never blended), pixel transforms touch the image only. Randomness comes from a seed per call (``apply_transform``), so a sample's
-augmentation depends only on (run seed, epoch, position), not on workers or restarts.
+mask, so soft values are kept, never blended), pixel transforms touch the image only. Randomness
+comes from a seed per call (``apply_transform``), so a sample's augmentation depends only on
+(run seed, epoch, position), not on workers or restarts.
 
 Presets (``size`` is the training size):
 

@@ -175,7 +175,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         return img, mask
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 (H, W) image, bool (H, W) mask) of item ``index`` at ``self.size``; soft masks cut at 0.5."""
+        """(uint8 (H, W) image, bool (H, W) mask) of item ``index`` at ``self.size`` (soft: cut at 0.5)."""
         img, target = self.load_target(index)
         return img, target >= 128
 
@@ -185,8 +185,9 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         size = self.size
         if size is None or img.shape == (size, size):
             return img, mask if self.soft else mask.astype(np.uint8) * np.uint8(255)
-        target = resize_image(mask, size) if self.soft else resize_mask(mask, size).astype(np.uint8) * np.uint8(255)
-        return resize_image(img, size), target
+        if self.soft:
+            return resize_image(img, size), resize_image(mask, size)
+        return resize_image(img, size), resize_mask(mask, size).astype(np.uint8) * np.uint8(255)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = (int(item[0]), int(item[1])) if isinstance(item, tuple | list) else (int(item), None)

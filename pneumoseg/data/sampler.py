@@ -144,10 +144,12 @@ class PositiveRatioSampler(EpochSampler):
                  seed: int = 0, num_replicas: int | None = None, rank: int | None = None) -> None:
         labels = np.asarray(labels, dtype=bool)
         if mode not in SAMPLER_MODES:
-            raise DataError(f"positive-ratio sampler: unknown mode {mode!r} (valid: {', '.join(SAMPLER_MODES)})")
+            raise DataError(f"positive-ratio sampler: unknown mode {mode!r} "
+                            f"(valid: {', '.join(SAMPLER_MODES)})")
         if mode == "positives_once" and epoch_length is not None:
-            raise DataError(f"positive-ratio sampler: epoch_length={epoch_length} applies to mode fixed_length "
-                            "only (positives_once: the length follows from the positives and the share)")
+            raise DataError(f"positive-ratio sampler: epoch_length={epoch_length} applies to mode "
+                            "fixed_length only (positives_once: the length follows from the positives "
+                            "and the share)")
         super().__init__(epoch_length or len(labels), seed=seed, num_replicas=num_replicas, rank=rank)
         for name, share in (("pos_start", pos_start), ("pos_end", pos_end)):
             lo_ok = share > 0 if mode == "positives_once" else share >= 0

@@ -77,8 +77,8 @@ def list_source(path: str | os.PathLike[str]) -> InputSource:
     return functools.partial(iter_list, Path(path))
 
 
-def first_input(source: InputSource, what: str | os.PathLike[str]) -> Path:
-    """The first path of ``source`` (found without listing the rest); DataError when there is none."""
+def first_input(source: InputSource, empty: str) -> Path:
+    """The first path of ``source`` (found without listing the rest); DataError(``empty``) when there is none."""
     for item in source():
         return Path(item)
-    raise DataError(f"{what}: no .dcm, .png or .jpg files found")
+    raise DataError(empty)

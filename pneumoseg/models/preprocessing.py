@@ -38,7 +38,8 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 def _mean_std(mode: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if mode not in NORMALIZATIONS:
-        raise ConfigError(f"data.normalize: unknown normalisation {mode!r} (valid: {', '.join(NORMALIZATIONS)})")
+        raise ConfigError(f"data.normalize: unknown normalisation {mode!r} "
+                          f"(valid: {', '.join(NORMALIZATIONS)})")
     if mode == "gray":
         return (GRAY_MEAN,) * in_channels, (GRAY_STD,) * in_channels
     if in_channels == 1:
@@ -77,7 +78,7 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> Preprocessing:
-        """From ``cfg.data`` (``size``, ``in_channels``, ``normalize``: gray | imagenet, ``auto`` resolved)."""
+        """From ``cfg.data``: ``size``, ``in_channels``, ``normalize`` (gray | imagenet; auto resolved)."""
         d = cfg.data
         mode = d.normalize
         if mode == "auto":
@@ -94,7 +95,8 @@ class Preprocessing:
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict`; ConfigError names a missing or bad key."""
         if not isinstance(d, Mapping):
-            raise ConfigError(f"preprocessing: expected a mapping with size, in_channels, mean, std; got {d!r}")
+            raise ConfigError(f"preprocessing: expected a mapping with size, in_channels, mean, std; "
+                              f"got {d!r}")
         missing = [k for k in ("size", "in_channels", "mean", "std") if k not in d]
         if missing:
             raise ConfigError(f"preprocessing: missing key(s) {missing} (need size, in_channels, mean, std)")
@@ -112,7 +114,8 @@ class Preprocessing:
             raise DataError(f"preprocessing: expected uint8 images (0..255), got dtype {dtype}")
         ok = len(shape) in (2, 3) or (len(shape) == 4 and shape[1] in (1, self.in_channels))
         if not ok:
-            raise DataError(f"preprocessing: expected uint8 (H, W), (N, H, W) or (N, 1, H, W), got shape {shape}")
+            raise DataError(f"preprocessing: expected uint8 (H, W), (N, H, W) or (N, 1, H, W), "
+                            f"got shape {shape}")
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (H, W), (N, H, W) or (N, 1, H, W) -> float32 (N, C, H, W) on ``x``'s device."""

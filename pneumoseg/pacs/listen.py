@@ -43,21 +43,24 @@ __all__ = ["INPUT_TRANSFER_SYNTAXES", "Destination", "Listener"]
 
 log = logging.getLogger("pneumoseg.listen")
 
-#: Transfer syntaxes accepted on input: those ``pneumoseg.dicom.read_dicom`` decodes.
+#: Transfer syntaxes accepted on input: those ``pneumoseg.dicom.read_dicom`` decodes. When a sender offers
+#: several in one presentation context, the first here wins: lossy originals first, so that a JPEG
+#: arrives as stored and decodes to the pixels ``pneumoseg predict`` sees in the same file (no
+#: transcoding by the sender), then lossless compressed, then uncompressed.
 INPUT_TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.4.50",   # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",   # JPEG Extended
+    "1.2.840.10008.1.2.4.91",   # JPEG 2000
+    "1.2.840.10008.1.2.4.81",   # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.57",   # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",   # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",   # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",   # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.5",      # RLE Lossless
     "1.2.840.10008.1.2.1",      # Explicit VR Little Endian
     "1.2.840.10008.1.2",        # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",   # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",      # Explicit VR Big Endian
-    "1.2.840.10008.1.2.4.50",   # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",   # JPEG Extended
-    "1.2.840.10008.1.2.4.57",   # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",   # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",   # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",   # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",   # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",   # JPEG 2000
-    "1.2.840.10008.1.2.5",      # RLE Lossless
 ]
 _AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # 16 printable characters, no backslash
 _OUT_OF_RESOURCES = 0xA700

@@ -10,10 +10,12 @@ lets at most ``settings.max_concurrent`` uploads into that work at once (a 64 MP
 
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,17 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from pneumoseg.images import encode_png, resize_image
+from pneumoseg.metrics import dice_from_counts
 from pneumoseg.predict import InputImage, Prediction, Predictor
 from pneumoseg.rle import rle_encode
-from pneumoseg.service.decode import ImageTooLargeError, UnsupportedMediaError, decode_upload, sniff
+from pneumoseg.service.decode import (
+    ImageTooLargeError,
+    UnsupportedMediaError,
+    decode_upload,
+    pillow_pixel_limit,
+    sniff,
+)
+from pneumoseg.service.intensity import Intensities, dicom_header_bytes, dicom_intensities, display_intensities
 from pneumoseg.service.settings import ServiceSettings
 from pneumoseg.service.store import ResultStore, StoredResult
 
@@ -35,14 +45,18 @@ __all__ = [
     "ResultStore",
     "ServiceModel",
     "StoredResult",
+    "TruthLookup",
     "UnsupportedMediaError",
     "decode_png_gray",
     "encode_gray_png",
+    "read_header",
     "sniff",
 ]
 
 RESULT_ID_PATTERN = r"^[0-9a-f]{32}$"
 """Result ids: 128 random bits as 32 lowercase hex digits (never derived from the upload)."""
+TruthLookup = Callable[[InputImage], "tuple[np.ndarray, str] | None"]
+"""Ground truth of a decoded image: (bool (H, W) mask, where it came from), or None when unknown."""
 
 
 def encode_gray_png(arr: np.ndarray) -> bytes:
@@ -103,21 +117,43 @@ class ServiceModel:
         async with self._slots:
             return await run_in_threadpool(self.predict_upload, data, filename)
 
+    async def predict_bytes_async(self, data: bytes, filename: str | None,
+                                  truth_for: TruthLookup | None = None) -> dict[str, Any]:
+        """``predict_bytes`` on a worker thread once a slot is free (browse mode)."""
+        async with self._slots:
+            return await run_in_threadpool(self.predict_bytes, data, filename, truth_for)
+
     def predict_upload(self, data: bytes, filename: str | None) -> dict[str, Any]:
         """Decode, predict, store; return the JSON answer (see the /predict route). Blocking.
 
         Raises UnsupportedMediaError (not DICOM/PNG/JPEG), ImageTooLargeError (over
         ``settings.max_pixels``), DicomError or DataError (unreadable).
         """
+        return self.predict_bytes(data, filename)
+
+    def predict_bytes(self, data: bytes, filename: str | None,
+                      truth_for: TruthLookup | None = None) -> dict[str, Any]:
+        """``predict_upload`` with an optional ground truth: ``truth_for(image)`` -> (bool (H, W), source) or None."""
         start = time.perf_counter()
         image, kind = decode_upload(data, filename, self.settings.max_pixels)
         prob = self._forward(_model_input(self.predictor, image.pixels))
         pred = self.predictor.finish(image, prob)
         del prob
-        summary = self._summary(image, kind, pred)
+        is_dicom = kind.startswith("dicom")
+        if is_dicom:
+            raw = data if kind == "dicom" else b"\0" * 128 + b"DICM" + data
+            with pillow_pixel_limit(self.settings.max_pixels):
+                intensities = dicom_intensities(raw, image.pixels)
+            header = dicom_header_bytes(raw)
+            del raw
+        else:
+            intensities, header = display_intensities(image.pixels), b""
+        truth = truth_for(image) if truth_for is not None else None
+        summary = self._summary(image, kind, pred, intensities, header, truth)
         stored = StoredResult(encode_gray_png(image.pixels), encode_gray_png(_prob_to_uint8(pred.prob)),
-                              encode_gray_png(pred.mask), summary)
-        del pred, image
+                              encode_gray_png(pred.mask), summary, values_z=intensities.compressed(),
+                              header_dcm=header, truth_png=encode_gray_png(truth[0]) if truth is not None else b"")
+        del pred, image, intensities
         if self.store.put(summary["id"], stored):
             summary["stored"] = True
         else:
@@ -129,10 +165,20 @@ class ServiceModel:
         summary["elapsed_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return summary
 
-    def _summary(self, image: InputImage, kind: str, pred: Prediction) -> dict[str, Any]:
+    def _summary(self, image: InputImage, kind: str, pred: Prediction, intensities: Intensities, header: bytes,
+                 truth: tuple[np.ndarray, str] | None) -> dict[str, Any]:
         h, w = pred.mask.shape
         key = secrets.token_hex(16)
         post = self.predictor.postprocess
+        spacing, mm2 = _spacing_and_area(header, pred.mask)
+        urls = {name: f"/predict/{key}/{name}.png" for name in ("image", "overlay", "prob", "mask")}
+        urls |= {"values": f"/predict/{key}/values.bin", "rle": f"/predict/{key}/rle.txt"}
+        if header:
+            urls |= {"seg": f"/predict/{key}/seg.dcm", "sr": f"/predict/{key}/sr.dcm"}
+        truth_info = None
+        if truth is not None:
+            urls["truth"] = f"/predict/{key}/truth.png"
+            truth_info = _truth_summary(truth[0], pred.mask, truth[1], spacing)
         return {
             "id": key,
             "image_id": pred.image_id,
@@ -142,15 +188,63 @@ class ServiceModel:
             "probability": round(pred.probability, 6),
             "area_px": pred.area_px,
             "area_percent": round(100.0 * pred.area_px / (h * w), 4),
+            "area_mm2": None if mm2 is None else round(mm2, 2),
+            "pixel_spacing_mm": None if spacing is None else [spacing[0][0], spacing[0][1]],
+            "pixel_spacing_source": None if spacing is None else spacing[1],
             "rle": rle_encode(pred.mask),
             "threshold": post.mask_threshold,
             "postprocess": post.to_dict(),
+            "rule": post.describe(),
+            "rule_source": self.predictor.postprocess_source,
             "width": w,
             "height": h,
             "model": self.predictor.model_name,
             "meta": image.meta.as_dict() if image.meta is not None else None,
-            "urls": {name: f"/predict/{key}/{name}.png" for name in ("image", "overlay", "prob", "mask")},
+            "intensity": intensities.describe(),
+            "truth": truth_info,
+            "dicom_outputs": {"seg_series_uid": _new_uid(), "seg_sop_uid": _new_uid(), "sr_series_uid": _new_uid(),
+                              "sr_sop_uid": _new_uid()} if header else None,
+            "urls": urls,
         }
+
+
+def _new_uid() -> str:
+    """A new DICOM UID (pydicom's generator, 2.25 root)."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(prefix=None))
+
+
+def _spacing_and_area(header: bytes, mask: np.ndarray) -> tuple[tuple[tuple[float, float], str] | None,
+                                                                float | None]:
+    """(pixel spacing in mm and its source attribute, mask area in mm²) from a stored DICOM header."""
+    if not header:
+        return None, None
+    from pneumoseg.dicom_seg import area_mm2, pixel_spacing_mm
+
+    ds = read_header(header)
+    spacing = pixel_spacing_mm(ds)
+    return spacing, (area_mm2(mask, ds) if spacing is not None else None)
+
+
+def _truth_summary(truth: np.ndarray, mask: np.ndarray, source: str,
+                   spacing: tuple[tuple[float, float], str] | None) -> dict[str, Any]:
+    """Ground-truth area and the Dice of the post-processed mask against it (empty/empty = 1)."""
+    inter = int(np.count_nonzero(truth & mask))
+    area_true, area_pred = int(np.count_nonzero(truth)), int(np.count_nonzero(mask))
+    dice = float(dice_from_counts(np.array([inter]), np.array([area_pred]), np.array([area_true]))[0])
+    mm2 = None if spacing is None else round(area_true * spacing[0][0] * spacing[0][1], 2)
+    return {"source": source, "area_px": area_true, "area_mm2": mm2, "has_pneumothorax": area_true > 0,
+            "dice": round(dice, 6)}
+
+
+def read_header(header: bytes) -> Any:
+    """The pydicom Dataset of a header stored by ``dicom_header_bytes``."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(header), force=True)
 
 
 def decode_png_gray(data: bytes) -> np.ndarray:

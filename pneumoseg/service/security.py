@@ -71,7 +71,7 @@ class SecurityHeaders:
             return
         path = scope.get("path", "")
         is_page = path == "/"
-        is_api = not is_page and not path.startswith(("/docs", "/redoc", "/openapi.json"))
+        is_api = not is_page and path != "/openapi.json"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

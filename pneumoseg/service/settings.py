@@ -48,6 +48,8 @@ class ServiceSettings:
     ``token``: when set, every API route but ``/health`` and the page needs
     ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
     ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.predict.Predictor`.
+    ``browse_dir``: a folder whose DICOM / PNG files the viewer steps through (``--browse``), at most
+    ``browse_max_files`` of them; ``truth``: a ``train-rle.csv`` with their ground truth (``--truth``).
     """
 
     max_upload_mb: float = 50.0
@@ -60,6 +62,9 @@ class ServiceSettings:
     device: str | None = "cpu"
     tta: bool = False
     title: str = "pneumoseg viewer"
+    browse_dir: str | None = None
+    truth: str | None = None
+    browse_max_files: int = 10_000
 
     def __post_init__(self) -> None:
         _check_number("max_upload_mb", self.max_upload_mb, maximum=100_000)
@@ -69,7 +74,11 @@ class ServiceSettings:
         _check_number("max_concurrent", self.max_concurrent, integer=True, maximum=256)
         object.__setattr__(self, "max_pixels", int(self.max_pixels))
         object.__setattr__(self, "cache_size", int(self.cache_size))
+        _check_number("browse_max_files", self.browse_max_files, integer=True, maximum=10_000_000)
         object.__setattr__(self, "max_concurrent", int(self.max_concurrent))
+        object.__setattr__(self, "browse_max_files", int(self.browse_max_files))
+        if self.truth is not None and self.browse_dir is None:
+            raise ConfigError("--truth needs --browse DIR (the ground truth of the browsed files)")
         if self.token is not None:
             _check_token(self.token)
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):

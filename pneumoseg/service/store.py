@@ -16,18 +16,25 @@ class StoredResult:
     """One prediction kept for the PNG routes, as 8-bit grayscale PNG bytes at the input's resolution.
 
     ``image_png``: the radiograph; ``prob_png``: probability x 255 (rounded); ``mask_png``: the
-    post-processed mask as 0/255; ``summary``: the JSON answer sent. ``nbytes`` counts the PNGs
-    plus the JSON text (the RLE can be long).
+    post-processed mask as 0/255; ``summary``: the JSON answer sent. ``values_z``: the intensities
+    the viewer windows on (``Intensities.compressed``); ``header_dcm``: the source DICOM without
+    its pixel data (for SEG / SR; empty for PNG / JPEG); ``truth_png``: the ground-truth mask
+    (0/255) when one is known (browse mode), else empty. ``nbytes`` counts every byte string plus
+    the JSON text (the RLE can be long).
     """
 
     image_png: bytes
     prob_png: bytes
     mask_png: bytes
     summary: dict[str, Any]
+    values_z: bytes = b""
+    header_dcm: bytes = b""
+    truth_png: bytes = b""
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        size = len(self.image_png) + len(self.prob_png) + len(self.mask_png) + len(json.dumps(self.summary))
+        blobs = (self.image_png, self.prob_png, self.mask_png, self.values_z, self.header_dcm, self.truth_png)
+        size = sum(len(b) for b in blobs) + len(json.dumps(self.summary))
         object.__setattr__(self, "nbytes", size)
 
 

@@ -21,9 +21,10 @@ Logged (per epoch):
   challenge metric), ``val/dice_positive`` (over images with a mask), after ``postprocess``.
 
 Dice is counted on the device in :class:`~pneumoseg.metrics.DiceKaggle` (torchmetrics) and reduced
-over DDP ranks once per epoch: no per-step host sync in training or validation. The one exception:
+over DDP ranks once per epoch: no per-step host sync in training or validation. Exceptions:
 validation with a ``postprocess`` that needs connected components (``min_area > 0``, plain mode)
-copies each validation batch's probabilities to the CPU for it.
+copies each validation batch's probabilities to the CPU for it; with a progress bar, the per-step
+``loss`` shown in it is read back every step (Lightning converts progress-bar values to floats).
 
 Mixed precision: the network runs under Lightning's autocast; the loss is computed in float32
 outside it (``logits.float()``), and the weights and optimizer state stay float32.
@@ -130,7 +131,8 @@ class SegmentationModule(L.LightningModule):
             return (probs > pp.mask_threshold) & (n_top >= pp.min_area).view(-1, 1, 1, 1)
         return None
 
-    def _update(self, metric: DiceKaggle, mask_logits: torch.Tensor, targets: torch.Tensor, plain: bool) -> None:
+    def _update(self, metric: DiceKaggle, mask_logits: torch.Tensor, targets: torch.Tensor,
+                plain: bool) -> None:
         truth = targets.detach() >= 0.5
         pred = self._device_masks(mask_logits, plain)
         if pred is None:  # connected components: numpy post-processing on the host
@@ -141,8 +143,10 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, mask_logits, parts = self._step(batch)
         n = batch["image"].shape[0]
-        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False,
-                 batch_size=n)
+        if self._trainer is not None and self._trainer.progress_bar_callback is not None:
+            # Lightning turns progress-bar values into floats every step (a host sync): only with a bar
+            self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                     batch_size=n)
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)

@@ -166,7 +166,8 @@ def build_datamodule(cfg: ExperimentConfig) -> SegmentationDataModule:
         sampler = {"pos_start": cfg.sampler.pos_start, "pos_end": cfg.sampler.pos_end,
                    "mode": cfg.sampler.mode, "epoch_length": cfg.sampler.epoch_length}
     return SegmentationDataModule(
-        d.cache, fold=d.fold, size=Preprocessing.from_config(cfg).size, batch_size=cfg.train.batch_size, num_workers=d.num_workers,
+        d.cache, fold=d.fold, size=Preprocessing.from_config(cfg).size, batch_size=cfg.train.batch_size,
+        num_workers=d.num_workers,
         augment={"preset": cfg.augment.preset, "transforms": cfg.augment.transforms},
         sampler=sampler, epochs=cfg.train.epochs, seed=cfg.train.seed,
     )

@@ -75,8 +75,8 @@ def test_page_asks_for_the_token_then_uploads_and_opens_links_with_it(token_serv
     find(By.ID, "file").send_keys(str(dicom))
     wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") == "ready")
     size = drv.execute_script(  # type: ignore[attr-defined]
-        "const c = document.getElementById('canvas'); return [c.width, c.height]")
-    assert size == [256, 256]
+        "const c = window.pneumosegViewer.layer(); return [c.width, c.height]")
+    assert size == [256, 256]  # the image at its own resolution, fetched with the token
     assert find(By.ID, "area").text.endswith("px")
 
     result_id = find(By.ID, "result").get_attribute("data-id")

@@ -45,8 +45,8 @@ def batches(n_batches: int = 3, n: int = 4, size: int = 32, seed: int = 0, soft:
             if k % 2 == 0:
                 cx, cy, r = [*rng.integers(8, size - 8, 2).tolist(), int(rng.integers(3, 7))]
                 d = np.hypot(xx - cx, yy - cy)
-                mask = (np.clip(r + 0.5 - d, 0, 1) * 255).astype(np.uint8) if soft else ((d <= r) * 255).astype(
-                    np.uint8)
+                cover = np.clip(r + 0.5 - d, 0, 1) if soft else (d <= r)
+                mask = (cover * 255).astype(np.uint8)
                 img[d <= r] += 90
             imgs.append(np.clip(img, 0, 255).astype(np.uint8))
             masks.append(mask)
