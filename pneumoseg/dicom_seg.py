@@ -49,6 +49,7 @@ __all__ = [
     "SEGMENT_CATEGORY",
     "SERIES_DESCRIPTION",
     "area_description",
+    "header_copy",
     "area_mm2",
     "make_segmentation",
     "pixel_spacing_mm",
@@ -134,12 +135,9 @@ def area_description(area_px: int, area_mm2: float | None) -> str:
     return f"Automatic pneumothorax segmentation, area {size}"[:64]
 
 
-def _source_header(source: Dataset) -> tuple[Dataset, bool]:
-    """A header-only copy of ``source`` that highdicom can encode, and whether it has a full geometry."""
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
-                           "Rows", "Columns") if k not in source]
-    if missing:
-        raise DicomError(f"{_where(source)}: cannot reference the source in a DICOM SEG: missing {', '.join(missing)}")
+def header_copy(source: Dataset) -> Dataset:
+    """``source`` without pixel data, its missing Type 2 patient/study attributes present and empty
+    (what highdicom copies into a derived object: SEG, SR)."""
     header = Dataset()
     for elem in source:
         if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
@@ -149,6 +147,16 @@ def _source_header(source: Dataset) -> tuple[Dataset, bool]:
     for keyword in _TYPE2_COPIED:
         if keyword not in header:
             setattr(header, keyword, "")
+    return header
+
+
+def _source_header(source: Dataset) -> tuple[Dataset, bool]:
+    """A header-only copy of ``source`` that highdicom can encode, and whether it has a full geometry."""
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                           "Rows", "Columns") if k not in source]
+    if missing:
+        raise DicomError(f"{_where(source)}: cannot reference the source in a DICOM SEG: missing {', '.join(missing)}")
+    header = header_copy(source)
     full_geometry = all(k in header for k in _FULL_GEOMETRY)
     if not full_geometry:
         for keyword in _GEOMETRY:

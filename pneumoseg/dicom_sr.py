@@ -29,7 +29,7 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.atomic import atomic_path
-from pneumoseg.dicom_seg import PNEUMOTHORAX
+from pneumoseg.dicom_seg import PNEUMOTHORAX, header_copy
 from pneumoseg.errors import DicomError
 
 __all__ = ["AREA_PIXELS_UNIT", "PLAIN_CHEST_XRAY", "SCORE", "SERIES_DESCRIPTION", "make_sr", "write_sr"]
@@ -91,6 +91,7 @@ def make_sr(
     Raises DicomError on values out of range or a source / SEG highdicom cannot reference.
     """
     where = getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>")
+    source = header_copy(source)  # missing Type 2 patient/study attributes present and empty
     if not 0.0 <= float(score) <= 1.0:
         raise DicomError(f"{where}: image-level score {score!r} is not in [0, 1]")
     if area_px < 0 or (area_mm2 is not None and not area_mm2 >= 0):

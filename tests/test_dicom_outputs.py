@@ -269,3 +269,19 @@ def test_dciodvfy_finds_no_new_error_in_outputs_of_a_challenge_dicom(path: Path,
     assert_no_new_errors(outputs, path)
     pixels = read_segmentation(outputs[0]).get_pixels_by_source_instance([source.SOPInstanceUID])
     np.testing.assert_array_equal(pixels[0, :, :, 0] > 0, mask)
+
+
+def test_sr_from_a_source_without_type2_patient_attributes() -> None:
+    """A header lacking PatientBirthDate etc. still gives an SR (they are Type 2: present, empty)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    from pneumoseg.dicom_sr import make_sr
+
+    ds = Dataset()
+    ds.SOPClassUID = pydicom.uid.ComputedRadiographyImageStorage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality, ds.Rows, ds.Columns = "CR", 8, 8
+    sr = make_sr(ds, None, has_pneumothorax=False, score=0.1, area_px=0, area_mm2=None, model_name="m")
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.PatientBirthDate == ""

@@ -250,9 +250,9 @@ class Listener:
         log.error("failed %s from %s: %s", entry.uid, entry.calling_ae or "?", reason)
 
     def step(self) -> bool:
-        """One round of work: send what is predicted, then predict one batch. True when there was work."""
-        sent = self.send_predicted()
+        """One round of work: predict one batch, then send every predicted result. True when there was work."""
         predicted = self.predict_received()
+        sent = self.send_predicted()
         return bool(sent or predicted)
 
     # -- serving -----------------------------------------------------------------------------------
@@ -279,7 +279,11 @@ class Listener:
                     wait = 0.5 if not self.queue.pending("predicted") else max(0.05, self._retry_at - time.monotonic())
                     self.queue.wait(min(wait, 0.5))
         finally:
-            if self._server is not None:
-                self._server.shutdown()
-                self._server = None
-            self.queue.close()
+            self.close()
+
+    def close(self) -> None:
+        """Stop listening and release the queue (``status.json``: ``listening: false``)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.queue.close()

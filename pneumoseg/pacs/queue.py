@@ -5,7 +5,10 @@ Layout of a queue folder ``Q`` (every file written atomically, ``pneumoseg.atomi
     Q/instances/<SOPInstanceUID>.dcm       the received instance, as received (DICOM file format)
     Q/state/<SOPInstanceUID>.json          its state: received -> predicted -> sent | failed
     Q/outputs/<SOPInstanceUID>/<kind>.dcm  results made for it (kind: seg, sr, sc; sending order)
-    Q/status.json                          counts per state, totals, latency p50/p95, the node's settings
+    Q/status.json                          the node's health: ``pending`` (= ``received`` + ``predicted``
+                                           waiting now), totals since the folder was made (``sent``,
+                                           ``failed``) and since start (``refused``, ``duplicates``,
+                                           ``full``), latency p50/p95 (s, receipt to sent), settings
     Q/.lock                                held (flock) by the one process that owns the queue
 
 A state file is the commit point: the instance file is written first, then its state; results
@@ -160,9 +163,11 @@ class InstanceQueue:
         with self._cond:
             if uid in self._pending or self._state_path(uid).exists():
                 self.totals["duplicates"] += 1
+                self._write_status_locked()
                 return "duplicate"
             if len(self._pending) >= self.max_pending:
                 self.totals["full"] += 1
+                self._write_status_locked()
                 return "full"
             atomic_write_bytes(self.instance_path(uid), data)
             entry = Entry(uid, "received", time.time(), calling_ae=calling_ae)

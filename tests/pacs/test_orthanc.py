@@ -33,13 +33,20 @@ FILES = sorted((SIIM / "dicom").glob("*.dcm"))
 @pytest.fixture(scope="module")
 def reference(pacs_run: Path) -> dict[str, np.ndarray]:
     """SOPInstanceUID -> bool mask (1024, 1024) from ``Predictor`` on each file (what ``predict`` writes)."""
+    import torch
+
     from pneumoseg.predict import Predictor, load_input
 
     predictor = Predictor([pacs_run], device="cpu", batch_size=1)
     out = {}
-    for path in FILES:
-        image = load_input(path)
-        out[image.image_id] = predictor.predict_batch([image])[0].mask
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the listen subprocess (OMP_NUM_THREADS=1): fast on a shared 2-core machine
+    try:
+        for path in FILES:
+            image = load_input(path)
+            out[image.image_id] = predictor.predict_batch([image])[0].mask
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -64,7 +71,7 @@ def _check_segs(server: Orthanc, reference: dict[str, np.ndarray], sources: dict
 
 
 def _listen(run: Path, queue: Path, port: int, orthanc: Orthanc, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "pneumoseg.cli.main", "listen", str(run), "--forward",
