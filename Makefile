@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "note: chromium not installed; the browser test will be skipped"
+	# Debian's Orthanc + DICOMweb plugin for the PACS round-trip test (skipped, with a reason, where
+	# they cannot be installed: not root, or no apt).
+	command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; } || \
+	  echo "note: orthanc not installed; the PACS round-trip test will be skipped"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: smp and timm need torchvision, and the pair must match.

@@ -16,6 +16,8 @@ Then the same model and precision in a plain loop over random tensors already on
 data loading): the gap is what the data pipeline and Lightning cost. Also peak GPU memory and
 peak host RSS. On CPU use tiny settings, e.g.
 ``--model unet --size 128 --batch 8 --batches 16 --precisions 32-true --workers 1``.
+``--metric-cost`` only times the training Dice of one batch: the former host path (copy to the
+CPU, ``PostProcess``, ``dice_per_image``) against the device metric (``metrics.DiceKaggle``).
 """
 
 from __future__ import annotations
@@ -93,9 +95,41 @@ def plain_loop(model: str, size: int, batch: int, precision: str, steps: int) ->
     return steps * batch / (time.perf_counter() - start)
 
 
+def metric_cost(size: int, batch: int, repeats: int = 20) -> tuple[float, float]:
+    """ms per batch of training Dice: host numpy path (copy + PostProcess + dice_per_image) vs on device."""
+    from pneumoseg.metrics import DiceKaggle, dice_per_image
+    from pneumoseg.postprocess import PostProcess
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(batch, 1, size, size, device=device, generator=gen)
+    target = (torch.rand(batch, 1, size, size, device=device, generator=gen) > 0.9).float()
+    pp, metric = PostProcess(0.5), DiceKaggle().to(device)
+
+    def host() -> None:
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        dice_per_image(pp.apply_batch(probs), target.cpu().numpy() > 0.5)
+
+    def on_device() -> None:
+        metric.update(torch.sigmoid(logits.float()) > 0.5, target >= 0.5)
+
+    times = []
+    for fn in (host, on_device):
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / repeats * 1000)
+    return times[0], times[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", required=True)
+    parser.add_argument("--cache", help="a prepared cache with splits.csv (not needed for --metric-cost)")
     parser.add_argument("--model", default="unet-resnet34")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=16)
@@ -104,12 +138,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
     parser.add_argument("--settings", default="defaults,fastest", help=f"rows: {', '.join(SETTINGS)}")
+    parser.add_argument("--metric-cost", action="store_true",
+                        help="only time the training Dice per batch (host numpy vs on device) and exit")
     args = parser.parse_args()
+    if args.metric_cost:
+        host, dev = metric_cost(args.size, args.batch)
+        print(f"training Dice per batch of {args.batch} at {args.size}: host numpy path {host:.2f} ms, "
+              f"on device (DiceKaggle) {dev:.2f} ms")
+        return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{device}, torch {torch.__version__}, {args.model} at {args.size}, batch {args.batch}")
     print("| precision | settings | pneumoseg train (img/s) | plain loop, no loader (img/s) "
           "| peak GPU memory |")
     print("| --- | --- | ---: | ---: | ---: |")
+    if not args.cache:
+        parser.error("--cache is required (except with --metric-cost)")
     for precision in args.precisions.split(","):
         plain = plain_loop(args.model, args.size, args.batch, precision, args.batches)
         for label in args.settings.split(","):

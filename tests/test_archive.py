@@ -74,6 +74,7 @@ def partial_run(trained_run: Path, archive: Path, tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow  # starts pneumoseg in new processes (imports: most of the time)
 def test_two_processes_equal_one_process_byte_for_byte(partial_run: Path, archive: Path, tmp_path: Path) -> None:
     args = [str(partial_run), str(archive), "--no-progress", "--device", "cpu", "--batch-size", "2", "--dicom-seg"]
     one = runner.invoke(app, ["predict", *args, "--out", str(tmp_path / "one"), "--workers", "0"])
@@ -102,6 +103,7 @@ def pngs(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # starts pneumoseg in new processes (imports: most of the time)
 def test_kill_9_then_resume_predicts_the_rest_once(trained_run: Path, pngs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = [str(trained_run), str(pngs), "--out", str(out), "--no-progress", "--device", "cpu",

@@ -33,7 +33,7 @@ def synth_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return list(generate_dataset(tmp_path_factory.mktemp("synth"), n=3, size=256, seed=0, progress=False).paths)
 
 
-class Destination_SCP:
+class StoreSCP:
     """A Storage SCP that keeps what it receives (the PACS the results go to)."""
 
     def __init__(self, port: int = 0) -> None:
@@ -51,8 +51,8 @@ class Destination_SCP:
 
 
 @pytest.fixture
-def destination() -> Iterator[Destination_SCP]:
-    scp = Destination_SCP()
+def destination() -> Iterator[StoreSCP]:
+    scp = StoreSCP()
     yield scp
     scp.server.shutdown()
 
@@ -79,7 +79,7 @@ def test_destination_parse(text: str, expected: Destination) -> None:
 @pytest.mark.parametrize("text", ["PACS", "PACS@host", "@host:104", "PACS@host:0", "PACS@host:70000",
                                   "SEVENTEEN_LETTERS@h:1", "A\\B@h:1"])
 def test_destination_parse_refuses(text: str) -> None:
-    with pytest.raises(ConfigError, match="AE@HOST:PORT|not a DICOM AE title"):
+    with pytest.raises(ConfigError, match=r"AE@HOST:PORT|not a DICOM AE title"):
         Destination.parse(text)
 
 
@@ -106,7 +106,7 @@ def test_refusal(values: dict[str, str], reason: str | None) -> None:
     assert found == reason if reason is None else reason in (found or "")
 
 
-def test_listen_predicts_and_forwards(pacs_run: Path, synth_files: list[Path], destination: Destination_SCP,
+def test_listen_predicts_and_forwards(pacs_run: Path, synth_files: list[Path], destination: StoreSCP,
                                       tmp_path: Path) -> None:
     predictor = Predictor([pacs_run], device="cpu", batch_size=2)
     queue = InstanceQueue(tmp_path / "q")
@@ -171,9 +171,9 @@ def test_back_pressure_and_destination_outage(pacs_run: Path, synth_files: list[
         busy = assoc.send_c_store(pydicom.dcmread(synth_files[1]))
         assert busy.Status == 0xA700 and "queue full" in busy.ErrorComment
         node.step()  # predicted; the destination is not there
-        (waiting,) = queue.pending("predicted")
+        assert len(queue.pending("predicted")) == 1
         assert queue.status()["destination_ok"] is False and queue.status()["pending"] == 1
-        scp = Destination_SCP(port)
+        scp = StoreSCP(port)
         try:
             time.sleep(1.05)  # the first retry comes after 1 s
             node.step()
