@@ -6,7 +6,8 @@
 #                   --out bench-out/cache-dcm --size 512
 # Then run it there with the device tool, carrying [".whl", "bench-out"]:
 #   bash benchmarks/gpu_check.sh
-# It prints (a) training throughput, fp32 vs bf16 + channels_last, through the real training code,
+# It prints (a) training throughput, fp32 vs bf16 + channels_last, through the real training code
+# (rows: the default config, and the fastest settings), plus the training-Dice cost per batch,
 # (b) the default recipe trained <= 5 min on the 42 real images with a held-out part, and its
 # dice_positive, (c) peak GPU and host memory. Outputs land in $OUT (or bench-out/gpu).
 set -euo pipefail
@@ -22,7 +23,8 @@ python3 -m pneumoseg.cli.main prepare --dicom-dir bench-out/synth/dicom --rle be
     --out bench-out/synth-cache --size 512 --workers 16 --no-progress >/dev/null
 python3 -m pneumoseg.cli.main split bench-out/synth-cache --val 0.1 --test 0.1 >/dev/null
 python3 benchmarks/bench_train.py --cache bench-out/synth-cache --model unet-resnet34 --size 512 --batch 16 \
-    --precisions 32-true,bf16-mixed --batches 30 --workers 12 | tee "$OUT/throughput.md"
+    --precisions 32-true,bf16-mixed --batches 30 --epochs 2 --workers 12 | tee "$OUT/throughput.md"
+python3 benchmarks/bench_train.py --metric-cost --size 512 --batch 16 | tee -a "$OUT/throughput.md"
 
 # (b) + (c): the default recipe on the 42 real images (12 DICOM + 30 PNG caches merged), <= 5 minutes
 python3 - <<'PY'

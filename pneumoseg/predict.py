@@ -433,7 +433,7 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
     An input that cannot be read is reported in ``failures`` (file and reason) and skipped; the
     rest is still predicted. The submission has one row per image (``ImageId,EncodedPixels``,
     ``-1`` when empty) in the challenge's relative RLE (``rle_format="absolute"``: 1-based
-    absolute starts, as the challenge's stage 2 asked). Every file is written atomically.
+    absolute starts, standard Kaggle RLE for other tools). Every file is written atomically.
     ``on_prediction(input_image, prediction)`` is called for each prediction when given.
 
     ``dicom_seg``: also write ``seg/<image_id>.dcm``, a DICOM Segmentation of the mask referencing

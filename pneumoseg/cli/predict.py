@@ -34,7 +34,8 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
     submission: Path | None = typer.Option(None, "--submission", help="Submission CSV path (default OUT/submission.csv)."),
     rle_format: str = typer.Option("relative", "--rle-format",
-                                   help="relative (the challenge's train-rle.csv format) | absolute (stage 2)."),
+                                   help="relative (the challenge's train-rle.csv and submission format) | "
+                                        "absolute (standard 1-based Kaggle RLE, for other tools)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write OUT/overlays/<image_id>.png."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
