@@ -11,7 +11,7 @@ head exports only its mask logits. Everything needed to use the file travels in 
     pneumoseg.model        model name (``unet-resnet34``)
     pneumoseg.size         S
     pneumoseg.in_channels  C (1 or 3; the grayscale image replicated)
-    pneumoseg.normalize    gray | imagenet (``pneumoseg.data.dataset.normalize``)
+    pneumoseg.normalize    gray | imagenet (``pneumoseg.models.preprocessing``)
     pneumoseg.mean         JSON list of C floats: input = (uint8 / 255 - mean_c) / std_c
     pneumoseg.std          JSON list of C floats
     pneumoseg.postprocess  JSON of ``PostProcess.to_dict()`` (areas in source pixels): the rule tuned for

@@ -22,6 +22,7 @@ __all__ = [
     "check_output_file",
     "dicom_image_id",
     "is_valid_uid",
+    "one_line",
     "os_error_line",
     "safe_name",
 ]
@@ -85,6 +86,11 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
 
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newline, NUL, ESC...) escaped as ``\\n``, ``\\x00``: one safe line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def os_error_line(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:

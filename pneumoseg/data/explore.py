@@ -41,7 +41,7 @@ from PIL import Image
 from pneumoseg.atomic import atomic_path, atomic_write_text
 from pneumoseg.dicom import read_dicom, read_dicom_meta
 from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.paths import check_output_dir, dicom_image_id
+from pneumoseg.paths import check_output_dir, dicom_image_id, one_line
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
@@ -74,11 +74,6 @@ def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
     if not files:
         raise DataError(f"{root}: no .dcm files found (searched recursively)")
     return files
-
-
-def _one_line(text: str) -> str:
-    """``text`` with control characters (newlines, NUL, ESC) escaped: safe to print on one line."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _pixel_data_problem(path: Path) -> str | None:
@@ -146,11 +141,11 @@ def scan_dataset(files: list[Path], annotations: Annotations, root: Path, progre
                 n_annotations = annotations.n_annotations(key) if rows else 0
                 area = int(np.count_nonzero(annotations.mask(key, meta.rows, meta.columns))) if n_annotations else 0
             except PneumosegError as exc:
-                failures.append(_one_line(str(exc)))
+                failures.append(one_line(str(exc)))
                 left_out.update({path.stem, key})  # its annotation rows, under either name
                 continue
             taken[key] = path
-            file_warnings += [_one_line(f"{path}: warning: {w}") for w in getattr(meta, "warnings", ())]
+            file_warnings += [one_line(f"{path}: warning: {w}") for w in getattr(meta, "warnings", ())]
             records.append({**meta.as_dict(), "image_id": key,
                             "has_pneumothorax": int(n_annotations > 0), "n_annotations": n_annotations,
                             "n_rle_rows": len(rows) if rows else -1, "mask_area_px": area,
@@ -252,7 +247,7 @@ def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: P
         try:
             image = read_dicom(root / row["file"])
         except PneumosegError as exc:
-            problems.append(_one_line(str(exc)))
+            problems.append(one_line(str(exc)))
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
             continue
         mask = annotations.mask(row["image_id"], *image.pixels.shape) if area else None
@@ -333,7 +328,7 @@ def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings:
 def _annotation_warnings(annotations: Annotations) -> list[str]:
     """The annotation file's own warnings (``Annotations.warnings()``: duplicate rows), if it has any."""
     found = getattr(annotations, "warnings", ())
-    return [_one_line(str(w)) for w in (found() if callable(found) else found)]
+    return [one_line(str(w)) for w in (found() if callable(found) else found)]
 
 
 def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str], out_dir: str | os.PathLike[str],

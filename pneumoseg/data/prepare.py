@@ -75,7 +75,7 @@ from pneumoseg.images import (
     resize_image,
     resize_mask,
 )
-from pneumoseg.paths import check_output_dir, dicom_image_id, os_error_line, safe_name
+from pneumoseg.paths import check_output_dir, dicom_image_id, one_line, os_error_line, safe_name
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
@@ -132,13 +132,6 @@ class _Item:
     rle_csv: str = ""
 
 
-def _one_line(text: str) -> str:
-    """``text`` with control characters (newlines, NUL, ESC) escaped: safe to print on one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 # ---------------------------------------------------------------- worker side
 
 def _die_with(parent_pid: int) -> None:
@@ -146,12 +139,15 @@ def _die_with(parent_pid: int) -> None:
 
     A forkserver's worker is the child of the forkserver, not of prepare, and it blocks on a
     queue that never closes: without this a ``kill -9`` of prepare leaves the workers and the
-    forkserver alive for ever. Linux: a pidfd that becomes readable when the parent exits;
-    elsewhere: poll its pid. PR_SET_PDEATHSIG also ends the worker if the forkserver dies.
+    forkserver alive for ever (the forkserver exits once no worker holds its pipe). Linux: a
+    pidfd that becomes readable when the parent exits; other POSIX systems: poll its pid every
+    0.5 s. PR_SET_PDEATHSIG (Linux) also ends the worker if the forkserver dies.
     """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    if os.name != "posix":
+        return  # no pidfd, and os.kill(pid, 0) would send CTRL_C_EVENT on Windows
     try:
         fd = os.pidfd_open(parent_pid)  # type: ignore[attr-defined,unused-ignore]
     except (AttributeError, OSError):
@@ -527,7 +523,7 @@ class _Run:
                 _prepare_chunk, _chunks(pending, 8 if pool is None else per_chunk),
                 (self.layout, self.out, self.size, self.rule), pool, self.workers.n * 4,
                 lambda n: self.bar.advance(task, n)):
-            file_warnings += map(_one_line, warns)
+            file_warnings += map(one_line, warns)
             if status == "ok":
                 rows[image_id] = payload
             else:
@@ -540,8 +536,8 @@ class _Run:
                       "truth": "truth/<image_id>.png: 1-bit PNG at orig_height x orig_width", **info}
         atomic_write_text(self.out / "cache.json", json.dumps(cache_meta, indent=2, sort_keys=True) + "\n")
         return PrepareResult(n_done=len(rows) - n_skipped, n_skipped=n_skipped, n_failed=len(self.failures),
-                             failures=[_one_line(f) for f in self.failures],
-                             warnings=[_one_line(w) for w in self.warnings], index_path=index_path,
+                             failures=[one_line(f) for f in self.failures],
+                             warnings=[one_line(w) for w in self.warnings], index_path=index_path,
                              n_positive=n_positive, cache=self.out, file_warnings=file_warnings)
 
 
@@ -624,7 +620,7 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
         uids = _header_uids(run, files, records)
         matched: list[tuple[str, Path]] = []
         how: dict[str, str] = {}
-        for path, uid in uids.items():
+        for path, uid in sorted(uids.items()):  # duplicates: the first path keeps the id
             try:
                 image_id, how_matched = dicom_image_id(uid, path, ann)
             except DataError as exc:

@@ -100,6 +100,16 @@ def test_png_stems_that_cannot_name_a_file_fail_alone(tmp_path):
     assert [p.name for p in (tmp_path / "cache" / "images").iterdir()] == ["ok.png"]
 
 
+def test_two_files_with_one_uid_write_one_image(tmp_path):
+    src = tmp_path / "dcm"
+    uid = write_dicom(src / "a.dcm", _image())
+    write_dicom(src / "b.dcm", _image(), uid=uid)  # a copy under another name: same output file
+    (tmp_path / "rle.csv").write_text(f"ImageId, EncodedPixels\n{uid}, -1\n")
+    result = prepare_dicom(src, tmp_path / "rle.csv", tmp_path / "cache", size=256, workers=2, progress=False)
+    assert result.n_done == 1 and len(result.failures) == 1
+    assert "b.dcm: duplicate image id" in result.failures[0] and "a.dcm" in result.failures[0]
+
+
 # ---------------------------------------------------------------- 2. outputs that clobber inputs
 
 
