@@ -67,6 +67,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "train.monitor": ("dice_kaggle", "dice_positive", "loss"),
+    "train.logger": ("csv", "tensorboard", "mlflow", "wandb", "none"),
 }
 
 
@@ -103,6 +104,7 @@ class ScheduleConfig:
     min_lr: float = 0.0               #: cosine: eta_min; plateau: lowest lr
     factor: float = 0.5               #: plateau: lr multiplier
     patience: int = 2                 #: plateau: epochs without improvement
+    warmup_steps: int = 0             #: linear warm-up over the first N optimizer steps (step schedules)
 
 
 @dataclass
@@ -121,7 +123,9 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 30                  #: the budget in epochs, unless max_steps / min_steps decide
+    max_steps: int | None = None      #: the budget in optimizer steps, whatever the data size
+    min_steps: int | None = None      #: at least this many optimizer steps (more epochs on small data)
     batch_size: int = 8
     precision: str = "32-true"        #: "bf16-mixed" / "16-mixed" on GPU ("*-true" half: refused)
     accumulate: int = 1               #: gradient accumulation (batches)
@@ -136,6 +140,9 @@ class TrainConfig:
     grad_clip: float | None = None
     limit_train_batches: float | None = None  #: < 1: fraction; >= 1: number of batches
     limit_val_batches: float | None = None
+    ema: float | None = None          #: EMA of the weights (decay, e.g. 0.99): validated and saved
+    logger: str = "csv"               #: csv (RUN/logs) | tensorboard | mlflow | wandb | none
+    strict_size: bool = False         #: refuse (not only warn) when the cache size differs from data.size
 
 
 @dataclass
@@ -357,6 +364,8 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
                 "train.epochs": (t.epochs, 1), "train.batch_size": (t.batch_size, 1),
                 "train.accumulate": (t.accumulate, 1), "train.devices": (t.devices, 1),
                 "train.num_nodes": (t.num_nodes, 1),
+                "train.max_steps": (t.max_steps, 1), "train.min_steps": (t.min_steps, 1),
+                "schedule.warmup_steps": (cfg.schedule.warmup_steps, 0),
                 "schedule.snapshots": (cfg.schedule.snapshots, 1),
                 "schedule.patience": (cfg.schedule.patience, 0),
                 "postprocess.min_area": (cfg.postprocess.min_area, 0)}
@@ -365,11 +374,16 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
             raise bad(key, f"must be >= {lo}, got {value}")
     if cfg.optim.lr <= 0:
         raise bad("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    if t.ema is not None and not 0 < t.ema < 1:
+        raise bad("train.ema", f"must be in (0, 1) (an EMA decay such as 0.99), got {t.ema}")
+    if t.max_steps is not None and t.min_steps is not None and t.min_steps > t.max_steps:
+        raise bad("train.min_steps", f"{t.min_steps} is more than train.max_steps={t.max_steps}")
     if not 0 < cfg.schedule.factor < 1:
         raise bad("schedule.factor", f"must be in (0, 1), got {cfg.schedule.factor}")
     if not 0 < cfg.postprocess.threshold < 1:
         raise bad("postprocess.threshold", f"must be in (0, 1), got {cfg.postprocess.threshold}")
-    if cfg.schedule.name == "snapshot" and cfg.schedule.snapshots > t.epochs:
+    if cfg.schedule.name == "snapshot" and t.max_steps is None and t.min_steps is None \
+            and cfg.schedule.snapshots > t.epochs:
         raise bad("schedule.snapshots",
                   f"{cfg.schedule.snapshots} snapshots need as many epochs (train.epochs={t.epochs})")
     for key in ("train.limit_train_batches", "train.limit_val_batches"):

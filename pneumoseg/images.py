@@ -184,8 +184,8 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int], rule: MaskRule = 
     src_h, src_w = mask.shape
     soft = rule == "soft"
     if (src_h, src_w) == (h, w) or not mask.any():
-        out = mask.copy() if (src_h, src_w) == (h, w) else np.zeros((h, w), dtype=bool)
-        return out.astype(np.uint8) * np.uint8(255) if soft else out
+        same = mask.copy() if (src_h, src_w) == (h, w) else np.zeros((h, w), dtype=bool)
+        return same.astype(np.uint8) * np.uint8(255) if soft else same
     # Shrink the axes that shrink (the rule), then grow the axes that grow (nearest).
     mid_h, mid_w = min(h, src_h), min(w, src_w)
     out: np.ndarray = mask.astype(np.uint8) * np.uint8(255) if soft else mask.view(np.uint8)

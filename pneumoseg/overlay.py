@@ -9,7 +9,7 @@ import numpy as np
 
 from pneumoseg.atomic import atomic_write_bytes
 
-__all__ = ["PRED_RGB", "TRUTH_RGB", "encode_rgb_png", "overlay", "write_rgb_png"]
+__all__ = ["PRED_RGB", "TRUTH_RGB", "annotate", "encode_rgb_png", "overlay", "write_rgb_png"]
 
 PRED_RGB = (255, 40, 40)
 TRUTH_RGB = (40, 110, 255)
@@ -43,6 +43,34 @@ def overlay(image: np.ndarray, pred: np.ndarray | None = None, truth: np.ndarray
             m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
         _blend(rgb, m, color, alpha)
     return rgb
+
+
+def annotate(rgb: np.ndarray, title: str, legend: bool = True, truth: bool = False) -> np.ndarray:
+    """RGB uint8 (H, W, 3) copy of an overlay with ``title`` (image id, score) in a dark band at the top
+    and, with ``legend``, a colour key (red = prediction; blue = truth when ``truth``) at the bottom.
+
+    The size is unchanged (so masks and overlays stay pixel-aligned); the text scales with the width.
+    """
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    h, w = out.shape[:2]
+    scale = max(0.3, w / 1400)
+    thick = max(1, round(w / 700))
+    band = min(h, int(26 * scale) + 6)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    out[:band] = (0.35 * out[:band]).astype(np.uint8)
+    cv2.putText(out, title, (4, band - max(3, band // 4)), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    if legend and h > 2 * band:
+        keys = [("prediction", PRED_RGB)] + ([("truth", TRUTH_RGB)] if truth else [])
+        out[h - band:] = (0.35 * out[h - band:]).astype(np.uint8)
+        x = 4
+        for text, color in keys:
+            side = band - 8
+            cv2.rectangle(out, (x, h - band + 4), (x + side, h - 4), color, -1)
+            cv2.putText(out, text, (x + side + 4, h - max(3, band // 4)), font, scale, (255, 255, 255), thick,
+                        cv2.LINE_AA)
+            (tw, _), _ = cv2.getTextSize(text, font, scale, thick)
+            x += side + tw + 16
+    return out
 
 
 def encode_rgb_png(rgb: np.ndarray) -> bytes:

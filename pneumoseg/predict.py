@@ -39,7 +39,7 @@ from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
 from pneumoseg.export import OnnxModel
 from pneumoseg.images import read_image, resize_image, write_png
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.overlay import overlay, write_rgb_png
+from pneumoseg.overlay import annotate, overlay, write_rgb_png
 from pneumoseg.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
 from pneumoseg.postprocess import PostProcess, find_tuned, legacy_rule_present
 from pneumoseg.progress import progress_bar
@@ -58,7 +58,9 @@ __all__ = [
     "PredictResult",
     "Prediction",
     "Predictor",
+    "TOP_FRACTION",
     "find_inputs",
+    "image_score",
     "load_input",
     "predict_to_folder",
     "write_outputs",
@@ -69,6 +71,21 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BACKENDS = ("torch", "onnx")
 ONNX_NAME = "model.onnx"  #: where ``--backend onnx`` looks in a run folder (``pneumoseg export`` default)
+TOP_FRACTION = 0.001  #: share of an image's pixels averaged by :func:`image_score` (0.1 %)
+
+
+def image_score(prob: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """Image-level pneumothorax score in [0, 1]: the mean of the top ``fraction`` pixel probabilities.
+
+    ``prob``: float (H, W) probabilities at the source resolution; k = max(1, round(fraction * H * W)).
+    The largest pixel probability (``Prediction.probability``) saturates near 1.0 on almost every
+    radiograph, so it ranks images poorly; this score is what ``image_auc`` is computed from.
+    """
+    flat = np.asarray(prob, dtype=np.float32).ravel()
+    if flat.size == 0:
+        return 0.0
+    k = min(flat.size, max(1, round(fraction * flat.size)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
 
 
 @dataclass(frozen=True)
@@ -91,8 +108,13 @@ class Prediction:
 
     @property
     def probability(self) -> float:
-        """Image-level score: the largest pixel probability."""
+        """The largest pixel probability (kept for compatibility; it saturates: prefer ``score``)."""
         return float(self.prob.max())
+
+    @property
+    def score(self) -> float:
+        """Image-level score: mean of the top 0.1 % pixel probabilities (:func:`image_score`)."""
+        return image_score(self.prob)
 
     @property
     def area_px(self) -> int:
@@ -318,8 +340,10 @@ class PredictResult:
             self.failures.append(outputs.failure)
 
 
-PREDICTIONS_HEADER = ("image_id", "source", "probability", "has_pneumothorax", "area_px", "area_mm2", "height",
-                      "width")
+#: ``probability``: largest pixel probability (compatibility); ``score``: :func:`image_score`, the
+#: image-level score that ranks images (evaluate's ``image_auc`` uses it).
+PREDICTIONS_HEADER = ("image_id", "source", "probability", "score", "has_pneumothorax", "area_px", "area_mm2",
+                      "height", "width")
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
 
 
@@ -401,8 +425,10 @@ def write_outputs(predictor: Predictor, image: InputImage, pred: Prediction, out
     encode = rle_encode if rle_format == "relative" else rle_encode_absolute
     write_png(out / "masks" / f"{pred.image_id}.png", pred.mask.astype(np.uint8) * 255)
     files = [f"masks/{pred.image_id}.png"]
+    score = pred.score
     if overlays:
-        write_rgb_png(out / "overlays" / f"{pred.image_id}.png", overlay(image.pixels, pred.mask))
+        view = annotate(overlay(image.pixels, pred.mask), f"{pred.image_id}  score {score:.3f}")
+        write_rgb_png(out / "overlays" / f"{pred.image_id}.png", view)
         files.append(f"overlays/{pred.image_id}.png")
     h, w = pred.mask.shape
     status, sr, sc, failure = "", False, False, None
@@ -418,7 +444,7 @@ def write_outputs(predictor: Predictor, image: InputImage, pred: Prediction, out
     except PneumosegError as exc:
         failure = f"{exc} (mask written; DICOM outputs not)"
         mm2 = None
-    row = (pred.image_id, str(image.path), round(pred.probability, 6), int(pred.area_px > 0), pred.area_px,
+    row = (pred.image_id, str(image.path), round(pred.probability, 6), round(score, 6), int(pred.area_px > 0), pred.area_px,
            "" if mm2 is None else round(mm2, 2), h, w)
     return ImageOutputs(row, encode(pred.mask), tuple(files), status, sr, sc, failure)
 
