@@ -7,8 +7,13 @@ mask is compared with the cache's full-resolution truth (``CACHE/truth/<id>.png`
 says ``"resolution": "native"``. It holds ``dice_kaggle`` (per-image Dice, empty-vs-empty = 1: the
 challenge metric), ``dice_empty_baseline`` (what predicting nothing would score: the share of
 images without pneumothorax, the "0.78 trap"), ``dice_positive`` (images with a pneumothorax) and
-image-level detection (``image_auc`` with the largest pixel probability as score, ``sensitivity``,
-``specificity``, ``fpr_empty``).
+image-level detection (``image_auc`` with the image score: the mean of the top 0.1 % pixel
+probabilities, column ``score`` of ``per_image.csv``; ``probability``, the largest pixel
+probability, is kept but saturates near 1; ``sensitivity``, ``specificity``, ``fpr_empty``).
+
+External validation (``evaluate_external``): any labelled DICOM / PNG folder with an RLE CSV or a
+folder of masks, predicted at its native resolution through ``Predictor.predict_batch``, scored
+the same way into ``RUN/eval/<data name>/``.
 
 Everything goes to ``RUN/eval/<split>/`` (one folder per split; none overwrites another):
 ``metrics.json``, ``per_image.csv``, ``pred_masks/<id>.png`` (0/255 at the source size),
@@ -24,8 +29,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -35,30 +40,43 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
-from pneumoseg.data.dataset import split_ids
+from pneumoseg.data.dataset import SPLITS, split_ids
 from pneumoseg.data.prepare import read_truth
-from pneumoseg.errors import DataError
+from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.images import read_image, read_mask, resize_image, write_png
 from pneumoseg.metrics import dice_from_counts, detection_metrics
 from pneumoseg.overlay import overlay, write_rgb_png
 from pneumoseg.postprocess import PostProcess
-from pneumoseg.predict import Predictor
+from pneumoseg.rle import Annotations, read_annotations
+from pneumoseg.paths import safe_name
+from pneumoseg.predict import InputImage, Predictor, find_inputs, image_score, load_input
 from pneumoseg.progress import progress_bar
 from pneumoseg.stats import METRIC_NAMES, PerImage, bootstrap_distributions, metric_statistic, predict_nothing_dice
 
 __all__ = [
     "CASE_CATEGORIES",
+    "SCORE_TEXT",
+    "CaseLoader",
+    "ExternalResult",
+    "LabelledSet",
     "SplitItem",
+    "cache_loader",
     "case_order",
     "eval_dir",
+    "evaluate_external",
+    "evaluate_items",
     "evaluate_run",
+    "external_name",
+    "iter_labelled",
     "iter_split",
     "plot_cases",
+    "read_labelled_set",
     "save_cases",
     "summarize_per_image",
 ]
 
 CASE_CATEGORIES = ("best", "worst", "false_positive", "false_negative")
+SCORE_TEXT = "mean of the top 0.1 % pixel probabilities (pneumoseg.predict.image_score)"
 
 
 @dataclass(frozen=True)
@@ -150,13 +168,13 @@ def case_order(per_image: pd.DataFrame, n_cases: int) -> dict[str, np.ndarray]:
 
     best: highest Dice among images with truth or prediction (Dice > 0); worst: lowest Dice
     (< 1), larger truth first, never one already shown as best; false_positive: empty truth,
-    non-empty prediction, most confident first; false_negative: pneumothorax, empty prediction,
+    non-empty prediction, highest score first; false_negative: pneumothorax, empty prediction,
     largest truth first.
     """
     dice = per_image["dice"].to_numpy()
     truth = per_image["truth_area_px"].to_numpy()
     pred = per_image["pred_area_px"].to_numpy()
-    prob = per_image["probability"].to_numpy()
+    prob = per_image["score" if "score" in per_image else "probability"].to_numpy()
     visible = np.flatnonzero(((truth > 0) | (pred > 0)) & (dice > 0))
     best = visible[np.argsort(-dice[visible], kind="stable")][:n_cases]
     worst = np.lexsort((-truth, dice))
@@ -171,21 +189,19 @@ def case_order(per_image: pd.DataFrame, n_cases: int) -> dict[str, np.ndarray]:
     }
 
 
-def _load_case(cache: Path, out: Path, row: pd.Series, size: int) -> _Case:
+def _case(load_case: Callable[[str], tuple[np.ndarray, np.ndarray]], out: Path, row: pd.Series) -> _Case:
     image_id = str(row["image_id"])
-    image = read_image(cache / "images" / f"{image_id}.png")
-    if image.shape != (size, size):
-        image = resize_image(image, size)
-    return _Case(image_id, image, read_mask(out / "pred_masks" / f"{image_id}.png"), read_truth(cache, image_id),
-                 float(row["dice"]))
+    image, truth = load_case(image_id)
+    return _Case(image_id, image, read_mask(out / "pred_masks" / f"{image_id}.png"), truth, float(row["dice"]))
 
 
-def save_cases(cache: Path, per_image: pd.DataFrame, out_dir: str | os.PathLike[str], n_cases: int = 8,
-               size: int = 256, model_size: int = 256) -> pd.DataFrame:
+def save_cases(load_case: Callable[[str], tuple[np.ndarray, np.ndarray]], per_image: pd.DataFrame,
+               out_dir: str | os.PathLike[str], n_cases: int = 8, size: int = 256) -> pd.DataFrame:
     """Overlay thumbnails ``OUT/cases/<category>/<image_id>.png`` (longest side ``size``) + ``OUT/cases.csv``.
 
-    ``per_image`` is evaluate's table; predicted masks are read back from ``OUT/pred_masks``. Returns
-    the cases table: category, image_id, dice, truth_area_px, pred_area_px, probability, file
+    ``per_image`` is evaluate's table; predicted masks are read back from ``OUT/pred_masks``, images and
+    truth through ``load_case`` (``CaseLoader``). Returns the cases table: category, image_id, dice,
+    truth_area_px, pred_area_px, probability, score, file
     (relative to OUT). Thumbnails left over from an earlier evaluation are removed.
     """
     out = Path(out_dir)
@@ -195,18 +211,18 @@ def save_cases(cache: Path, per_image: pd.DataFrame, out_dir: str | os.PathLike[
         keep = set()
         for i in order:
             row = per_image.iloc[i]
-            case = _load_case(cache, out, row, model_size)
+            case = _case(load_case, out, row)
             rel = f"cases/{category}/{case.image_id}.png"
             write_rgb_png(out / rel, _view(case, size))
             keep.add(f"{case.image_id}.png")
             rows.append({"category": category, "image_id": case.image_id, "dice": row["dice"],
                          "truth_area_px": int(row["truth_area_px"]), "pred_area_px": int(row["pred_area_px"]),
-                         "probability": row["probability"], "file": rel})
+                         "probability": row["probability"], "score": row.get("score", math.nan), "file": rel})
         if folder.is_dir():
             for old in folder.glob("*.png"):
                 if old.name not in keep:
                     old.unlink()
-    columns = ["category", "image_id", "dice", "truth_area_px", "pred_area_px", "probability", "file"]
+    columns = ["category", "image_id", "dice", "truth_area_px", "pred_area_px", "probability", "score", "file"]
     cases = pd.DataFrame(rows, columns=columns)
     with atomic_path(out / "cases.csv") as tmp:
         cases.to_csv(tmp, index=False)
@@ -216,11 +232,12 @@ def save_cases(cache: Path, per_image: pd.DataFrame, out_dir: str | os.PathLike[
 def summarize_per_image(per_image: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict[str, object]:
     """The headline metrics from evaluate's per-image table (see the module docstring), and ``ci95``:
     each metric's 95 % percentile bootstrap interval over images (resampled within positives and
-    within negatives; ``pneumoseg.stats``)."""
+    within negatives; ``pneumoseg.stats``). ``image_auc`` ranks images by ``score`` (``probability``
+    for tables written before it existed)."""
     dice = per_image["dice"].to_numpy(float)
     has_truth = per_image["has_truth"].to_numpy().astype(bool)
     pred_positive = per_image["pred_area_px"].to_numpy() > 0
-    score = per_image["probability"].to_numpy(float)
+    score = per_image["score" if "score" in per_image else "probability"].to_numpy(float)
     det = detection_metrics(score, has_truth, pred_positive)
     n = len(dice)
     per = PerImage.from_arrays(dice, has_truth, pred_positive, score)
@@ -237,48 +254,223 @@ def summarize_per_image(per_image: pd.DataFrame, n_boot: int = 2000, seed: int =
     }
 
 
-def evaluate_run(predictor: Predictor, run_dir: str | os.PathLike[str], split: str = "test",
-                 postprocess: PostProcess | None = None, n_cases: int = 8, progress: bool = True,
-                 out_dir: str | os.PathLike[str] | None = None) -> dict[str, object]:
-    """Score ``split`` at the source resolution; write ``RUN/eval/<split>/`` (see module docstring).
+CaseLoader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+"""``image_id -> (uint8 (S, S) image at the model size, bool (H, W) truth at the source size)``."""
 
-    ``postprocess``: the rule to apply (default: the predictor's, i.e. the one tuned for its runs
-    and flags, else the config default). Returns the metrics written to ``metrics.json``.
+
+def cache_loader(cache: Path, size: int) -> CaseLoader:
+    """The ``CaseLoader`` of a prepared cache: ``images/<id>.png`` at ``size`` and the full-resolution truth."""
+    def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(cache / "images" / f"{image_id}.png")
+        return (image if image.shape == (size, size) else resize_image(image, size)), read_truth(cache, image_id)
+
+    return load
+
+
+def _record(item: SplitItem, mask: np.ndarray) -> dict[str, object]:
+    """One ``per_image.csv`` row: areas at the source resolution, Dice, the max probability and the score."""
+    inter, pred_area, true_area = int(np.count_nonzero(mask & item.truth)), int(mask.sum()), int(item.truth.sum())
+    return {
+        "image_id": item.image_id, "has_truth": int(true_area > 0), "truth_area_px": true_area,
+        "pred_area_px": pred_area, "probability": round(float(item.prob.max()), 5),
+        "score": round(image_score(item.prob), 5),
+        "dice": round(float(dice_from_counts(np.array([inter]), np.array([pred_area]), np.array([true_area]))[0]), 5),
+        "height": item.truth.shape[0], "width": item.truth.shape[1],
+    }
+
+
+def evaluate_items(predictor: Predictor, items: Iterable[SplitItem], out_dir: str | os.PathLike[str], name: str,
+                   load_case: CaseLoader, postprocess: PostProcess | None = None, n_cases: int = 8,
+                   extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    """Score streamed ``items`` with ``postprocess`` (default: the predictor's rule); write ``out_dir``.
+
+    The one scoring loop of splits, out-of-fold pools and external sets: ``metrics.json`` (``split``
+    = ``name``, plus ``extra``), ``per_image.csv``, ``pred_masks/``, ``best.png`` / ``worst.png``,
+    ``cases.csv`` + ``cases/``. ``load_case`` reads a case back for the thumbnails. Returns the metrics.
     """
     pp = postprocess or predictor.postprocess
-    out = Path(out_dir) if out_dir else eval_dir(run_dir, split)
+    out = Path(out_dir)
     records = []
     started = time.perf_counter()
-    for item in iter_split(predictor, split, progress):
+    for item in items:
         mask = pp(item.prob)
-        inter, pred_area, true_area = (int(np.count_nonzero(mask & item.truth)), int(mask.sum()),
-                                       int(item.truth.sum()))
         write_png(out / "pred_masks" / f"{item.image_id}.png", mask.astype(np.uint8) * 255)
-        records.append({
-            "image_id": item.image_id, "has_truth": int(true_area > 0), "truth_area_px": true_area,
-            "pred_area_px": pred_area, "probability": round(float(item.prob.max()), 5),
-            "dice": round(float(dice_from_counts(np.array([inter]), np.array([pred_area]),
-                                                  np.array([true_area]))[0]), 5),
-            "height": item.truth.shape[0], "width": item.truth.shape[1],
-        })
+        records.append(_record(item, mask))
     seconds = time.perf_counter() - started
+    if not records:
+        raise DataError(f"{name}: no image could be evaluated")
     per_image = pd.DataFrame(records)
     with atomic_path(out / "per_image.csv") as tmp:
         per_image.to_csv(tmp, index=False)
-    cache = Path(predictor.cfg.data.cache or "")
     order = case_order(per_image, n_cases)
     for category in ("best", "worst"):
-        cases = [_load_case(cache, out, per_image.iloc[i], predictor.size) for i in order[category]]
-        plot_cases(cases, f"{split}: {category} cases (prediction red, truth blue)", out / f"{category}.png")
-    save_cases(cache, per_image, out, n_cases, model_size=predictor.size)
+        cases = [_case(load_case, out, per_image.iloc[i]) for i in order[category]]
+        plot_cases(cases, f"{name}: {category} cases (prediction red, truth blue)", out / f"{category}.png")
+    save_cases(load_case, per_image, out, n_cases)
     metrics: dict[str, object] = dict(summarize_per_image(per_image))
     heights, widths = sorted(set(per_image["height"])), sorted(set(per_image["width"]))
-    metrics.update(split=split, resolution="native",
+    metrics.update(split=name, resolution="native",
                    source_size=f"{heights[0]}x{widths[0]}" if len(heights) == len(widths) == 1 else "mixed",
                    model_size=predictor.size, tta=bool(predictor.tta), model=predictor.model_name,
                    n_params=predictor.n_params, predict_seconds=round(seconds, 3),
                    latency_ms_per_image=round(1000 * seconds / max(1, len(per_image)), 2),
-                   postprocess=pp.to_dict(), postprocess_text=pp.describe(),
-                   postprocess_source="given" if postprocess else predictor.postprocess_source)
+                   image_score=SCORE_TEXT, postprocess=pp.to_dict(), postprocess_text=pp.describe(),
+                   postprocess_source="given" if postprocess else predictor.postprocess_source, **(extra or {}))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     return metrics
+
+
+def evaluate_run(predictor: Predictor, run_dir: str | os.PathLike[str], split: str = "test",
+                 postprocess: PostProcess | None = None, n_cases: int = 8, progress: bool = True,
+                 out_dir: str | os.PathLike[str] | None = None) -> dict[str, object]:
+    """Score ``split`` of the run's cache at the source resolution; write ``RUN/eval/<split>/``.
+
+    ``postprocess``: the rule to apply (default: the predictor's, i.e. the one tuned for its runs
+    and flags, else the config default). Returns the metrics written to ``metrics.json``.
+    """
+    cache = Path(predictor.cfg.data.cache or "")
+    return evaluate_items(predictor, iter_split(predictor, split, progress), out_dir or eval_dir(run_dir, split),
+                          split, cache_loader(cache, predictor.size), postprocess, n_cases)
+
+
+# ---------------------------------------------------------------- external labelled sets
+
+
+@dataclass
+class LabelledSet:
+    """Images of a folder (DICOM / PNG / JPEG) and their labels: an RLE CSV or a folder of masks.
+
+    ``ids``: the ImageIds that have a label; ``truth(image_id, shape)`` -> bool (H, W). ``failures``:
+    one line per file that could not be scored; ``matched_by``: how labels were found (uid | stem).
+    """
+
+    data: Path
+    labels: Path
+    files: list[Path]
+    ids: set[str]
+    annotations: Annotations | None = None
+    failures: list[str] = field(default_factory=list)
+    matched_by: dict[str, int] = field(default_factory=lambda: {"uid": 0, "stem": 0})
+    sources: dict[str, Path] = field(default_factory=dict)
+
+    def truth(self, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+        """bool (H, W) truth of ``image_id`` for an image of ``shape``; DataError on a size mismatch."""
+        if self.annotations is not None:
+            return np.ascontiguousarray(self.annotations.mask(image_id, *shape))
+        path = self.labels / f"{image_id}.png"
+        mask = read_mask(path)
+        if mask.shape != shape:
+            raise DataError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, its image is {shape[0]}x{shape[1]}")
+        return mask
+
+    def load(self, path: Path, count: bool = True) -> InputImage:
+        """The input with its label's ImageId (SOPInstanceUID, else the file stem); DataError when unlabelled.
+
+        ``count``: add the match to ``matched_by``."""
+        image = load_input(path)
+        if image.image_id in self.ids:
+            self.matched_by["uid" if image.meta is not None else "stem"] += count
+            return image
+        if image.meta is not None and path.stem in self.ids:
+            self.matched_by["stem"] += count
+            return replace(image, image_id=safe_name(path.stem, path, "file stem"))
+        looked = "SOPInstanceUID and file stem" if image.meta is not None else "file stem"
+        raise DataError(f"{path}: no label for ImageId {image.image_id} in {self.labels} (looked up the {looked})")
+
+
+def read_labelled_set(data: str | os.PathLike[str], rle: str | os.PathLike[str] | None = None,
+                      png_dir: str | os.PathLike[str] | None = None) -> LabelledSet:
+    """The inputs under ``data`` (``pneumoseg.predict.find_inputs``) and exactly one label source:
+    ``rle`` (challenge CSV, relative RLE, masks at each image's size) or ``png_dir`` (``<ImageId>.png``
+    masks, 0/255, at each image's size)."""
+    if (rle is None) == (png_dir is None):
+        raise DataError("external evaluation needs exactly one label source: --rle CSV or --png-dir DIR")
+    files = find_inputs(data)
+    if rle is not None:
+        annotations = read_annotations(rle)
+        return LabelledSet(Path(data), Path(rle), files, set(annotations), annotations)
+    folder = Path(png_dir or "")
+    if not folder.is_dir():
+        raise DataError(f"--png-dir {folder}: no such folder (expected <ImageId>.png masks)")
+    return LabelledSet(Path(data), folder, files, {p.stem for p in folder.glob("*.png")})
+
+
+def iter_labelled(predictor: Predictor, labelled: LabelledSet, progress: bool = True) -> Iterator[SplitItem]:
+    """Every labelled input at its own resolution (``Predictor.predict_batch``, the one inference path).
+
+    A file that cannot be read, has an unsafe / invalid id, no label, a duplicate id or a mask of
+    another size is skipped with one line in ``labelled.failures``.
+    """
+    files = labelled.files
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"predict {labelled.data.name}", total=len(files))
+        for start in range(0, len(files), predictor.batch_size):
+            batch: list[tuple[InputImage, np.ndarray]] = []
+            for path in files[start:start + predictor.batch_size]:
+                try:
+                    image = labelled.load(path)
+                    if image.image_id in labelled.sources:
+                        raise DataError(f"{path}: ImageId {image.image_id} already evaluated from "
+                                        f"{labelled.sources[image.image_id]}")
+                    batch.append((image, labelled.truth(image.image_id, image.pixels.shape)))
+                    labelled.sources[image.image_id] = path
+                except PneumosegError as exc:
+                    labelled.failures.append(str(exc))
+            preds = predictor.predict_batch([im for im, _ in batch]) if batch else []
+            for (image, truth), pred in zip(batch, preds, strict=True):
+                yield SplitItem(image.image_id, resize_image(image.pixels, predictor.size), pred.prob, truth)
+            bar.advance(task, len(files[start:start + predictor.batch_size]))
+
+
+@dataclass(frozen=True)
+class ExternalResult:
+    """What ``evaluate_external`` wrote (``out_dir``), its metrics and the files it skipped (one line each)."""
+
+    out_dir: Path
+    metrics: dict[str, object]
+    failures: list[str]
+
+
+def external_name(data: str | os.PathLike[str], name: str | None = None) -> str:
+    """The eval folder name of an external set: ``name`` or the data folder's name (never a split name)."""
+    chosen = name or Path(data).resolve().name
+    safe_name(chosen, data, "data set name")
+    if chosen in SPLITS:
+        raise DataError(f"data set name {chosen!r} would overwrite the evaluation of split {chosen!r}: "
+                        "choose another with --name")
+    return chosen
+
+
+def evaluate_external(predictor: Predictor, run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
+                      rle: str | os.PathLike[str] | None = None, png_dir: str | os.PathLike[str] | None = None,
+                      name: str | None = None, postprocess: PostProcess | None = None, n_cases: int = 8,
+                      progress: bool = True) -> ExternalResult:
+    """External validation: score every labelled image under ``data`` at its native resolution.
+
+    Writes ``RUN/eval/<name>/`` (default name: the data folder's) with the same files as a split.
+    Labels are matched by SOPInstanceUID, else by file stem (``metrics.json`` ``matched_by`` counts
+    both). Files that cannot be scored are listed in ``failures`` (and ``metrics.json``); the rest
+    are scored.
+    """
+    chosen = external_name(data, name)
+    labelled = read_labelled_set(data, rle, png_dir)
+
+    def load_case(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        image = labelled.load(labelled.sources[image_id], count=False)
+        return resize_image(image.pixels, predictor.size), labelled.truth(image.image_id, image.pixels.shape)
+
+    out = eval_dir(run_dir, chosen)
+    extra = {"source": "external", "data": str(labelled.data), "labels": str(labelled.labels),
+             "matched_by": labelled.matched_by, "failures": labelled.failures}
+    items = iter_labelled(predictor, labelled, progress)
+    try:
+        metrics = evaluate_items(predictor, items, out, chosen, load_case, postprocess, n_cases, extra)
+    except DataError:
+        if labelled.failures:
+            raise DataError(f"{chosen}: no image could be evaluated; first problem: {labelled.failures[0]}") from None
+        raise
+    n_unused = len(labelled.ids - set(labelled.sources))
+    if n_unused:
+        metrics["labels_without_image"] = n_unused
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    return ExternalResult(out, metrics, labelled.failures)

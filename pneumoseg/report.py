@@ -3,9 +3,12 @@
 Reads ``RUN/config.yaml``, ``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv``, the cache's
 ``splits.csv`` + ``index.csv`` (when reachable) and what ``pneumoseg evaluate`` wrote in
 ``RUN/eval/<split>/`` (``metrics.json`` with the post-processing rule it applied,
-``per_image.csv``, ``cases.csv`` + ``cases/``; the split is named in the report). No model is loaded. Figures are embedded as base64 data URLs and
+``per_image.csv``, ``cases.csv`` + ``cases/``; the split, or the external data set, is named in the
+report) and ``RUN/train_summary.json`` when training wrote one (its predicts-nothing flag and
+warnings are shown at the top). Figures: ROC and precision-recall curves of the image score, the
+per-image Dice histogram, Dice against pneumothorax size and tune's threshold sweep. No model is loaded. Figures are embedded as base64 data URLs and
 the page has no external CSS/JS, so it opens offline; the per-image table sorts by clicking a
-header. Overlays: prediction red, truth blue.
+header; a thumbnail enlarges on click. Overlays: prediction red, truth blue.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import io
 import json
 import math
 import os
@@ -23,23 +27,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from pneumoseg import __version__
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 from pneumoseg.evaluate import CASE_CATEGORIES
 
-__all__ = ["METRICS", "ReportData", "ReportFiles", "load_report_data", "render_html", "render_markdown",
-           "write_report"]
+__all__ = ["METRICS", "ReportData", "ReportFiles", "curve_points", "load_report_data", "render_html",
+           "render_markdown", "write_report"]
 
 # metric key -> meaning (the order of the metrics table)
 METRICS = {
     "dice_kaggle": "challenge metric: mean per-image Dice, empty truth + empty prediction = 1",
     "dice_empty_baseline": "dice_kaggle of predicting nothing at all (the share of images without pneumothorax)",
     "dice_positive": "mean Dice over images with a pneumothorax",
-    "image_auc": "image-level detection AUC (score: largest pixel probability)",
+    "image_auc": "image-level detection AUC (score: mean of the top 0.1 % pixel probabilities)",
     "sensitivity": "images with a pneumothorax that got a non-empty mask",
     "specificity": "empty images that got an empty mask",
     "fpr_empty": "empty images that got a mask (1 - specificity)",
@@ -69,6 +76,7 @@ class ReportData:
     postprocess: dict[str, Any] | None = None
     tune: pd.DataFrame | None = None
     cases: pd.DataFrame | None = None
+    train_summary: dict[str, Any] | None = None
 
     def count(self, outcome: str) -> int:
         """Images with outcome ``TP`` | ``TN`` | ``FP`` | ``FN`` (see :func:`_outcomes`)."""
@@ -168,7 +176,102 @@ def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLik
         data.tune = _read_csv(run / "tune.csv")
     if (ev / "cases.csv").is_file():
         data.cases = _read_csv(ev / "cases.csv")
+    if (run / "train_summary.json").is_file():
+        try:
+            summary = json.loads((run / "train_summary.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{run / 'train_summary.json'}: not valid JSON ({exc})") from None
+        data.train_summary = summary if isinstance(summary, dict) else None
     return data
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _score(per_image: pd.DataFrame) -> tuple[np.ndarray, str]:
+    col = "score" if "score" in per_image else "probability"
+    return per_image[col].to_numpy(float), col
+
+
+def curve_points(score: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC (``fpr``, ``tpr``) and precision-recall (``recall``, ``precision``) points of an image score.
+
+    One point per distinct score, thresholds from high to low (an image is called positive when
+    its score is >= the threshold); ROC starts at (0, 0), PR at recall 0 with precision 1.
+    """
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], positive[order].astype(bool)
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1] if len(s) else np.array([], int)
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    n_pos, n_neg = max(1, int(y.sum())), max(1, int((~y).sum()))
+    precision = tp / np.maximum(1, tp + fp)
+    return {"fpr": np.r_[0.0, fp / n_neg], "tpr": np.r_[0.0, tp / n_pos],
+            "recall": np.r_[0.0, tp / n_pos], "precision": np.r_[1.0, precision]}
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _figures_png(d: ReportData) -> bytes:
+    """ROC, precision-recall, per-image Dice histogram and Dice vs truth area, in one 2 x 2 figure."""
+    df = d.per_image
+    score, col = _score(df)
+    positive = df["truth_area_px"].to_numpy() > 0
+    dice = df["dice"].to_numpy(float)
+    fig = Figure(figsize=(10, 7.6), dpi=90)
+    FigureCanvasAgg(fig)
+    (roc, pr), (hist, size) = fig.subplots(2, 2)
+    if positive.any() and (~positive).any():
+        pts = curve_points(score, positive)
+        roc.plot(pts["fpr"], pts["tpr"], drawstyle="steps-post")
+        pr.plot(pts["recall"], pts["precision"], drawstyle="steps-post")
+        pr.axhline(positive.mean(), color="grey", ls=":", lw=1, label=f"prevalence {positive.mean():.2f}")
+        pr.legend(loc="lower left", fontsize=8)
+    else:
+        for ax in (roc, pr):
+            ax.text(0.5, 0.5, "needs positive and empty images", ha="center", va="center", transform=ax.transAxes)
+    roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    roc.set(title=f"ROC (image score: {col}; AUC {_fmt(d.metrics.get('image_auc'), 3)})",
+            xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
+    pr.set(title="Precision-recall (image level)", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    bins = np.linspace(0, 1, 21)
+    hist.hist([dice[positive], dice[~positive]], bins=bins, stacked=True, label=["pneumothorax", "empty truth"],
+              color=["#286eff", "#9aa5af"])
+    hist.set(title="Per-image Dice", xlabel="Dice", ylabel="images")
+    hist.legend(fontsize=8)
+    if positive.any():
+        area = df["truth_area_px"].to_numpy(float)[positive]
+        size.scatter(area, dice[positive], s=12, alpha=0.7, color="#286eff")
+        size.set_xscale("log")
+    size.set(title="Dice vs pneumothorax size (positive images)", xlabel="truth area (source px, log)",
+             ylabel="Dice", ylim=(-0.03, 1.03))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _sweep_png(tune: pd.DataFrame) -> bytes | None:
+    """dice_kaggle against the threshold (best min_area at each) for tune.csv's plain-threshold rules."""
+    if not {"threshold", "dice_kaggle"} <= set(tune.columns):
+        return None
+    plain = tune[tune["mode"] == "plain"] if "mode" in tune else tune
+    plain = plain.dropna(subset=["threshold"])
+    if plain.empty:
+        return None
+    best = plain.groupby("threshold")["dice_kaggle"].max().sort_index()
+    fig = Figure(figsize=(5.5, 3.4), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(best.index, best.to_numpy(), marker="o", ms=3)
+    if "dice_positive" in plain:
+        ax.plot(best.index, plain.groupby("threshold")["dice_positive"].max().sort_index().to_numpy(), "--",
+                marker=".", ms=3, label="dice_positive")
+        ax.legend(["dice_kaggle (best min_area)", "dice_positive"], fontsize=8)
+    ax.set(title="Threshold sweep (tune.csv, plain rules)", xlabel="threshold", ylabel="score on the tuning split")
+    fig.tight_layout()
+    return _png(fig)
 
 
 # ---------------------------------------------------------------- HTML
@@ -221,9 +324,9 @@ def _metrics_html(d: ReportData) -> str:
     rows += [("false positives on empty images", f"{d.count('FP')} of {n_empty}", "empty truth, non-empty mask"),
              ("missed pneumothoraces", f"{d.count('FN')} of {len(d.per_image) - n_empty}",
               "pneumothorax, empty mask"),
-             ("images", f"{m.get('n_images')} ({m.get('n_positive')} with pneumothorax)", f"split {m.get('split')}")]
+             ("images", f"{m.get('n_images')} ({m.get('n_positive')} with pneumothorax)", _what(m))]
     table = _table(pd.DataFrame(rows, columns=["metric", "value", "meaning"]))
-    ctx = (f"split {m.get('split')}; model {m.get('model')} at {m.get('model_size', m.get('size'))} px, "
+    ctx = (f"{_what(m)}; model {m.get('model')} at {m.get('model_size', m.get('size'))} px, "
            f"TTA {'on' if m.get('tta') else 'off'}; scored at the {m.get('resolution', 'model')} resolution "
            f"({m.get('source_size', 'n/a')}); post-processing: {m.get('postprocess_text', m.get('postprocess'))}")
     return f'{cards}{table}<p class="note">{html.escape(ctx)}</p>'
@@ -256,9 +359,38 @@ def _postprocess_html(d: ReportData, top: int = 10) -> str:
     source = html.escape(str(d.metrics.get("postprocess_source", "")))
     out = (f"<div class=two><div><h3>Applied rule ({mode})</h3><p class=note>{source}</p>{_table(pp)}</div>")
     if d.tune is not None:
+        sweep = _sweep_png(d.tune)
+        if sweep is not None:
+            out += f'<div><img class="curves" alt="threshold sweep" src="{_data_url(sweep)}"></div>'
         out += (f"<div><h3>Top {min(top, len(d.tune))} of {len(d.tune)} rules (tune.csv)</h3>"
                 f"{_table(d.tune.head(top), sortable=True)}</div>")
     return out + "</div>"
+
+
+def _figures_html(d: ReportData) -> str:
+    _, col = _score(d.per_image)
+    return (f'<img class="curves" alt="ROC, precision-recall, Dice histogram, Dice vs size" '
+            f'src="{_data_url(_figures_png(d))}"><p class="note">Image score: {html.escape(col)} '
+            f"({html.escape(str(d.metrics.get('image_score', 'largest pixel probability')))}). "
+            "Size: truth area in source pixels.</p>")
+
+
+def _warnings_html(d: ReportData) -> str:
+    """The training summary's predicts-nothing flag and warnings ('' when there is nothing to say)."""
+    t = d.train_summary or {}
+    lines = [str(w) for w in t.get("warnings") or []]
+    if t.get("predicts_nothing"):
+        lines.insert(0, "the model predicts nothing (train_summary.json: predicts_nothing): its dice_kaggle is "
+                        "the empty baseline, not segmentation")
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f'<div class="warn"><b>Training warnings</b><ul>{items}</ul></div>'
+
+
+def _what(m: dict[str, Any]) -> str:
+    """``split test`` or ``data set NAME`` (an external evaluation)."""
+    return f"data set {m.get('split')}" if m.get("source") == "external" else f"split {m.get('split')}"
 
 
 def _per_image_html(d: ReportData) -> str:
@@ -289,8 +421,10 @@ def _galleries_html(d: ReportData) -> str:
             path = d.eval_dir / str(r.file)
             if not path.is_file():
                 continue
-            figs.append(f'<figure><img alt="{html.escape(r.image_id)}" src="{_data_url(path.read_bytes())}">'
-                        f'<figcaption><b>Dice {_fmt(float(r.dice), 3)}</b> · p {_fmt(float(r.probability), 3)}<br>'
+            figs.append(f'<figure><img class="zoom" alt="{html.escape(r.image_id)}" '
+                        f'title="click to enlarge" src="{_data_url(path.read_bytes())}">'
+                        f'<figcaption><b>Dice {_fmt(float(r.dice), 3)}</b> · score '
+                        f'{_fmt(float(getattr(r, "score", r.probability)), 3)}<br>'
                         f"truth {r.truth_area_px} px · pred {r.pred_area_px} px<br>"
                         f'<span title="{html.escape(r.image_id)}">…{html.escape(r.image_id[-18:])}</span>'
                         "</figcaption></figure>")
@@ -300,7 +434,8 @@ def _galleries_html(d: ReportData) -> str:
 
 def render_html(d: ReportData) -> str:
     """The report page (a complete HTML document with inline CSS/JS and data-URL images)."""
-    sections = [("metrics", "Metrics", _metrics_html(d)), ("data", "Data", _data_html(d)),
+    sections = [("metrics", "Metrics", _warnings_html(d) + _metrics_html(d)),
+                ("figures", "Detection and Dice", _figures_html(d)), ("data", "Data", _data_html(d)),
                 ("training", "Training curves", _curves_html(d)),
                 ("postprocess", "Post-processing search", _postprocess_html(d)),
                 ("galleries", "Cases", _galleries_html(d)),
@@ -309,10 +444,10 @@ def render_html(d: ReportData) -> str:
         sections.append(("config", "Resolved config", f'<pre class="config">{html.escape(d.config_text)}</pre>'))
     nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     m = d.metrics
-    subtitle = (f"{d.run.resolve()} · split {m.get('split')} · {m.get('n_images')} images · "
+    subtitle = (f"{d.run.resolve()} · {_what(m)} · {m.get('n_images')} images · "
                 f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by pneumoseg {__version__}")
     template = string.Template(resources.files("pneumoseg").joinpath("report_template.html").read_text("utf-8"))
-    return template.substitute(title=html.escape(f"pneumoseg report: {d.run.resolve().name}"),
+    return template.substitute(title=html.escape(f"pneumoseg report: {d.run.resolve().name} ({_what(m)})"),
                                subtitle=html.escape(subtitle), nav=nav,
                                body="".join(_section(a, t, b) for a, t, b in sections))
 
@@ -337,9 +472,9 @@ def render_markdown(d: ReportData, html_path: str | os.PathLike[str]) -> str:
     n_empty = int((d.per_image["truth_area_px"] == 0).sum())
     rows = [(f"`{k}`", _with_ci(m, k)) for k in METRICS]
     pp = m.get("postprocess_text") or (json.dumps(d.postprocess) if d.postprocess is not None else "n/a")
-    lines = [f"# pneumoseg report: {d.run.resolve().name}", "",
+    lines = [f"# pneumoseg report: {d.run.resolve().name} ({_what(m)})", "",
              f"Full report (figures, galleries, sortable per-image table): `{Path(html_path).resolve()}`", "",
-             f"Split `{m.get('split')}`: {m.get('n_images')} images, {m.get('n_positive')} with pneumothorax; "
+             f"{_what(m).capitalize()}: {m.get('n_images')} images, {m.get('n_positive')} with pneumothorax; "
              f"model `{m.get('model')}` at {m.get('model_size', m.get('size'))} px, TTA {'on' if m.get('tta') else 'off'}; "
              f"scored at the {m.get('resolution', 'model')} resolution ({m.get('source_size', 'n/a')}).", "",
              "## Metrics", "", _md_table(rows, ("metric", "value [95 % bootstrap CI]")), "",
@@ -350,6 +485,10 @@ def render_markdown(d: ReportData, html_path: str | os.PathLike[str]) -> str:
     lines += ["", "## Key numbers", "",
               f"- false positives on empty images: {d.count('FP')} of {n_empty}",
               f"- missed pneumothoraces (empty prediction): {d.count('FN')} of {len(d.per_image) - n_empty}"]
+    t = d.train_summary or {}
+    if t.get("predicts_nothing"):
+        lines.append("- **warning: the model predicts nothing** (train_summary.json)")
+    lines += [f"- training warning: {w}" for w in t.get("warnings") or []]
     h = d.history
     if h is not None and not h.empty and "val_dice_kaggle" in h:
         best = h.loc[h["val_dice_kaggle"].idxmax()]

@@ -20,12 +20,17 @@ def test_demo_runs_every_step_and_reuses_finished_ones(tmp_path: Path) -> None:
             "--set", "data.size=64"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    for name in ("run/config.yaml", "run/checkpoints/best.ckpt", "run/curves.png", "run/postprocess.json",
+    for name in ("run/report.html", "run/report.md", "run/config.yaml", "run/checkpoints/best.ckpt", "run/curves.png", "run/postprocess.json",
                  "run/eval/test/metrics.json", "run/eval/test/best.png", "predict/predictions.csv", "predict/submission.csv"):
         assert (out / name).is_file(), name
-    for step in ("1/6 synth", "2/6 prepare", "3/6 split", "4/6 train", "5/6 tune + evaluate", "6/6 predict",
-                 "dice_kaggle", "dice_positive", "Outputs"):
-        assert step in result.output
+    for step in ("1/7 synth", "2/7 prepare", "3/7 split", "4/7 train", "5/7 tune + evaluate", "6/7 report",
+                 "7/7 predict", "dice_kaggle", "dice_positive", "Outputs", "next, try:",
+                 f"pneumoseg serve {out / 'run'}", f"pneumoseg report {out / 'run'}"):
+        assert step in result.output, step
+    text = " ".join(result.output.split())
+    assert "post-processing: prob > " in text and "{" not in text.split("post-processing: ")[-1].split("\n")[0]
+    for noise in ("GPU available", "TPU available", "log_every_n_steps", "`Trainer.fit` stopped", "UserWarning"):
+        assert noise not in result.output, noise
     metrics = json.loads((out / "run/eval/test/metrics.json").read_text())
     assert metrics["n_images"] == len(pd.read_csv(out / "predict/predictions.csv"))
     assert set(read_annotations(out / "predict/submission.csv")) == {p.stem for p in (out / "predict/masks").iterdir()}

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: the rich console and one-line error reporting."""
+"""Shared CLI plumbing: the rich console, one-line error reporting and the help layout of every command."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from pneumoseg.errors import PneumosegError
 from pneumoseg.paths import os_error_line
 
-__all__ = ["cli_errors", "console", "err_console", "fail"]
+__all__ = ["PneumosegCommand", "cli_errors", "console", "err_console", "fail"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,3 +43,36 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise fail(os_error_line(exc)) from None
 
     return wrapper
+
+
+def _usage_name(arg: TyperArgument) -> str:
+    """``RUN``, ``[INPUT]``, ``RUNS...``: click's classic placeholders (typer 0.29 prints ``{run}``)."""
+    name = (arg.metavar or arg.name or "").upper()
+    if not arg.required:
+        name = f"[{name}]"
+    return name + ("..." if arg.nargs != 1 else "")
+
+
+class PneumosegCommand(TyperCommand):
+    """A typer command whose help shows no type column for flags (``--tta``, not ``--tta <bool>``) and
+    ``RUN`` / ``[INPUT]`` placeholders on the usage line instead of ``{run}`` / ``[input]``.
+
+    Use it for every command: ``app.command("name", cls=PneumosegCommand)(fn)``.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        for param in params:
+            # A flag takes no value, so it gets no type label (typer would print "<bool>" and users type "true").
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        return params
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                pieces.append(_usage_name(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
 from pneumoseg.errors import DataError
 
 __all__ = ["compare", "register"]
@@ -71,4 +71,4 @@ def compare(
 
 def register(app: typer.Typer) -> None:
     """Add ``compare`` to ``app``."""
-    app.command("compare")(compare)
+    app.command("compare", cls=PneumosegCommand)(compare)

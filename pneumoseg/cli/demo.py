@@ -6,29 +6,45 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
 
 __all__ = ["demo", "register"]
+
+
+def _log(message: str) -> None:
+    """A step in bold cyan; a warning in yellow on stderr."""
+    if message.startswith("warning: "):
+        err_console.print(f"[yellow]warning:[/] {escape(message[9:])}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold cyan]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
 @cli_errors
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder for every step."),
-    n: int = typer.Option(400, "--n", help="Number of synthetic images."),
-    size: int = typer.Option(256, "--size", help="Phantom and cache size (256, 512 or 1024)."),
-    seed: int = typer.Option(0, "--seed"),
-    set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE (repeatable), e.g. train.epochs=2."),
-    fresh: bool = typer.Option(False, "--fresh", help="Delete OUT first instead of reusing finished steps."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    n: int = typer.Option(400, "--n", min=10, help="Number of synthetic images."),
+    size: int = typer.Option(256, "--size", help="Phantom and cache size in pixels: a multiple of 32 from 128 "
+                             "to 1024."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the phantoms and of the split; the same seed gives the "
+                             "same data."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Config override (repeatable), e.g. --set train.epochs=2."),
+    fresh: bool = typer.Option(False, "--fresh/--no-fresh", help="Delete OUT first instead of reusing finished "
+                               "steps."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """synth -> prepare -> split -> train -> tune -> evaluate -> predict, printing where every output is."""
+    """synth -> prepare -> split -> train -> tune -> evaluate -> report -> predict, printing where every output is.
+
+    Rerunning the same command reuses the finished steps; --fresh starts over.
+    """
     from pneumoseg.demo import run_demo
 
     start = time.perf_counter()
     res = run_demo(out, n=n, size=size, seed=seed, overrides=set_, progress=progress, fresh=fresh,
-                   log=lambda msg: console.print(f"[bold cyan]{msg}[/]"))
+                   log=_log)
     metrics = Table(title="Test split (synthetic)", show_header=False)
     for key in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity", "fpr_empty",
                 "n_images", "n_positive"):
@@ -37,13 +53,16 @@ def demo(
     console.print(metrics)
     paths = Table("output", "where", title="Outputs")
     for name, path in res.paths.items():
-        paths.add_row(name, str(path))
+        paths.add_row(name, escape(str(path)))
     console.print(paths)
-    console.print(f"post-processing: {res.postprocess}")
+    console.print(f"post-processing: {escape(res.postprocess)}", highlight=False, soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s. The data is synthetic; see README.md "
-                  "for running on the real SIIM-ACR data.")
+                  "for running on the real SIIM-ACR data.", highlight=False)
+    console.print("[bold]next, try:[/]")
+    for line in res.next_steps:
+        console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``demo`` to ``app``."""
-    app.command("demo")(demo)
+    app.command("demo", cls=PneumosegCommand)(demo)

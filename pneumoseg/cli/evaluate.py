@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import cli_errors, console, err_console
 
 if TYPE_CHECKING:
     from pneumoseg.predict import Predictor
@@ -69,7 +69,15 @@ def tune(
 @cli_errors
 def evaluate(
     run: str = typer.Argument(..., help="Run folder, or an ensemble RUN,RUN2,... (results go to the first)."),
-    split: str = typer.Option("test", "--split", help="Split to evaluate (train | val | test)."),
+    split: str = typer.Option("test", "--split", help="Split of the run's cache to evaluate (train | val | test)."),
+    data: Path | None = typer.Option(None, "--data", help="External validation: a folder (or file) of labelled "
+                                     "DICOM / PNG / JPEG images instead of a split; needs --rle or --png-dir."),
+    rle: Path | None = typer.Option(None, "--rle", help="Labels of --data: challenge RLE CSV (ImageId = "
+                                    "SOPInstanceUID, else the file stem)."),
+    png_dir: Path | None = typer.Option(None, "--png-dir", help="Labels of --data: folder of <ImageId>.png "
+                                        "masks (0/255) at each image's size."),
+    name: str | None = typer.Option(None, "--name", help="With --data: results go to RUN/eval/<name>/ "
+                                    "(default: the data folder's name)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K | a .ckpt path."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
@@ -77,14 +85,33 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     report: bool = typer.Option(False, "--report", help="Also write RUN/report.html (+ .md), as `pneumoseg report`."),
 ) -> None:
-    """Challenge metric (dice_kaggle) at the source resolution, dice_positive and image-level detection."""
-    from pneumoseg.evaluate import eval_dir, evaluate_run
+    """Challenge metric (dice_kaggle) at the source resolution, dice_positive and image-level detection.
+
+    A split of the run's cache (--split), or any labelled image set (--data DIR --rle CSV | --png-dir DIR):
+    same metrics, CIs and files, in RUN/eval/<split or data name>/. Files that cannot be scored are
+    listed one per line; the rest is scored and the exit code is 2.
+    """
+    from pneumoseg.errors import ConfigError
+    from pneumoseg.evaluate import eval_dir, evaluate_external, evaluate_run, external_name
 
     runs = _runs(run)
-    predictor = _predictor(runs, checkpoint, tta, device, batch_size)
-    metrics = evaluate_run(predictor, runs[0], split, progress=progress)
-    table = Table(title=f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})",
-                  show_header=False)
+    failures: list[str] = []
+    if data is None and (rle is not None or png_dir is not None or name is not None):
+        raise ConfigError("--rle, --png-dir and --name go with --data DIR (external validation)")
+    if data is not None:
+        where = external_name(data, name)
+        predictor = _predictor(runs, checkpoint, tta, device, batch_size)
+        result = evaluate_external(predictor, runs[0], data, rle, png_dir, name=where, progress=progress)
+        metrics, failures = result.metrics, result.failures
+        matched = metrics["matched_by"]
+        assert isinstance(matched, dict)
+        title = f"{runs[0].name}: external set {where} ({data}) at its native resolution ({metrics['source_size']})"
+    else:
+        where = split
+        predictor = _predictor(runs, checkpoint, tta, device, batch_size)
+        metrics = evaluate_run(predictor, runs[0], split, progress=progress)
+        title = f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})"
+    table = Table(title=title, show_header=False)
     ci = metrics["ci95"]
     assert isinstance(ci, dict)
     for key in ("dice_kaggle", "dice_empty_baseline", "dice_positive", "image_auc", "sensitivity", "specificity",
@@ -96,13 +123,23 @@ def evaluate(
         table.add_row(key, text)
     console.print(table)
     console.print(f"post-processing: {metrics['postprocess_text']} ({metrics['postprocess_source']})", highlight=False)
-    console.print(f"outputs: {eval_dir(runs[0], split)} (metrics.json, per_image.csv, pred_masks/, best.png, "
+    console.print(f"image_auc ranks images by the image score: {metrics['image_score']}", highlight=False)
+    if data is not None:
+        console.print(f"labels matched by SOPInstanceUID: {matched['uid']}, by file stem: {matched['stem']}"
+                      + (f"; {metrics['labels_without_image']} labelled ImageIds have no image in {data}"
+                         if metrics.get("labels_without_image") else ""), highlight=False)
+    console.print(f"outputs: {eval_dir(runs[0], where)} (metrics.json, per_image.csv, pred_masks/, best.png, "
                   "worst.png, cases.csv, cases/)", highlight=False)
     if report:
         from pneumoseg.report import write_report
 
-        files = write_report(runs[0], eval_dir(runs[0], split))
+        files = write_report(runs[0], eval_dir=eval_dir(runs[0], where))
         console.print(f"report: {files.html} (summary: {files.markdown})", highlight=False)
+    if failures:
+        for line in failures:
+            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"{len(failures)} file(s) not scored; {metrics['n_images']} scored", highlight=False)
+        raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:

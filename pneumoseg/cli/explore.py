@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console, fail
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
 
 __all__ = ["explore", "register"]
 
@@ -95,4 +95,4 @@ def explore(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explore")(explore)
+    app.command("explore", cls=PneumosegCommand)(explore)

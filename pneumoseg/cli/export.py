@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
 
 __all__ = ["export", "register"]
 
@@ -40,4 +40,4 @@ def export(
 
 def register(app: typer.Typer) -> None:
     """Add ``export`` to ``app``."""
-    app.command("export")(export)
+    app.command("export", cls=PneumosegCommand)(export)

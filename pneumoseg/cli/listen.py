@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console, fail
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
 
 __all__ = ["dicomweb", "listen", "register"]
 
@@ -118,5 +118,5 @@ def dicomweb(
 
 def register(app: typer.Typer) -> None:
     """Add ``listen`` and ``dicomweb`` to ``app``."""
-    app.command("listen")(listen)
-    app.command("dicomweb")(dicomweb)
+    app.command("listen", cls=PneumosegCommand)(listen)
+    app.command("dicomweb", cls=PneumosegCommand)(dicomweb)

@@ -18,7 +18,8 @@ app = typer.Typer(
 
 # Order here is the order in `pneumoseg --help`.
 COMMAND_MODULES = [
-    "demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "compare", "score", "predict",
+    "demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "compare", "study", "score",
+    "predict",
     "report", "export", "serve", "listen",
 ]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console, fail
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
 
 __all__ = ["PRECISIONS", "predict", "register"]
 
@@ -136,4 +136,4 @@ def predict(
 
 def register(app: typer.Typer) -> None:
     """Add ``predict`` to ``app``."""
-    app.command("predict")(predict)
+    app.command("predict", cls=PneumosegCommand)(predict)

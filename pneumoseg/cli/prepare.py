@@ -9,13 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console, fail
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
 from pneumoseg.data.prepare import DEFAULT_MASK_RULE, SIZES, PrepareResult, prepare_dicom, prepare_png
 from pneumoseg.images import MASK_RULES
 
 __all__ = ["prepare", "register"]
 
-_SIZES = ", ".join(map(str, SIZES))
 _RULES = ", ".join(MASK_RULES)
 
 
@@ -43,12 +42,14 @@ def prepare(
     dicom_dir: Annotated[Path | None, typer.Option("--dicom-dir", help="Folder searched for *.dcm.")] = None,
     rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv).")] = None,
     png_dir: Annotated[Path | None, typer.Option("--png-dir", help="Folder with images/ and masks/.")] = None,
-    size: Annotated[int, typer.Option("--size", help=f"Output size: one of {_SIZES}.")] = 512,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes [default: all].")] = None,
+    size: Annotated[int, typer.Option("--size", help=f"Output size in pixels: a multiple of 32 from {SIZES[0]} to "
+                                                     f"{SIZES[-1]} (256, 384, 512, 768 and 1024 are common).")] = 512,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, show_default=False,
+                                                help="Worker processes (default: one per CPU core).")] = None,
     mask_rule: Annotated[str, typer.Option("--mask-rule", help=f"Downscaling of the training masks: one of "
                                             f"{_RULES} (any covered pixel / >= half covered / covered "
                                             "fraction 0..255).")] = DEFAULT_MASK_RULE,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild a cache of another size, layout or "
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Rebuild a cache of another size, layout or "
                                                                 "mask rule (deletes only its own files).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
@@ -80,4 +81,4 @@ def prepare(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prepare")(prepare)
+    app.command("prepare", cls=PneumosegCommand)(prepare)

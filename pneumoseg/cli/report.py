@@ -16,14 +16,17 @@ def report(
     run: Path = typer.Argument(..., help="Run folder, after `pneumoseg evaluate RUN`."),
     out: Path | None = typer.Option(None, "--out", help="HTML file to write (default: RUN/report.html); "
                                     "the Markdown summary goes beside it (.md)."),
-    eval_dir: Path | None = typer.Option(None, "--eval-dir", help="Evaluation folder (default: RUN/eval)."),
+    split: str | None = typer.Option(None, "--split", help="Evaluated split or external data set to show: "
+                                     "RUN/eval/<split>/ (default: test, else the only one evaluated)."),
+    eval_dir: Path | None = typer.Option(None, "--eval-dir", help="Evaluation folder (overrides --split)."),
 ) -> None:
     """Config, data, curves, metrics, threshold search, per-image table and case galleries in one HTML file."""
-    from pneumoseg.report import write_report
+    from pneumoseg.report import default_eval_dir, write_report
 
-    files = write_report(run, out, eval_dir)
-    console.print(f"report: {files.html} (self-contained, opens offline)\nsummary: {files.markdown}",
-                  highlight=False)
+    chosen = eval_dir or (run / "eval" / split if split else default_eval_dir(run))
+    files = write_report(run, out, chosen)
+    console.print(f"report of {chosen.name} ({chosen}): {files.html} (self-contained, opens offline)\n"
+                  f"summary: {files.markdown}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
 
 __all__ = ["register", "score"]
 
@@ -75,4 +75,4 @@ def score(
 
 def register(app: typer.Typer) -> None:
     """Add ``score`` to ``app``."""
-    app.command("score")(score)
+    app.command("score", cls=PneumosegCommand)(score)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from pneumoseg.cli._common import cli_errors, console, err_console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
 from pneumoseg.errors import ConfigError
 
 __all__ = ["TOKEN_ENV", "register", "serve"]
@@ -113,4 +113,4 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to ``app``."""
-    app.command("serve")(serve)
+    app.command("serve", cls=PneumosegCommand)(serve)

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
 from pneumoseg.data.split import read_index, split_summary, write_splits
 
 __all__ = ["register", "split"]
@@ -19,20 +20,30 @@ __all__ = ["register", "split"]
 @cli_errors
 def split(
     cache: Annotated[Path, typer.Argument(help="Cache folder from `pneumoseg prepare` (holds index.csv).")],
-    val: Annotated[float, typer.Option("--val", help="Validation fraction (not with --folds).")] = 0.1,
+    val: Annotated[float | None, typer.Option("--val", show_default=False, help="Validation fraction "
+                                              "(default 0.1; not with --folds, where fold 0 is the validation "
+                                              "set).")] = None,
     test: Annotated[float, typer.Option("--test", help="Fraction of images held out for test.")] = 0.1,
-    folds: Annotated[int, typer.Option("--folds", help="K >= 2: folds of the non-test part.")] = 0,
+    folds: Annotated[int, typer.Option("--folds", help="K >= 2: K folds of the non-test images (0: plain "
+                                                       "train / val / test).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the assignment.")] = 10,
+    force: Annotated[bool, typer.Option("--force/--no-force", help="Replace a splits.csv with other content "
+                                                                  "(runs trained on it then no longer match "
+                                                                  "their validation and test images).")] = False,
 ) -> None:
-    """Split by patient (no patient in two splits), keeping the positive rate in every split."""
+    """Split by patient (no patient in two splits), keeping the positive rate in every split.
+
+    Writes CACHE/splits.csv. An existing splits.csv with other content is kept (exit 2) unless
+    --force: runs trained on it would otherwise be validated and tested on other images.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = write_splits(cache, val=val, test=test, folds=folds, seed=seed)
+        path = write_splits(cache, val=val, test=test, folds=folds, seed=seed, force=force)
     for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     splits = pd.read_csv(path, dtype={"image_id": str})
     summary = split_summary(read_index(cache), splits)
-    table = Table(title=f"splits of {cache} (seed {seed})")
+    table = Table(title=f"splits of {escape(str(cache))} (seed {seed})")
     for col in summary.columns:
         table.add_column(col.replace("_", " "), justify="left" if col == "split" else "right")
     for row in summary.itertuples(index=False):
@@ -42,4 +53,4 @@ def split(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("split")(split)
+    app.command("split", cls=PneumosegCommand)(split)

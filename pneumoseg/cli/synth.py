@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
 
 __all__ = ["register", "synth"]
 
@@ -38,4 +38,4 @@ def synth(
 
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command to ``app``."""
-    app.command("synth")(synth)
+    app.command("synth", cls=PneumosegCommand)(synth)

@@ -11,7 +11,27 @@ import typer
 from pneumoseg.cli._common import cli_errors, console
 from pneumoseg.errors import ConfigError
 
-__all__ = ["register"]
+__all__ = ["experiment_configs", "register"]
+
+
+def experiment_configs() -> list[str]:
+    """Names of the packaged experiment configs (``demo``, ``default``, ...; study files excluded)."""
+    from importlib import resources
+
+    folder = resources.files("pneumoseg") / "configs"
+    names = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml") and "\nexperiments:" not in "\n" + entry.read_text():
+            names.append(entry.name[: -len(".yaml")])
+    return sorted(names)
+
+
+def _check_config_name(config: str) -> None:
+    """ConfigError listing the packaged experiment configs when ``config`` is neither a path nor one of them."""
+    if Path(config).exists() or config.removesuffix(".yaml") in experiment_configs():
+        return
+    raise ConfigError(f"config {config!r} not found: neither a file, a run folder nor a packaged config "
+                      f"(packaged: {', '.join(experiment_configs())})")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +41,7 @@ def register(app: typer.Typer) -> None:
     @cli_errors
     def train_command(
         config: str | None = typer.Argument(
-            None, help="Experiment YAML, a packaged config name (default, winner, seed_unet, uxception) "
+            None, help=f"Experiment YAML, a packaged config name ({', '.join(experiment_configs())}) "
                        "or a run folder; default: the packaged default.yaml."),
         set_: list[str] = typer.Option(
             [], "--set", "-s", metavar="KEY=VALUE",
@@ -39,6 +59,10 @@ def register(app: typer.Typer) -> None:
         accelerator: str | None = typer.Option(None, "--accelerator",
                                                help="auto, cpu or gpu (train.accelerator)."),
         fold: int | None = typer.Option(None, "--fold", help="Validation fold (data.fold)."),
+        folds: int | None = typer.Option(
+            None, "--folds", min=2, help="Train every fold 0..K-1 into OUT/fold-k (needs `pneumoseg split CACHE "
+            "--folds K`), tune out of fold, summarise: mean +/- sd across folds and the out-of-fold score. "
+            "Run again to resume."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         """Train a model into a run folder: config.yaml, checkpoints/, history.csv, curves.png.
@@ -46,6 +70,9 @@ def register(app: typer.Typer) -> None:
         Overrides apply in order: CONFIG, each --set, then the named options (--cache, --epochs, ...).
 
         With --resume RUN the config is RUN/config.yaml; overrides still apply (--epochs: train longer).
+
+        With --folds K: OUT/fold-0 .. fold-<K-1>, OUT/eval/oof/ (pooled out-of-fold predictions scored with
+        the out-of-fold rule) and OUT/folds.json; finished folds are skipped when run again.
         """
         from pneumoseg.config import load_config
         from pneumoseg.training.run import RUN_DIR_ENV, default_run_dir, train
@@ -67,8 +94,15 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(resume / "config.yaml", overrides)
             run_dir = resume
         else:
+            if config is not None:
+                _check_config_name(config)
             cfg = load_config(config, overrides)
             run_dir = out if out is not None else default_run_dir(config)
+        if folds is not None:
+            if resume is not None or fold is not None:
+                raise ConfigError("--folds K trains (or resumes) every fold: drop --resume and --fold")
+            _train_folds(cfg, run_dir, folds, progress)
+            return
         console.print(f"[bold]{'resuming' if resume else 'training'}[/] {cfg.model.name} on {cfg.data.cache} "
                       f"-> {run_dir}", highlight=False, soft_wrap=True)
         previous = os.environ.get(RUN_DIR_ENV)
@@ -88,3 +122,42 @@ def register(app: typer.Typer) -> None:
                  f"curves       {result.run_dir / 'curves.png'}"]
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
+
+
+def _train_folds(cfg: object, out: Path, folds: int, progress: bool) -> None:
+    """``train --folds K``: every fold, out-of-fold tuning and scoring; a summary table."""
+    import math
+
+    from rich.table import Table
+
+    from pneumoseg.study import fold_dirs, train_folds
+
+    def done(stage: str) -> bool:
+        k = int(stage.split("-")[1])
+        return (fold_dirs(out, folds)[k] / ".fold-trained").is_file()
+
+    def mark(stage: str) -> None:
+        from pneumoseg.atomic import atomic_write_text
+
+        k = int(stage.split("-")[1])
+        atomic_write_text(fold_dirs(out, folds)[k] / ".fold-trained", "trained\n")
+        console.print(f"fold {k}: trained", highlight=False)
+
+    console.print(f"[bold]training {folds} folds[/] -> {out}/fold-0 .. fold-{folds - 1}", highlight=False)
+    summary = train_folds(cfg, out, folds, progress, done, mark)  # type: ignore[arg-type]
+    table = Table(*summary.per_fold.columns, title=f"{folds} folds: each fold's model on its own validation fold")
+    for row in summary.per_fold.itertuples(index=False):
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    fmt = (lambda v: "n/a" if v != v else f"{v:.4f}")  # noqa: E731
+    console.print(table)
+    for col in summary.per_fold.columns.drop(["fold", "n_images"]):
+        mean, sd = summary.mean_sd(col)
+        console.print(f"{col} across folds: {fmt(mean)} +/- {fmt(sd)} (mean +/- sd)", highlight=False)
+    oof = summary.oof
+    ci = oof.get("ci95", {}).get("dice_kaggle", [math.nan, math.nan])
+    console.print(f"out-of-fold dice_kaggle {fmt(oof['dice_kaggle'])} [{fmt(ci[0])}, {fmt(ci[1])}] 95 % CI on "
+                  f"{oof['n_images']} images, rule {summary.rule} (tuned out of fold on the same images: slightly "
+                  "optimistic; evaluate the ensemble on test for the unbiased figure)", highlight=False)
+    runs = ",".join(str(r) for r in summary.runs)
+    console.print(f"summary: {out / 'folds.json'}; pooled predictions: {out / 'eval' / 'oof'}", highlight=False)
+    console.print(f"next: pneumoseg evaluate {runs} --split test", highlight=False, soft_wrap=True)

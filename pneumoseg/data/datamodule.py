@@ -20,6 +20,7 @@ CUDA is available.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -118,6 +119,23 @@ class SegmentationDataModule(L.LightningDataModule):
                                     pos_end=opts.get("pos_end", 0.4), epochs=self.epochs,
                                     mode=opts.get("mode", "positives_once"),
                                     epoch_length=opts.get("epoch_length"), seed=self.seed)
+
+    def epoch_batches(self, epoch: int, epochs: int | None = None, world_size: int = 1) -> int:
+        """Train batches (per rank) in ``epoch`` (0-based) when the sampler's share decays over ``epochs``.
+
+        ``epochs`` None: ``self.epochs``; ``world_size``: DDP processes (each takes a padded slice). Used to turn a step budget into epochs (the sampler's
+        epoch length is respected: ``positives_once`` epochs differ in length).
+        """
+        self.setup("fit")
+        saved = self.epochs
+        try:
+            if epochs is not None:
+                self.epochs = epochs
+            sampler = self.train_sampler()
+        finally:
+            self.epochs = saved
+        sampler.set_epoch(epoch)
+        return math.ceil(math.ceil(sampler.epoch_size() / world_size) / self.batch_size)
 
     @property
     def train_length_varies(self) -> bool:

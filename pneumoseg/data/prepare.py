@@ -8,7 +8,9 @@ Layout written (see docs/architecture.md)::
     CACHE/truth/<image_id>.png    the ground truth at the source resolution (orig_height x orig_width),
                                   1-bit PNG (0/255 when read): the decoded union mask (DICOM + RLE) or
                                   the source mask re-encoded (PNG); read it with ``read_truth``
-    CACHE/index.csv               one row per prepared image, sorted by image_id (INDEX_COLUMNS)
+    CACHE/index.csv               one row per prepared image, sorted by image_id (INDEX_COLUMNS);
+                                  pixel_spacing_mm: mm per source pixel (``pixel_spacing_of``), empty
+                                  when unknown (PNG layout, no spacing in the header, older records)
     CACHE/cache.json              {"size", "layout", "mask_rule", "created_by", ...}: marks a pneumoseg cache
     CACHE/.parts/rec-*.json       records (index row + input fingerprint) of done items, to resume
 
@@ -47,6 +49,7 @@ import ctypes
 import hashlib
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import select
@@ -54,6 +57,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -79,16 +83,18 @@ from pneumoseg.paths import check_output_dir, dicom_image_id, one_line, os_error
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
-__all__ = ["DEFAULT_MASK_RULE", "INDEX_COLUMNS", "SIZES", "PrepareResult", "prepare_dicom", "prepare_png",
+__all__ = ["DEFAULT_MASK_RULE", "INDEX_COLUMNS", "SIZES", "PrepareResult", "pixel_spacing_of", "prepare_dicom",
+           "prepare_png",
            "read_truth"]
 
-SIZES = (256, 512, 1024)
+#: Cache sizes: any multiple of 32 (the networks downsample 5 times) from 128 to 1024; 384 and 768 are common.
+SIZES = tuple(range(128, 1024 + 1, 32))
 #: ``resize_mask`` rule for the training masks (see pneumoseg.images.resize_mask). Soft: a model that
 #: predicts the covered fraction scores >= 0.99 Dice at the source size after upsampling, the binary
 #: fraction rule ~0.97 on thin regions (tests/test_native_resolution.py, docs/metrics.md).
 DEFAULT_MASK_RULE = "soft"
 INDEX_COLUMNS = ["image_id", "patient_id", "has_pneumothorax", "mask_area_px", "n_annotations", "sex", "age",
-                 "view_position", "source", "orig_height", "orig_width", "matched_by"]
+                 "view_position", "source", "orig_height", "orig_width", "matched_by", "pixel_spacing_mm"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SUBDIRS = ("images", "masks", "truth")
 _PARTS = ".parts"
@@ -196,6 +202,48 @@ def _scan_headers(paths: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _spacing_pair(ds: Any, keyword: str) -> tuple[float, float] | None:
+    value = ds.get(keyword)
+    if value is None or isinstance(value, str | bytes):
+        return None
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (pair[0], pair[1]) if len(pair) == 2 and all(math.isfinite(v) and v > 0 for v in pair) else None
+
+
+def pixel_spacing_of(path: str | os.PathLike[str]) -> float | None:
+    """Pixel spacing in mm of a DICOM file for areas (``mm² = px * spacing**2``), or None when unknown.
+
+    The rule of ``pneumoseg.dicom_seg.pixel_spacing_mm`` (PixelSpacing, else ImagerPixelSpacing divided
+    by EstimatedRadiographicMagnificationFactor when present, else ImagerPixelSpacing; a test checks
+    that both agree), which this layer may not import; a (row, column) pair is reduced to
+    ``sqrt(row * column)``, so areas stay exact. Unreadable headers give None (the image itself is
+    read, and fails or not, by ``read_dicom``).
+    """
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        spacing = _spacing_pair(ds, "PixelSpacing")
+        if spacing is None:
+            spacing = _spacing_pair(ds, "ImagerPixelSpacing")
+            if spacing is None:
+                return None
+            try:
+                factor = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
+            except (TypeError, ValueError):
+                factor = 0.0
+            if math.isfinite(factor) and factor > 0:
+                spacing = (spacing[0] / factor, spacing[1] / factor)
+    except Exception:  # a header pydicom cannot parse: spacing unknown
+        return None
+    return round(math.sqrt(spacing[0] * spacing[1]), 9)
+
+
 def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:
     from pneumoseg.dicom import read_dicom
 
@@ -209,6 +257,8 @@ def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tup
     row = {"patient_id": meta.patient_id or "", "n_annotations": ann.n_annotations(item.image_id),
            "sex": meta.patient_sex or "", "age": "" if meta.patient_age is None else int(meta.patient_age),
            "view_position": meta.view_position or ""}
+    spacing = pixel_spacing_of(item.source)
+    row["pixel_spacing_mm"] = "" if spacing is None else spacing
     return dcm.pixels, mask, row, tuple(getattr(meta, "warnings", ()))
 
 
@@ -223,7 +273,8 @@ def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple
         mask = np.zeros(image.shape, dtype=bool)
     # No annotation rows in this layout: count the mask's 8-connected regions instead.
     n_regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if mask.any() else 0
-    row = {"patient_id": "", "n_annotations": int(n_regions), "sex": "", "age": "", "view_position": ""}
+    row = {"patient_id": "", "n_annotations": int(n_regions), "sex": "", "age": "", "view_position": "",
+           "pixel_spacing_mm": ""}
     return image, mask, row, ()
 
 
@@ -282,7 +333,8 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def _check_size(size: int) -> int:
     if size not in SIZES:
-        raise DataError(f"size {size} is not supported: choose one of {', '.join(map(str, SIZES))}")
+        raise DataError(f"size {size} is not supported: choose a multiple of 32 from {SIZES[0]} to {SIZES[-1]} "
+                        "(e.g. 256, 384, 512, 768, 1024)")
     return int(size)
 
 

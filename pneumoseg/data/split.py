@@ -6,7 +6,10 @@ Rule:
   ``test`` of the images in val and test, and about the same positive rate in each split.
 * ``folds == K > 0``: ``test`` of the images are held out (split ``test``, fold ``-1``); the rest get
   ``fold`` 0..K-1 (about equal sizes and positive rates). Fold 0 is the default validation set:
-  its ``split`` is ``val``, the other folds' is ``train``. ``val`` is ignored (it is 1/K).
+  its ``split`` is ``val``, the other folds' is ``train``. Giving ``val`` too is refused (it is 1/K).
+
+``write_splits`` refuses to replace a ``CACHE/splits.csv`` that differs from the one it would
+write (runs trained on the old one would silently be scored on other images) unless ``force``.
 
 Groups are patients (``patient_id``); an image without one (the PNG layout) is its own group, with
 a warning, since two images of one patient could then land in different splits.
@@ -28,12 +31,18 @@ import pandas as pd
 from pneumoseg.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 
-__all__ = ["make_splits", "read_index", "split_summary", "write_splits"]
+__all__ = ["DEFAULT_VAL", "make_splits", "read_index", "split_summary", "write_splits"]
 
 SPLITS = ("train", "val", "test")
+DEFAULT_VAL = 0.1  #: validation fraction when neither it nor folds are given
 
 
-def _check_args(val: float, test: float, folds: int) -> None:
+def _check_args(val: float | None, test: float, folds: int) -> float:
+    """Check the arguments; return the validation fraction to use (``DEFAULT_VAL`` when ``val`` is None)."""
+    if folds and val is not None:
+        raise DataError(f"--val {val} with --folds {folds}: with folds the validation set is one fold "
+                        "(1/K of the non-test images); drop --val")
+    val = DEFAULT_VAL if val is None else val
     for name, frac in (("val", val), ("test", test)):
         if not 0.0 <= frac < 1.0:
             raise DataError(f"--{name} {frac} is not a fraction: choose a value in [0, 1)")
@@ -42,6 +51,7 @@ def _check_args(val: float, test: float, folds: int) -> None:
     if folds == 0 and val + test >= 1.0:
         raise DataError(f"--val {val} + --test {test} = {val + test:g} leaves nothing to train on: "
                         "keep the sum < 1")
+    return val
 
 
 def _groups(index: pd.DataFrame) -> np.ndarray:
@@ -84,15 +94,16 @@ def _assign(sizes: np.ndarray, positives: np.ndarray, fractions: np.ndarray,
     return out
 
 
-def make_splits(index: pd.DataFrame, val: float = 0.1, test: float = 0.1, folds: int = 0,
+def make_splits(index: pd.DataFrame, val: float | None = None, test: float = 0.1, folds: int = 0,
                 seed: int = 10) -> pd.DataFrame:
     """Assign each image of ``index`` (columns image_id, has_pneumothorax[, patient_id]) a split.
 
     Returns a DataFrame with ``image_id``, ``split`` (train|val|test) and, when ``folds`` > 0,
     ``fold`` (0..folds-1; -1 for test), in the order of ``index``. No patient is in two splits
     (nor two folds). Deterministic for a given ``seed``. See the module docstring for the rule.
+    ``val``: validation fraction (default ``DEFAULT_VAL``); refused together with ``folds``.
     """
-    _check_args(val, test, folds)
+    val = _check_args(val, test, folds)
     for col in ("image_id", "has_pneumothorax"):
         if col not in index.columns:
             raise DataError(f"index has no {col!r} column (columns: {', '.join(map(str, index.columns))})")
@@ -132,7 +143,11 @@ def read_index(cache: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def split_summary(index: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """Per split (and fold): images, patients, positives and positive rate."""
+    """Per split (and fold): images, patients, positives and positive rate.
+
+    With folds, the ``fold`` column is text: ``"0"``.. ``"K-1"``, and ``"test"`` for the held-out
+    images (stored as fold -1 in splits.csv).
+    """
     df = index[["image_id", "has_pneumothorax"]].merge(splits, on="image_id")
     df["group"] = _groups_quiet(index).reindex(df["image_id"]).to_numpy()
     keys = ["split", "fold"] if "fold" in df.columns else ["split"]
@@ -140,7 +155,10 @@ def split_summary(index: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
                                           positives=("has_pneumothorax", "sum")).reset_index()
     out["positive_rate"] = out["positives"] / out["images"]
     out["order"] = out["split"].map({s: i for i, s in enumerate(SPLITS)})
-    return out.sort_values(["order", *keys[1:]]).drop(columns="order").reset_index(drop=True)
+    out = out.sort_values(["order", *keys[1:]]).drop(columns="order").reset_index(drop=True)
+    if "fold" in out.columns:
+        out["fold"] = [("test" if f < 0 else str(f)) for f in out["fold"]]
+    return out
 
 
 def _groups_quiet(index: pd.DataFrame) -> pd.Series:
@@ -149,10 +167,43 @@ def _groups_quiet(index: pd.DataFrame) -> pd.Series:
         return pd.Series(_groups(index), index=index["image_id"].to_numpy())
 
 
-def write_splits(cache: str | os.PathLike[str], val: float = 0.1, test: float = 0.1, folds: int = 0,
-                 seed: int = 10) -> Path:
-    """Split ``CACHE/index.csv`` with :func:`make_splits` and write ``CACHE/splits.csv`` atomically."""
+def _changed(path: Path, new: pd.DataFrame) -> int | None:
+    """How many images ``new`` would move (or add / drop) against the splits.csv at ``path``; None if unreadable."""
+    try:
+        old = pd.read_csv(path, dtype={"image_id": str, "split": str}, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, OSError):
+        return None
+    if "image_id" not in old.columns or "split" not in old.columns:
+        return None
+    cols = [c for c in ("split", "fold") if c in new.columns]
+    a = old.set_index("image_id").reindex(columns=cols).astype(str)
+    b = new.set_index("image_id")[cols].astype(str)
+    both = a.index.intersection(b.index)
+    moved = int((a.loc[both] != b.loc[both]).any(axis=1).sum()) if len(both) else 0
+    return moved + len(a.index.difference(b.index)) + len(b.index.difference(a.index))
+
+
+def write_splits(cache: str | os.PathLike[str], val: float | None = None, test: float = 0.1, folds: int = 0,
+                 seed: int = 10, force: bool = False) -> Path:
+    """Split ``CACHE/index.csv`` with :func:`make_splits` and write ``CACHE/splits.csv`` atomically.
+
+    An existing splits.csv with other content is replaced only with ``force`` (else DataError):
+    runs trained on it keep their validation and test images only while it stays as it is.
+    """
     splits = make_splits(read_index(cache), val=val, test=test, folds=folds, seed=seed)
     path = Path(cache) / "splits.csv"
-    atomic_write_text(path, splits.to_csv(index=False, lineterminator="\n"))
+    text = splits.to_csv(index=False, lineterminator="\n")
+    if path.is_file() and not force:
+        try:
+            same = path.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if same:
+            return path  # already written by the same command: nothing to do
+        changed = _changed(path, splits)
+        what = f"{changed} image(s) would change split" if changed else "its content would change"
+        raise DataError(f"{path} exists and differs from this split ({what}); runs trained on it would be "
+                        "validated and tested on other images: pass --force to replace it, or split into "
+                        "another cache")
+    atomic_write_text(path, text)
     return path

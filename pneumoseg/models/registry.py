@@ -21,6 +21,7 @@ see ``pneumoseg.models.smp_models``). ``encoder_weights`` is handled here, once:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 import logging
 import os
@@ -106,10 +107,16 @@ def _entrypoint(name: str) -> ModelFn:
         fn = resolver(key)
         if fn is not None:
             return fn
-    raise ConfigError(
-        f"unknown model {name!r}: valid names are {', '.join(list_models())} "
-        "(or any smp '<arch>-<encoder>', e.g. 'unet-resnet34')"
-    )
+    raise ConfigError(_unknown_model_message(name))
+
+
+def _unknown_model_message(name: str) -> str:
+    """One line: the closest registered names ("did you mean"), not all of them (there are ~70)."""
+    names = list_models()
+    close = difflib.get_close_matches(name.lower().strip(), names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (f"unknown model {name!r}: {hint}`pneumoseg models` lists the {len(names)} registered names "
+            "(any smp '<arch>-<encoder>' works too, e.g. 'unet-resnet34')")
 
 
 def is_model(name: str) -> bool:

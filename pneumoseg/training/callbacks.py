@@ -3,13 +3,18 @@
 * :class:`HistoryCallback` (rank zero) rewrites ``RUN/history.csv`` and ``RUN/curves.png`` at the
   end of every epoch, atomically. Its rows are part of the checkpoint (callback state), so a
   resumed run's history is exactly that of an uninterrupted one. Columns: ``epoch, lr,
-  train_loss, val_loss, train_dice_kaggle, val_dice_kaggle, val_dice_positive``, one
-  ``train_<part>`` per loss part, ``train_img_per_s`` and ``epoch_time_s``.
+  train_loss, val_loss, train_dice_kaggle, val_dice_kaggle, val_dice_positive, val_pred_positive,
+  step``, one ``train_<part>`` per loss part, ``train_img_per_s`` and ``epoch_time_s``. ``epoch``
+  counts from 1 (as everything a user sees); ``step`` is the optimizer steps taken so far;
+  ``lr`` the rate at the epoch's start.
+* :class:`EpochLine` prints one line per epoch (epoch, step, loss, Dice, lr, img/s, ETA): the
+  progress output when stdout is not a terminal (nohup, SLURM).
 * :class:`ThroughputMonitor` measures training images per second (all ranks together) from the
   first batch's start to the last batch's end of each epoch (data loading included, validation
   excluded).
 * :class:`LastCheckpoint` saves ``last.ckpt`` after every epoch (for resume).
-* :class:`SnapshotCheckpoint` saves ``snapshot-K.ckpt`` at the end of each snapshot cycle.
+* :class:`SnapshotCheckpoint` saves ``snapshot-K.ckpt`` at the end of each snapshot cycle (of
+  epochs; :class:`StepSnapshotCheckpoint`: of optimizer steps, for step budgets).
 * :class:`StepSeed` reseeds torch's global generator before each training batch from (seed,
   epoch, batch, rank), so dropout draws do not depend on where a run was interrupted.
 * :class:`AtomicCheckpointIO` writes every checkpoint to a temporary name, then renames it.
@@ -21,7 +26,9 @@ import csv
 import io
 import math
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +44,18 @@ from pneumoseg.training.schedules import SnapshotCallbackBuilder
 __all__ = [
     "HISTORY_COLUMNS",
     "AtomicCheckpointIO",
+    "EpochLine",
     "HistoryCallback",
     "LastCheckpoint",
     "SnapshotCheckpoint",
     "StepSeed",
+    "StepSnapshotCheckpoint",
     "ThroughputMonitor",
     "plot_history",
 ]
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "train_dice_kaggle", "val_dice_kaggle",
-                   "val_dice_positive"]
+                   "val_dice_positive", "val_pred_positive", "step"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -132,6 +141,75 @@ class SnapshotCheckpoint(L.Callback):
             trainer.save_checkpoint(self.dirpath / f"snapshot-{k}.ckpt", weights_only=True)
 
 
+class StepSnapshotCheckpoint(L.Callback):
+    """Save ``snapshot-K.ckpt`` after optimizer step ``warmup + K * cycle`` (K = 1..M; the last at ``total``)."""
+
+    def __init__(self, dirpath: str | os.PathLike[str], total: int, snapshots: int, warmup: int = 0) -> None:
+        self.dirpath = Path(dirpath)
+        span = max(total - warmup, 1)
+        cycle = math.ceil(span / snapshots)
+        self.marks = {min(warmup + k * cycle, total): k for k in range(1, snapshots + 1)}
+        self._saved: set[int] = set()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step in self.marks and step not in self._saved:
+            self._saved.add(step)
+            trainer.save_checkpoint(self.dirpath / f"snapshot-{self.marks[step]}.ckpt", weights_only=True)
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rest = divmod(round(seconds), 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class EpochLine(L.Callback):
+    """One line per epoch on ``write`` (default stdout), rank zero: epoch, step, loss, Dice, lr, img/s, ETA.
+
+    ``total_steps`` (the run's optimizer-step budget) gives the ETA: time so far / steps so far x
+    steps left. Epochs count from 1.
+    """
+
+    def __init__(self, total_steps: int, epochs: int | None = None,
+                 throughput: ThroughputMonitor | None = None,
+                 write: Callable[[str], None] | None = None) -> None:
+        self.total_steps = total_steps
+        self.epochs = epochs
+        self.throughput = throughput
+        self.write = write or (lambda line: print(line, file=sys.stdout, flush=True))
+        self._t0 = math.nan
+        self._step0 = 0
+        self._lr = math.nan
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._step0 = time.perf_counter(), trainer.global_step
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = dict(trainer.callback_metrics)
+        step = trainer.global_step
+        done = step - self._step0
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / done * max(self.total_steps - step, 0) if done > 0 else math.nan
+        of = f"/{self.epochs}" if self.epochs else ""
+        parts = [f"epoch {trainer.current_epoch + 1}{of}", f"step {step}/{self.total_steps}",
+                 f"loss {_value(m, 'train/loss'):.4f}"]
+        if "val/dice_kaggle" in m:
+            parts.append(f"val dice {_value(m, 'val/dice_kaggle'):.4f} (pos {_value(m, 'val/dice_positive'):.4f})")
+        parts.append(f"lr {self._lr:.2e}")
+        if self.throughput is not None and math.isfinite(self.throughput.img_per_s):
+            parts.append(f"{self.throughput.img_per_s:.1f} img/s")
+        parts.append(f"ETA {_fmt_time(eta)}")
+        self.write("  ".join(parts))
+
+
 def _value(metrics: dict[str, Any], key: str) -> float:
     value = metrics.get(key)
     return float(value) if value is not None else math.nan
@@ -163,8 +241,9 @@ class HistoryCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = dict(trainer.callback_metrics)
-        row: dict[str, float] = {"epoch": trainer.current_epoch, "lr": self._lr}
-        for col in HISTORY_COLUMNS[2:]:
+        row: dict[str, float] = {"epoch": trainer.current_epoch + 1, "lr": self._lr,
+                                 "step": trainer.global_step}
+        for col in HISTORY_COLUMNS[2:-1]:
             stage, _, name = col.partition("_")
             row[col] = _value(metrics, f"{stage}/{name}")
         for key in sorted(metrics):
@@ -187,20 +266,29 @@ class HistoryCallback(L.Callback):
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
         writer.writeheader()
         for r in self.rows:
-            writer.writerow({k: (int(v) if k == "epoch" else f"{v:.6g}") for k, v in r.items()})
+            writer.writerow({k: (int(v) if k in ("epoch", "step") else f"{v:.6g}") for k, v in r.items()})
         atomic_write_text(self.csv_path, buf.getvalue())
         if self.plot:
             plot_history(self.rows, self.run_dir / "curves.png")
 
 
 def plot_history(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> None:
-    """Two panels like the seed's ``plot_history``: Dice and loss per epoch, train vs validation."""
+    """Panels like the seed's ``plot_history`` (Dice and loss per epoch, train vs validation), plus
+    the learning rate. ``rows``' ``epoch`` counts from 1 (history.csv)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-    epochs = [r["epoch"] + 1 for r in rows]
-    fig = Figure(figsize=(11, 4), dpi=100)
-    for ax, metric, title in ((fig.add_subplot(1, 2, 1), "dice_kaggle", "Dice (per image, challenge)"),
-                              (fig.add_subplot(1, 2, 2), "loss", "Loss")):
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(15, 4), dpi=100)
+    lr_ax = fig.add_subplot(1, 3, 3)
+    lrs = [r.get("lr", math.nan) for r in rows]
+    lr_ax.plot(epochs, lrs, "-o", ms=3, color="tab:green")
+    if any(isinstance(v, int | float) and v > 0 for v in lrs):
+        lr_ax.set_yscale("log")
+    lr_ax.set_title("Learning rate (epoch start)")
+    lr_ax.set_xlabel("epoch")
+    lr_ax.grid(alpha=0.3)
+    for ax, metric, title in ((fig.add_subplot(1, 3, 1), "dice_kaggle", "Dice (per image, challenge)"),
+                              (fig.add_subplot(1, 3, 2), "loss", "Loss")):
         for stage, style in (("train", "-o"), ("val", "-s")):
             ax.plot(epochs, [r.get(f"{stage}_{metric}", math.nan) for r in rows], style, ms=3,
                     label="train" if stage == "train" else "validation")

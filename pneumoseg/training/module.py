@@ -18,7 +18,9 @@ Logged (per epoch):
   image-level head), ``train/dice_kaggle`` (``train_dice``: mean per-image Dice of the training
   batches at ``prob > threshold``, without ``min_area``);
 * ``val/loss``, ``val/dice_kaggle`` (mean per-image Dice over all validation images, the
-  challenge metric), ``val/dice_positive`` (over images with a mask), after ``postprocess``.
+  challenge metric), ``val/dice_positive`` (over images with a mask), after ``postprocess``;
+  ``val/pred_positive``: the share of validation images whose predicted mask is not empty (0: the
+  model predicts nothing, ``pneumoseg.training.run`` flags it).
 
 Dice is counted on the device in :class:`~pneumoseg.metrics.DiceKaggle` (torchmetrics) and reduced
 over DDP ranks once per epoch: no per-step host sync in training or validation. Exceptions:
@@ -82,6 +84,7 @@ class SegmentationModule(L.LightningModule):
         self.train_metric = DiceKaggle(result="dice_kaggle")
         self.val_metric = DiceKaggle()
         self.val_loss = MeanMetric(nan_strategy="disable")
+        self.val_pred_positive = MeanMetric(nan_strategy="disable")
 
     # ------------------------------------------------------------------ batches
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -139,6 +142,8 @@ class SegmentationModule(L.LightningModule):
             probs = torch.sigmoid(mask_logits.detach().float()).cpu().numpy()
             pred = torch.from_numpy(self.postprocess.apply_batch(probs)).to(truth.device)[:, None]
         metric.update(pred, truth)
+        if metric is self.val_metric:
+            self.val_pred_positive.update(pred.flatten(1).any(1).to(torch.float32))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, mask_logits, parts = self._step(batch)
@@ -159,6 +164,7 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()
         self.val_loss.reset()
+        self.val_pred_positive.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, mask_logits, _ = self._step(batch)
@@ -173,6 +179,7 @@ class SegmentationModule(L.LightningModule):
             "val/loss": self.val_loss.compute().float(),
             "val/dice_kaggle": values["dice_kaggle"].float(),
             "val/dice_positive": values["dice_positive"].float(),
+            "val/pred_positive": self.val_pred_positive.compute().float(),
         }
         # the values are already reduced over ranks, hence equal on all of them
         self.log_dict(metrics, prog_bar=True, sync_dist=True)

@@ -11,7 +11,17 @@ Lightning Trainer, then calls ``fit``. The run folder (docs/architecture.md)::
     RUN/checkpoints/best.ckpt             best by val/<train.monitor> (max; min for "loss")
     RUN/checkpoints/last.ckpt             end of the last finished epoch, for resume
     RUN/checkpoints/snapshot-K.ckpt       schedule "snapshot": end of cycle K
-    RUN/history.csv  RUN/curves.png       one row / point per epoch
+    RUN/history.csv  RUN/curves.png       one row / point per epoch (epochs from 1; lr curve)
+    RUN/train_summary.json                optimizer_steps, epochs, budget, predicts_nothing,
+                                          val_pred_positive, warnings (see TrainSummary)
+    RUN/logs/                             the Lightning logger's files (train.logger; CSV by default)
+
+The budget (:func:`plan_steps`): ``train.epochs`` epochs, unless ``train.max_steps`` (exactly that
+many optimizer steps, whatever the data size: the epochs follow from the sampler's epoch lengths)
+or ``train.min_steps`` (more epochs when the epochs give fewer steps). With a step budget (or
+``schedule.warmup_steps``) the schedules run over optimizer steps. ``train`` prints the plan and
+warns when it is small for the model (:func:`recommended_steps`); after training it flags a model
+whose best checkpoint predicts an empty mask on every validation image.
 
 Resume: ``train(cfg, RUN, resume=True)`` continues from ``last.ckpt`` (weights, optimizer,
 scheduler, epoch, best score, history); with the same config the result equals an uninterrupted
@@ -39,9 +49,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -63,23 +75,31 @@ from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.postprocess import PostProcess
 from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,
-    StepSeed,
+    EpochLine,
     HistoryCallback,
     LastCheckpoint,
     SnapshotCheckpoint,
+    StepSeed,
+    StepSnapshotCheckpoint,
     ThroughputMonitor,
 )
 from pneumoseg.training.module import SegmentationModule
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_factory, scheduler_factory
 
-class _DropAdvertising(logging.Filter):
-    """Lightning logs a sales tip for its cloud logger on every Trainer; keep the console useful."""
+class _DropNoise(logging.Filter):
+    """Lightning logs a sales tip for its cloud logger and device-availability lines on every Trainer."""
+
+    NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "IPU available:",
+             "LOCAL_RANK:", "`Trainer(limit_")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(n in message for n in self.NOISE)
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertising())
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+              "lightning.pytorch.accelerators.cuda"):
+    logging.getLogger(_name).addFilter(_DropNoise())
 # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every fit.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # the module normalises batches on the device on purpose (uint8 loaders); Lightning warns about it
@@ -87,7 +107,10 @@ warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfe
 
 __all__ = [
     "RUN_DIR_ENV",
+    "SUMMARY_FILE",
+    "StepPlan",
     "TrainResult",
+    "TrainSummary",
     "build_datamodule",
     "build_model",
     "build_module",
@@ -97,12 +120,50 @@ __all__ = [
     "list_checkpoints",
     "load_preprocessing",
     "load_run",
+    "plan_steps",
+    "predicts_nothing",
+    "recommended_steps",
     "save_preprocessing",
     "train",
 ]
 
 RUN_DIR_ENV = "PNEUMOSEG_RUN_DIR"
 PREPROCESSING_FILE = "preprocessing.json"
+SUMMARY_FILE = "train_summary.json"
+#: the message when the best checkpoint predicts an empty mask on every validation image
+PREDICTS_NOTHING = ("the model predicts nothing on validation: more steps, a higher learning rate, "
+                    "or a positive sampler")
+
+
+@dataclass
+class StepPlan:
+    """The training budget resolved against the data: ``steps`` optimizer steps over ``epochs`` epochs.
+
+    ``by``: what decided it (``"epochs"``, ``"max_steps"`` or ``"min_steps"``); ``step_mode``: the
+    Trainer stops at ``steps`` (and schedules run over steps) instead of after ``epochs``.
+    ``steps_per_epoch``: optimizer steps of each epoch (the last one may be cut by the budget).
+    """
+
+    steps: int
+    epochs: int
+    by: str
+    step_mode: bool
+    steps_per_epoch: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrainSummary:
+    """``RUN/train_summary.json``: what the run did and what a user should know about it."""
+
+    optimizer_steps: int
+    planned_steps: int
+    epochs: int
+    budget: str
+    recommended_steps: int
+    n_parameters: int
+    predicts_nothing: bool | None
+    val_pred_positive: float | None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -138,8 +199,12 @@ def _monitor(cfg: ExperimentConfig) -> tuple[str, str]:
     return f"val/{cfg.train.monitor}", "min" if cfg.train.monitor == "loss" else "max"
 
 
-def build_module(cfg: ExperimentConfig, net: nn.Module | None = None) -> SegmentationModule:
-    """The LightningModule: network, loss, optimizer/scheduler factories and post-processing."""
+def build_module(cfg: ExperimentConfig, net: nn.Module | None = None,
+                 total_steps: int | None = None) -> SegmentationModule:
+    """The LightningModule: network, loss, optimizer/scheduler factories and post-processing.
+
+    ``total_steps``: schedule over that many optimizer steps (a step budget; ``plan_steps``).
+    """
     s, o = cfg.schedule, cfg.optim
     monitor, mode = _monitor(cfg)
     return SegmentationModule(
@@ -148,12 +213,96 @@ def build_module(cfg: ExperimentConfig, net: nn.Module | None = None) -> Segment
         optimizer_factory(o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum),
         Preprocessing.from_config(cfg),
         scheduler_factory(s.name, epochs=cfg.train.epochs, snapshots=s.snapshots, min_lr=s.min_lr,
-                          factor=s.factor, patience=s.patience, monitor=monitor, mode=mode),
+                          factor=s.factor, patience=s.patience, monitor=monitor, mode=mode,
+                          total_steps=total_steps, warmup_steps=s.warmup_steps),
         postprocess=PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area),
         aux_weight=cfg.model.aux_weight if cfg.model.aux_classifier else 0.0,
         channels_last=cfg.train.channels_last,
         train_dice=cfg.train.train_dice,
     )
+
+
+def recommended_steps(n_parameters: int) -> int:
+    """Fewest optimizer steps worth training a model of ``n_parameters`` for (below: ``train`` warns).
+
+    500 for small networks (< 5 M parameters, e.g. the seed's UNet), 1000 up to 30 M (ResNet-34
+    U-Net), 2000 above (Xception, SE-ResNeXt50): on 42 real images at 256 px, 90-150 steps left
+    the packaged configs at 0.0-0.5 positive Dice (docs/training.md).
+    """
+    if n_parameters < 5_000_000:
+        return 500
+    return 1000 if n_parameters < 30_000_000 else 2000
+
+
+def plan_steps(cfg: ExperimentConfig, datamodule: SegmentationDataModule) -> StepPlan:
+    """Resolve the budget (``train.epochs`` / ``max_steps`` / ``min_steps``) against the data.
+
+    Optimizer steps of epoch e = ceil(batches_e / accumulate) (a partial accumulation steps at
+    the epoch's end), batches_e from the sampler's epoch length (``epoch_batches``) and
+    ``train.limit_train_batches``. A step budget spans as many epochs as it needs; the positive
+    sampler's share then decays over those epochs (``datamodule.epochs`` is set to them).
+    """
+    t = cfg.train
+    world = t.devices * t.num_nodes
+
+    def per_epoch(horizon: int, n: int) -> list[int]:
+        out = []
+        for e in range(n):
+            batches = datamodule.epoch_batches(e, horizon, world)
+            if t.limit_train_batches is not None:
+                lim = _limit(t.limit_train_batches)
+                batches = min(batches, lim) if isinstance(lim, int) else max(1, int(batches * lim))
+            out.append(max(1, math.ceil(batches / t.accumulate)))
+        return out
+
+    by_epochs = per_epoch(t.epochs, t.epochs)
+    target = t.max_steps
+    by = "max_steps"
+    if target is None:
+        if t.min_steps is None or sum(by_epochs) >= t.min_steps:
+            datamodule.epochs = t.epochs
+            return StepPlan(sum(by_epochs), t.epochs, "epochs", False, by_epochs)
+        target, by = t.min_steps, "min_steps"
+    horizon = max(1, math.ceil(target / max(1.0, sum(by_epochs) / t.epochs)))
+    steps: list[int] = []
+    for _ in range(20):  # fixed point: the sampler's horizon is the number of epochs the budget needs
+        steps = per_epoch(horizon, horizon)
+        while sum(steps) < target:
+            steps += per_epoch(horizon, len(steps) + 1)[len(steps):]
+        needed = next(i + 1 for i, c in enumerate(_cumsum(steps)) if c >= target)
+        steps = steps[:needed]
+        if needed == horizon:
+            break
+        horizon = needed
+    steps[-1] -= sum(steps) - target
+    datamodule.epochs = len(steps)
+    return StepPlan(target, len(steps), by, True, steps)
+
+
+def _cumsum(values: list[int]) -> list[int]:
+    out, total = [], 0
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+def check_cache_size(cfg: ExperimentConfig, cache: Path) -> str | None:
+    """A warning when ``CACHE/cache.json``'s size differs from ``data.size`` (ConfigError with strict_size)."""
+    try:
+        size = json.loads((cache / "cache.json").read_text(encoding="utf-8")).get("size")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(size, int) or size == cfg.data.size:
+        return None
+    what = "upsampled" if size < cfg.data.size else "downsampled"
+    factor = (cfg.data.size / size) ** 2
+    message = (f"{cache}: the cache holds {size} px images but data.size is {cfg.data.size}: every image is "
+               f"{what} on the fly ({factor:.2g}x the pixels of the cache); set data.size={size} "
+               f"(or prepare a {cfg.data.size} px cache)")
+    if cfg.train.strict_size:
+        raise ConfigError(message + " [train.strict_size]")
+    return message
 
 
 def build_datamodule(cfg: ExperimentConfig) -> SegmentationDataModule:
@@ -173,12 +322,34 @@ def build_datamodule(cfg: ExperimentConfig) -> SegmentationDataModule:
     )
 
 
+def build_logger(name: str, run_dir: Path) -> Any:
+    """The Lightning logger of ``train.logger`` under ``RUN/logs`` (CSV when the package is missing)."""
+    from lightning.pytorch import loggers
+
+    save = run_dir / "logs"
+    if name == "none":
+        return False
+    try:
+        if name == "tensorboard":
+            return loggers.TensorBoardLogger(save, name="", version="")
+        if name == "mlflow":
+            return loggers.MLFlowLogger(experiment_name=run_dir.name, tracking_uri=f"file:{save / 'mlruns'}")
+        if name == "wandb":
+            return loggers.WandbLogger(name=run_dir.name, save_dir=str(save))
+    except ModuleNotFoundError as exc:
+        warnings.warn(f"train.logger={name}: {exc}; logging to CSV in {save} instead", stacklevel=2)
+    return loggers.CSVLogger(save, name="", version="")
+
+
 def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progress: bool = True,
                   callbacks: list[L.Callback] | tuple[L.Callback, ...] = (),
-                  reload_train_loader: bool = False) -> L.Trainer:
+                  reload_train_loader: bool = False, plan: StepPlan | None = None) -> L.Trainer:
     """The Lightning Trainer with the run folder's callbacks (checkpoints, history, snapshots).
 
     ``reload_train_loader``: rebuild the train loader every epoch (epochs that differ in length).
+    ``plan``: the resolved budget (``plan_steps``); a step plan stops the Trainer after exactly
+    ``plan.steps`` optimizer steps. With ``progress`` and stdout not a terminal, one line per
+    epoch (``EpochLine``) replaces the progress bar.
     """
     t = cfg.train
     run_dir = Path(run_dir)
@@ -186,15 +357,29 @@ def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progre
     monitor, mode = _monitor(cfg)
     throughput = ThroughputMonitor()
     cbs: list[L.Callback] = [StepSeed(t.seed), throughput, HistoryCallback(run_dir, throughput)]
-    if cfg.schedule.name == "snapshot":
+    step_mode = plan is not None and plan.step_mode
+    step_schedule = step_mode or cfg.schedule.warmup_steps > 0
+    if cfg.schedule.name == "snapshot" and step_schedule and plan is not None:
+        cbs.append(StepSnapshotCheckpoint(ckpt_dir, plan.steps, cfg.schedule.snapshots, cfg.schedule.warmup_steps))
+    elif cfg.schedule.name == "snapshot":
         cbs.append(SnapshotCheckpoint(ckpt_dir, SnapshotCallbackBuilder(t.epochs, cfg.schedule.snapshots,
                                                                          cfg.optim.lr)))
+    if step_mode and plan is not None:
+        cbs.append(_StopAtBudget(plan.steps))
+    if t.ema is not None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        cbs.append(EMAWeightAveraging(decay=t.ema))
     cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                save_last=False, auto_insert_metric_name=False, save_on_train_epoch_end=True,
                                enable_version_counter=False))
     cbs.append(LastCheckpoint(ckpt_dir))
-    if progress:
+    tty = sys.stdout.isatty()
+    if progress and tty:
         cbs.append(RichProgressBar())
+    elif progress:
+        total = plan.steps if plan is not None else 0
+        cbs.append(EpochLine(total, plan.epochs if plan is not None else t.epochs, throughput))
     cbs.extend(callbacks)
     strategy: Any = "auto"
     if t.devices > 1 or t.num_nodes > 1:
@@ -203,15 +388,49 @@ def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progre
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return L.Trainer(
-        default_root_dir=run_dir, max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices,
+        default_root_dir=run_dir, max_epochs=-1 if step_mode else t.epochs,
+        max_steps=plan.steps if step_mode and plan is not None else -1,
+        check_val_every_n_epoch=_val_every(plan), accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=strategy, precision=cast(Any, t.precision),
         accumulate_grad_batches=t.accumulate,
         gradient_clip_val=t.grad_clip, limit_train_batches=_limit(t.limit_train_batches),
         limit_val_batches=_limit(t.limit_val_batches), deterministic="warn" if t.deterministic else False,
-        benchmark=not t.deterministic, callbacks=cbs, logger=False, enable_progress_bar=progress,
-        enable_model_summary=progress, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1 if reload_train_loader else 0,
+        benchmark=not t.deterministic, callbacks=cbs, logger=build_logger(t.logger, run_dir),
+        enable_progress_bar=progress and tty, enable_model_summary=False, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0, log_every_n_steps=_log_every(plan), reload_dataloaders_every_n_epochs=1 if reload_train_loader else 0,
     )
+
+
+def _log_every(plan: StepPlan | None) -> int:
+    """Logger interval: 50 steps, or less when the epochs are shorter (Lightning warns otherwise)."""
+    if plan is None or not plan.steps_per_epoch:
+        return 50
+    return max(1, min(50, min(plan.steps_per_epoch)))
+
+
+def _val_every(plan: StepPlan | None) -> int:
+    """Validate every epoch, or every k-th when a step budget spans many tiny epochs (40-60 validations).
+
+    k divides the plan's epochs, so the last epoch (cut at the budget: ``_StopAtBudget``) validates.
+    """
+    if plan is None or not plan.step_mode or plan.epochs <= 60:
+        return 1
+    for k in range(plan.epochs // 40, 1, -1):
+        if plan.epochs % k == 0 and plan.epochs // k <= 60:
+            return k
+    return 1
+
+
+class _StopAtBudget(L.Callback):
+    """Ask the Trainer to stop once ``steps`` optimizer steps are taken, so the cut epoch still validates."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
 
 
 def _limit(value: float | None) -> float | int | None:
@@ -236,23 +455,73 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
                         "or choose another --out")
     datamodule = build_datamodule(cfg)
     check_cache(datamodule.cache)
+    notes: list[str] = []
+    size_note = check_cache_size(cfg, datamodule.cache)
+    if size_note:
+        notes.append(size_note)
+    plan = plan_steps(cfg, datamodule)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    module = build_module(cfg)
-    if getattr(rank_zero_only, "rank", 0) == 0:
+    step_schedule = plan.step_mode or cfg.schedule.warmup_steps > 0
+    module = build_module(cfg, total_steps=plan.steps if step_schedule else None)
+    n_params = sum(p.numel() for p in module.net.parameters())
+    wanted = recommended_steps(n_params)
+    if plan.steps < wanted:
+        notes.append(f"only {plan.steps} optimizer steps for {cfg.model.name} ({n_params / 1e6:.1f} M parameters; "
+                     f"at least {wanted} recommended): set train.max_steps={wanted} (or train.min_steps)")
+    rank0 = getattr(rank_zero_only, "rank", 0) == 0
+    if rank0:
         dump_config(cfg, run_dir / "config.yaml")
         save_preprocessing(module.preprocessing, run_dir)
+        if progress:
+            per = sorted(set(plan.steps_per_epoch))
+            spread = f"{per[0]}" if len(per) == 1 else f"{per[0]}-{per[-1]}"
+            print(f"train: {plan.steps} optimizer steps over {plan.epochs} epochs ({spread} per epoch; "
+                  f"budget: {plan.by}); {cfg.model.name}, {n_params / 1e6:.2f} M parameters", flush=True)
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
     trainer = build_trainer(cfg, run_dir, progress=progress, callbacks=callbacks,
-                            reload_train_loader=datamodule.train_length_varies)
+                            reload_train_loader=datamodule.train_length_varies, plan=plan)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*exists and is not empty")  # resuming into RUN
         trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
     ckpt = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     score = ckpt.best_model_score
+    history = next(cb for cb in trainer.callbacks if isinstance(cb, HistoryCallback))  # type: ignore[attr-defined]
+    share = _best_pred_positive(history.rows, cfg)
+    nothing = predicts_nothing(share)
+    if nothing:
+        notes.append(PREDICTS_NOTHING)
+        if rank0:
+            warnings.warn(PREDICTS_NOTHING, UserWarning, stacklevel=2)
+    summary = TrainSummary(optimizer_steps=int(trainer.global_step), planned_steps=plan.steps,
+                           epochs=int(trainer.current_epoch), budget=plan.by, recommended_steps=wanted,
+                           n_parameters=int(n_params), predicts_nothing=nothing, val_pred_positive=share,
+                           warnings=notes)
+    if rank0:
+        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(asdict(summary), indent=2) + "\n")
     return TrainResult(run_dir=run_dir, best_ckpt=best,
                        best_score=float(score) if score is not None else None,
                        last_ckpt=last if last.is_file() else None, history=run_dir / "history.csv",
                        epochs=trainer.current_epoch)
+
+
+def predicts_nothing(pred_positive: float | None) -> bool | None:
+    """True when no validation image got a non-empty predicted mask (None: never validated)."""
+    if pred_positive is None or not math.isfinite(pred_positive):
+        return None
+    return pred_positive == 0.0
+
+
+def _best_pred_positive(rows: list[dict[str, float]], cfg: ExperimentConfig) -> float | None:
+    """``val_pred_positive`` of the epoch best.ckpt comes from (the monitored metric's best), else None."""
+    key = {"loss": "val_loss"}.get(cfg.train.monitor, f"val_{cfg.train.monitor}")
+    rows = [r for r in rows if math.isfinite(r.get(key, math.nan)) and math.isfinite(r.get("val_pred_positive", math.nan))]
+    if not rows:
+        return None
+    pick = min if cfg.train.monitor == "loss" else max
+    best = pick(rows, key=lambda r: r[key])  # the first of equal scores, as ModelCheckpoint keeps it
+    return float(best["val_pred_positive"])
 
 
 def init_run(cfg: ExperimentConfig, run_dir: str | os.PathLike[str]) -> Path:

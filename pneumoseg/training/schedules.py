@@ -14,6 +14,13 @@ Schedules (``schedule.name`` in the config), all stepped once per epoch:
 
 The epoch-wise rates are pure functions of the epoch (``LambdaLR``), so a resumed run continues
 with exactly the rates of an uninterrupted one.
+
+Step schedules (``total_steps`` given: the run has a budget in optimizer steps, ``train.max_steps``
+/ ``min_steps``, or a warm-up): the same curves over optimizer steps instead of epochs (``snapshot``:
+``M`` cycles of ``ceil(total / M)`` steps; ``cosine``: one over ``total``), stepped after every
+optimizer step, with a linear warm-up ``lr0 * (k + 1) / W`` over the first ``W = warmup_steps``
+steps (the curve then starts at step ``W``, over the remaining ``total - W`` steps). ``plateau``
+stays per epoch; ``none`` is constant after the warm-up.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ __all__ = [
     "optimizer_factory",
     "scheduler_factory",
     "snapshot_lr",
+    "step_lr",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -57,6 +65,19 @@ def snapshot_lr(epoch: int, epochs: int, snapshots: int, lr0: float) -> float:
 def cosine_lr(epoch: int, epochs: int, lr0: float, min_lr: float = 0.0) -> float:
     """Plain cosine annealing from ``lr0`` at epoch 0 towards ``min_lr`` at epoch ``epochs``."""
     return min_lr + (lr0 - min_lr) / 2 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
+def step_lr(step: int, *, name: str, total: int, lr0: float, warmup: int = 0, snapshots: int = 1,
+            min_lr: float = 0.0) -> float:
+    """The rate after ``step`` (0-based) optimizer steps of ``total`` for schedule ``name`` (module docstring)."""
+    if step < warmup:
+        return lr0 * (step + 1) / warmup
+    t, span = step - warmup, max(total - warmup, 1)
+    if name == "snapshot":
+        return snapshot_lr(min(t, span - 1), span, min(snapshots, span), lr0)
+    if name == "cosine":
+        return cosine_lr(t, span, lr0, min_lr)
+    return lr0
 
 
 class SnapshotCallbackBuilder:
@@ -106,13 +127,27 @@ def optimizer_factory(name: str = "adam", lr: float = 1e-3, weight_decay: float 
 
 def scheduler_factory(name: str, *, epochs: int, snapshots: int = 1, min_lr: float = 0.0,
                       factor: float = 0.5, patience: int = 2, monitor: str = "val/dice_kaggle",
-                      mode: str = "max") -> SchedulerFactory:
-    """A function ``optimizer -> Lightning lr_scheduler dict | None`` for schedule ``name``."""
+                      mode: str = "max", total_steps: int | None = None,
+                      warmup_steps: int = 0) -> SchedulerFactory:
+    """A function ``optimizer -> Lightning lr_scheduler dict | None`` for schedule ``name``.
+
+    ``total_steps``: schedule over optimizer steps (``step_lr``), else over ``epochs``.
+    """
     if name not in SCHEDULES:
         raise ConfigError(f"unknown schedule {name!r} (valid: {', '.join(SCHEDULES)})")
 
     def make(optimizer: Optimizer) -> dict[str, Any] | None:
         base = optimizer.param_groups[0]["lr"]
+        if total_steps is not None and name != "plateau":
+            if name == "none" and warmup_steps == 0:
+                return None
+            lo = min_lr / base
+
+            def factor_of(k: int) -> float:
+                return step_lr(k, name=name, total=total_steps, lr0=1.0, warmup=warmup_steps,
+                               snapshots=snapshots, min_lr=lo)
+
+            return {"scheduler": LambdaLR(optimizer, factor_of), "interval": "step"}
         if name == "none":
             return None
         if name == "snapshot":

@@ -16,7 +16,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pneumoseg.data.prepare import INDEX_COLUMNS, prepare_dicom, prepare_png, read_truth
+from pneumoseg.data.prepare import (
+    DEFAULT_MASK_RULE,
+    INDEX_COLUMNS,
+    SIZES,
+    pixel_spacing_of,
+    prepare_dicom,
+    prepare_png,
+    read_truth,
+)
+from pneumoseg.dicom_seg import pixel_spacing_mm
 from pneumoseg.errors import DataError
 from pneumoseg.images import read_image, read_mask, resize_mask, write_png
 from tests.data.dicom_files import write_dicom
@@ -76,14 +85,18 @@ def test_real_dicom_sample_index(real_cache):
         assert row.mask_area_px == int(full.sum())
         assert row.n_annotations == ann.n_annotations(row.image_id)
         small = read_mask(real_cache / "masks" / f"{row.image_id}.png")
-        assert np.array_equal(small, resize_mask(full, 256, rule="fraction"))  # the default rule
+        assert np.array_equal(small, resize_mask(full, 256, rule=DEFAULT_MASK_RULE))
         truth = read_truth(real_cache, row.image_id)  # full resolution, whatever the cache size
         assert truth.dtype == bool and np.array_equal(truth, full)
         img = read_image(real_cache / "images" / f"{row.image_id}.png")
         assert img.shape == (256, 256) and img.dtype == np.uint8 and img.std() > 10
     meta = json.loads((real_cache / "cache.json").read_text())
     assert meta["size"] == 256 and meta["layout"] == "dicom" and meta["created_by"].startswith("pneumoseg ")
-    assert meta["mask_rule"] == "fraction"
+    assert meta["mask_rule"] == DEFAULT_MASK_RULE
+    # Pixel spacing from the headers, by the rule of dicom_seg.pixel_spacing_mm (an independent reader).
+    for row in index.itertuples():
+        (dr, dc), _ = pixel_spacing_mm(pydicom.dcmread(row.source, stop_before_pixels=True))
+        assert row.pixel_spacing_mm == pytest.approx(math.sqrt(dr * dc), rel=1e-9)
 
 
 @require_siim

@@ -149,3 +149,43 @@ def test_cli_split_prints_table(tmp_path, index):
     assert res.exit_code == 2 and "index.csv not found" in " ".join(res.output.split())
     res = CliRunner().invoke(_app(), ["split", str(tmp_path), "--val", "1.5"])
     assert res.exit_code == 2 and "[0, 1)" in res.output
+
+
+def test_val_with_folds_is_refused_not_ignored(index):
+    with pytest.raises(DataError, match=r"--val 0\.2 with --folds 5.*drop --val"):
+        make_splits(index, val=0.2, folds=5)
+    assert list(make_splits(index, folds=5).columns) == ["image_id", "split", "fold"]  # no --val: fine
+
+
+def test_existing_different_splits_kept_unless_force(tmp_path, index):
+    index.to_csv(tmp_path / "index.csv", index=False)
+    path = write_splits(tmp_path, seed=1)
+    first = path.read_bytes()
+    assert write_splits(tmp_path, seed=1) == path and path.read_bytes() == first  # same split: fine
+    with pytest.raises(DataError, match=r"splits\.csv exists and differs.*\d+ image\(s\) would change split"
+                                        r".*--force"):
+        write_splits(tmp_path, seed=2)
+    assert path.read_bytes() == first  # untouched
+    write_splits(tmp_path, seed=2, force=True)
+    assert path.read_bytes() != first
+    expected = make_splits(read_index(tmp_path), seed=2)
+    assert pd.read_csv(path, dtype={"image_id": str}).equals(expected)
+
+
+def test_cli_split_folds_show_test_and_refusals(tmp_path, index):
+    index.to_csv(tmp_path / "index.csv", index=False)
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["split", str(tmp_path), "--folds", "3", "--val", "0.2"])
+    assert res.exit_code == 2 and "drop --val" in " ".join(res.output.split())
+    assert not (tmp_path / "splits.csv").exists()
+    res = runner.invoke(_app(), ["split", str(tmp_path), "--folds", "3"], env={"COLUMNS": "150"})
+    assert res.exit_code == 0, res.output
+    rows = [line.split("│") for line in res.output.splitlines() if line.startswith("│")]
+    assert not any("-1" in cell for row in rows for cell in row)
+    test_rows = [row for row in rows if row[1].strip() == "test"]
+    assert len(test_rows) == 1 and test_rows[0][2].strip() == "test"  # fold "test", not -1
+    res = runner.invoke(_app(), ["split", str(tmp_path), "--folds", "4"])
+    assert res.exit_code == 2 and "--force" in res.output
+    res = runner.invoke(_app(), ["split", str(tmp_path), "--folds", "4", "--force"])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(tmp_path / "splits.csv")["fold"]) == {-1, 0, 1, 2, 3}

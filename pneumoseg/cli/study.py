@@ -1,0 +1,80 @@
+"""``pneumoseg study STUDY.yaml``: train, tune, evaluate and compare a list of experiments (resumable)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pneumoseg.cli._common import cli_errors, console
+
+__all__ = ["register", "study"]
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
+
+
+@cli_errors
+def study(
+    spec: str = typer.Argument(..., help="Study YAML (experiments = config + overrides), or a packaged study: "
+                               "seed_study."),
+    out: Path = typer.Option(..., "--out", "-o", help="Study folder: one run folder per experiment, "
+                             "study.json, compare.html. Run again to resume."),
+    cache: Path | None = typer.Option(None, "--cache", help="Shared prepared cache (overrides the study's cache)."),
+    folds: int | None = typer.Option(None, "--folds", help="K >= 2: train K folds per experiment (overrides "
+                                     "the study's folds; needs `pneumoseg split CACHE --folds K`)."),
+    set_: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                   help="Override a config key of every experiment (repeatable)."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda for tune/evaluate (default: cuda "
+                                      "when available)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train, tune (val; out of fold with --folds) and evaluate every experiment, then compare them all.
+
+    Finished stages are skipped when the command is run again (killed trainings resume).
+    """
+    import dataclasses
+
+    from pneumoseg.errors import ConfigError
+    from pneumoseg.study import load_study, run_study
+
+    spec_ = load_study(spec)
+    if cache is not None:
+        spec_ = dataclasses.replace(spec_, cache=str(cache))
+    if folds is not None:
+        if folds < 0 or folds == 1:
+            raise ConfigError(f"--folds {folds}: 0 (train/val/test) or K >= 2")
+        spec_ = dataclasses.replace(spec_, folds=folds)
+    console.print(f"[bold]study[/] {spec_.name}: {len(spec_.experiments)} experiments on {spec_.cache or '(config cache)'}"
+                  f", split {spec_.split}{f', {spec_.folds} folds' if spec_.folds else ''} -> {out}",
+                  highlight=False, soft_wrap=True)
+    result = run_study(spec_, out, set_, progress=progress, device=device,
+                       log=lambda line: console.print(line, highlight=False))
+    table = Table("experiment", "dice_kaggle [95 % CI]", "dice_positive", "image_auc", "done before",
+                  title=f"{spec_.name}: {spec_.split} split at the source resolution")
+    for name, metrics in result.metrics.items():
+        ci = metrics.get("ci95", {}).get("dice_kaggle", [math.nan, math.nan])
+        table.add_row(name, f"{_fmt(metrics['dice_kaggle'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]",
+                      _fmt(metrics.get("dice_positive")), _fmt(metrics.get("image_auc")),
+                      ", ".join(result.skipped.get(name, [])) or "-")
+    console.print(table)
+    for name, summary in result.folds.items():
+        mean, sd = summary.mean_sd("oof_dice_kaggle")
+        console.print(f"{name}: {len(summary.runs)} folds, dice_kaggle per fold {_fmt(mean)} +/- {_fmt(sd)} (sd); "
+                      f"out-of-fold {_fmt(summary.oof['dice_kaggle'])} with {summary.rule}", highlight=False)
+    from pneumoseg.report import write_report
+
+    for name, run in result.runs.items():
+        files = write_report(run, eval_dir=run / "eval" / spec_.split)
+        console.print(f"{name}: {run} (report: {files.html})", highlight=False)
+    if result.compare_html is not None:
+        console.print(f"comparison: {result.compare_html} (summary: {result.compare_html.with_suffix('.md')})",
+                      highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``study`` to ``app``."""
+    app.command("study")(study)
