@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -283,3 +285,55 @@ def test_png_layout_bad_inputs(tmp_path):
     with pytest.raises(DataError, match=r"layout 'png'.*--overwrite"):
         prepare_dicom(dcm, tmp_path / "rle.csv", out, size=256, progress=False)
     assert prepare_png(src, out, size=512, workers=1, progress=False, overwrite=True).n_done == 2
+
+
+def _spacing_file(path: Path, **attrs: object) -> Path:
+    import pydicom
+
+    write_dicom(path, np.full((32, 48), 90, dtype=np.uint8))
+    ds = pydicom.dcmread(path)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("attrs", [
+    {}, {"PixelSpacing": [0.14, 0.14]}, {"PixelSpacing": [0.1, 0.2]}, {"ImagerPixelSpacing": [0.168, 0.168]},
+    {"ImagerPixelSpacing": [0.2, 0.2], "EstimatedRadiographicMagnificationFactor": 1.1},
+    {"PixelSpacing": [0.14, 0.14], "ImagerPixelSpacing": [0.2, 0.2]}, {"PixelSpacing": [0, 0.1]},
+    {"PixelSpacing": [0.14, 0.14, 0.2]},
+])
+def test_pixel_spacing_follows_dicom_seg_rule(tmp_path, attrs):
+    import pydicom
+
+    path = _spacing_file(tmp_path / "a.dcm", **attrs)
+    reference = pixel_spacing_mm(pydicom.dcmread(path))
+    got = pixel_spacing_of(path)
+    if reference is None:
+        assert got is None
+    else:
+        (r, c), _ = reference
+        assert got == pytest.approx(np.sqrt(r * c), rel=1e-9)  # area-preserving: px * got**2 = px * r * c
+
+
+def test_any_multiple_of_32_is_a_cache_size_and_spacing_is_indexed(tmp_path):
+    assert {128, 256, 384, 512, 768, 1024} <= set(SIZES) and all(s % 32 == 0 for s in SIZES)
+    dicom = tmp_path / "dicom"
+    ids = [write_dicom(dicom / f"{k}.dcm", np.full((40, 40), 50 + k, dtype=np.uint8)) for k in range(2)]
+    import pydicom
+
+    ds = pydicom.dcmread(dicom / "0.dcm")
+    ds.PixelSpacing = [0.143, 0.143]
+    ds.save_as(dicom / "0.dcm")
+    rle = tmp_path / "rle.csv"
+    rle.write_text("ImageId, EncodedPixels\n" + "".join(f"{i}, -1\n" for i in ids))
+    prepare_dicom(dicom, rle, tmp_path / "c384", size=384, workers=1, progress=False)
+    assert read_image(tmp_path / "c384" / "images" / f"{ids[0]}.png").shape == (384, 384)
+    index = pd.read_csv(tmp_path / "c384" / "index.csv", dtype={"image_id": str}).set_index("image_id")
+    assert list(index.reset_index().columns) == INDEX_COLUMNS
+    assert index.loc[ids[0], "pixel_spacing_mm"] == pytest.approx(0.143)
+    assert np.isnan(index.loc[ids[1], "pixel_spacing_mm"])  # unknown: empty cell
+    for bad in (300, 96, 1056):
+        with pytest.raises(DataError, match=rf"size {bad} is not supported: choose a multiple of 32 from 128 to 1024"):
+            prepare_dicom(dicom, rle, tmp_path / f"c{bad}", size=bad, workers=1, progress=False)
