@@ -47,23 +47,24 @@ WINNER_AUG = ("augment.transforms=[{name: HorizontalFlip, p: 0.5}, "
               "{name: ElasticTransform, alpha: 30, sigma: 5, p: 0.3}, "
               "{name: RandomBrightnessContrast, p: 0.3}]")
 
+#: the recipes' shared step budget: warm-up + cosine over optimizer steps of 8 images
+STEPS = ["train.max_steps=200", "train.min_steps=null", "train.batch_size=8", "schedule.name=cosine",
+         "schedule.warmup_steps=20", "optim.lr=0.002"]
+
 #: name -> (base config, overrides, what it tests)
 RECIPES: dict[str, tuple[str, list[str], str]] = {
-    "seed": ("seed_unet", ["train.epochs=30", "schedule.snapshots=3", "train.max_steps=null",
-                           "train.min_steps=null", "schedule.warmup_steps=0"],
+    "seed": ("seed_unet", ["train.epochs=30", "schedule.name=snapshot", "schedule.snapshots=3",
+                           "train.max_steps=null", "train.min_steps=null", "schedule.warmup_steps=0",
+                           "model.name=unet", "train.batch_size=16", "optim.lr=0.001", "augment.preset=seed"],
              "seed_unet as first packaged: 30 epochs (60 steps of 16), snapshot x3"),
-    "steps": ("seed_unet", ["train.max_steps=250", "train.batch_size=8", "schedule.name=cosine",
-                            "schedule.warmup_steps=25", "augment.preset=seed"],
-              "250 steps of 8, warm-up + cosine, seed augmentations"),
-    "steps_winner_aug": ("seed_unet", ["train.max_steps=250", "train.batch_size=8", "schedule.name=cosine",
-                                       "schedule.warmup_steps=25", WINNER_AUG],
-                         "same, the winner's shift-scale-rotate + elastic"),
-    "steps_ema": ("seed_unet", ["train.max_steps=250", "train.batch_size=8", "schedule.name=cosine",
-                                "schedule.warmup_steps=25", "augment.preset=seed", "train.ema=0.98"],
-                  "same as steps, EMA of the weights (0.98)"),
-    "steps_bn": ("seed_unet", ["train.max_steps=250", "train.batch_size=8", "schedule.name=cosine",
-                               "schedule.warmup_steps=25", "augment.preset=seed", "model.name=unet_bn"],
-                 "same as steps, the UNet with BatchNorm"),
+    "steps": ("seed_unet", [*STEPS, "model.name=unet", "augment.preset=seed"],
+              "200 steps of 8, warm-up + cosine, lr 2e-3"),
+    "steps_bn": ("seed_unet", [*STEPS, "model.name=unet_bn", "augment.preset=seed"],
+                 "same, the UNet with BatchNorm (`unet_bn`)"),
+    "steps_bn_ema": ("seed_unet", [*STEPS, "model.name=unet_bn", "augment.preset=seed", "train.ema=0.98"],
+                     "same as steps_bn, EMA of the weights (decay 0.98)"),
+    "steps_bn_winner_aug": ("seed_unet", [*STEPS, "model.name=unet_bn", WINNER_AUG],
+                            "same as steps_bn, the winner's shift-scale-rotate + elastic"),
 }
 
 
@@ -87,7 +88,7 @@ def prepare_cache(work: Path, size: int, folds: int) -> Path:
         parts.append(pd.read_csv(work / name / "index.csv", dtype={"image_id": str, "patient_id": str}))
     pd.concat(parts).to_csv(cache / "index.csv", index=False)
     shutil.copyfile(work / f"dcm{size}" / "cache.json", cache / "cache.json")
-    write_splits(cache, val=0.0, test=0.0, folds=folds, seed=10)
+    write_splits(cache, test=0.0, folds=folds, seed=10)
     return cache
 
 
@@ -137,9 +138,9 @@ def _table(results: pd.DataFrame, oof: pd.DataFrame, order: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/pneumoseg-small-data"))
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--recipes", default="seed,steps,steps_winner_aug,steps_ema")
+    ap.add_argument("--recipes", default="seed,steps,steps_bn,steps_bn_ema")
     ap.add_argument("--docs", action="store_true", help="write the small-data section of docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)

@@ -299,7 +299,8 @@ def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", al
     per = {}
     for r in evals:
         df = r.per_image.loc[ids]
-        per[r.label] = PerImage.from_arrays(df["dice"], has_truth, df["pred_area_px"] > 0, df["probability"])
+        score = df["score"] if "score" in df else df["probability"]  # evaluate's AUC score (top-k mean)
+        per[r.label] = PerImage.from_arrays(df["dice"], has_truth, df["pred_area_px"] > 0, score)
     # One set of resamples for every run and metric: the differences to A are paired.
     dist = bootstrap_distributions({(lab, m): metric_statistic(m, per[lab]) for lab in labels for m in METRIC_NAMES},
                                    len(ids), has_truth, n_boot, seed)

@@ -24,6 +24,12 @@ replicated to 3 channels). ``auto`` resolves at load: ``gray`` for ``in_channels
 ``imagenet`` for 3. The numbers live in ``pneumoseg.models.preprocessing.Preprocessing.from_config``,
 which the run saves next to its weights.
 
+The training budget: ``train.epochs`` epochs, or ``train.max_steps`` optimizer steps exactly
+(whatever the data size; the epochs follow from the sampler's epoch lengths), or at least
+``train.min_steps`` steps (more epochs when the data set is small). With a step budget or
+``schedule.warmup_steps`` the schedules run over optimizer steps
+(``pneumoseg.training.schedules.step_lr``); see ``pneumoseg.training.run.plan_steps``.
+
 Mixed precision: ``train.precision`` ``bf16-mixed`` / ``16-mixed`` are accepted; ``bf16-true`` and
 ``16-true`` are refused (weights and Adam's state in half precision lose small updates).
 """
@@ -34,6 +40,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -166,9 +173,11 @@ class ExperimentConfig:
 
 # ---------------------------------------------------------------------------- files and layers
 def list_configs() -> list[str]:
-    """Names of the packaged configs (``default.yaml``, ``winner.yaml``, ...)."""
+    """Names of the packaged experiment configs (``default.yaml``, ``winner.yaml``, ...; study files,
+    which list ``experiments:``, are not experiment configs)."""
     folder = resources.files("pneumoseg") / "configs"
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.endswith(".yaml") and not re.search(r"^experiments:", p.read_text(), re.MULTILINE))
 
 
 def packaged_config(name: str) -> Path:

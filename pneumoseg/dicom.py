@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import re
 import threading
@@ -61,8 +62,10 @@ __all__ = [
     "DicomSource",
     "format_header",
     "parse_age",
+    "pixel_spacing_mm",
     "read_dicom",
     "read_dicom_meta",
+    "spacing_pair",
 ]
 
 PERCENTILES = (0.5, 99.5)
@@ -567,3 +570,43 @@ def format_header(meta: DicomMeta) -> str:
     ]
     width = max(len(label) for label, _ in lines) + 3
     return "\n".join(f"{(label + ' ').ljust(width, '.')}: {value}" for label, value in lines)
+
+
+def spacing_pair(source: Any, keyword: str) -> tuple[float, float] | None:
+    """``source.<keyword>`` as (row, column) mm when it holds two finite positive numbers, else None."""
+    value = source.get(keyword)
+    if value is None or isinstance(value, str | bytes):
+        return None
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(pair) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
+        return None
+    return pair[0], pair[1]
+
+
+def pixel_spacing_mm(source: Any) -> tuple[tuple[float, float], str] | None:
+    """(row, column) spacing in mm of the source's pixels and the attribute it comes from, or None.
+
+    PixelSpacing (0028,0030) first: in a projection radiograph it is the spacing in the patient
+    (calibrated, or corrected for magnification), the one a viewer measures with (PS3.3 10.7.1.3).
+    Without it, ImagerPixelSpacing (0018,1164) divided by EstimatedRadiographicMagnificationFactor
+    (0018,1114) when present, which the standard gives as the spacing at the patient's isocentre
+    (basis ``"ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"``); else ImagerPixelSpacing
+    itself, at the detector, which overstates areas in the patient by the magnification (~10 % for
+    a PA chest). None when the source has neither (or only invalid values).
+    """
+    spacing = spacing_pair(source, "PixelSpacing")
+    if spacing is not None:
+        return spacing, "PixelSpacing"
+    spacing = spacing_pair(source, "ImagerPixelSpacing")
+    if spacing is None:
+        return None
+    try:
+        factor = float(source.get("EstimatedRadiographicMagnificationFactor") or 0)
+    except (TypeError, ValueError):
+        factor = 0.0
+    if math.isfinite(factor) and factor > 0:
+        return (spacing[0] / factor, spacing[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    return spacing, "ImagerPixelSpacing"

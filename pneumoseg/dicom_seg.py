@@ -27,7 +27,6 @@ Sources with a full Frame of Reference geometry keep highdicom's geometry.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.atomic import atomic_path
+from pneumoseg.dicom import spacing_pair, pixel_spacing_mm
 from pneumoseg.errors import DicomError
 
 __all__ = [
@@ -75,46 +75,6 @@ _FULL_GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "Imag
 
 def _where(source: Dataset) -> str:
     return str(getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>"))
-
-
-def _spacing_pair(source: Dataset, keyword: str) -> tuple[float, float] | None:
-    """``source.<keyword>`` as (row, column) mm when it holds two finite positive numbers, else None."""
-    value = source.get(keyword)
-    if value is None or isinstance(value, str | bytes):
-        return None
-    try:
-        pair = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    if len(pair) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
-        return None
-    return pair[0], pair[1]
-
-
-def pixel_spacing_mm(source: Dataset) -> tuple[tuple[float, float], str] | None:
-    """(row, column) spacing in mm of the source's pixels and the attribute it comes from, or None.
-
-    PixelSpacing (0028,0030) first: in a projection radiograph it is the spacing in the patient
-    (calibrated, or corrected for magnification), the one a viewer measures with (PS3.3 10.7.1.3).
-    Without it, ImagerPixelSpacing (0018,1164) divided by EstimatedRadiographicMagnificationFactor
-    (0018,1114) when present, which the standard gives as the spacing at the patient's isocentre
-    (basis ``"ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"``); else ImagerPixelSpacing
-    itself, at the detector, which overstates areas in the patient by the magnification (~10 % for
-    a PA chest). None when the source has neither (or only invalid values).
-    """
-    spacing = _spacing_pair(source, "PixelSpacing")
-    if spacing is not None:
-        return spacing, "PixelSpacing"
-    spacing = _spacing_pair(source, "ImagerPixelSpacing")
-    if spacing is None:
-        return None
-    try:
-        factor = float(source.get("EstimatedRadiographicMagnificationFactor") or 0)
-    except (TypeError, ValueError):
-        factor = 0.0
-    if math.isfinite(factor) and factor > 0:
-        return (spacing[0] / factor, spacing[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
-    return spacing, "ImagerPixelSpacing"
 
 
 def area_mm2(mask: np.ndarray, source: Dataset) -> float | None:
@@ -192,7 +152,7 @@ def make_segmentation(
     if mask.ndim != 2 or mask.shape != (int(header.Rows), int(header.Columns)):
         raise DicomError(f"{header.SOPInstanceUID}: mask shape {mask.shape} differs from the source image "
                          f"({header.Rows} x {header.Columns})")
-    spacing = None if full_geometry else _spacing_pair(source, "PixelSpacing")
+    spacing = None if full_geometry else spacing_pair(source, "PixelSpacing")
     pixel_measures = None if spacing is None else hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=None)
     description = area_description(int(np.count_nonzero(mask)), area_mm2(mask, source))
     parameters = {"model": model_name, **dict(algorithm_parameters or {})}

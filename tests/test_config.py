@@ -134,3 +134,29 @@ def test_sampler_modes() -> None:
     assert fixed.sampler is not None
     assert (fixed.sampler.mode, fixed.sampler.epoch_length) == ("fixed_length", 100)
     assert load_config(None, ["train.precision=bf16-mixed"]).train.precision == "bf16-mixed"
+
+
+def test_budget_keys() -> None:
+    cfg = load_config(None, ["train.max_steps=800", "train.min_steps=200", "schedule.warmup_steps=50",
+                             "train.ema=0.99", "train.logger=tensorboard", "train.strict_size=true"])
+    assert (cfg.train.max_steps, cfg.train.min_steps, cfg.schedule.warmup_steps) == (800, 200, 50)
+    assert (cfg.train.ema, cfg.train.logger, cfg.train.strict_size) == (0.99, "tensorboard", True)
+    # a step budget lifts "snapshots need as many epochs"
+    assert load_config(None, ["train.epochs=2", "schedule.snapshots=3", "train.max_steps=90"]).schedule.snapshots == 3
+    for override, needles in [("train.max_steps=0", ["train.max_steps", ">= 1"]),
+                              ("train.ema=1.5", ["train.ema", "(0, 1)"]),
+                              ("train.logger=neptune", ["train.logger", "csv", "tensorboard"]),
+                              ("schedule.warmup_steps=-1", ["schedule.warmup_steps", ">= 0"])]:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [override])
+        assert all(n in str(info.value) for n in needles), str(info.value)
+    with pytest.raises(ConfigError, match=r"train\.min_steps: 300 is more than train\.max_steps=200"):
+        load_config(None, ["train.max_steps=200", "train.min_steps=300"])
+
+
+@pytest.mark.parametrize("name", ["seed_unet", "uxception", "small_data"])
+def test_small_data_configs_have_a_step_floor(name: str) -> None:
+    """Packaged configs meant for small sets never stop after a few dozen optimizer steps."""
+    cfg = load_config(name)
+    assert (cfg.train.max_steps or 0) >= 500 or (cfg.train.min_steps or 0) >= 500
+    assert cfg.schedule.warmup_steps > 0

@@ -119,9 +119,11 @@ def test_bad_onnx_inputs_fail_cleanly(trained_run: Path, tmp_path: Path) -> None
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), bare)
     with pytest.raises(DataError, match="not a pneumoseg ONNX export"):
         read_onnx_metadata(bare)
-    result = runner.invoke(app, ["predict", str(trained_run), str(tmp_path), "--out", str(tmp_path / "o"),
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    result = runner.invoke(app, ["predict", str(trained_run), str(inputs), "--out", str(tmp_path / "o"),
                                  "--backend", "onnx"])
     assert result.exit_code == 2 and "model.onnx" in result.output
-    result = runner.invoke(app, ["predict", str(trained_run), str(tmp_path), "--out", str(tmp_path / "o"),
+    result = runner.invoke(app, ["predict", str(trained_run), str(inputs), "--out", str(tmp_path / "o"),
                                  "--onnx", str(bare)])
     assert result.exit_code == 2 and "--backend onnx" in result.output

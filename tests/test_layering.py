@@ -15,7 +15,8 @@ LAYERS = [
     "pneumoseg.data.augment", "pneumoseg.data.dataset", "pneumoseg.data.sampler", "pneumoseg.data.datamodule",
     "pneumoseg.config", "pneumoseg.models", "pneumoseg.losses", "pneumoseg.metrics", "pneumoseg.stats", "pneumoseg.score", "pneumoseg.postprocess",
     "pneumoseg.training", "pneumoseg.export", "pneumoseg.dicom_seg", "pneumoseg.dicom_sr", "pneumoseg.dicom_sc",
-    "pneumoseg.predict", "pneumoseg.inference", "pneumoseg.evaluate", "pneumoseg.tune", "pneumoseg.compare", "pneumoseg.study", "pneumoseg.demo", "pneumoseg.report", "pneumoseg.pacs", "pneumoseg.service", "pneumoseg.cli",
+    "pneumoseg.predict", "pneumoseg.inference", "pneumoseg.evaluate", "pneumoseg.tune", "pneumoseg.compare",
+    "pneumoseg.report", "pneumoseg.study", "pneumoseg.demo", "pneumoseg.pacs", "pneumoseg.service", "pneumoseg.cli",
 ]
 
 

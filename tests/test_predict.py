@@ -185,3 +185,49 @@ def test_predict_writes_sr_and_sc_and_area_in_mm2(trained_run: Path, synth_data:
         else:
             (dy, dx), _ = spacing
             assert row["area_mm2"] == pytest.approx(row["area_px"] * dy * dx, rel=1e-3, abs=0.01)
+
+
+@pytest.mark.parametrize(("prob", "fraction", "expected"), [
+    (np.zeros((10, 10)), 0.001, 0.0),                       # k = max(1, 0.1) = 1 pixel
+    (np.arange(100, dtype=float).reshape(10, 10) / 100, 0.05, (95 + 96 + 97 + 98 + 99) / 500),  # top 5
+    (np.full((4, 4), 0.25), 0.5, 0.25),
+])
+def test_image_score_is_the_mean_of_the_top_pixels(prob: np.ndarray, fraction: float, expected: float) -> None:
+    from pneumoseg.predict import image_score
+
+    assert image_score(prob, fraction) == pytest.approx(expected)
+
+
+def test_predictions_csv_has_a_discriminating_score_and_labelled_overlays(trained_run: Path, synth_data: Path,
+                                                                          tmp_path: Path) -> None:
+    from pneumoseg.overlay import overlay
+    from pneumoseg.predict import PREDICTIONS_HEADER, image_score
+
+    predictor = Predictor([trained_run], device="cpu")
+    inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:3]
+    seen = {}
+    res = predict_to_folder(predictor, inputs, tmp_path, progress=False,
+                            on_prediction=lambda image, pred: seen.update({pred.image_id: (image, pred)}))
+    preds = pd.read_csv(res.predictions_csv, dtype={"image_id": str}).set_index("image_id")
+    assert list(preds.reset_index().columns) == list(PREDICTIONS_HEADER)
+    for image_id, (image, pred) in seen.items():
+        row = preds.loc[image_id]
+        assert row["score"] == pytest.approx(image_score(pred.prob), abs=1e-6)
+        assert row["probability"] == pytest.approx(float(pred.prob.max()), abs=1e-6)
+        assert 0 <= row["score"] <= row["probability"] <= 1
+        written = read_image(tmp_path / "overlays" / f"{image_id}.png")
+        plain = read_image_rgb_gray(overlay(image.pixels, pred.mask))
+        assert written.shape == plain.shape                        # same size as the input
+        assert not np.array_equal(written[:12], plain[:12])        # the id / score band at the top
+        np.testing.assert_array_equal(written[40:-40], plain[40:-40])  # the image itself untouched
+
+
+def read_image_rgb_gray(rgb: np.ndarray) -> np.ndarray:
+    """What read_image returns for an RGB PNG of ``rgb`` (round trip through the PNG writer)."""
+    import tempfile
+
+    from pneumoseg.overlay import write_rgb_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_rgb_png(Path(tmp) / "x.png", rgb)
+        return read_image(Path(tmp) / "x.png")

@@ -19,7 +19,7 @@ from pneumoseg.cli.main import app
 from pneumoseg.evaluate import CASE_CATEGORIES, case_order
 from pneumoseg.images import read_image
 from pneumoseg.postprocess import PostProcess, TunedRule, save_tuned
-from pneumoseg.report import METRICS
+from pneumoseg.report import METRICS, curve_points, write_report
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -68,7 +68,7 @@ def test_evaluate_saves_thumbnails_and_cases_csv(evaluated: Path) -> None:
     cases = pd.read_csv(ev / "cases.csv", dtype={"image_id": str})
     per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str}).set_index("image_id")
     assert list(cases.columns) == ["category", "image_id", "dice", "truth_area_px", "pred_area_px",
-                                   "probability", "file"]
+                                   "probability", "score", "file"]
     assert set(cases["category"]) <= set(CASE_CATEGORIES) and len(cases) > 0
     assert cases.groupby("category").size().max() <= 8
     for row in cases.itertuples():
@@ -107,7 +107,7 @@ def test_report_is_self_contained_and_complete(evaluated: Path) -> None:
         assert f'id="gallery-{category}"' in page
     galleries = _section(page, "galleries")
     fp_html = galleries[galleries.index('id="gallery-false_positive"'):galleries.index('id="gallery-false_negative"')]
-    shown = re.findall(r'<img alt="([^"]+)"', fp_html)
+    shown = re.findall(r'<img class="zoom" alt="([^"]+)"', fp_html)
     assert shown == cases.loc[cases["category"] == "false_positive", "image_id"].tolist()
     assert set(shown) <= set(per_image.loc[per_image["has_truth"] == 0, "image_id"])
     for anchor in ("data", "training", "postprocess", "config"):
@@ -157,8 +157,58 @@ def test_headless_browser_sorts_the_per_image_table(evaluated: Path, tmp_path: P
              "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", "--dump-dom",
              probe.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
     table = _section(dom, "per-image")
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", table)
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table[table.index("<tbody>"):], flags=re.S)
-    dice = [float(re.findall(r"<td[^>]*>([^<]*)</td>", r)[-1]) for r in rows]
+    dice = [float(re.findall(r"<td[^>]*>([^<]*)</td>", r)[heads.index("dice")]) for r in rows]
     per_image = pd.read_csv(evaluated / "eval" / "val" / "per_image.csv")
     assert len(dice) == len(per_image)
     assert dice == sorted(dice) and np.allclose(sorted(dice), np.sort(per_image["dice"]), atol=1e-4)
+
+
+def test_curve_points_match_sklearn() -> None:
+    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(60) < 0.3
+    score = np.round(np.where(positive, 0.3, 0.0) + rng.random(60) * 0.7, 2)  # ties on purpose
+    pts = curve_points(score, positive)
+    assert np.trapezoid(pts["tpr"], pts["fpr"]) == pytest.approx(roc_auc_score(positive, score))
+    fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=False)
+    np.testing.assert_allclose(pts["fpr"], fpr)
+    np.testing.assert_allclose(pts["tpr"], tpr)
+    precision, recall, _ = precision_recall_curve(positive, score)
+    np.testing.assert_allclose(pts["precision"][1:], precision[:-1][::-1])
+    np.testing.assert_allclose(pts["recall"][1:], recall[:-1][::-1])
+
+
+def test_report_figures_split_name_zoom_and_training_warnings(evaluated: Path, tmp_path: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    assert "(split val)" in page.split("</title>")[0]
+    figures = _section(page, "figures")
+    assert 'alt="ROC, precision-recall, Dice histogram, Dice vs size" src="data:image/png;base64,' in figures
+    assert "score" in figures
+    assert 'id="lightbox"' in page and page.count('class="zoom"') == page.count("<figure>")
+    summary = evaluated / "train_summary.json"
+    own = json.loads(summary.read_text()) if summary.is_file() else {}
+    assert ("Training warnings" in page) == bool(own.get("warnings") or own.get("predicts_nothing"))
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    (run / "train_summary.json").write_text(json.dumps({"predicts_nothing": True, "warnings": ["only 10 steps"]}))
+    from pneumoseg.tune import tune_runs
+
+    tune_runs([run], device="cpu", progress=False)  # writes tune.csv: the threshold sweep
+    files = write_report(run, eval_dir=run / "eval" / "val")
+    assert 'alt="threshold sweep" src="data:image/png;base64,' in _section(files.html.read_text(), "postprocess")
+    warn = _section(files.html.read_text(), "metrics")
+    assert "Training warnings" in warn and "predicts nothing" in warn and "only 10 steps" in warn
+    assert "predicts nothing" in files.markdown.read_text()
+    result = runner.invoke(app, ["report", str(run), "--split", "val", "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "report of val" in result.output
+
+
+def test_best_and_worst_never_share_an_image(evaluated: Path) -> None:
+    cases = pd.read_csv(evaluated / "eval" / "val" / "cases.csv", dtype={"image_id": str})
+    best = set(cases.loc[cases["category"] == "best", "image_id"])
+    worst = set(cases.loc[cases["category"] == "worst", "image_id"])
+    assert not best & worst

@@ -75,7 +75,7 @@ def test_tune_cli_reports_the_gain_over_the_default(two_runs: tuple[Path, Path])
 def test_out_of_fold_tuning_pools_each_folds_validation(synth_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     shutil.copytree(synth_cache, cache)
-    write_splits(cache, test=0.2, folds=2, seed=1)
+    write_splits(cache, test=0.2, folds=2, seed=1, force=True)
     runs = [init_run(load_config("seed_unet", [f"data.cache={cache}", "data.size=64", f"data.fold={k}"]),
                      tmp_path / f"fold{k}") for k in (0, 1)]
     result = tune_runs(runs, oof=True, device="cpu", grid=GRID, progress=False)

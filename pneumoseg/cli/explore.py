@@ -31,15 +31,17 @@ def _span(stats: dict[str, Any], unit: str = "") -> str:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """A two-column rich table of the dataset summary returned by ``explore``."""
-    table = Table(title=f"Dataset: {escape(summary['dicom_dir'])}", show_header=False, title_justify="left")
+    labelled = "" if summary.get("labelled", True) else " (unlabelled: no --rle)"
+    table = Table(title=f"Dataset: {escape(summary['dicom_dir'])}{labelled}", show_header=False,
+                  title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     age = summary["age"]
     rows = [
         ("images", f"{summary['n_images']} ({summary['n_patients']} patients)"),
         ("left out (failed)", str(summary.get("n_failed", 0))),
-        ("positive (pneumothorax)", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
-        ("negative", str(summary["n_negative"])),
+        ("pneumothorax", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
+        ("no pneumothorax", str(summary["n_negative"])),
         ("annotation rows", f"{summary['n_annotation_rows']} ({_per(summary['annotation_rows_per_image'])})"),
         ("regions per positive", _per(summary["regions_per_positive"]) or "-"),
         ("images without annotation row", str(summary["n_without_annotation_row"])),
@@ -54,6 +56,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("image size", _join(summary["image_size"])),
         ("transfer syntax", _join(summary["transfer_syntax"])),
     ]
+    for label, part in summary.get("by_label", {}).items():
+        if part["images"]:
+            rows.append((f"{label}: sex / view / age", f"{_join(part['sex'])} | {_join(part['view_position'])} | "
+                                                       f"{_span(part['age'])}"))
     for name, value in rows:
         table.add_row(name, escape(value))
     return table
@@ -62,13 +68,18 @@ def summary_table(summary: dict[str, Any]) -> Table:
 @cli_errors
 def explore(
     dicom_dir: Annotated[Path, typer.Argument(help="Folder searched for *.dcm (recursively).")],
-    rle: Annotated[Path, typer.Option("--rle", help="Annotation CSV (train-rle.csv, .csv.gz too).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, metadata.csv, samples.png, "
                                                     "distributions.png.")],
+    rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv, .csv.gz too); "
+                                                           "without it: header statistics only.")] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Images in the sample grid (0: none).")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    full_header: Annotated[bool, typer.Option("--full-header/--short-header", help="Print every element of the "
+                                                                                  "first file's header (pixel "
+                                                                                  "data left out), not a "
+                                                                                  "summary.")] = False,
 ) -> None:
-    """Summarise a DICOM + RLE dataset: header of the first image, statistics table and figures.
+    """Summarise a DICOM dataset (labelled with --rle, or not): first header, statistics table and figures.
 
     Files that cannot be used (unreadable, no pixel data, invalid SOPInstanceUID, bad RLE row) are
     listed, left out of the statistics, and make the command exit with code 2 after writing.
@@ -77,7 +88,15 @@ def explore(
     from pneumoseg.dicom import DicomMeta, format_header
 
     summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
-    console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False, soft_wrap=True)
+    if full_header:
+        import pydicom
+
+        first = dicom_dir / summary["first_file"]
+        console.print(f"{escape(str(first))}:", highlight=False, soft_wrap=True)
+        console.print(escape(str(pydicom.dcmread(first, stop_before_pixels=True, force=True))), highlight=False,
+                      soft_wrap=True, markup=False)
+    else:
+        console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False, soft_wrap=True)
     console.print()
     console.print(summary_table(summary))
     # escape(): file names and header values are input, and may hold rich markup such as "[/]".

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 
 import typer
+from typer.core import TyperCommand
 
 from pneumoseg import __version__
+from pneumoseg.cli._common import PneumosegCommand
 
 app = typer.Typer(
     name="pneumoseg",
@@ -39,6 +41,9 @@ def _root(
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"pneumoseg.cli.{_name}").register(app)
+for _command in app.registered_commands:  # one help style everywhere (no <bool> metavars, RUN not {run})
+    if _command.cls in (None, TyperCommand):
+        _command.cls = PneumosegCommand
 
 
 if __name__ == "__main__":

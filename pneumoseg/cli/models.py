@@ -38,7 +38,7 @@ def models(
         bool, typer.Option("--params/--no-params", help="Count parameters (in_channels=1).")
     ] = True,
 ) -> None:
-    """List model names for the config's ``model.name`` (any smp '<arch>-<encoder>' works too)."""
+    """List model names for the config's model.name (any smp '<arch>-<encoder>' works too)."""
     from pneumoseg.models import list_models
 
     names = list_models(pattern)

@@ -15,8 +15,10 @@ same rule as prepare: the SOPInstanceUID, else the file stem; ``paths.dicom_imag
 Like prepare, a bad item (unreadable file, no pixel data, invalid SOPInstanceUID, undecodable RLE
 row, an id already taken by another file, a sample image that does not decode) is listed in
 ``summary["failures"]`` (one line naming the file or CSV row) and left out of every statistic;
-the CLI then exits 2. Images without an annotation row count as healthy (one warning says how
-many); annotation ImageIds without a DICOM are counted and reported.
+the CLI then exits 2. Images without an annotation row count as "no pneumothorax" (one warning
+says how many); annotation ImageIds without a DICOM are counted and reported. Without an annotation
+CSV (``rle_csv=None``: an unlabelled folder) the statistics cover the headers only and no image
+is counted as positive; ``summary["labelled"]`` says which.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from PIL import Image
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
@@ -207,6 +209,7 @@ def summarize(df: pd.DataFrame, annotations: Annotations, left_out_ids: Iterable
         "mask_area_fraction_mean": round(float((pos["mask_area_px"] / (pos["rows"] * pos["columns"])).mean()), 5)
         if len(pos) else None,
         "by_view_position": by_view,
+        "by_label": _by_label(df),
     }
 
 
@@ -243,7 +246,7 @@ def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: P
     problems: list[str] = []
     for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
         area = int(row["mask_area_px"])
-        ax.set_title(f"{_short_id(row['image_id'])}\n{f'{area} px' if area else 'healthy'}", fontsize=8)
+        ax.set_title(f"{_short_id(row['image_id'])}\n{f'{area} px' if area else 'no pneumothorax'}", fontsize=8)
         try:
             image = read_dicom(root / row["file"])
         except PneumosegError as exc:
@@ -267,6 +270,26 @@ def _bars(ax: Axes, counts: dict[str, int], title: str, color: str = "tab:blue")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _area_tick(value: float, _pos: int | None = None) -> str:
+    """A log-axis tick as a plain number: 50, 200, 1k, 20k, 1.5M."""
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if value >= div:
+            return f"{value / div:g}{unit}"
+    return f"{value:g}"
+
+
+def _by_label(df: pd.DataFrame) -> dict[str, Any]:
+    """Sex, view position and age, each for images with and without pneumothorax."""
+    out: dict[str, Any] = {}
+    for label, part in (("pneumothorax", df[df["has_pneumothorax"] == 1]),
+                        ("no pneumothorax", df[df["has_pneumothorax"] != 1])):
+        ages = pd.to_numeric(part["patient_age"], errors="coerce")
+        out[label] = {"images": len(part), "sex": _counts(part["patient_sex"]),
+                      "view_position": _counts(part["view_position"]),
+                      "age": {**_stats(ages), "missing": int(ages.isna().sum())}}
+    return out
+
+
 def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
     """Write a 2x3 figure (age, sex, view, regions per positive, mask area, rate by view) to ``path``."""
     fig = Figure(figsize=(15, 8.5), layout="constrained")
@@ -283,7 +306,7 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
     labels = list(views)
     positives = [views[v]["positive"] for v in labels]
     negatives = [views[v]["images"] - views[v]["positive"] for v in labels]
-    ax_view.bar(labels, negatives, label="healthy", color="tab:gray")
+    ax_view.bar(labels, negatives, label="no pneumothorax", color="tab:gray")
     ax_view.bar(labels, positives, bottom=negatives, label="pneumothorax", color="tab:red")
     ax_view.set_title("View position", fontsize=10)
     ax_view.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -295,6 +318,9 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
         bins = np.geomspace(low, max(2 * low, areas.max()), 20)  # all areas equal: still increasing
         ax_area.hist(areas, bins=bins, color="tab:red", edgecolor="white")
         ax_area.set_xscale("log")
+        # Plain numbers (100, 1k, 10k) at 1-2-5 steps, not 10^2 exponents.
+        ax_area.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_area.xaxis.set_major_formatter(FuncFormatter(_area_tick))
         ax_area.xaxis.set_minor_formatter(NullFormatter())
         ax_area.yaxis.set_major_locator(MaxNLocator(integer=True))
     else:
@@ -308,11 +334,15 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
         fig.savefig(tmp, format="png", dpi=90)
 
 
-def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings: list[str]) -> list[str]:
+def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings: list[str],
+              labelled: bool = True) -> list[str]:
     out = list(annotation_warnings)
-    if summary["n_without_annotation_row"]:
+    if not labelled:
+        out.append("no annotation CSV (--rle): header statistics only; every image is counted as "
+                   "no pneumothorax")
+    elif summary["n_without_annotation_row"]:
         out.append(f"{summary['n_without_annotation_row']} image(s) have no row in the annotation CSV; "
-                   "counted as healthy")
+                   "counted as no pneumothorax")
     if summary["n_annotation_ids_without_image"]:
         out.append(f"{summary['n_annotation_ids_without_image']} ImageId(s) in the annotation CSV have no "
                    "DICOM file; ignored")
@@ -331,21 +361,22 @@ def _annotation_warnings(annotations: Annotations) -> list[str]:
     return [one_line(str(w)) for w in (found() if callable(found) else found)]
 
 
-def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
             n_samples: int = 16, progress: bool = True) -> dict[str, Any]:
     """Scan ``dicom_dir`` with the annotations ``rle_csv``, write the four outputs, return the summary.
 
     The summary holds the statistics of ``summarize`` (over the usable files only) plus
-    ``first_image`` (DicomMeta.as_dict of the first usable file), ``warnings``, ``file_warnings``
+    ``first_image`` (DicomMeta.as_dict of the first usable file), ``first_file`` (its path relative to
+    ``dicom_dir``), ``by_label`` (sex / view / age per label), ``warnings``, ``file_warnings``
     (``"<file>: warning: <text>"``), ``failures`` (one line per file left out) and ``files``
     (output paths). The output folder is checked first (it must not overlap the inputs and must
     be writable). Raises DataError for a missing/empty folder, a bad ``out_dir`` or when no file
     is usable, RLEError for an unreadable CSV.
     """
     root = Path(dicom_dir)
-    out = check_output_dir(out_dir, [root, rle_csv], create=False)
+    out = check_output_dir(out_dir, [root] if rle_csv is None else [root, rle_csv], create=False)
     files = find_dicoms(root)
-    annotations = read_annotations(rle_csv)
+    annotations = Annotations("<no annotation CSV>") if rle_csv is None else read_annotations(rle_csv)
     check_output_dir(out_dir)
     scan = scan_dataset(files, annotations, root, progress=progress)
     df, failures, left_out = scan.table, scan.failures, set(scan.left_out_ids)
@@ -363,13 +394,15 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str], 
             df = df[keep].reset_index(drop=True)
             if df.empty:
                 raise DataError(f"{root}: none of the {len(files)} .dcm files could be used; first: {failures[0]}")
-    summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": str(rle_csv), **summarize(df, annotations, left_out)}
+    summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": None if rle_csv is None else str(rle_csv),
+                               "labelled": rle_csv is not None, **summarize(df, annotations, left_out)}
     # Through JSON and back: the summary returned equals the summary.json written (tuples -> lists).
     summary["first_image"] = json.loads(json.dumps(read_dicom_meta(root / df["file"].iloc[0]).as_dict()))
+    summary["first_file"] = str(df["file"].iloc[0])  # relative to dicom_dir
     with atomic_path(paths["metadata"]) as tmp:
         df.to_csv(tmp, index=False)
     plot_distributions(df, summary, paths["distributions"])
-    summary["warnings"] = _warnings(summary, failures, _annotation_warnings(annotations))
+    summary["warnings"] = _warnings(summary, failures, _annotation_warnings(annotations), rle_csv is not None)
     summary["file_warnings"] = scan.file_warnings
     summary["failures"] = failures
     summary["n_failed"] = len(failures)

@@ -202,46 +202,29 @@ def _scan_headers(paths: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _spacing_pair(ds: Any, keyword: str) -> tuple[float, float] | None:
-    value = ds.get(keyword)
-    if value is None or isinstance(value, str | bytes):
-        return None
-    try:
-        pair = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (pair[0], pair[1]) if len(pair) == 2 and all(math.isfinite(v) and v > 0 for v in pair) else None
-
-
 def pixel_spacing_of(path: str | os.PathLike[str]) -> float | None:
     """Pixel spacing in mm of a DICOM file for areas (``mm² = px * spacing**2``), or None when unknown.
 
-    The rule of ``pneumoseg.dicom_seg.pixel_spacing_mm`` (PixelSpacing, else ImagerPixelSpacing divided
-    by EstimatedRadiographicMagnificationFactor when present, else ImagerPixelSpacing; a test checks
-    that both agree), which this layer may not import; a (row, column) pair is reduced to
+    The rule of ``pneumoseg.dicom.pixel_spacing_mm`` (PixelSpacing, else ImagerPixelSpacing divided
+    by EstimatedRadiographicMagnificationFactor when present, else ImagerPixelSpacing); a (row, column) pair is reduced to
     ``sqrt(row * column)``, so areas stay exact. Unreadable headers give None (the image itself is
     read, and fails or not, by ``read_dicom``).
     """
     import pydicom
 
+    from pneumoseg.dicom import pixel_spacing_mm  # imported here: pydicom only where DICOMs are read
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        spacing = _spacing_pair(ds, "PixelSpacing")
-        if spacing is None:
-            spacing = _spacing_pair(ds, "ImagerPixelSpacing")
-            if spacing is None:
-                return None
-            try:
-                factor = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
-            except (TypeError, ValueError):
-                factor = 0.0
-            if math.isfinite(factor) and factor > 0:
-                spacing = (spacing[0] / factor, spacing[1] / factor)
+        found = pixel_spacing_mm(ds)
     except Exception:  # a header pydicom cannot parse: spacing unknown
         return None
-    return round(math.sqrt(spacing[0] * spacing[1]), 9)
+    if found is None:
+        return None
+    (row, col), _ = found
+    return round(math.sqrt(row * col), 9)
 
 
 def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:

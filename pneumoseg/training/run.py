@@ -225,13 +225,11 @@ def build_module(cfg: ExperimentConfig, net: nn.Module | None = None,
 def recommended_steps(n_parameters: int) -> int:
     """Fewest optimizer steps worth training a model of ``n_parameters`` for (below: ``train`` warns).
 
-    500 for small networks (< 5 M parameters, e.g. the seed's UNet), 1000 up to 30 M (ResNet-34
-    U-Net), 2000 above (Xception, SE-ResNeXt50): on 42 real images at 256 px, 90-150 steps left
-    the packaged configs at 0.0-0.5 positive Dice (docs/training.md).
+    500 for small networks (< 5 M parameters, e.g. the seed's UNet), 1000 for the others (ResNet-34
+    U-Net, Xception, SE-ResNeXt50): on 42 real images at 256 px, 90-150 steps left the packaged
+    configs at 0.0-0.5 positive Dice (docs/training.md).
     """
-    if n_parameters < 5_000_000:
-        return 500
-    return 1000 if n_parameters < 30_000_000 else 2000
+    return 500 if n_parameters < 5_000_000 else 1000
 
 
 def plan_steps(cfg: ExperimentConfig, datamodule: SegmentationDataModule) -> StepPlan:

@@ -153,7 +153,7 @@ def test_explore_synthetic_counts_warnings_and_areas(tmp_path: Path) -> None:
     assert summary["age"]["missing"] == 1 and summary["age"]["max"] == 61
     assert summary["sex"] == {"F": 2, "M": 2} and summary["view_position"] == {"AP": 2, "PA": 2}
     warnings = " | ".join(summary["warnings"])
-    assert "1 image(s) have no row" in warnings and "counted as healthy" in warnings
+    assert "1 image(s) have no row" in warnings and "counted as no pneumothorax" in warnings
     assert "1 ImageId(s) in the annotation CSV have no DICOM" in warnings
     assert "1 file(s) could not be used" in warnings and "broken.dcm" in warnings
     assert len(summary["failures"]) == 1 and "broken.dcm" in summary["failures"][0]
@@ -246,3 +246,32 @@ def test_output_folder_checked_before_any_work(tmp_path: Path) -> None:
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and what in lines[0], result.output
     assert not (root / "sub").exists() and not list(root.rglob("*.png"))
+
+
+def test_unlabelled_folder_full_header_and_by_label(tmp_path: Path) -> None:
+    import pydicom
+
+    root, csv, _ = _synthetic(tmp_path)
+    out = tmp_path / "unlabelled"
+    result = CliRunner().invoke(_app(), ["explore", str(root), "--out", str(out), "--no-progress", "--samples", "2",
+                                         "--full-header"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output  # _synthetic holds one broken .dcm: listed, the rest explored
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labelled"] is False and summary["rle_csv"] is None and summary["n_positive"] == 0
+    assert "unlabelled" in result.output and "healthy" not in result.output
+    first = pydicom.dcmread(root / summary["first_file"], stop_before_pixels=True)
+    for element in first:  # the whole header, as pydicom prints it (the seed's print(dataset))
+        assert element.keyword in result.output or element.name in result.output
+    labelled = explore(root, csv, tmp_path / "labelled", n_samples=0, progress=False)
+    by = labelled["by_label"]
+    assert by["pneumothorax"]["images"] == labelled["n_positive"]
+    assert by["no pneumothorax"]["images"] == labelled["n_negative"]
+    meta = pd.read_csv(tmp_path / "labelled" / "metadata.csv", keep_default_na=False)
+    pos = meta[meta["has_pneumothorax"] == 1]
+    assert by["pneumothorax"]["sex"] == pos["patient_sex"].replace("", "unknown").value_counts().to_dict()
+
+
+def test_area_ticks_are_plain_numbers() -> None:
+    from pneumoseg.data.explore import _area_tick
+
+    assert [_area_tick(v) for v in (50, 200, 1000, 20000, 1.5e6)] == ["50", "200", "1k", "20k", "1.5M"]

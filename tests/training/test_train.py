@@ -99,7 +99,7 @@ def test_train_learns_and_writes_run_folder(cache: Path, tmp_path: Path) -> None
     assert result.best_ckpt == run / "checkpoints" / "best.ckpt" and result.epochs == 8
     assert (run / "curves.png").stat().st_size > 1000
     history = pd.read_csv(run / "history.csv")
-    assert history["epoch"].tolist() == list(range(8))
+    assert history["epoch"].tolist() == list(range(1, 9))  # epochs count from 1
     for col in ["lr", "train_loss", "val_loss", "val_dice_kaggle", "val_dice_positive", "train_bce",
                 "train_dice", "train_img_per_s"]:
         assert history[col].notna().all(), col
@@ -194,7 +194,7 @@ def test_cli_train_and_resume(cache: Path, tmp_path: Path) -> None:
     assert str(run) in result.output and "best.ckpt" in result.output
     result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1]
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
     assert load_config(run).train.epochs == 2
 
     nosplit = tmp_path / "nosplit"
