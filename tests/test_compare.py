@@ -226,7 +226,7 @@ def test_page_renders_in_headless_chromium(study: dict[str, object], tmp_path: P
         drv.set_page_load_timeout(30)
         drv.get(html_path.as_uri())
         state = drv.execute_script("""
-            const imgs = Array.from(document.images);
+            const imgs = Array.from(document.images).filter(i => !i.closest('#lightbox'));  // the shared template's click-to-enlarge
             const metrics = document.querySelector('#metrics table');
             return {title: document.title, sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
                     metricRows: metrics.tBodies[0].rows.length, metricCols: metrics.tHead.rows[0].cells.length,

@@ -218,6 +218,9 @@ def _value(metrics: dict[str, Any], key: str) -> float:
 class HistoryCallback(L.Callback):
     """``RUN/history.csv`` and ``RUN/curves.png`` after each epoch (see the module docstring)."""
 
+    #: seconds between two renderings of curves.png (short epochs: the plot would cost more than them)
+    PLOT_EVERY_S = 20.0
+
     def __init__(self, run_dir: str | os.PathLike[str], throughput: ThroughputMonitor | None = None,
                  plot: bool = True) -> None:
         self.run_dir = Path(run_dir)
@@ -225,6 +228,7 @@ class HistoryCallback(L.Callback):
         self.plot = plot
         self.rows: list[dict[str, float]] = []
         self._lr = math.nan
+        self._plotted = -math.inf
 
     @property
     def csv_path(self) -> Path:
@@ -255,10 +259,14 @@ class HistoryCallback(L.Callback):
             row["epoch_time_s"] = self.throughput.epoch_time_s
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         if trainer.is_global_zero:
+            self.write(plot=time.monotonic() - self._plotted >= self.PLOT_EVERY_S)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.rows:
             self.write()
 
-    def write(self) -> None:
-        """Rewrite history.csv (and curves.png) from ``self.rows``."""
+    def write(self, plot: bool = True) -> None:
+        """Rewrite history.csv (and, with ``plot``, curves.png) from ``self.rows``."""
         columns = list(HISTORY_COLUMNS)
         for r in self.rows:
             columns += [k for k in r if k not in columns]
@@ -268,8 +276,9 @@ class HistoryCallback(L.Callback):
         for r in self.rows:
             writer.writerow({k: (int(v) if k in ("epoch", "step") else f"{v:.6g}") for k, v in r.items()})
         atomic_write_text(self.csv_path, buf.getvalue())
-        if self.plot:
+        if self.plot and plot:
             plot_history(self.rows, self.run_dir / "curves.png")
+            self._plotted = time.monotonic()
 
 
 def plot_history(rows: list[dict[str, float]], path: str | os.PathLike[str]) -> None:
