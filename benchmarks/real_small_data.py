@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--recipes", default="seed,steps,steps_bn,steps_bn_ema")
     ap.add_argument("--docs", action="store_true", help="write the small-data section of docs/benchmarks.md")
+    ap.add_argument("--from-csv", type=float, default=None, metavar="MINUTES",
+                    help="no training: table (and --docs) from WORK/results.csv + oof.csv of an earlier "
+                         "(possibly interrupted) run that took MINUTES")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     names = [n for n in args.recipes.split(",") if n]
@@ -149,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown recipe(s) {unknown} (valid: {', '.join(RECIPES)})")
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.from_csv is not None:
+        results_df = pd.read_csv(args.work / "results.csv")
+        done = [n for n in names if n in set(results_df["recipe"])]
+        _report(results_df, pd.read_csv(args.work / "oof.csv"), done, args, args.from_csv * 60)
+        return 0
     t0 = time.perf_counter()
     cache = prepare_cache(args.work, args.size, args.folds)
     from pneumoseg.data.dataset import read_labels, split_ids
@@ -182,8 +190,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{time.perf_counter() - t0:.0f} s so far]", flush=True)
             pd.DataFrame(results).to_csv(args.work / "results.csv", index=False)
             pd.DataFrame(oof).to_csv(args.work / "oof.csv", index=False)
-    total = time.perf_counter() - t0
-    table = _table(pd.DataFrame(results), pd.DataFrame(oof), names)
+    _report(pd.DataFrame(results), pd.DataFrame(oof), names, args, time.perf_counter() - t0)
+    return 0
+
+
+def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: argparse.Namespace,
+            total: float) -> None:
+    table = _table(results, oof, names)
+    partial = [f"{n}: {int((results['recipe'] == n).sum())}/{args.folds} folds" for n in names
+               if int((results["recipe"] == n).sum()) < args.folds]
+    if partial:
+        table += "\nPartial (the run was stopped): " + ", ".join(partial) + ".\n"
     print(table)
     print(f"total {total / 60:.1f} min")
     if args.docs:
@@ -199,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
             "With 5 negatives in all, dice_kaggle is mostly dice_positive.\n\n"
             f"```bash\n{cmd}\n```\n\n{table}\n"
             f"Run time: {total / 60:.1f} min in total on 2 shared CPU cores (prepare included).\n"))
-    return 0
 
 
 if __name__ == "__main__":

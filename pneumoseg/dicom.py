@@ -51,6 +51,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from pneumoseg.atomic import atomic_path
 from pneumoseg.errors import DicomError
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "read_dicom",
     "read_dicom_meta",
     "spacing_pair",
+    "write_dicom",
 ]
 
 PERCENTILES = (0.5, 99.5)
@@ -610,3 +612,11 @@ def pixel_spacing_mm(source: Any) -> tuple[tuple[float, float], str] | None:
     if math.isfinite(factor) and factor > 0:
         return (spacing[0] / factor, spacing[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
     return spacing, "ImagerPixelSpacing"
+
+
+def write_dicom(path: str | os.PathLike[str], ds: pydicom.Dataset) -> Path:
+    """Save ``ds`` (a SEG, SR, SC, ...) to ``path`` atomically in the DICOM file format; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path

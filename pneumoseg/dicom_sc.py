@@ -17,9 +17,7 @@ operation*), carries the source's PixelSpacing (the same pixel grid) and Patient
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -27,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import pneumoseg
-from pneumoseg.atomic import atomic_path
+from pneumoseg.dicom import write_dicom
 from pneumoseg.dicom_seg import area_description, area_mm2, pixel_spacing_mm
 from pneumoseg.errors import DicomError
 from pneumoseg.overlay import overlay
@@ -111,9 +109,4 @@ def make_overlay_sc(
     return sc
 
 
-def write_sc(path: str | os.PathLike[str], sc: Dataset) -> Path:
-    """Save ``sc`` to ``path`` atomically (DICOM file format); returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sc.save_as(tmp, enforce_file_format=True)
-    return path
+write_sc = write_dicom  #: atomic save in the DICOM file format

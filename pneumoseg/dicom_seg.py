@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -40,8 +39,7 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
 import pneumoseg
-from pneumoseg.atomic import atomic_path
-from pneumoseg.dicom import spacing_pair, pixel_spacing_mm
+from pneumoseg.dicom import pixel_spacing_mm, spacing_pair, write_dicom
 from pneumoseg.errors import DicomError
 
 __all__ = [
@@ -215,9 +213,4 @@ def read_segmentation(path: str | os.PathLike[str]) -> hd.seg.Segmentation:
     return seg
 
 
-def write_segmentation(path: str | os.PathLike[str], segmentation: hd.seg.Segmentation) -> Path:
-    """Save ``segmentation`` to ``path`` atomically (DICOM file format); returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        segmentation.save_as(tmp, enforce_file_format=True)
-    return path
+write_segmentation = write_dicom  #: atomic save in the DICOM file format

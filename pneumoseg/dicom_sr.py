@@ -19,16 +19,14 @@ The evidence (Current Requested Procedure Evidence) lists the source image and t
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import pneumoseg
-from pneumoseg.atomic import atomic_path
+from pneumoseg.dicom import write_dicom
 from pneumoseg.dicom_seg import PNEUMOTHORAX, header_copy
 from pneumoseg.errors import DicomError
 
@@ -145,9 +143,4 @@ def make_sr(
     return sr
 
 
-def write_sr(path: str | os.PathLike[str], sr: Dataset) -> Path:
-    """Save ``sr`` to ``path`` atomically (DICOM file format); returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sr.save_as(tmp, enforce_file_format=True)
-    return path
+write_sr = write_dicom  #: atomic save in the DICOM file format

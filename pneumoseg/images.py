@@ -16,8 +16,8 @@ import numpy as np
 from pneumoseg.atomic import atomic_write_bytes
 from pneumoseg.errors import DataError
 
-__all__ = ["MASK_RULES", "MaskRule", "encode_bilevel_png", "encode_png", "read_image", "read_mask", "resize_image", "resize_mask",
-           "write_png"]
+__all__ = ["MASK_RULES", "MaskRule", "decode_image", "encode_bilevel_png", "encode_png", "read_image", "read_mask",
+           "resize_image", "resize_mask", "write_png"]
 
 MaskRule = Literal["any", "fraction", "soft"]
 #: Downscaling rules of ``resize_mask`` (see there).
@@ -41,23 +41,41 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def _decode(path: Path) -> np.ndarray:
+def _imdecode(buf: np.ndarray) -> np.ndarray | None:
+    if not buf.size:
+        return None
+    # OpenCV logs its own warnings for broken files; the caller's DataError says it once.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        buf = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    arr = None
-    if buf.size:
-        # OpenCV logs its own warnings for broken files; the DataError below says it once.
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        try:
-            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def _to_gray_uint8(arr: np.ndarray, name: object) -> np.ndarray:
+    """Colour -> gray (alpha dropped); 16-bit -> 8-bit (``round(v / 257)``)."""
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY) if arr.shape[2] == 3 else arr[:, :, 0]
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise DataError(f"{name}: unsupported pixel type {arr.dtype} (8- or 16-bit expected)")
+    return np.ascontiguousarray(arr)
+
+
+def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """PNG or JPEG bytes as ``uint8 (H, W)`` grayscale, by the rules of :func:`read_image`.
+
+    No size limit here: callers facing untrusted bytes check the header first
+    (``pneumoseg.service.decode``). Raises DataError naming ``name``.
+    """
+    arr = _imdecode(np.frombuffer(data, dtype=np.uint8))
     if arr is None:
-        raise DataError(f"{path}: not a readable image (PNG or JPEG expected, {buf.size} bytes)")
-    return arr
+        raise DataError(f"{name}: not a readable image (PNG or JPEG expected, {len(data)} bytes)")
+    return _to_gray_uint8(arr, name)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -67,16 +85,14 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     from 0..65535 to 0..255 (``round(v / 257)``). Raises DataError naming the file.
     """
     path = Path(path)
-    arr = _decode(path)
-    if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY) if arr.shape[2] == 3 else arr[:, :, 0]
-    if arr.dtype == np.uint16:
-        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise DataError(f"{path}: unsupported pixel type {arr.dtype} (8- or 16-bit expected)")
-    return np.ascontiguousarray(arr)
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    arr = _imdecode(buf)
+    if arr is None:
+        raise DataError(f"{path}: not a readable image (PNG or JPEG expected, {buf.size} bytes)")
+    return _to_gray_uint8(arr, path)
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:

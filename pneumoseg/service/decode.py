@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from pneumoseg.errors import DataError, DicomError, PneumosegError
+from pneumoseg.images import decode_image
 from pneumoseg.paths import is_valid_uid
 from pneumoseg.predict import InputImage
 
@@ -155,27 +155,12 @@ def image_header_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int
 
 
 def _decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H, W), by the same conversions as ``pneumoseg.images.read_image``."""
+    """PNG/JPEG bytes -> uint8 (H, W) (``pneumoseg.images.decode_image``), size checked from the header first."""
     shape = image_header_size(data, name, max_pixels)
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    if arr is None:
-        raise DataError(f"{name}: not a readable image (PNG or JPEG expected, {len(data)} bytes)")
+    arr = decode_image(data, name)
     if arr.shape[:2] != shape:
         raise DataError(f"{name}: decoded pixels have shape {arr.shape[:2]}, header says {shape}")
-    if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY) if arr.shape[2] == 3 else arr[:, :, 0]
-    if arr.dtype == np.uint16:
-        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise DataError(f"{name}: unsupported pixel type {arr.dtype} (8- or 16-bit expected)")
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> InputImage:

@@ -1,4 +1,4 @@
-"""A real uvicorn server on 127.0.0.1 serving the briefly trained run (one per test module)."""
+"""Service fixtures: the briefly trained run as a Predictor, an in-process client, a real uvicorn server."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from pneumoseg.predict import Predictor
 from pneumoseg.service import ServiceSettings, create_app, serve_in_background
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run: Path) -> Predictor:
+    torch.set_num_threads(1)
+    return Predictor([trained_run], device="cpu", batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def client(trained_run: Path, predictor: Predictor) -> Iterator[TestClient]:
+    with TestClient(create_app([trained_run], ServiceSettings(), predictor=predictor)) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -25,18 +23,6 @@ from tests.shared_data import SIIM, require_siim
 SUMMARY_KEYS = {"id", "image_id", "has_pneumothorax", "probability", "area_px", "area_percent", "rle", "threshold",
                 "postprocess", "width", "height", "meta", "urls", "format", "filename", "model", "elapsed_ms",
                 "stored"}
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_run: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor([trained_run], device="cpu", batch_size=1)
-
-
-@pytest.fixture(scope="module")
-def client(trained_run: Path, predictor: Predictor) -> Iterator[TestClient]:
-    with TestClient(create_app([trained_run], ServiceSettings(), predictor=predictor)) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -38,18 +36,6 @@ from pneumoseg.service.uploads import remove_stale_uploads
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_run: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor([trained_run], device="cpu", batch_size=1)
-
-
-@pytest.fixture(scope="module")
-def client(trained_run: Path, predictor: Predictor) -> Iterator[TestClient]:
-    with TestClient(create_app([trained_run], ServiceSettings(), predictor=predictor)) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

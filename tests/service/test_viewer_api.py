@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
@@ -28,18 +27,6 @@ from pneumoseg.service import ServiceSettings, create_app
 from tests.shared_data import SIIM, require_siim
 
 TOKEN = "viewer-token-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_run: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor([trained_run], device="cpu", batch_size=1)
-
-
-@pytest.fixture(scope="module")
-def client(trained_run: Path, predictor: Predictor) -> Iterator[TestClient]:
-    with TestClient(create_app([trained_run], ServiceSettings(), predictor=predictor)) as c:
-        yield c
 
 
 def _dicom_16bit(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME1") -> Path:
