@@ -16,9 +16,11 @@ import numpy as np
 from pneumoseg.atomic import atomic_write_bytes
 from pneumoseg.errors import DataError
 
-__all__ = ["MASK_RULES", "MaskRule", "decode_image", "encode_bilevel_png", "encode_png", "read_image", "read_mask",
+__all__ = ["IMAGE_SUFFIXES", "MASK_RULES", "MaskRule", "decode_image", "encode_bilevel_png", "encode_png", "read_image", "read_mask",
            "resize_image", "resize_mask", "write_png"]
 
+#: Suffixes of the image files pneumoseg reads (PNG layouts, predict inputs).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 MaskRule = Literal["any", "fraction", "soft"]
 #: Downscaling rules of ``resize_mask`` (see there).
 MASK_RULES: tuple[str, ...] = ("any", "fraction", "soft")

@@ -37,7 +37,7 @@ from pneumoseg.dicom_seg import area_mm2, make_segmentation, write_segmentation
 from pneumoseg.dicom_sr import make_sr, write_sr
 from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
 from pneumoseg.export import OnnxModel
-from pneumoseg.images import read_image, resize_image, write_png
+from pneumoseg.images import IMAGE_SUFFIXES, read_image, resize_image, write_png
 from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.overlay import annotate, overlay, write_rgb_png
 from pneumoseg.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
@@ -68,7 +68,6 @@ __all__ = [
 ]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BACKENDS = ("torch", "onnx")
 ONNX_NAME = "model.onnx"  #: where ``--backend onnx`` looks in a run folder (``pneumoseg export`` default)
 TOP_FRACTION = 0.001  #: share of an image's pixels averaged by :func:`image_score` (0.1 %)

@@ -473,8 +473,6 @@ def _xfail_on_crash(output: str, command: str) -> None:
         pytest.xfail(f"`pneumoseg {command}` itself crashed (code owned elsewhere): {last}")
 
 
-@pytest.mark.xfail(strict=False, reason="pneumoseg/data/explore.py (owned elsewhere) also names the first unreadable "
-                   "file in its summary warning ('N file(s) could not be used ...; first: FILE: ...')")
 def test_cli_explore_over_pydicom_test_files(hostile_folder: Path, tmp_path: Path) -> None:
     rle = tmp_path / "rle.csv"
     rle.write_text("ImageId, EncodedPixels\n1.2.3.4, -1\n")

@@ -1,4 +1,4 @@
-"""``pneumoseg explore``: dataset statistics, metadata table and figures for DICOM + RLE data."""
+"""``pneumoseg explore``: dataset statistics, metadata table and figures for DICOM (+ RLE) or PNG sets."""
 
 from __future__ import annotations
 
@@ -29,14 +29,46 @@ def _span(stats: dict[str, Any], unit: str = "") -> str:
     return f"{stats['min']:g} / {stats['median']:g} / {stats['max']:g}{unit} (min / median / max)"
 
 
+def _area(summary: dict[str, Any]) -> str:
+    """Mask areas of the positives: mm² (with px) when every positive has a pixel spacing, else px."""
+    px = _span(summary["mask_area_px"], " px")
+    if summary.get("mask_area_mm2"):
+        return f"{_span(summary['mask_area_mm2'], ' mm²')}; {px}"
+    lacking = summary.get("n_positive_without_spacing", 0)
+    return f"{px}; {lacking} of {summary['n_positive']} without pixel spacing" if lacking else px
+
+
+def _png_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("images", str(summary["n_images"])),
+        ("left out (failed)", str(summary.get("n_failed", 0))),
+        ("pneumothorax", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
+        ("no pneumothorax", str(summary["n_negative"])),
+        ("images without mask", str(summary["n_without_mask"])),
+        ("masks without image", str(summary["n_masks_without_image"])),
+        ("regions per positive", _per(summary["regions_per_positive"]) or "-"),
+        ("mask area (positives)", _area(summary)),
+        ("image size", _join(summary["image_size"])),
+        ("DICOM metadata", "none in the PNG layout (no patient, age, sex, view, pixel spacing)"),
+    ]
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
-    """A two-column rich table of the dataset summary returned by ``explore``."""
-    labelled = "" if summary.get("labelled", True) else " (unlabelled: no --rle)"
-    table = Table(title=f"Dataset: {escape(summary['dicom_dir'])}{labelled}", show_header=False,
-                  title_justify="left")
+    """A two-column rich table of the dataset summary returned by ``explore`` or ``explore_png``."""
+    png = summary.get("layout") == "png"
+    unlabelled = " (unlabelled: no masks/)" if png else " (unlabelled: no --rle)"
+    labelled = "" if summary.get("labelled", True) else unlabelled
+    source = summary["png_dir"] if png else summary["dicom_dir"]
+    table = Table(title=f"Dataset: {escape(source)}{labelled}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
-    age = summary["age"]
+    for name, value in _png_rows(summary) if png else _dicom_rows(summary):
+        table.add_row(name, escape(value))
+    return table
+
+
+def _dicom_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    age, spacing = summary["age"], summary.get("pixel_spacing_mm")
     rows = [
         ("images", f"{summary['n_images']} ({summary['n_patients']} patients)"),
         ("left out (failed)", str(summary.get("n_failed", 0))),
@@ -51,7 +83,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("positive rate by view", ", ".join(f"{v}: {d['positive_rate']:.1%} of {d['images']}"
                                             for v, d in summary["by_view_position"].items())),
         ("age (years)", f"{_span(age)}; missing {age['missing']}, over 100: {age['over_100']}"),
-        ("mask area (positives)", _span(summary["mask_area_px"], " px")),
+        ("mask area (positives)", _area(summary)),
+        ("pixel spacing", f"{_span(spacing, ' mm')}; {_join(summary['pixel_spacing_source'])}" if spacing else "-"),
         ("modality", _join(summary["modality"])),
         ("image size", _join(summary["image_size"])),
         ("transfer syntax", _join(summary["transfer_syntax"])),
@@ -60,18 +93,20 @@ def summary_table(summary: dict[str, Any]) -> Table:
         if part["images"]:
             rows.append((f"{label}: sex / view / age", f"{_join(part['sex'])} | {_join(part['view_position'])} | "
                                                        f"{_span(part['age'])}"))
-    for name, value in rows:
-        table.add_row(name, escape(value))
-    return table
+    return rows
 
 
 @cli_errors
 def explore(
-    dicom_dir: Annotated[Path, typer.Argument(help="Folder searched for *.dcm (recursively).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, metadata.csv, samples.png, "
                                                     "distributions.png.")],
+    dicom_dir: Annotated[Path | None, typer.Argument(help="Folder searched for *.dcm (recursively).",
+                                                     show_default=False)] = None,
     rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv, .csv.gz too); "
                                                            "without it: header statistics only.")] = None,
+    png_dir: Annotated[Path | None, typer.Option("--png-dir", help="The PNG layout instead of DICOMs: DIR/images/ "
+                                                                   "and optional DIR/masks/ (0/255), as prepare "
+                                                                   "--png-dir reads.")] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Images in the sample grid (0: none).")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     full_header: Annotated[bool, typer.Option("--full-header/--short-header", help="Print every element of the "
@@ -79,24 +114,41 @@ def explore(
                                                                                   "data left out), not a "
                                                                                   "summary.")] = False,
 ) -> None:
-    """Summarise a DICOM dataset (labelled with --rle, or not): first header, statistics table and figures.
+    """Summarise a dataset: DICOM_DIR (labelled with --rle, or not) or --png-dir DIR; statistics and figures.
 
-    Files that cannot be used (unreadable, no pixel data, invalid SOPInstanceUID, bad RLE row) are
-    listed, left out of the statistics, and make the command exit with code 2 after writing.
+    DICOM: the first header, then the table; mask areas in mm² when every positive has a pixel
+    spacing. PNG (images/ + masks/): label statistics and image sizes, no DICOM metadata. Files that
+    cannot be used (unreadable, no pixel data, invalid SOPInstanceUID, bad RLE row, bad or
+    mismatched mask) are listed, left out of the statistics, and make the command exit with code 2
+    after writing.
     """
     from pneumoseg.data.explore import explore as explore_dataset  # lazy: keeps `pneumoseg --help` fast
+    from pneumoseg.data.explore import explore_png
     from pneumoseg.dicom import DicomMeta, format_header
 
-    summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
-    if full_header:
-        import pydicom
-
-        first = dicom_dir / summary["first_file"]
-        console.print(f"{escape(str(first))}:", highlight=False, soft_wrap=True)
-        console.print(escape(str(pydicom.dcmread(first, stop_before_pixels=True, force=True))), highlight=False,
-                      soft_wrap=True, markup=False)
+    if (dicom_dir is None) == (png_dir is None):
+        raise fail("give either DICOM_DIR [--rle CSV], or --png-dir DIR (exactly one of them)")
+    if png_dir is not None:
+        if rle is not None:
+            raise fail("--rle goes with DICOM_DIR; the PNG layout reads masks from --png-dir/masks")
+        if full_header:
+            raise fail("--full-header prints a DICOM header; the PNG layout (--png-dir) has none")
+        summary = explore_png(png_dir, out, n_samples=samples, progress=progress)
+        console.print("PNG layout: no DICOM header or metadata (label statistics and image sizes only)",
+                      highlight=False)
     else:
-        console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False, soft_wrap=True)
+        assert dicom_dir is not None
+        summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
+        if full_header:
+            import pydicom
+
+            first = dicom_dir / summary["first_file"]
+            console.print(f"{escape(str(first))}:", highlight=False, soft_wrap=True)
+            console.print(escape(str(pydicom.dcmread(first, stop_before_pixels=True, force=True))), highlight=False,
+                          soft_wrap=True, markup=False)
+        else:
+            console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False,
+                          soft_wrap=True)
     console.print()
     console.print(summary_table(summary))
     # escape(): file names and header values are input, and may hold rich markup such as "[/]".

@@ -30,7 +30,7 @@ def predict(
     run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
     input: Path | None = typer.Argument(None, help="A DICOM, a PNG/JPEG, or a folder of them (recursive); "
                                         "or give --list."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (required, except with --dicomweb)."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
     submission: Path | None = typer.Option(None, "--submission", help="Submission CSV path (default OUT/submission.csv)."),
     rle_format: str = typer.Option("relative", "--rle-format",
@@ -60,6 +60,11 @@ def predict(
     workers: int = typer.Option(2, "--workers", min=0, help="DataLoader processes decoding inputs per device."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions in --out made with other "
                                    "settings (default: resume when the settings match, else refuse)."),
+    dicomweb: str | None = typer.Option(None, "--dicomweb", help="Instead of INPUT: a DICOMweb root URL; fetch "
+                                        "--study (WADO-RS) and store the SEG (+ --dicom-sr/--dicom-sc) there "
+                                        "(STOW-RS), as `pneumoseg dicomweb`."),
+    study: str | None = typer.Option(None, "--study", help="With --dicomweb: the StudyInstanceUID."),
+    series: str | None = typer.Option(None, "--series", help="With --dicomweb: only this SeriesInstanceUID."),
 ) -> None:
     """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
     from pneumoseg.errors import ConfigError
@@ -67,6 +72,18 @@ def predict(
     from pneumoseg.paths import check_output_dir, check_output_file
     from pneumoseg.predict import Predictor
 
+    if dicomweb is not None:
+        from pneumoseg.cli.listen import dicomweb as dicomweb_command
+
+        if study is None or input is not None or list_file is not None or out is not None:
+            raise ConfigError("--dicomweb URL needs --study UID and no INPUT, --list or --out (results go back to "
+                              "the server)")
+        dicomweb_command(run, url=dicomweb, study=study, series=series, sr=dicom_sr, sc=dicom_sc,
+                         seg_empty=True, redo=overwrite, checkpoint=checkpoint, tta=tta, device=device,
+                         batch_size=batch_size)
+        return
+    if out is None:
+        raise ConfigError("--out DIR is required (or --dicomweb URL --study UID)")
     if rle_format not in ("relative", "absolute"):
         raise ConfigError(f"--rle-format {rle_format!r} unknown (valid: relative, absolute)")
     if onnx and backend != "onnx":

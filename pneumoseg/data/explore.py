@@ -1,4 +1,4 @@
-"""Explore a DICOM + RLE dataset: statistics, a metadata table, a sample grid, distribution figures.
+"""Explore a DICOM + RLE dataset or a PNG set: statistics, a metadata table, a sample grid, figures.
 
 ``explore(dicom_dir, rle_csv, out_dir)`` reads every DICOM header (``read_dicom_meta``: fast, no
 decoding) and checks that pixel data is there, joins it with the annotation CSV by ImageId (the
@@ -8,7 +8,9 @@ same rule as prepare: the SOPInstanceUID, else the file stem; ``paths.dicom_imag
 * ``OUT/summary.json``       the dictionary returned (counts, rates, distributions, warnings, failures);
 * ``OUT/metadata.csv``       one row per usable DICOM: header fields + has_pneumothorax (0/1),
   n_annotations (non-empty RLE rows), n_rle_rows, mask_area_px (union mask at Rows x Columns),
-  file, matched_by;
+  pixel_spacing_mm (sqrt(row * column) of ``dicom.pixel_spacing_mm``; empty when the header has
+  none), pixel_spacing_source (the attribute it came from), mask_area_mm2 (px * row * column
+  spacing), file, matched_by;
 * ``OUT/samples.png``        up to ``n_samples`` images, positives first, masks overlaid in red;
 * ``OUT/distributions.png``  age, sex, view position, regions per positive, mask area, rate by view.
 
@@ -18,13 +20,24 @@ row, an id already taken by another file, a sample image that does not decode) i
 the CLI then exits 2. Images without an annotation row count as "no pneumothorax" (one warning
 says how many); annotation ImageIds without a DICOM are counted and reported. Without an annotation
 CSV (``rle_csv=None``: an unlabelled folder) the statistics cover the headers only and no image
-is counted as positive; ``summary["labelled"]`` says which.
+is counted as positive; ``summary["labelled"]`` says which. Mask areas are summarised in mm²
+when every positive has a pixel spacing, else in px (``summary["mask_area_unit"]``; a warning
+says how many positives lack one).
+
+``explore_png(png_dir, out_dir)`` does the same for the PNG layout that ``prepare --png-dir``
+reads: ``png_dir/images/<name>.(png|jpg|jpeg)`` with optional ``png_dir/masks/<name>.png``
+(0/255; no mask = no pneumothorax). image_id = the file stem (``paths.safe_name``);
+metadata.csv holds ``PNG_COLUMNS`` (n_regions: 8-connected regions of the mask, prepare's
+rule). There is no DICOM metadata (no patient, age, sex, view, pixel spacing): label
+statistics, image sizes and areas in px only, and the summary says so. An unreadable image or
+mask, a mask whose size differs from its image's, an unsafe or duplicate name is a failure.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 import os
 import warnings
 from collections.abc import Iterable
@@ -32,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -41,28 +55,36 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
-from pneumoseg.dicom import read_dicom, read_dicom_meta
+from pneumoseg.dicom import pixel_spacing_mm, read_dicom, read_dicom_meta
 from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.paths import check_output_dir, dicom_image_id, one_line
+from pneumoseg.images import IMAGE_SUFFIXES, read_image, read_mask
+from pneumoseg.paths import check_output_dir, dicom_image_id, one_line, safe_name
 from pneumoseg.progress import progress_bar
 from pneumoseg.rle import Annotations, read_annotations
 
 __all__ = [
     "METADATA_COLUMNS",
+    "PNG_COLUMNS",
     "Scan",
     "explore",
+    "explore_png",
     "find_dicoms",
+    "find_png_pairs",
     "plot_distributions",
     "plot_samples",
     "scan_dataset",
+    "scan_png",
     "summarize",
+    "summarize_png",
 ]
 
 METADATA_COLUMNS = [
     "image_id", "patient_id", "patient_age", "patient_sex", "modality", "body_part", "view_position",
     "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "transfer_syntax_name",
-    "has_pneumothorax", "n_annotations", "n_rle_rows", "mask_area_px", "file", "matched_by",
+    "has_pneumothorax", "n_annotations", "n_rle_rows", "mask_area_px", "pixel_spacing_mm", "pixel_spacing_source",
+    "mask_area_mm2", "file", "matched_by",
 ]
+PNG_COLUMNS = ["image_id", "rows", "columns", "has_pneumothorax", "n_regions", "mask_area_px", "file", "mask_file"]
 _THUMB = 256  # longest side of a sample-grid tile, pixels
 _RED = np.array([255.0, 0.0, 0.0])
 
@@ -78,11 +100,14 @@ def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def _pixel_data_problem(path: Path) -> str | None:
-    """Why ``path`` has no usable pixel data (missing, truncated), else None; pixels are not decoded.
+_Spacing = tuple[tuple[float, float], str]  # ((row, column) mm, source attribute): dicom.pixel_spacing_mm
 
-    Reads the whole data set with large values deferred (about 1 ms); ``read_dicom_meta`` stops
-    before the pixel data and so cannot tell.
+
+def _pixel_data_and_spacing(path: Path) -> tuple[str | None, _Spacing | None]:
+    """(why ``path`` has no usable pixel data (missing, truncated) or None, its pixel spacing or None).
+
+    Pixels are not decoded: the whole data set is read with large values deferred (about 1 ms);
+    ``read_dicom_meta`` stops before the pixel data and so cannot tell.
     """
     import pydicom
 
@@ -91,16 +116,28 @@ def _pixel_data_problem(path: Path) -> str | None:
         try:
             ds = pydicom.dcmread(path, defer_size=4096)
         except Exception as exc:
-            return f"unreadable DICOM data ({type(exc).__name__}: {exc})"
+            return f"unreadable DICOM data ({type(exc).__name__}: {exc})", None
     if any("end of file" in str(w.message).lower() for w in caught):
-        return "truncated DICOM file (pixel data cut short)"
+        return "truncated DICOM file (pixel data cut short)", None
     if "PixelData" not in ds:
-        return "DICOM file has no pixel data"
+        return "DICOM file has no pixel data", None
     elem = ds.get_item("PixelData")
     length, start = getattr(elem, "length", 0), getattr(elem, "value_tell", None)
     if start is not None and length != 0xFFFFFFFF and start + length > path.stat().st_size:
-        return f"truncated DICOM file (pixel data needs {length} bytes, the file ends before)"
-    return None
+        return f"truncated DICOM file (pixel data needs {length} bytes, the file ends before)", None
+    try:
+        return None, pixel_spacing_mm(ds)
+    except Exception:  # a malformed spacing value pydicom cannot convert: spacing unknown, image still usable
+        return None, None
+
+
+def _spacing_columns(area_px: int, spacing: _Spacing | None) -> dict[str, Any]:
+    """pixel_spacing_mm (sqrt(row * column)), pixel_spacing_source, mask_area_mm2 (exact: px * row * column)."""
+    if spacing is None:
+        return {"pixel_spacing_mm": None, "pixel_spacing_source": "", "mask_area_mm2": None}
+    (row, col), source = spacing
+    return {"pixel_spacing_mm": round(math.sqrt(row * col), 9), "pixel_spacing_source": source,
+            "mask_area_mm2": round(area_px * row * col, 6)}
 
 
 @dataclass
@@ -133,7 +170,7 @@ def scan_dataset(files: list[Path], annotations: Annotations, root: Path, progre
             try:
                 meta = read_dicom_meta(path)
                 key = meta.image_id
-                problem = _pixel_data_problem(path)
+                problem, spacing = _pixel_data_and_spacing(path)
                 if problem:
                     raise DataError(f"{path}: {problem}")
                 key, matched_by = dicom_image_id(meta.image_id, path, annotations)
@@ -151,7 +188,7 @@ def scan_dataset(files: list[Path], annotations: Annotations, root: Path, progre
             records.append({**meta.as_dict(), "image_id": key,
                             "has_pneumothorax": int(n_annotations > 0), "n_annotations": n_annotations,
                             "n_rle_rows": len(rows) if rows else -1, "mask_area_px": area,
-                            "file": path.relative_to(root).as_posix(), "matched_by": matched_by})
+                            **_spacing_columns(area, spacing), "file": path.relative_to(root).as_posix(), "matched_by": matched_by})
     table = pd.DataFrame.from_records(records, columns=METADATA_COLUMNS)
     return Scan(table, failures, file_warnings, left_out)
 
@@ -171,13 +208,42 @@ def _stats(values: pd.Series) -> dict[str, float | int | None]:
             "mean": round(float(v.mean()), 2), "max": float(v.max())}
 
 
+def _label_stats(df: pd.DataFrame, regions: str) -> dict[str, Any]:
+    """Counts, rate, regions per positive (column ``regions``), image sizes and px areas: both layouts."""
+    n_images = len(df)
+    pos = df[df["has_pneumothorax"] == 1]
+    return {
+        "n_images": n_images,
+        "n_positive": len(pos),
+        "n_negative": n_images - len(pos),
+        "positive_rate": round(len(pos) / n_images, 4) if n_images else 0.0,
+        "regions_per_positive": {str(k): int(v) for k, v in pos[regions].value_counts().sort_index().items()},
+        "image_size": _counts(df["rows"].astype(str) + "x" + df["columns"].astype(str)),
+        "mask_area_px": _stats(pos["mask_area_px"]),
+        "mask_area_fraction_mean": round(float((pos["mask_area_px"] / (pos["rows"] * pos["columns"])).mean()), 5)
+        if len(pos) else None,
+    }
+
+
+def _area_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """Pixel spacings, and the positives' mask areas in mm² when every positive has a spacing (else None)."""
+    pos = df[df["has_pneumothorax"] == 1]
+    n_lacking = int(pd.to_numeric(pos["pixel_spacing_mm"], errors="coerce").isna().sum())
+    in_mm2 = len(pos) > 0 and n_lacking == 0
+    spacing = pd.to_numeric(df["pixel_spacing_mm"], errors="coerce")
+    return {"mask_area_unit": "mm2" if in_mm2 else "px",
+            "mask_area_mm2": _stats(pos["mask_area_mm2"]) if in_mm2 else None,
+            "n_positive_without_spacing": n_lacking,
+            "pixel_spacing_mm": {**_stats(spacing), "missing": int(spacing.isna().sum())},
+            "pixel_spacing_source": _counts(df["pixel_spacing_source"], "none")}
+
+
 def summarize(df: pd.DataFrame, annotations: Annotations, left_out_ids: Iterable[str] = ()) -> dict[str, Any]:
     """Dataset statistics from a ``scan_dataset`` table (JSON-serialisable, no file paths).
 
     ``left_out_ids``: ids of files left out as failures (their rows do not count as orphans).
+    ``mask_area_mm2`` is None (and ``mask_area_unit`` "px") unless every positive has a spacing.
     """
-    n_images = len(df)
-    pos = df[df["has_pneumothorax"] == 1]
     annotated = df[df["n_rle_rows"] > 0]
     orphans = sorted(set(annotations) - set(df["image_id"]) - set(left_out_ids))
     by_view = {str(view): {"images": len(g), "positive": int(g["has_pneumothorax"].sum()),
@@ -186,31 +252,31 @@ def summarize(df: pd.DataFrame, annotations: Annotations, left_out_ids: Iterable
                .groupby("view_position")}
     ages = pd.to_numeric(df["patient_age"], errors="coerce")
     return {
-        "n_images": n_images,
+        **_label_stats(df, "n_annotations"),
         "n_patients": int(df["patient_id"].replace("", np.nan).nunique()),
-        "n_positive": len(pos),
-        "n_negative": n_images - len(pos),
-        "positive_rate": round(len(pos) / n_images, 4) if n_images else 0.0,
         "n_without_annotation_row": int((df["n_rle_rows"] < 0).sum()),
         "n_matched_by_stem": int((df["matched_by"] == "stem").sum()),
         "n_annotation_ids_without_image": len(orphans),
         "n_annotation_rows": int(annotated["n_rle_rows"].sum()),
         "annotation_rows_per_image": {str(k): int(v) for k, v in
                                       annotated["n_rle_rows"].value_counts().sort_index().items()},
-        "regions_per_positive": {str(k): int(v) for k, v in
-                                 pos["n_annotations"].value_counts().sort_index().items()},
         "sex": _counts(df["patient_sex"]),
         "view_position": _counts(df["view_position"]),
         "modality": _counts(df["modality"]),
-        "image_size": _counts(df["rows"].astype(str) + "x" + df["columns"].astype(str)),
         "transfer_syntax": _counts(df["transfer_syntax_name"]),
         "age": {**_stats(ages), "missing": int(ages.isna().sum()), "over_100": int((ages > 100).sum())},
-        "mask_area_px": _stats(pos["mask_area_px"]),
-        "mask_area_fraction_mean": round(float((pos["mask_area_px"] / (pos["rows"] * pos["columns"])).mean()), 5)
-        if len(pos) else None,
+        **_area_summary(df),
         "by_view_position": by_view,
         "by_label": _by_label(df),
     }
+
+
+def summarize_png(df: pd.DataFrame, n_masks_without_image: int = 0) -> dict[str, Any]:
+    """Label statistics of a ``scan_png`` table: no DICOM metadata, so no patients, ages, views or mm²."""
+    return {**_label_stats(df, "n_regions"), "dicom_metadata": False,
+            "n_without_mask": int((df["mask_file"] == "").sum()),
+            "n_masks_without_image": n_masks_without_image,
+            "mask_area_unit": "px", "mask_area_mm2": None}
 
 
 def _short_id(image_id: str) -> str:
@@ -232,35 +298,64 @@ def _tile(pixels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: Path, n_samples: int) -> list[str]:
-    """Write a grid of up to ``n_samples`` images (positives first) to ``path``.
+def _area_label(row: pd.Series) -> str:
+    """A tile's area caption: "1234 px", "1234 px, 35 mm²" or "no pneumothorax"."""
+    area = int(row["mask_area_px"])
+    if not area:
+        return "no pneumothorax"
+    mm2 = pd.to_numeric(row.get("mask_area_mm2"), errors="coerce")
+    return f"{area} px" + ("" if pd.isna(mm2) else f", {mm2:.0f} mm²")
 
-    Returns the failure lines of the chosen images that do not decode (their tiles say so).
-    """
+
+# (row of the table) -> (uint8 (H, W) pixels, bool (H, W) mask or None); raises PneumosegError
+_Loader = Callable[[pd.Series], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _plot_grid(df: pd.DataFrame, load: _Loader, path: Path, n_samples: int) -> dict[str, str]:
+    """Write a grid of up to ``n_samples`` images (positives first); image_id -> failure of tiles that fail."""
     chosen = pd.concat([df[df["has_pneumothorax"] == 1], df[df["has_pneumothorax"] == 0]]).head(n_samples)
     n_cols = max(1, math.ceil(math.sqrt(len(chosen))))
     n_rows = max(1, math.ceil(len(chosen) / n_cols))
     fig = Figure(figsize=(2.6 * n_cols, 2.9 * n_rows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
-        area = int(row["mask_area_px"])
-        ax.set_title(f"{_short_id(row['image_id'])}\n{f'{area} px' if area else 'no pneumothorax'}", fontsize=8)
+        ax.set_title(f"{_short_id(row['image_id'])}\n{_area_label(row)}", fontsize=8)
         try:
-            image = read_dicom(root / row["file"])
+            pixels, mask = load(row)
         except PneumosegError as exc:
-            problems.append(one_line(str(exc)))
+            problems[row["image_id"]] = one_line(str(exc))
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
             continue
-        mask = annotations.mask(row["image_id"], *image.pixels.shape) if area else None
-        ax.imshow(_tile(image.pixels, mask), interpolation="nearest")
+        ax.imshow(_tile(pixels, mask), interpolation="nearest")
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle("Samples (positives first; pneumothorax in red)", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return problems
+
+
+def _dicom_loader(annotations: Annotations, root: Path) -> _Loader:
+    def load(row: pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
+        pixels = read_dicom(root / row["file"]).pixels
+        return pixels, annotations.mask(row["image_id"], *pixels.shape) if row["mask_area_px"] else None
+    return load
+
+
+def _png_loader(root: Path) -> _Loader:
+    def load(row: pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
+        return read_image(root / row["file"]), read_mask(root / row["mask_file"]) if row["mask_file"] else None
+    return load
+
+
+def plot_samples(df: pd.DataFrame, annotations: Annotations, root: Path, path: Path, n_samples: int) -> list[str]:
+    """Write a grid of up to ``n_samples`` DICOM images (positives first, RLE masks in red) to ``path``.
+
+    Returns the failure lines of the chosen images that do not decode (their tiles say so).
+    """
+    return list(_plot_grid(df, _dicom_loader(annotations, root), path, n_samples).values())
 
 
 def _bars(ax: Axes, counts: dict[str, int], title: str, color: str = "tab:blue") -> None:
@@ -290,6 +385,38 @@ def _by_label(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _area_panel(ax: Axes, df: pd.DataFrame, summary: dict[str, Any]) -> None:
+    """Log-scale histogram of the positives' mask areas, in mm² when ``summary["mask_area_unit"]`` says so."""
+    pos = df[df["has_pneumothorax"] == 1]
+    in_mm2 = summary["mask_area_unit"] == "mm2"
+    areas = pd.to_numeric(pos["mask_area_mm2" if in_mm2 else "mask_area_px"], errors="coerce").dropna()
+    areas = areas[areas > 0]
+    if len(areas):
+        low = float(areas.min())
+        bins = np.geomspace(low, max(2 * low, float(areas.max())), 20).tolist()  # all equal: still increasing
+        ax.hist(areas, bins=bins, color="tab:red", edgecolor="white")
+        ax.set_xscale("log")
+        # Plain numbers (100, 1k, 10k) at 1-2-5 steps, not 10^2 exponents.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(_area_tick))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.text(0.5, 0.5, "no positive images", ha="center", va="center", transform=ax.transAxes)
+    if in_mm2:
+        unit = "mm²"
+    elif summary.get("dicom_metadata", True) and summary.get("n_positive_without_spacing"):
+        unit = f"pixels: {summary['n_positive_without_spacing']} of {len(pos)} without pixel spacing"
+    else:
+        unit = "pixels" if summary.get("dicom_metadata", True) else "pixels: no pixel spacing in PNG"
+    ax.set_title(f"Mask area of positives ({unit}; log scale)", fontsize=10)
+
+
+def _suptitle(fig: Figure, summary: dict[str, Any]) -> None:
+    fig.suptitle(f"{summary['n_images']} images, {summary['n_positive']} positive "
+                 f"({summary['positive_rate']:.1%})", fontsize=12)
+
+
 def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
     """Write a 2x3 figure (age, sex, view, regions per positive, mask area, rate by view) to ``path``."""
     fig = Figure(figsize=(15, 8.5), layout="constrained")
@@ -312,26 +439,36 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
     ax_view.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_view.legend(fontsize=8)
     _bars(ax_regions, summary["regions_per_positive"], "Annotated regions per positive image", "tab:red")
-    areas = df.loc[df["has_pneumothorax"] == 1, "mask_area_px"]
-    if len(areas):
-        low = max(1, areas.min())
-        bins = np.geomspace(low, max(2 * low, areas.max()), 20)  # all areas equal: still increasing
-        ax_area.hist(areas, bins=bins, color="tab:red", edgecolor="white")
-        ax_area.set_xscale("log")
-        # Plain numbers (100, 1k, 10k) at 1-2-5 steps, not 10^2 exponents.
-        ax_area.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax_area.xaxis.set_major_formatter(FuncFormatter(_area_tick))
-        ax_area.xaxis.set_minor_formatter(NullFormatter())
-        ax_area.yaxis.set_major_locator(MaxNLocator(integer=True))
-    else:
-        ax_area.text(0.5, 0.5, "no positive images", ha="center", va="center", transform=ax_area.transAxes)
-    ax_area.set_title("Mask area of positives (pixels, log scale)", fontsize=10)
+    _area_panel(ax_area, df, summary)
     ax_rate.bar(labels, [100 * views[v]["positive_rate"] for v in labels], color="tab:red")
     ax_rate.set_title("Positive rate by view position (%)", fontsize=10)
-    fig.suptitle(f"{summary['n_images']} images, {summary['n_positive']} positive "
-                 f"({summary['positive_rate']:.1%})", fontsize=12)
+    _suptitle(fig, summary)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
+
+
+def _plot_png_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
+    """A 2x2 figure for the PNG layout: labels, regions per positive, mask area (px), image sizes."""
+    fig = Figure(figsize=(11, 8.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    (ax_labels, ax_regions), (ax_area, ax_size) = fig.subplots(2, 2)
+    ax_labels.bar(["pneumothorax", "no pneumothorax"], [summary["n_positive"], summary["n_negative"]],
+                  color=["tab:red", "tab:gray"])
+    ax_labels.set_title(f"Labels ({summary['n_without_mask']} image(s) without a mask counted as no "
+                        "pneumothorax)", fontsize=10)
+    ax_labels.set_ylabel("images")
+    ax_labels.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _bars(ax_regions, summary["regions_per_positive"], "Mask regions (8-connected) per positive image", "tab:red")
+    _area_panel(ax_area, df, summary)
+    _bars(ax_size, summary["image_size"], "Image size (rows x columns; no DICOM metadata in PNG)")
+    _suptitle(fig, summary)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def _failures_warning(failures: list[str]) -> list[str]:
+    return [f"{len(failures)} file(s) could not be used and were left out of every statistic (listed above)"] \
+        if failures else []
 
 
 def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings: list[str],
@@ -349,16 +486,69 @@ def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings:
     if summary["n_matched_by_stem"]:
         out.append(f"{summary['n_matched_by_stem']} image(s) matched to their annotation rows by file name, not "
                    "by the SOPInstanceUID in the header (metadata.csv: matched_by=stem)")
-    if failures:
-        out.append(f"{len(failures)} file(s) could not be used and were left out of every statistic; "
-                   f"first: {failures[0]}")
-    return out
+    if summary["n_positive_without_spacing"]:
+        out.append(f"{summary['n_positive_without_spacing']} of {summary['n_positive']} positive image(s) have no "
+                   "pixel spacing (PixelSpacing or ImagerPixelSpacing): mask areas are given in px, not mm²")
+    return out + _failures_warning(failures)
+
+
+def _png_warnings(summary: dict[str, Any], failures: list[str]) -> list[str]:
+    out = ["PNG layout: no DICOM metadata (patient, age, sex, view position, modality, pixel spacing): "
+           "label statistics and image sizes only, mask areas in px"]
+    if not summary["labelled"]:
+        out.append("no masks/ folder: unlabelled; every image is counted as no pneumothorax")
+    elif summary["n_without_mask"]:
+        out.append(f"{summary['n_without_mask']} image(s) have no mask in masks/; counted as no pneumothorax")
+    if summary["n_masks_without_image"]:
+        out.append(f"{summary['n_masks_without_image']} mask(s) in masks/ have no image in images/; ignored")
+    return out + _failures_warning(failures)
 
 
 def _annotation_warnings(annotations: Annotations) -> list[str]:
     """The annotation file's own warnings (``Annotations.warnings()``: duplicate rows), if it has any."""
     found = getattr(annotations, "warnings", ())
     return [one_line(str(w)) for w in (found() if callable(found) else found)]
+
+
+def _output_paths(out: Path, n_samples: int) -> dict[str, Path]:
+    paths = {"summary": out / "summary.json", "metadata": out / "metadata.csv",
+             "distributions": out / "distributions.png"}
+    if n_samples > 0:
+        paths["samples"] = out / "samples.png"
+    return paths
+
+
+def _samples_left_out(df: pd.DataFrame, load: _Loader, paths: dict[str, Path], n_samples: int,
+                      failures: list[str], what: str) -> pd.DataFrame:
+    """Draw the sample grid; a sample that does not decode is a bad item too: listed and left out."""
+    if "samples" not in paths:
+        return df
+    bad = _plot_grid(df, load, paths["samples"], n_samples)
+    failures += list(bad.values())
+    df = df[~df["image_id"].isin(bad)].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"{what} could be used; first: {failures[0]}")
+    return df
+
+
+def _write(summary: dict[str, Any], df: pd.DataFrame, paths: dict[str, Path],
+           plot: Callable[[pd.DataFrame, dict[str, Any], Path], None]) -> dict[str, Any]:
+    """Write metadata.csv, the distributions figure and summary.json (last); returns ``summary``."""
+    with atomic_path(paths["metadata"]) as tmp:
+        df.to_csv(tmp, index=False)
+    plot(df, summary, paths["distributions"])
+    summary["n_failed"] = len(summary["failures"])
+    summary["files"] = {name: str(p) for name, p in paths.items()}
+    atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _png_layout_hint(root: Path) -> str:
+    """" (use --png-dir)" when ``root`` looks like the PNG layout (images/ holding images), else ""."""
+    images = root / "images"
+    if images.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.iterdir()):
+        return f"; {images} holds images: for the PNG layout (images/ + masks/) use --png-dir {root}"
+    return ""
 
 
 def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
@@ -375,37 +565,121 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] |
     """
     root = Path(dicom_dir)
     out = check_output_dir(out_dir, [root] if rle_csv is None else [root, rle_csv], create=False)
-    files = find_dicoms(root)
+    try:
+        files = find_dicoms(root)
+    except DataError as exc:
+        raise DataError(f"{exc}{_png_layout_hint(root) if root.is_dir() else ''}") from None
     annotations = Annotations("<no annotation CSV>") if rle_csv is None else read_annotations(rle_csv)
     check_output_dir(out_dir)
     scan = scan_dataset(files, annotations, root, progress=progress)
     df, failures, left_out = scan.table, scan.failures, set(scan.left_out_ids)
+    none_usable = f"{root}: none of the {len(files)} .dcm files"
     if df.empty:
-        raise DataError(f"{root}: none of the {len(files)} .dcm files could be used; first: {failures[0]}")
-    paths = {"summary": out / "summary.json", "metadata": out / "metadata.csv",
-             "distributions": out / "distributions.png"}
-    if n_samples > 0:
-        paths["samples"] = out / "samples.png"
-        bad = plot_samples(df, annotations, root, paths["samples"], n_samples)
-        if bad:  # a sample that does not decode is a bad item too: left out like the others
-            failures += bad
-            keep = np.array([not any(line.startswith(str(root / f)) for line in bad) for f in df["file"]])
-            left_out |= set(df.loc[~keep, "image_id"])
-            df = df[keep].reset_index(drop=True)
-            if df.empty:
-                raise DataError(f"{root}: none of the {len(files)} .dcm files could be used; first: {failures[0]}")
-    summary: dict[str, Any] = {"dicom_dir": str(root), "rle_csv": None if rle_csv is None else str(rle_csv),
+        raise DataError(f"{none_usable} could be used; first: {failures[0]}")
+    paths = _output_paths(out, n_samples)
+    kept = _samples_left_out(df, _dicom_loader(annotations, root), paths, n_samples, failures, none_usable)
+    left_out |= set(df["image_id"]) - set(kept["image_id"])
+    df = kept
+    summary: dict[str, Any] = {"dicom_dir": str(root), "layout": "dicom",
+                               "rle_csv": None if rle_csv is None else str(rle_csv),
                                "labelled": rle_csv is not None, **summarize(df, annotations, left_out)}
     # Through JSON and back: the summary returned equals the summary.json written (tuples -> lists).
     summary["first_image"] = json.loads(json.dumps(read_dicom_meta(root / df["file"].iloc[0]).as_dict()))
     summary["first_file"] = str(df["file"].iloc[0])  # relative to dicom_dir
-    with atomic_path(paths["metadata"]) as tmp:
-        df.to_csv(tmp, index=False)
-    plot_distributions(df, summary, paths["distributions"])
     summary["warnings"] = _warnings(summary, failures, _annotation_warnings(annotations), rle_csv is not None)
     summary["file_warnings"] = scan.file_warnings
     summary["failures"] = failures
-    summary["n_failed"] = len(failures)
-    summary["files"] = {name: str(p) for name, p in paths.items()}
-    atomic_write_text(paths["summary"], json.dumps(summary, indent=2) + "\n")
-    return summary
+    return _write(summary, df, paths, plot_distributions)
+
+
+# --- the PNG layout (prepare --png-dir) -------------------------------------------------------------
+
+
+def find_png_pairs(png_dir: str | os.PathLike[str]) -> tuple[dict[str, Path], dict[str, Path], list[str], list[str]]:
+    """(image_id -> image, image_id -> mask, mask ids without an image, failures) of ``png_dir``.
+
+    Images: ``png_dir/images/*`` with a suffix in ``IMAGE_SUFFIXES`` (any case); masks:
+    ``png_dir/masks/*.png``, matched by stem. A stem that fails ``paths.safe_name`` or is taken by
+    an earlier file (sorted order) is a failure. DataError when there is no ``images/`` or no image.
+    """
+    root = Path(png_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: PNG folder not found (or not a folder)")
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir():
+        raise DataError(f"{root}: no images/ folder (the PNG layout is images/<name>.png with optional "
+                        "masks/<name>.png, 0/255)")
+    found = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not found:
+        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    images: dict[str, Path] = {}
+    failures: list[str] = []
+    for path in found:
+        try:
+            image_id = safe_name(path.stem, path, "file name")
+        except DataError as exc:
+            failures.append(one_line(str(exc)))
+            continue
+        if image_id in images:
+            failures.append(one_line(f"{path}: duplicate image id {image_id!r} (also {images[image_id]}); left out"))
+        else:
+            images[image_id] = path
+    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png")) if p.is_file()} if masks_dir.is_dir() else {}
+    stems = {p.stem for p in found}
+    return images, {i: p for i, p in masks.items() if i in images}, sorted(i for i in masks if i not in stems), failures
+
+
+def scan_png(images: dict[str, Path], masks: dict[str, Path], root: Path, progress: bool = True) -> Scan:
+    """Decode every image and mask (``PNG_COLUMNS``; paths relative to ``root``); failures as in ``Scan``.
+
+    A mask whose size differs from its image's is a failure naming both files.
+    """
+    records: list[dict[str, Any]] = []
+    failures: list[str] = []
+    with progress_bar(progress, transient=True) as bar:
+        for image_id, path in bar.track(sorted(images.items()), description="reading images"):
+            mask_path = masks.get(image_id)
+            try:
+                image = read_image(path)
+                mask = read_mask(mask_path) if mask_path else np.zeros(image.shape, dtype=bool)
+                if mask.shape != image.shape:
+                    raise DataError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image {path} is "
+                                    f"{image.shape[0]}x{image.shape[1]}")
+            except PneumosegError as exc:
+                failures.append(one_line(str(exc)))
+                continue
+            area = int(np.count_nonzero(mask))
+            n_regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if area else 0
+            records.append({"image_id": image_id, "rows": image.shape[0], "columns": image.shape[1],
+                            "has_pneumothorax": int(area > 0), "n_regions": int(n_regions), "mask_area_px": area,
+                            "file": path.relative_to(root).as_posix(),
+                            "mask_file": mask_path.relative_to(root).as_posix() if mask_path else ""})
+    return Scan(pd.DataFrame.from_records(records, columns=PNG_COLUMNS), failures)
+
+
+def explore_png(png_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], n_samples: int = 16,
+                progress: bool = True) -> dict[str, Any]:
+    """Explore the PNG layout (see the module docstring): the four outputs, and the summary returned.
+
+    The summary holds ``summarize_png`` (over the usable images only), ``png_dir``, ``layout``
+    ("png"), ``labelled`` (a masks/ folder exists), ``first_file``, ``warnings`` (the first says
+    that there is no DICOM metadata), ``failures``, ``n_failed`` and ``files``. Raises DataError
+    for a missing folder or images/, a bad ``out_dir`` or when no image is usable.
+    """
+    root = Path(png_dir)
+    out = check_output_dir(out_dir, [root], create=False)
+    images, masks, orphans, failures = find_png_pairs(root)
+    check_output_dir(out_dir)
+    scan = scan_png(images, masks, root, progress=progress)
+    failures += scan.failures
+    none_usable = f"{root / 'images'}: none of the images"
+    if scan.table.empty:
+        raise DataError(f"{none_usable} could be used; first: {failures[0]}")
+    paths = _output_paths(out, n_samples)
+    df = _samples_left_out(scan.table, _png_loader(root), paths, n_samples, failures, none_usable)
+    summary: dict[str, Any] = {"png_dir": str(root), "layout": "png", "labelled": (root / "masks").is_dir(),
+                               **summarize_png(df, len(orphans)), "first_file": str(df["file"].iloc[0])}
+    summary["warnings"] = _png_warnings(summary, failures)
+    summary["file_warnings"] = []
+    summary["failures"] = failures
+    return _write(summary, df, paths, _plot_png_distributions)

@@ -71,6 +71,7 @@ from pneumoseg import __version__
 from pneumoseg.atomic import atomic_write_bytes, atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.images import (
+    IMAGE_SUFFIXES,
     MASK_RULES,
     encode_bilevel_png,
     encode_png,
@@ -95,7 +96,6 @@ SIZES = tuple(range(128, 1024 + 1, 32))
 DEFAULT_MASK_RULE = "soft"
 INDEX_COLUMNS = ["image_id", "patient_id", "has_pneumothorax", "mask_area_px", "n_annotations", "sex", "age",
                  "view_position", "source", "orig_height", "orig_width", "matched_by", "pixel_spacing_mm"]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SUBDIRS = ("images", "masks", "truth")
 _PARTS = ".parts"
 _RUN = "_run.json"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import typer
 from PIL import Image
@@ -16,7 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from typer.testing import CliRunner
 
 from pneumoseg.cli.explore import register
-from pneumoseg.data.explore import METADATA_COLUMNS, explore
+from pneumoseg.data.explore import METADATA_COLUMNS, PNG_COLUMNS, explore, explore_png
+from pneumoseg.data.synth import generate_dataset
 from pneumoseg.errors import DataError
 from pneumoseg.rle import rle_encode
 from tests.shared_data import SIIM
@@ -76,6 +79,16 @@ def test_cli_on_the_real_sample(tmp_path: Path) -> None:
     assert meta["has_pneumothorax"].sum() == 7 and (meta["matched_by"] == "uid").all()
     assert (meta.loc[meta["has_pneumothorax"] == 0, "mask_area_px"] == 0).all()
     assert (meta.loc[meta["has_pneumothorax"] == 1, "mask_area_px"] > 1000).all()
+    # Areas in mm²: every positive has PixelSpacing; checked against pydicom's own reading of it.
+    assert summary["mask_area_unit"] == "mm2" and summary["n_positive_without_spacing"] == 0
+    assert summary["pixel_spacing_source"] == {"PixelSpacing": 12}
+    for _, row in meta.iterrows():
+        spacing = [float(v) for v in pydicom.dcmread(root / row["file"], stop_before_pixels=True).PixelSpacing]
+        assert row["pixel_spacing_mm"] == pytest.approx(math.sqrt(spacing[0] * spacing[1]))
+        assert row["mask_area_mm2"] == pytest.approx(row["mask_area_px"] * spacing[0] * spacing[1], abs=1e-6)
+    pos = meta[meta["has_pneumothorax"] == 1]["mask_area_mm2"]
+    assert summary["mask_area_mm2"]["max"] == pytest.approx(pos.max()) and summary["mask_area_mm2"]["count"] == 7
+    assert "mm²" in result.output
 
     for name in ("samples.png", "distributions.png"):
         width, height = _assert_png(out / name)
@@ -187,8 +200,6 @@ def _bad_items(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     rng = np.random.default_rng(1)
     nopix = root / "nopix.dcm"
     uid = _write_dicom(nopix, rng.integers(0, 256, (40, 48), dtype=np.uint8), "p9", "M", "PA", "050Y")
-    import pydicom
-
     ds = pydicom.dcmread(nopix)
     del ds.PixelData
     ds.save_as(nopix)
@@ -249,8 +260,6 @@ def test_output_folder_checked_before_any_work(tmp_path: Path) -> None:
 
 
 def test_unlabelled_folder_full_header_and_by_label(tmp_path: Path) -> None:
-    import pydicom
-
     root, csv, _ = _synthetic(tmp_path)
     out = tmp_path / "unlabelled"
     result = CliRunner().invoke(_app(), ["explore", str(root), "--out", str(out), "--no-progress", "--samples", "2",
@@ -275,3 +284,162 @@ def test_area_ticks_are_plain_numbers() -> None:
     from pneumoseg.data.explore import _area_tick
 
     assert [_area_tick(v) for v in (50, 200, 1000, 20000, 1.5e6)] == ["50", "200", "1k", "20k", "1.5M"]
+
+
+# --- areas in mm² (pixel spacing: dicom.pixel_spacing_mm) -----------------------------------------------
+
+
+def test_synthetic_dicoms_get_areas_in_mm2(tmp_path: Path) -> None:
+    synth = generate_dataset(tmp_path / "synth", n=6, size=64, progress=False)
+    out = tmp_path / "out"
+    summary = explore(synth.out_dir / "dicom", synth.csv_path, out, n_samples=0, progress=False)
+    assert summary["n_positive"] == synth.n_positive == 2 and summary["mask_area_unit"] == "mm2"
+    meta = pd.read_csv(out / "metadata.csv")
+    assert (meta["pixel_spacing_source"] == "PixelSpacing").all()
+    for _, row in meta.iterrows():
+        row_mm, col_mm = (float(v) for v in pydicom.dcmread(synth.out_dir / "dicom" / row["file"]).PixelSpacing)
+        assert row["mask_area_mm2"] == pytest.approx(row["mask_area_px"] * row_mm * col_mm, abs=1e-6)
+    pos = meta.loc[meta["has_pneumothorax"] == 1, "mask_area_mm2"]
+    assert summary["mask_area_mm2"]["min"] == pytest.approx(pos.min()) and pos.min() > 0
+    assert not [w for w in summary["warnings"] if "pixel spacing" in w]
+    _assert_png(out / "distributions.png")
+
+
+def test_areas_stay_in_px_while_a_positive_lacks_spacing(tmp_path: Path) -> None:
+    root, csv, masks = _synthetic(tmp_path)  # written without any pixel spacing
+    none = explore(root, csv, tmp_path / "none", n_samples=0, progress=False)
+    assert none["mask_area_unit"] == "px" and none["mask_area_mm2"] is None
+    assert none["n_positive_without_spacing"] == 2 and none["pixel_spacing_source"] == {"none": 4}
+    assert any("2 of 2 positive image(s) have no pixel spacing" in w for w in none["warnings"])
+    # One positive gets ImagerPixelSpacing / magnification: its row has mm², the summary stays in px.
+    positive = next(i for i, m in masks.items() if m.any())
+    [path] = [p for p in root.rglob("*.dcm") if p.name != "broken.dcm" and
+              pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == positive]
+    ds = pydicom.dcmread(path)
+    ds.ImagerPixelSpacing, ds.EstimatedRadiographicMagnificationFactor = [0.2, 0.25], 1.25
+    ds.save_as(path)
+    some = explore(root, csv, tmp_path / "some", n_samples=2, progress=False)
+    assert some["mask_area_unit"] == "px" and some["n_positive_without_spacing"] == 1
+    assert any("1 of 2 positive image(s) have no pixel spacing" in w for w in some["warnings"])
+    meta = pd.read_csv(tmp_path / "some" / "metadata.csv", keep_default_na=False).set_index("image_id")
+    row = meta.loc[positive]
+    assert row["pixel_spacing_source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    assert float(row["pixel_spacing_mm"]) == pytest.approx(math.sqrt(0.16 * 0.2))
+    assert float(row["mask_area_mm2"]) == pytest.approx(masks[positive].sum() * 0.16 * 0.2)
+    assert (meta.drop(index=positive)["mask_area_mm2"] == "").all()  # no spacing: empty, not 0
+
+
+# --- the PNG layout (prepare --png-dir) ---------------------------------------------------------------
+
+
+def _png_set(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """images/: two positives (one with 2 regions), an all-black mask, one without mask, a corrupt file,
+    a mask of the wrong size and an unsafe name; masks/: one orphan."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "pngs"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    truth: dict[str, np.ndarray] = {}
+    for name, shape, blocks in (("a", (40, 48), [(2, 10, 3, 12), (20, 30, 20, 40)]), ("b", (32, 32), [(5, 9, 5, 25)]),
+                                ("c", (40, 48), []), ("d", (36, 36), None), ("e", (40, 40), [(1, 4, 1, 4)])):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / "images" / f"{name}.png")
+        if blocks is None:  # no mask file at all
+            truth[name] = np.zeros(shape, dtype=bool)
+            continue
+        mask = np.zeros(shape if name != "e" else (20, 20), dtype=bool)
+        for r0, r1, c0, c1 in blocks:
+            mask[r0:r1, c0:c1] = True
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{name}.png")
+        truth[name] = mask
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "images" / "-bad.png")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "masks" / "orphan.png")
+    del truth["e"]  # wrong-size mask: a failure
+    return root, truth
+
+
+def test_png_set_statistics_failures_and_outputs(tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    root, truth = _png_set(tmp_path)
+    out = tmp_path / "out"
+    summary = explore_png(root, out, n_samples=4, progress=False)
+    assert summary["layout"] == "png" and summary["dicom_metadata"] is False and summary["labelled"] is True
+    assert (summary["n_images"], summary["n_positive"], summary["n_negative"]) == (4, 2, 2)
+    assert summary["n_without_mask"] == 1 and summary["n_masks_without_image"] == 1
+    assert summary["mask_area_unit"] == "px" and summary["mask_area_mm2"] is None
+    assert summary["image_size"] == {"40x48": 2, "32x32": 1, "36x36": 1}
+    failures = summary["failures"]
+    assert summary["n_failed"] == len(failures) == 3
+    for name, what in (("broken.png", "not a readable image"), ("-bad.png", "cannot name an output file"),
+                       ("e.png", "20x20 but image")):
+        [line] = [f for f in failures if name in f]
+        assert what in line and "\n" not in line, line
+    warnings = " | ".join(summary["warnings"])
+    assert "no DICOM metadata" in warnings and "1 image(s) have no mask" in warnings
+    assert "1 mask(s) in masks/ have no image" in warnings and "3 file(s) could not be used" in warnings
+    meta = pd.read_csv(out / "metadata.csv", keep_default_na=False).set_index("image_id")
+    assert list(meta.reset_index().columns) == PNG_COLUMNS and sorted(meta.index) == sorted(truth)
+    eight = np.ones((3, 3), dtype=int)
+    for name, mask in truth.items():  # independent reference: numpy counts, scipy's 8-connected labels
+        assert meta.loc[name, "mask_area_px"] == mask.sum()
+        assert meta.loc[name, "n_regions"] == ndimage.label(mask, structure=eight)[1]
+        assert meta.loc[name, "has_pneumothorax"] == int(mask.any())
+    assert meta.loc["d", "mask_file"] == "" and meta.loc["a", "mask_file"] == "masks/a.png"
+    assert summary["regions_per_positive"] == {"1": 1, "2": 1}
+    assert summary["mask_area_px"]["max"] == truth["a"].sum()
+    assert json.loads((out / "summary.json").read_text()) == summary
+    for name in ("samples.png", "distributions.png"):
+        _assert_png(out / name)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_png_set_exits_2_and_checks_its_options(tmp_path: Path) -> None:
+    root, _ = _png_set(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_app(), ["explore", "--png-dir", str(root), "--out", str(out), "--no-progress",
+                                         "--samples", "2"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "no DICOM header or metadata" in text and "failed:" in text and "broken.png" in text
+    assert "3 file(s) could not be used" in text and (out / "summary.json").is_file()
+    assert "Patient id" not in text
+    csv = tmp_path / "rle.csv"
+    csv.write_text("ImageId, EncodedPixels\nx, -1\n")
+    for args, what in ((["--png-dir", str(root), "--rle", str(csv)], "--rle goes with DICOM_DIR"),
+                       ([str(root), "--png-dir", str(root)], "exactly one"), ([], "exactly one"),
+                       ([str(root)], f"use --png-dir {root}"),
+                       (["--png-dir", str(root), "--full-header"], "--full-header"),
+                       (["--png-dir", str(tmp_path / "nothing")], "PNG folder not found")):
+        result = CliRunner().invoke(_app(), ["explore", *args, "--out", str(tmp_path / "o2"), "--no-progress"],
+                                    env={"COLUMNS": "300"})
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and what in lines[0], result.output
+    assert not (tmp_path / "o2").exists()
+
+
+def test_png_set_all_unreadable_and_unlabelled(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "images" / "x.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"none of the images could be used; first: .*x\.png"):
+        explore_png(bad, tmp_path / "out", progress=False)
+    Image.fromarray(np.full((16, 20), 7, dtype=np.uint8)).save(bad / "images" / "y.jpg")
+    summary = explore_png(bad, tmp_path / "out", n_samples=0, progress=False)  # no masks/: unlabelled
+    assert summary["labelled"] is False and summary["n_images"] == 1 and summary["n_positive"] == 0
+    assert any("unlabelled" in w for w in summary["warnings"]) and summary["image_size"] == {"16x20": 1}
+
+
+def test_real_png_set(tmp_path: Path) -> None:
+    png = SIIM / "png"
+    if not (png / "images").is_dir():
+        pytest.skip(f"real SIIM PNG set not found at {png} (only present on the dev machines)")
+    out = tmp_path / "out"
+    summary = explore_png(png, out, n_samples=4, progress=False)
+    assert (summary["n_images"], summary["n_positive"], summary["n_negative"]) == (30, 30, 0)
+    assert summary["failures"] == [] and summary["image_size"] == {"1024x1024": 30}
+    meta = pd.read_csv(out / "metadata.csv").set_index("image_id")
+    for name in list(meta.index)[:5]:  # independent reference: Pillow, 0/255 masks
+        with Image.open(png / "masks" / f"{name}.png") as mask:
+            assert meta.loc[name, "mask_area_px"] == int((np.asarray(mask.convert("L")) > 127).sum())
+    assert summary["mask_area_px"]["count"] == 30 and summary["mask_area_px"]["min"] > 1000
