@@ -40,7 +40,7 @@ class DemoResult:
 
     out_dir: Path
     paths: dict[str, Path] = field(default_factory=dict)
-    metrics: dict[str, float | int | str] = field(default_factory=dict)
+    metrics: dict[str, object] = field(default_factory=dict)
     postprocess: str = ""  #: the tuned rule in words, with its score on val against the untuned default
     next_steps: list[str] = field(default_factory=list)  #: commands to try next, each with what it does
 

@@ -241,10 +241,10 @@ class Predictor:
     @property
     def n_params(self) -> int | None:
         """Parameters of the ensemble's networks (None for ONNX files)."""
-        nets = [net for net, _, _ in self.models]
-        if not all(isinstance(n, nn.Module) for n in nets):
+        nets = [net for net, _, _ in self.models if isinstance(net, nn.Module)]
+        if len(nets) != len(self.models):
             return None
-        return sum(p.numel() for n in nets for p in n.parameters())  # type: ignore[union-attr]
+        return sum(p.numel() for n in nets for p in n.parameters())
 
     @torch.inference_mode()
     def _forward(self, net: nn.Module | OnnxModel, x: torch.Tensor) -> torch.Tensor:
@@ -272,10 +272,10 @@ class Predictor:
     def native_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """float32 (H, W) in [0, 1]: a model-size probability map upsampled (bilinear) to ``shape``."""
         h, w = shape
-        p = np.asarray(prob, dtype=np.float32)
+        p: np.ndarray = np.asarray(prob, dtype=np.float32)
         if p.shape != (h, w):
             p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-        return np.clip(p, 0.0, 1.0)
+        return np.clip(p, 0.0, 1.0).astype(np.float32, copy=False)
 
     def at_native(self, image_id: str, prob: np.ndarray, shape: tuple[int, int]) -> Prediction:
         """Upsample to the source's ``shape`` (H, W), then post-process there."""

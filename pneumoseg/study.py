@@ -135,7 +135,7 @@ def load_study(path: str | os.PathLike[str]) -> StudySpec:
     items = raw["experiments"]
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{source}: experiments must be a non-empty list of {{name, config, set}}")
-    exps = []
+    exps: list[Experiment] = []
     for k, item in enumerate(items):
         where = f"{source} experiments[{k}]"
         if not isinstance(item, dict) or "name" not in item or "config" not in item:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -60,7 +59,7 @@ class PneumosegCommand(TyperCommand):
     Use it for every command: ``app.command("name", cls=PneumosegCommand)(fn)``.
     """
 
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:  # typer's (vendored) click types
         params = super().get_params(ctx)
         for param in params:
             # A flag takes no value, so it gets no type label (typer would print "<bool>" and users type "true").
@@ -68,7 +67,7 @@ class PneumosegCommand(TyperCommand):
                 param.metavar = ""
         return params
 
-    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):

@@ -103,8 +103,7 @@ def evaluate(
         predictor = _predictor(runs, checkpoint, tta, device, batch_size)
         result = evaluate_external(predictor, runs[0], data, rle, png_dir, name=where, progress=progress)
         metrics, failures = result.metrics, result.failures
-        matched = metrics["matched_by"]
-        assert isinstance(matched, dict)
+        matched: dict[str, int] = metrics["matched_by"]  # type: ignore[assignment]
         title = f"{runs[0].name}: external set {where} ({data}) at its native resolution ({metrics['source_size']})"
     else:
         where = split
@@ -112,8 +111,7 @@ def evaluate(
         metrics = evaluate_run(predictor, runs[0], split, progress=progress)
         title = f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})"
     table = Table(title=title, show_header=False)
-    ci = metrics["ci95"]
-    assert isinstance(ci, dict)
+    ci: dict[str, list[float]] = metrics["ci95"]  # type: ignore[assignment]
     for key in ("dice_kaggle", "dice_empty_baseline", "dice_positive", "image_auc", "sensitivity", "specificity",
                 "fpr_empty", "n_images", "n_positive"):
         value = metrics[key]

@@ -249,7 +249,7 @@ def predict_archive(predictor: Predictor, source: InputSource, out_dir: str | os
                             enable_checkpointing=False, use_distributed_sampler=False, default_root_dir=out,
                             callbacks=[])
         rank = trainer.global_rank
-        settings = run_settings(predictor, input_spec, precision, **options)
+        settings = run_settings(predictor, input_spec, precision, **options)  # type: ignore[arg-type]
         previous = None if overwrite else check_manifest(out, settings)
         if rank == 0:
             if overwrite:

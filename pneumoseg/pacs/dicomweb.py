@@ -15,6 +15,7 @@ no SEG and are predicted again on the next call.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,8 +84,9 @@ def _done_sources(client: DICOMwebClient, url: str, study: str, listing: list[di
         series = _value(item, _SERIES)
         if _value(item, _SOP_CLASS) != _SEG_CLASS or series not in ours:
             continue
-        meta = Dataset.from_json(_call("WADO-RS metadata", url, lambda s=series, i=item: client.retrieve_instance_metadata(
-            study, s, _value(i, _SOP_INSTANCE))))
+        sop = _value(item, _SOP_INSTANCE)
+        meta = Dataset.from_json(_call("WADO-RS metadata", url, functools.partial(
+            client.retrieve_instance_metadata, study, series, sop)))
         for ref_series in meta.get("ReferencedSeriesSequence", []):
             done |= {str(ref.ReferencedSOPInstanceUID) for ref in ref_series.get("ReferencedInstanceSequence", [])}
     return done

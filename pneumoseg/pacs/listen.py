@@ -263,6 +263,7 @@ class Listener:
         handlers = [(evt.EVT_C_STORE, self._on_store)]
         self._server = self._scp.start_server((self.host, self.port), block=False,
                                               evt_handlers=handlers)  # type: ignore[arg-type]
+        assert self._server is not None
         self.port = self._server.server_address[1]
         self.queue.write_status(listening=True, ae_title=self.ae_title, host=self.host, port=self.port,
                                 forward=str(self.destination), outputs=self.options.describe(),
