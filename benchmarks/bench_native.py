@@ -8,7 +8,7 @@ the soft run, the first round's model-size figure is computed too, from the same
 threshold at 128 px against the truth shrunk to 128 px with the "any pixel" rule (what ``evaluate``
 used to report).
 
-Run:  .venv/bin/python benchmarks/bench_native.py [--n 300] [--epochs 12] [--update-docs]
+Run:  .venv/bin/python benchmarks/bench_native.py [--n 300] [--steps 525] [--update-docs]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _model_size_dice(predictor: Predictor, cache: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=525, help="optimizer steps (train.min_steps)")
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
     rows = []
@@ -69,7 +69,7 @@ def main() -> None:
             prepare_dicom(root / "synth" / "dicom", root / "synth" / "train-rle.csv", cache, size=256, workers=2,
                           progress=False, mask_rule=rule)
             write_splits(cache, val=0.15, test=0.15, seed=0)
-            cfg = load_config("demo", [f"data.cache={cache}", f"train.epochs={args.epochs}"])
+            cfg = load_config("demo", [f"data.cache={cache}", f"train.min_steps={args.steps}"])
             t0 = time.perf_counter()
             train(cfg, root / f"run-{rule}", progress=False)
             tune_runs([root / f"run-{rule}"], device="cpu", progress=False)
@@ -92,8 +92,8 @@ def main() -> None:
     print(text)
     if args.update_docs:
         section = (f"## Native-resolution scores and the training-mask rule (synthetic phantoms)\n\n"
-                   f"`.venv/bin/python benchmarks/bench_native.py --n {args.n} --epochs {args.epochs} --update-docs`: "
-                   f"{args.n} phantoms at 512 px, the demo recipe (unet_bn at 128 px, {args.epochs} epochs, CPU), "
+                   f"`.venv/bin/python benchmarks/bench_native.py --n {args.n} --steps {args.steps} --update-docs`: "
+                   f"{args.n} phantoms at 512 px, the demo recipe (unet_bn at 128 px, {args.steps} optimizer steps, CPU), "
                    "tuned on val, scored on test.\n\n" + text)
         update_section("native", section)
 

@@ -63,6 +63,8 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
                  "same, the UNet with BatchNorm (`unet_bn`)"),
     "steps_bn_ema": ("seed_unet", [*STEPS, "model.name=unet_bn", "augment.preset=seed", "train.ema=0.98"],
                      "same as steps_bn, EMA of the weights (decay 0.98)"),
+    "long_bn": ("seed_unet", [*STEPS, "train.max_steps=500", "model.name=unet_bn", "augment.preset=seed"],
+                "steps_bn with 500 steps"),
     "steps_bn_winner_aug": ("seed_unet", [*STEPS, "model.name=unet_bn", WINNER_AUG],
                             "same as steps_bn, the winner's shift-scale-rotate + elastic"),
 }
@@ -129,8 +131,8 @@ def _table(results: pd.DataFrame, oof: pd.DataFrame, order: list[str]) -> str:
         ci_all = bootstrap_ci(d, strata=pos, seed=0)
         folds = f"{int(rows['predicts_nothing'].sum())}/{len(rows)}"
         lines.append(f"| `{name}` | {RECIPES[name][2]} | {int(rows['steps'].mean())} | "
-                     f"{ci_pos.point:.3f} ({ci_pos.low:.3f}-{ci_pos.high:.3f}) | "
-                     f"{ci_all.point:.3f} ({ci_all.low:.3f}-{ci_all.high:.3f}) | {folds} | "
+                     f"{ci_pos.value:.3f} ({ci_pos.low:.3f}-{ci_pos.high:.3f}) | "
+                     f"{ci_all.value:.3f} ({ci_all.low:.3f}-{ci_all.high:.3f}) | {folds} | "
                      f"{rows['train_s'].mean():.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -215,7 +217,12 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
             "(`pneumoseg.stats.bootstrap_ci`; dice_kaggle resampled within positives and negatives). "
             "With 5 negatives in all, dice_kaggle is mostly dice_positive.\n\n"
             f"```bash\n{cmd}\n```\n\n{table}\n"
-            f"Run time: {total / 60:.1f} min in total on 2 shared CPU cores (prepare included).\n"))
+            f"Run time: {total / 60:.1f} min in total on 2 shared CPU cores (prepare included). "
+            "The per-fold times follow the machine's load from other jobs more than the recipe "
+            "(the same network and budget took 34 s to 524 s). `predicts nothing` is the run's own "
+            "flag (`RUN/train_summary.json`, at the best validation epoch); the OOF columns score "
+            "`last.ckpt`, so a run can be flagged in 1 fold and still score 0 in all. "
+            f"Run at {args.size} px (not 256) to fit the CPU budget of the shared machine.\n"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumoseg.config import dump_config, load_config
-from pneumoseg.data.prepare import prepare_dicom
+from pneumoseg.data.prepare import SIZES, prepare_dicom
 from pneumoseg.data.split import write_splits
 from pneumoseg.data.synth import generate_dataset
 from pneumoseg.errors import DataError
@@ -89,8 +89,10 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
     log(f"1/7 synth: {n} synthetic phantoms at {size} px -> {data}")
     if not (data / "train-rle.csv").is_file():  # written last: its presence means synth finished
         generate_dataset(data, n=n, size=size, seed=seed, progress=progress, overwrite=True)
-    log(f"2/7 prepare: cache at {size} px -> {cache}")
-    prepared = prepare_dicom(data / "dicom", data / "train-rle.csv", cache, size=size, progress=progress)
+    cfg = load_config("demo", [f"data.cache={cache.resolve()}", *overrides])
+    cache_size = min((s for s in SIZES if s >= cfg.data.size), default=SIZES[-1])  # the training size when allowed
+    log(f"2/7 prepare: cache at {cache_size} px (truth kept at {size} px) -> {cache}")
+    prepared = prepare_dicom(data / "dicom", data / "train-rle.csv", cache, size=cache_size, progress=progress)
     if prepared.n_failed:
         raise DataError(f"demo: {prepared.n_failed} synthetic images failed to prepare: {prepared.failures[:3]}")
     log("3/7 split: patient-grouped, stratified train/val/test")
@@ -98,8 +100,6 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
         write_splits(cache, val=0.15, test=0.15, seed=seed)
     except DataError as exc:  # another --seed into the same --out: its run was trained on the old split
         raise DataError(f"demo: {exc}; or rerun the demo with --fresh (or another --out)") from None
-
-    cfg = load_config("demo", [f"data.cache={cache.resolve()}", *overrides])
     log(f"4/7 train: {cfg.model.name}, {cfg.train.epochs} epochs at {cfg.data.size} px -> {run}")
     resume = (run / "checkpoints" / "last.ckpt").is_file()
     if not resume:

@@ -17,6 +17,7 @@ from pneumoseg.rle import read_annotations
 def test_demo_runs_every_step_and_reuses_finished_ones(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--n", "60", "--no-progress", "--set", "train.epochs=2",
+            "--set", "train.min_steps=null",
             "--set", "data.size=64"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
