@@ -333,7 +333,7 @@ def _curves_png(c: Comparison) -> bytes | None:
         ax = fig.add_subplot(1, len(panels), k + 1)
         for r in c.runs:
             if r.history is not None and col in r.history:
-                ax.plot(r.history["epoch"] + 1, r.history[col], "-o", ms=3, label=r.name)
+                ax.plot(r.history["epoch"], r.history[col], "-o", ms=3, label=r.name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -347,7 +347,7 @@ def _curves_html(d: ReportData) -> str:
     if h is not None and not h.empty and "val_dice_kaggle" in h:
         best = h.loc[h["val_dice_kaggle"].idxmax()]
         parts.append(f'<p class="note">{len(h)} epochs; best val dice_kaggle {_fmt(float(best["val_dice_kaggle"]))} '
-                     f'at epoch {int(best["epoch"]) + 1}.</p>')
+                     f'at epoch {int(best["epoch"])}.</p>')
     return "".join(parts) or '<p class="note">no curves.png or history.csv in the run</p>'
 
 
@@ -493,7 +493,7 @@ def render_markdown(d: ReportData, html_path: str | os.PathLike[str]) -> str:
     if h is not None and not h.empty and "val_dice_kaggle" in h:
         best = h.loc[h["val_dice_kaggle"].idxmax()]
         lines.append(f"- training: {len(h)} epochs, best val dice_kaggle {_fmt(float(best['val_dice_kaggle']))} "
-                     f"at epoch {int(best['epoch']) + 1}")
+                     f"at epoch {int(best['epoch'])}")
     return "\n".join(lines) + "\n"
 
 

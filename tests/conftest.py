@@ -40,8 +40,9 @@ def trained_run(synth_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from pneumoseg.training.run import train
 
     cfg = load_config("seed_unet", [f"data.cache={synth_cache}", "data.size=64", "data.num_workers=0",
-                                    "train.epochs=2", "train.batch_size=8", "train.accelerator=cpu",
-                                    "schedule.name=none", "augment.preset=none"])
+                                    "model.name=unet", "train.epochs=2", "train.min_steps=null",
+                                    "train.batch_size=8", "train.accelerator=cpu", "schedule.name=none",
+                                    "schedule.warmup_steps=0", "augment.preset=none"])
     run = tmp_path_factory.mktemp("runs") / "run"
     train(cfg, run, progress=False)
     return run

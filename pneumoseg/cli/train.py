@@ -53,6 +53,10 @@ def register(app: typer.Typer) -> None:
                                            help="Continue the run in this folder from last.ckpt."),
         devices: int | None = typer.Option(None, "--devices", help="Devices (train.devices); > 1 uses DDP."),
         epochs: int | None = typer.Option(None, "--epochs", help="Epochs (train.epochs)."),
+        max_steps: int | None = typer.Option(None, "--max-steps", min=1,
+                                             help="Exactly this many optimizer steps (train.max_steps)."),
+        strict: bool = typer.Option(False, "--strict", help="Refuse a cache whose size differs from data.size "
+                                    "(train.strict_size; default: a warning)."),
         batch_size: int | None = typer.Option(None, "--batch-size",
                                               help="Batch size per device (train.batch_size)."),
         precision: str | None = typer.Option(None, "--precision", help="e.g. bf16-mixed (train.precision)."),
@@ -80,7 +84,8 @@ def register(app: typer.Typer) -> None:
         overrides = list(set_)
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,
                  "train.batch_size": batch_size, "train.precision": precision,
-                 "train.accelerator": accelerator, "data.fold": fold}
+                 "train.accelerator": accelerator, "data.fold": fold, "train.max_steps": max_steps,
+                 "train.strict_size": True if strict else None}
         overrides += [f"{key}={json.dumps(str(v) if isinstance(v, Path) else v)}"  # JSON is valid YAML
                       for key, v in named.items() if v is not None]
         if resume is not None:
