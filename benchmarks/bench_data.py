@@ -32,6 +32,7 @@ import psutil
 
 from pneumoseg.rle import read_annotations, rle_decode, rle_encode
 from _docs import DOCS, update_section  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
+from _seed import mask2rle, rle2mask  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = Path(os.environ.get("PNEUMOSEG_SIIM_DIR", ROOT.parent / "shared/data/siim"))
@@ -39,49 +40,7 @@ STAGE2 = SIIM / "labels" / "stage2-train-rle.csv.gz"
 DICOM = SIIM / "dicom"
 
 
-# ---------------------------------------------------------------- the seed notebook's code (baseline)
-
-def rle2mask(rle: str, width: int, height: int) -> np.ndarray:
-    """The seed's decoder, as written there (float64, Python loop); the caller transposes."""
-    mask = np.zeros(width * height)
-    array = np.asarray([int(x) for x in rle.split()])
-    starts = array[0::2]
-    lengths = array[1::2]
-    current_position = 0
-    for index, start in enumerate(starts):
-        current_position += start
-        mask[current_position:current_position + lengths[index]] = 255
-        current_position += lengths[index]
-    return mask.reshape(width, height)
-
-
-def mask2rle(img: np.ndarray, width: int, height: int) -> str:
-    """The challenge's mask_functions.mask2rle (as the seed and the winner called it, on ``mask.T``
-    with 255 for foreground): a Python loop over every pixel, column-major, relative starts."""
-    rle = []
-    last_color = 0
-    current_pixel = 0
-    run_start = -1
-    run_length = 0
-    for x in range(width):
-        for y in range(height):
-            current_color = img[x][y]
-            if current_color != last_color:
-                if current_color == 255:
-                    run_start = current_pixel
-                    run_length = 1
-                else:
-                    rle.append(str(run_start))
-                    rle.append(str(run_length))
-                    run_start = -1
-                    run_length = 0
-                    current_pixel = 0
-            elif run_start > -1:
-                run_length += 1
-            last_color = current_color
-            current_pixel += 1
-    return " ".join(rle)
-
+# ---------------------------------------------------------------- the seed notebook's code (baseline): _seed.py
 
 def seed_get_data(files: list[Path], rles: dict[str, list[str]], size: int) -> tuple[list, list]:
     """The seed's serial loop: read, resize, decode, keep everything in lists."""

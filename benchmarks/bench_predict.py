@@ -23,36 +23,10 @@ import cv2
 import numpy as np
 import pydicom
 import torch
+from _seed import mask2rle  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = ROOT.parent / "shared" / "data" / "siim"
-
-
-def seed_mask2rle(img: np.ndarray, width: int, height: int) -> str:
-    """The challenge's mask_functions.mask2rle: a Python loop over every pixel (column-major)."""
-    rle = []
-    last_color = 0
-    current_pixel = 0
-    run_start = -1
-    run_length = 0
-    for x in range(width):
-        for y in range(height):
-            current_color = img[x][y]
-            if current_color != last_color:
-                if current_color == 255:
-                    run_start = current_pixel
-                    run_length = 1
-                else:
-                    rle.append(str(run_start))
-                    rle.append(str(run_length))
-                    run_start = -1
-                    run_length = 0
-                    current_pixel = 0
-            elif run_start > -1:
-                run_length += 1
-            last_color = current_color
-            current_pixel += 1
-    return " ".join(rle)
 
 
 def make_run(model: str, size: int, folder: Path) -> Path:
@@ -101,7 +75,7 @@ def main() -> None:
             with torch.no_grad():
                 prob = torch.sigmoid(net(x))[0, 0].numpy()
             mask = (cv2.resize(prob, pixels.shape[::-1]) > 0.5).astype(np.uint8) * 255
-            return mask > 0, seed_mask2rle(mask.T, mask.shape[1], mask.shape[0])
+            return mask > 0, mask2rle(mask.T, mask.shape[1], mask.shape[0])
 
         results = {}
         for name, fn in (("pneumoseg", ours), ("naive", naive)):
