@@ -100,7 +100,9 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
         write_splits(cache, val=0.15, test=0.15, seed=seed)
     except DataError as exc:  # another --seed into the same --out: its run was trained on the old split
         raise DataError(f"demo: {exc}; or rerun the demo with --fresh (or another --out)") from None
-    log(f"4/7 train: {cfg.model.name}, {cfg.train.epochs} epochs at {cfg.data.size} px -> {run}")
+    budget = f"{cfg.train.epochs} epochs" + (f", at least {cfg.train.min_steps} optimizer steps"
+                                             if cfg.train.min_steps else "")
+    log(f"4/7 train: {cfg.model.name} at {cfg.data.size} px, {budget} -> {run}")
     resume = (run / "checkpoints" / "last.ckpt").is_file()
     if not resume:
         dump_config(cfg)  # validates before any work
