@@ -34,7 +34,8 @@ def pacs_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return init_run(load_config("seed_unet", ["data.size=64", f"postprocess.threshold={THRESHOLD}"]),
+        return init_run(load_config("seed_unet", ["model.name=unet", "data.size=64",
+                                                  f"postprocess.threshold={THRESHOLD}"]),
                         tmp_path_factory.mktemp("pacs") / "run")
 
 
