@@ -125,11 +125,12 @@ def test_uxception_larger_input(size: int) -> None:
         assert model(torch.zeros(1, 1, size, size)).shape == (1, 1, size, size)
 
 
-def test_unknown_name_lists_valid_names() -> None:
+def test_unknown_name_suggests_the_closest() -> None:
     with pytest.raises(ConfigError) as info:
         create_model("unett")
     message = str(info.value)
-    assert "'unett'" in message and "uxception" in message and "unet-resnet34" in message
+    assert "'unett'" in message and "did you mean 'unet'" in message and "pneumoseg models" in message
+    assert "uxception" not in message  # no list of every name
     assert not is_model("unett") and is_model("unet")
 
 
