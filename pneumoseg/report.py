@@ -441,7 +441,7 @@ def render_html(d: ReportData) -> str:
                 ("galleries", "Cases", _galleries_html(d)),
                 ("per-image", "Per-image results", _per_image_html(d))]
     if d.config_text is not None:
-        sections.append(("config", "Resolved config", f'<pre class="config">{html.escape(d.config_text)}</pre>'))
+        sections.append(("config", "Resolved config", _config_html(d)))
     nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     m = d.metrics
     subtitle = (f"{d.run.resolve()} · {_what(m)} · {m.get('n_images')} images · "
@@ -450,6 +450,27 @@ def render_html(d: ReportData) -> str:
     return template.substitute(title=html.escape(f"pneumoseg report: {d.run.resolve().name} ({_what(m)})"),
                                subtitle=html.escape(subtitle), nav=nav,
                                body="".join(_section(a, t, b) for a, t, b in sections))
+
+
+def _config_blocks(d: ReportData) -> list[str]:
+    """The resolved config as one text block per top-level key; ``postprocess`` shows the rule applied."""
+    blocks: list[str] = []
+    for line in (d.config_text or "").splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            blocks.append(line)
+        elif blocks:
+            blocks[-1] += "\n" + line
+    if d.postprocess is not None:
+        source = d.metrics.get("postprocess_source", "applied")
+        rule = yaml.safe_dump({"postprocess": d.postprocess}, sort_keys=False).rstrip()
+        blocks = [f"# applied by evaluate ({source}); the config's default is not used\n{rule}"
+                  if b.startswith("postprocess:") else b for b in blocks]
+    return blocks
+
+
+def _config_html(d: ReportData) -> str:
+    """Config blocks laid out in columns, none split across two."""
+    return '<div class="config">' + "".join(f"<pre>{html.escape(b)}</pre>" for b in _config_blocks(d)) + "</div>"
 
 
 def _with_ci(m: dict[str, Any], key: str) -> str:

@@ -212,3 +212,15 @@ def test_best_and_worst_never_share_an_image(evaluated: Path) -> None:
     best = set(cases.loc[cases["category"] == "best", "image_id"])
     worst = set(cases.loc[cases["category"] == "worst", "image_id"])
     assert not best & worst
+
+
+def test_config_section_shows_the_applied_rule_in_unsplit_blocks(evaluated: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    config = _section(page, "config")
+    blocks = re.findall(r"<pre>(.*?)</pre>", config, flags=re.S)
+    top_keys = [ln.split(":")[0] for ln in (evaluated / "config.yaml").read_text().splitlines()
+                if ln and not ln[0].isspace() and not ln.startswith("#")]
+    assert len(blocks) == len(top_keys)
+    (pp,) = [b for b in blocks if "postprocess:" in b]
+    assert "applied by evaluate" in pp and "threshold: 0.3" in pp and "area_unit: source_px" in pp
+    assert "break-inside: avoid" in page
