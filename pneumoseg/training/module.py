@@ -129,7 +129,7 @@ class SegmentationModule(L.LightningModule):
         probs = torch.sigmoid(mask_logits.detach().float())
         if plain or (pp.mode == "plain" and pp.min_area == 0):
             return probs > pp.threshold
-        if pp.mode == "triplet":
+        if pp.top_threshold is not None:  # the triplet rule
             n_top = (probs > pp.top_threshold).flatten(1).sum(1)
             return (probs > pp.mask_threshold) & (n_top >= pp.min_area).view(-1, 1, 1, 1)
         return None

@@ -249,7 +249,7 @@ def plan_steps(cfg: ExperimentConfig, datamodule: SegmentationDataModule) -> Ste
             batches = datamodule.epoch_batches(e, horizon, world)
             if t.limit_train_batches is not None:
                 lim = _limit(t.limit_train_batches)
-                batches = min(batches, lim) if isinstance(lim, int) else max(1, int(batches * lim))
+                batches = min(batches, lim) if isinstance(lim, int) else max(1, int(batches * (lim or 1.0)))
             out.append(max(1, math.ceil(batches / t.accumulate)))
         return out
 
