@@ -1,10 +1,10 @@
 """Native-resolution scoring and the training-mask rule, measured on synthetic phantoms.
 
-One data set of phantoms at 512 px (their native size), prepared twice at the demo's 128 px:
-with soft training masks (the covered fraction of each low-resolution pixel) and with the
-binary fraction >= 0.5 rule (cache at 256 px, read at 128 as the demo does). The demo recipe is trained on each, the post-processing tuned on
-val and the test split scored at the native 512 px (what ``pneumoseg evaluate`` reports). For
-the soft run, the first round's model-size figure is computed too, from the same probabilities:
+One data set of phantoms at 256 px (their native size, as in the demo), prepared twice at the
+demo's 128 px: with soft training masks (the covered fraction of each low-resolution pixel) and
+with the binary fraction >= 0.5 rule. The demo recipe is trained on each, the post-processing tuned
+on val and the test split scored at the native 256 px (what ``pneumoseg evaluate`` reports). For the
+soft run, the first round's model-size figure is computed too, from the same probabilities:
 threshold at 128 px against the truth shrunk to 128 px with the "any pixel" rule (what ``evaluate``
 used to report).
 
@@ -40,7 +40,7 @@ def _model_size_dice(predictor: Predictor, cache: Path) -> tuple[float, float]:
     """The old figure: threshold at the model size, against the any-rule model-size truth."""
     ids = split_ids(cache, "test")
     rule = predictor.postprocess
-    scale = (predictor.size / 512) ** 2
+    scale = (predictor.size / 256) ** 2
     dice, pos = [], []
     for image_id in ids:
         image = read_image(cache / "images" / f"{image_id}.png")
@@ -56,17 +56,17 @@ def _model_size_dice(predictor: Predictor, cache: Path) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--steps", type=int, default=525, help="optimizer steps (train.min_steps)")
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate_dataset(root / "synth", n=args.n, size=512, seed=0, progress=False)
+        generate_dataset(root / "synth", n=args.n, size=256, seed=0, progress=False)
         for rule in ("soft", "fraction"):
             cache = root / f"cache-{rule}"
-            prepare_dicom(root / "synth" / "dicom", root / "synth" / "train-rle.csv", cache, size=256, workers=2,
+            prepare_dicom(root / "synth" / "dicom", root / "synth" / "train-rle.csv", cache, size=128, workers=2,
                           progress=False, mask_rule=rule)
             write_splits(cache, val=0.15, test=0.15, seed=0)
             cfg = load_config("demo", [f"data.cache={cache}", f"train.min_steps={args.steps}"])
@@ -81,7 +81,7 @@ def main() -> None:
                 row["model_size_dice_kaggle"], row["model_size_dice_positive"] = _model_size_dice(predictor, cache)
             rows.append(row)
             print(row, flush=True)
-    lines = ["| training masks | dice_kaggle at 512 (native) | dice_positive at 512 | model-size (128) dice_kaggle "
+    lines = ["| training masks | dice_kaggle at 256 (native) | dice_positive at 256 | model-size (128) dice_kaggle "
              "| model-size dice_positive | test images |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ms_k = f"{r['model_size_dice_kaggle']:.4f}" if "model_size_dice_kaggle" in r else "-"
@@ -93,7 +93,7 @@ def main() -> None:
     if args.update_docs:
         section = (f"## Native-resolution scores and the training-mask rule (synthetic phantoms)\n\n"
                    f"`.venv/bin/python benchmarks/bench_native.py --n {args.n} --steps {args.steps} --update-docs`: "
-                   f"{args.n} phantoms at 512 px, the demo recipe (unet_bn at 128 px, {args.steps} optimizer steps, CPU), "
+                   f"{args.n} phantoms at 256 px (native), cache at 128, the demo recipe (unet_bn at 128 px, {args.steps} optimizer steps, CPU), "
                    "tuned on val, scored on test.\n\n" + text)
         update_section("native", section)
 
