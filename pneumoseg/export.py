@@ -43,7 +43,7 @@ import pneumoseg
 from pneumoseg.atomic import atomic_path
 from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
-from pneumoseg.models.preprocessing import NORMALIZATIONS, Preprocessing
+from pneumoseg.models.preprocessing import NORMALIZATIONS, Preprocessing, mean_std
 from pneumoseg.postprocess import PostProcess, find_tuned
 from pneumoseg.training.run import load_run
 
@@ -66,12 +66,6 @@ _VERIFY_ATOL = 1e-3
 
 class ExportError(PneumosegError):
     """A model that could not be exported, or whose ONNX output differs from PyTorch's."""
-
-
-def _mean_std(mode: str, in_channels: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of ``pneumoseg.models.preprocessing`` (the one home of the rule)."""
-    prep = Preprocessing.from_config(load_config(None, [f"data.normalize={mode}", f"data.in_channels={in_channels}"]))
-    return list(prep.mean), list(prep.std)
 
 
 @dataclass(frozen=True)
@@ -123,7 +117,7 @@ class OnnxMetadata:
             normalize = get("normalize")
             if normalize not in NORMALIZATIONS:
                 raise ValueError(f"normalize {normalize!r} (valid: {', '.join(NORMALIZATIONS)})")
-            default_mean, default_std = _mean_std(normalize, channels)
+            default_mean, default_std = (list(v) for v in mean_std(normalize, channels))
             mean = json.loads(props.get(_PREFIX + "mean", "null")) or default_mean
             std = json.loads(props.get(_PREFIX + "std", "null")) or default_std
         except (ValueError, TypeError) as exc:

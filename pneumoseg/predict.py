@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,6 +61,7 @@ __all__ = [
     "Predictor",
     "find_inputs",
     "image_score",
+    "iter_inputs",
     "load_input",
     "predict_to_folder",
     "write_outputs",
@@ -120,16 +121,37 @@ class Prediction:
         return int(self.mask.sum())
 
 
-def find_inputs(path: str | os.PathLike[str]) -> list[Path]:
-    """A DICOM / PNG / JPEG file, or every such file under a folder (recursive, sorted)."""
+def _walk(folder: str) -> Iterator[Path]:
+    # One directory's names in memory at a time; sorted, so the walk equals sorted(rglob).
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path)
+        elif os.path.splitext(entry.name)[1].lower() in DICOM_SUFFIXES + IMAGE_SUFFIXES and entry.is_file():
+            yield Path(entry.path)
+
+
+def iter_inputs(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """DICOM / PNG / JPEG files under ``path``, lazily, in ``sorted(path.rglob("*"))`` order.
+
+    Each directory is listed with ``os.scandir`` and sorted by name, subfolders walked where they
+    sort. A file ``path`` yields itself whatever its suffix. Symlinked folders are not followed.
+    """
     root = Path(path)
     if root.is_file():
-        return [root]
+        yield root
+        return
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES + IMAGE_SUFFIXES)
+    yield from _walk(str(root))
+
+
+def find_inputs(path: str | os.PathLike[str]) -> list[Path]:
+    """Every input of :func:`iter_inputs` as a list; DataError when there is none."""
+    files = list(iter_inputs(path))
     if not files:
-        raise DataError(f"{root}: no .dcm, .png or .jpg files found")
+        raise DataError(f"{path}: no .dcm, .png or .jpg files found")
     return files
 
 

@@ -15,39 +15,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pneumoseg.errors import DataError
-from pneumoseg.predict import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from pneumoseg.predict import iter_inputs
 
 __all__ = ["InputSource", "first_input", "folder_source", "iter_folder", "iter_list", "list_source"]
 
 InputSource = Callable[[], Iterable["str | os.PathLike[str]"]]
-_SUFFIXES = DICOM_SUFFIXES + IMAGE_SUFFIXES
 
 
-def _walk(folder: str) -> Iterator[Path]:
-    # One directory's names in memory at a time; sorted, so the walk equals sorted(rglob).
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
-        elif os.path.splitext(entry.name)[1].lower() in _SUFFIXES and entry.is_file():
-            yield Path(entry.path)
-
-
-def iter_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """DICOM / PNG / JPEG files under ``path`` (recursive, lazily), in ``find_inputs``' order.
-
-    Each directory is listed with ``os.scandir`` and sorted by name, and subfolders are walked
-    where they sort, which is the order of ``sorted(path.rglob("*"))``. A file ``path`` yields
-    itself whatever its suffix. Symlinked files are followed, symlinked folders are not.
-    """
-    root = Path(path)
-    if root.is_file():
-        yield root
-        return
-    if not root.is_dir():
-        raise DataError(f"{root}: no such file or folder")
-    yield from _walk(str(root))
+iter_folder = iter_inputs  #: the folder walk of ``pneumoseg predict``, lazily (one home: predict.py)
 
 
 def iter_list(path: str | os.PathLike[str]) -> Iterator[Path]:

@@ -28,7 +28,7 @@ import torch
 from pneumoseg.config import ExperimentConfig
 from pneumoseg.errors import ConfigError, DataError
 
-__all__ = ["GRAY_MEAN", "GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "Preprocessing"]
+__all__ = ["GRAY_MEAN", "GRAY_STD", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "Preprocessing", "mean_std"]
 
 NORMALIZATIONS: tuple[str, ...] = ("gray", "imagenet")
 GRAY_MEAN, GRAY_STD = 0.5, 0.25
@@ -36,7 +36,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def _mean_std(mode: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def mean_std(mode: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if mode not in NORMALIZATIONS:
         raise ConfigError(f"data.normalize: unknown normalisation {mode!r} "
                           f"(valid: {', '.join(NORMALIZATIONS)})")
@@ -83,7 +83,7 @@ class Preprocessing:
         mode = d.normalize
         if mode == "auto":
             mode = "gray" if d.in_channels == 1 else "imagenet"
-        mean, std = _mean_std(mode, d.in_channels)
+        mean, std = mean_std(mode, d.in_channels)
         return cls(size=d.size, in_channels=d.in_channels, mean=mean, std=std)
 
     def to_dict(self) -> dict[str, Any]:
