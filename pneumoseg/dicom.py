@@ -117,7 +117,8 @@ class DicomMeta:
     ``image_id`` is the SOPInstanceUID (the challenge's ImageId), else the file stem;
     ``transfer_syntax`` is the UID string and ``transfer_syntax_name`` its readable name;
     ``warnings``: one-line texts (unusual modality, pydicom/numpy warnings met while reading),
-    printed by callers as ``f"{file}: warning: {w}"``.
+    printed by callers as ``f"{file}: warning: {w}"``; ``pixel_spacing_mm``: mm per pixel for areas
+    (``sqrt(row * column)`` of :func:`pixel_spacing_mm`, so ``mm² = px * spacing**2``), None when unknown.
     """
 
     image_id: str
@@ -134,6 +135,7 @@ class DicomMeta:
     transfer_syntax: str = ""
     transfer_syntax_name: str = ""
     warnings: tuple[str, ...] = ()
+    pixel_spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warnings", tuple(self.warnings))  # a JSON list comes back as a tuple
@@ -215,7 +217,16 @@ def _meta_from_dataset(ds: Dataset, stem: str, notes: list[str]) -> DicomMeta:
         transfer_syntax=_printable(str(syntax)) if syntax else "",
         transfer_syntax_name=_printable(syntax.name) if syntax else "",
         warnings=tuple(dict.fromkeys(notes)),
+        pixel_spacing_mm=_area_spacing(ds),
     )
+
+
+def _area_spacing(ds: Dataset) -> float | None:
+    found = pixel_spacing_mm(ds)
+    if found is None:
+        return None
+    (row, col), _ = found
+    return round(math.sqrt(row * col), 9)
 
 
 # ---------------------------------------------------------------- reading the dataset

@@ -49,7 +49,6 @@ import ctypes
 import hashlib
 import io
 import json
-import math
 import multiprocessing as mp
 import os
 import select
@@ -57,7 +56,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -203,28 +201,14 @@ def _scan_headers(paths: list[str]) -> list[tuple[str, str, str]]:
 
 
 def pixel_spacing_of(path: str | os.PathLike[str]) -> float | None:
-    """Pixel spacing in mm of a DICOM file for areas (``mm² = px * spacing**2``), or None when unknown.
-
-    The rule of ``pneumoseg.dicom.pixel_spacing_mm`` (PixelSpacing, else ImagerPixelSpacing divided
-    by EstimatedRadiographicMagnificationFactor when present, else ImagerPixelSpacing); a (row, column) pair is reduced to
-    ``sqrt(row * column)``, so areas stay exact. Unreadable headers give None (the image itself is
-    read, and fails or not, by ``read_dicom``).
-    """
-    import pydicom
-
-    from pneumoseg.dicom import pixel_spacing_mm  # imported here: pydicom only where DICOMs are read
+    """Pixel spacing in mm of a DICOM file for areas (``mm² = px * spacing**2``), or None when unknown
+    (``pneumoseg.dicom.DicomMeta.pixel_spacing_mm``; an unreadable header gives None)."""
+    from pneumoseg.dicom import read_dicom_meta  # imported here: pydicom only where DICOMs are read
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        found = pixel_spacing_mm(ds)
-    except Exception:  # a header pydicom cannot parse: spacing unknown
+        return read_dicom_meta(path).pixel_spacing_mm
+    except PneumosegError:
         return None
-    if found is None:
-        return None
-    (row, col), _ = found
-    return round(math.sqrt(row * col), 9)
 
 
 def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:
@@ -240,7 +224,7 @@ def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tup
     row = {"patient_id": meta.patient_id or "", "n_annotations": ann.n_annotations(item.image_id),
            "sex": meta.patient_sex or "", "age": "" if meta.patient_age is None else int(meta.patient_age),
            "view_position": meta.view_position or ""}
-    spacing = pixel_spacing_of(item.source)
+    spacing = meta.pixel_spacing_mm  # from the header read_dicom parsed: no second read
     row["pixel_spacing_mm"] = "" if spacing is None else spacing
     return dcm.pixels, mask, row, tuple(getattr(meta, "warnings", ()))
 
