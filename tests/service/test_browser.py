@@ -199,10 +199,16 @@ def test_upload_png_window_level_zoom_invert_download_and_failed_upload(browse_s
     pts = [[int(x), int(y)] for x, y in rng.integers(0, 1024, size=(40, 2))]
     values = np.array([pixels[y, x] for x, y in pts], dtype=np.float64)
 
-    def grey() -> np.ndarray:
-        return np.array([p[0] for p in drv.execute_script(LAYER_AT, pts)], dtype=np.float64)  # type: ignore[attr-defined]
+    def grey(expected: np.ndarray | None = None) -> np.ndarray:
+        """The canvas values at ``pts``; with ``expected``, polled until the page has redrawn (<= 3 s)."""
+        deadline = time.monotonic() + 3
+        while True:
+            got = np.array([p[0] for p in drv.execute_script(LAYER_AT, pts)], dtype=np.float64)  # type: ignore[attr-defined]
+            if expected is None or np.allclose(got, expected, atol=1) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
 
-    np.testing.assert_array_equal(grey(), values)  # default window on an 8-bit PNG: the identity
+    np.testing.assert_array_equal(grey(values), values)  # default window on an 8-bit PNG: the identity
     view0 = drv.execute_script(VIEW_SUM)  # type: ignore[attr-defined]
 
     body = find(By.TAG_NAME, "body")
@@ -210,20 +216,20 @@ def test_upload_png_window_level_zoom_invert_download_and_failed_upload(browse_s
     st = drv.execute_script(GEOMETRY)["state"]  # type: ignore[attr-defined]
     assert (st["wc"], st["ww"]) == (127.5, 127.5)
     expected = np.clip(np.floor((values - (st["wc"] - st["ww"] / 2)) * 255 / st["ww"] + 0.5), 0, 255)
-    np.testing.assert_allclose(grey(), expected, atol=1)
+    np.testing.assert_allclose(grey(expected), expected, atol=1)
     assert drv.execute_script(VIEW_SUM) != view0  # type: ignore[attr-defined]
 
     canvas = find(By.ID, "canvas")
     ActionChains(drv).move_to_element(canvas).click_and_hold().move_by_offset(120, -60).release().perform()
     st2 = drv.execute_script(GEOMETRY)["state"]  # type: ignore[attr-defined]
     assert st2["ww"] > st["ww"] and st2["wc"] < st["wc"], (st, st2)  # right: wider; up: lower level
-    dragged = grey()
     expected = np.clip(np.floor((values - (st2["wc"] - st2["ww"] / 2)) * 255 / st2["ww"] + 0.5), 0, 255)
+    dragged = grey(expected)
     np.testing.assert_allclose(dragged, expected, atol=1)
     assert find(By.ID, "preset").get_attribute("value") == "custom"
 
     body.send_keys("i")
-    np.testing.assert_array_equal(grey(), 255 - dragged)
+    np.testing.assert_array_equal(grey(255 - dragged), 255 - dragged)
     body.send_keys("1")
     body.send_keys("i")
 
