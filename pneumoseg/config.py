@@ -70,7 +70,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.normalize": ("auto", "gray", "imagenet"),
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("snapshot", "cosine", "plateau", "none"),
-    "augment.preset": ("seed", "light", "none", "custom"),
+    "augment.preset": ("seed", "light", "winner", "none", "custom"),
     "train.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "train.monitor": ("dice_kaggle", "dice_positive", "loss"),
@@ -124,7 +124,7 @@ class SamplerConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "seed"              #: seed | light | none; "custom" when transforms are given
+    preset: str = "seed"              #: seed | light | winner | none; "custom" when transforms are given
     transforms: list[dict[str, Any]] | None = None  #: [{name: HorizontalFlip, p: 0.5}, ...]
 
 

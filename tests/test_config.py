@@ -75,7 +75,7 @@ def test_custom_augment_list() -> None:
         ("schedule:\n  name: step\n", ["schedule.name", "snapshot, cosine, plateau, none"]),
         ("augment:\n  transforms:\n    - {name: HorizontalFlp}\n",
          ["bad.yaml", "HorizontalFlp", "HorizontalFlip"]),
-        ("augment:\n  preset: heavy\n", ["augment.preset", "seed, light, none"]),
+        ("augment:\n  preset: heavy\n", ["augment.preset", "seed, light, winner, none"]),
         ("sampler:\n  pos_start: 1.5\n", ["sampler.pos_start", "[0, 1]"]),
         ("postprocess:\n  threshold: 0\n", ["postprocess.threshold"]),
         ("base: nowhere.yaml\n", ["bad.yaml", "nowhere.yaml"]),

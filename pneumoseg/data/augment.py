@@ -14,6 +14,10 @@ Presets (``size`` is the training size):
   size=(size, size), p=0.25). (Albumentations 2 dropped ``alpha_affine`` and ``shift_limit``.)
 * ``light``: HorizontalFlip(p=0.5); RandomBrightnessContrast(p=0.3); Affine(scale 0.9-1.1,
   translate 5%, rotate +-10 degrees, p=0.3).
+* ``winner``: the SIIM winner's geometric augmentations: HorizontalFlip(p=0.5); Affine(scale
+  0.9-1.1, translate 6.25 %, rotate +-15 degrees, p=0.5) (shift-scale-rotate);
+  ElasticTransform(alpha=30, sigma=5, p=0.3); RandomBrightnessContrast(p=0.3). Best of the
+  augmentations compared on the 42 real images (docs/benchmarks.md, small-data).
 * ``none``: no augmentation.
 
 A custom pipeline is a list of specs ``{name: TransformName, **params}`` looked up in
@@ -48,9 +52,10 @@ __all__ = [
     "light_transforms",
     "seed_transforms",
     "transforms_from_specs",
+    "winner_transforms",
 ]
 
-PRESETS: tuple[str, ...] = ("seed", "light", "none")
+PRESETS: tuple[str, ...] = ("seed", "light", "winner", "none")
 _SIZE_EXPR = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+)\s*\*\s*)?size\s*$")
 
 
@@ -76,6 +81,19 @@ def light_transforms(size: int) -> list[Any]:
         A.HorizontalFlip(p=0.5),
         A.RandomBrightnessContrast(p=0.3),
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.3),
+    ]
+
+
+def winner_transforms(size: int) -> list[Any]:
+    """Flip, shift-scale-rotate, a mild elastic warp, brightness/contrast (the ``winner`` preset)."""
+    import albumentations as A
+
+    del size
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-15, 15), p=0.5),
+        A.ElasticTransform(alpha=30, sigma=5, p=0.3),
+        A.RandomBrightnessContrast(p=0.3),
     ]
 
 
@@ -145,6 +163,8 @@ def build_transform(preset: str = "seed", size: int = 512,
         items = seed_transforms(size)
     elif preset == "light":
         items = light_transforms(size)
+    elif preset == "winner":
+        items = winner_transforms(size)
     elif preset == "none":
         return None
     else:

@@ -139,7 +139,7 @@ def test_flip_keeps_mask_aligned(cache: Path) -> None:
     assert torch.equal(item["image"][0], torch.from_numpy(img[:, ::-1].copy()))
 
 
-@pytest.mark.parametrize("preset", ["seed", "light"])
+@pytest.mark.parametrize("preset", ["seed", "light", "winner"])
 def test_presets_keep_mask_on_bright_square(preset: str) -> None:
     rng = np.random.default_rng(1)
     img = rng.integers(0, 60, (64, 64), dtype=np.uint8)
@@ -155,6 +155,23 @@ def test_presets_keep_mask_on_bright_square(preset: str) -> None:
     a = apply_transform(transform, img, mask, 7)
     b = apply_transform(transform, img, mask, 7)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_winner_preset_is_the_benchmarked_spec_list() -> None:
+    """small_data.yaml's ``winner`` preset draws exactly what the cross-validation ran as specs."""
+    import yaml
+
+    from benchmarks.real_small_data import WINNER_AUG
+
+    specs = yaml.safe_load(WINNER_AUG.split("=", 1)[1])
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 20:50] = True
+    preset, spelled = build_transform("winner", 64), build_transform("seed", 64, transforms=specs)
+    for seed in range(12):
+        a, b = apply_transform(preset, img, mask, seed), apply_transform(spelled, img, mask, seed)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_augment_spec_errors() -> None:
