@@ -42,7 +42,7 @@ __all__ = ["RECIPES", "main", "oof_predict", "prepare_cache"]
 SHARED = ROOT.parent / "shared" / "data" / "siim"
 
 #: the SIIM winner's geometric augmentations as a spec list: the ``winner`` preset spelled out
-#: (tests/test_augment.py checks they build the same pipeline; the 256 px rows were run with this)
+#: (tests/data/test_dataset.py checks they draw the same as the preset; the 256 px rows were run with this)
 WINNER_AUG = ("augment.transforms=[{name: HorizontalFlip, p: 0.5}, "
               "{name: Affine, scale: [0.9, 1.1], translate_percent: [-0.0625, 0.0625], rotate: [-15, 15], p: 0.5}, "
               "{name: ElasticTransform, alpha: 30, sigma: 5, p: 0.3}, "
