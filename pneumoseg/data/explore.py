@@ -55,7 +55,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pneumoseg.atomic import atomic_path, atomic_write_text
-from pneumoseg.dicom import pixel_spacing_mm, read_dicom, read_dicom_meta
+from pneumoseg.dicom import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.images import IMAGE_SUFFIXES, read_image, read_mask
 from pneumoseg.paths import check_output_dir, dicom_image_id, one_line, safe_name
@@ -87,17 +87,6 @@ METADATA_COLUMNS = [
 PNG_COLUMNS = ["image_id", "rows", "columns", "has_pneumothorax", "n_regions", "mask_area_px", "file", "mask_file"]
 _THUMB = 256  # longest side of a sample-grid tile, pixels
 _RED = np.array([255.0, 0.0, 0.0])
-
-
-def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
-    """All ``*.dcm`` files under ``dicom_dir`` (recursively, any case), sorted; DataError if none."""
-    root = Path(dicom_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: DICOM folder not found (or not a folder)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
-    if not files:
-        raise DataError(f"{root}: no .dcm files found (searched recursively)")
-    return files
 
 
 _Spacing = tuple[tuple[float, float], str]  # ((row, column) mm, source attribute): dicom.pixel_spacing_mm
@@ -504,12 +493,6 @@ def _png_warnings(summary: dict[str, Any], failures: list[str]) -> list[str]:
     return out + _failures_warning(failures)
 
 
-def _annotation_warnings(annotations: Annotations) -> list[str]:
-    """The annotation file's own warnings (``Annotations.warnings()``: duplicate rows), if it has any."""
-    found = getattr(annotations, "warnings", ())
-    return [one_line(str(w)) for w in (found() if callable(found) else found)]
-
-
 def _output_paths(out: Path, n_samples: int) -> dict[str, Path]:
     paths = {"summary": out / "summary.json", "metadata": out / "metadata.csv",
              "distributions": out / "distributions.png"}
@@ -586,7 +569,7 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] |
     # Through JSON and back: the summary returned equals the summary.json written (tuples -> lists).
     summary["first_image"] = json.loads(json.dumps(read_dicom_meta(root / df["file"].iloc[0]).as_dict()))
     summary["first_file"] = str(df["file"].iloc[0])  # relative to dicom_dir
-    summary["warnings"] = _warnings(summary, failures, _annotation_warnings(annotations), rle_csv is not None)
+    summary["warnings"] = _warnings(summary, failures, [one_line(w) for w in annotations.warnings()], rle_csv is not None)
     summary["file_warnings"] = scan.file_warnings
     summary["failures"] = failures
     return _write(summary, df, paths, plot_distributions)

@@ -611,10 +611,6 @@ def _header_uids(run: _Run, files: list[Path], records: dict[str, list[dict[str,
     return uids
 
 
-def _find_dicoms(src: Path) -> list[Path]:
-    return sorted(p for p in src.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
-
-
 def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str],
                   out: str | os.PathLike[str], size: int = 512, workers: int | None = None,
                   progress: bool = True, overwrite: bool = False,
@@ -630,14 +626,14 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
     src = _check_dir(Path(dicom_dir), "DICOM folder")
     out = check_output_dir(out, [src, rle_csv], create=False)
     ann = read_annotations(rle_csv)
-    files = _find_dicoms(src)
-    if not files:
-        raise DataError(f"{src}: no .dcm files found (searched recursively)")
+    from pneumoseg.dicom import find_dicoms  # imported here: pydicom only where DICOMs are read
+
+    files = find_dicoms(src)
     check_output_dir(out)
     _open_cache(out, {"layout": "dicom", "size": size, "mask_rule": rule}, overwrite)
     records = _read_records(out)
     with _session("dicom", out, size, rule, workers, len(files), progress) as run:
-        run.warnings += _annotation_warnings(ann)
+        run.warnings += ann.warnings()
         uids = _header_uids(run, files, records)
         matched: list[tuple[str, Path]] = []
         how: dict[str, str] = {}
@@ -662,12 +658,6 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
                                rows=rows, rle_csv=str(ann.source)))
         info = {"source_dir": str(src), "annotations": str(Path(ann.source).resolve())}
         return run.prepare(items, records, info)
-
-
-def _annotation_warnings(ann: Annotations) -> list[str]:
-    """The annotation file's own warnings (``Annotations.warnings()``: duplicate rows), if it has any."""
-    found = getattr(ann, "warnings", ())
-    return [str(w) for w in (found() if callable(found) else found)]
 
 
 def _label_warnings(run: _Run, by_id: dict[str, Path], how: dict[str, str], ann: Annotations, src: Path,
