@@ -35,7 +35,7 @@ from benchmarks._docs import update_section  # noqa: E402
 from pneumoseg.config import load_config  # noqa: E402
 from pneumoseg.metrics import dice_per_image  # noqa: E402
 from pneumoseg.stats import bootstrap_ci, paired_bootstrap  # noqa: E402
-from pneumoseg.training.run import load_preprocessing, load_run, train  # noqa: E402
+from pneumoseg.training.run import train  # noqa: E402
 
 __all__ = ["RECIPES", "main", "oof_predict", "prepare_cache"]
 
@@ -102,24 +102,17 @@ def prepare_cache(work: Path, size: int, folds: int) -> Path:
     return cache
 
 
-@torch.no_grad()
 def oof_predict(run: Path, cache: Path, ids: list[str], threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(per-image Dice (N,), predicted mask not empty (N,)) of ``run``'s last.ckpt on ``ids``, flip TTA."""
+    """(per-image Dice (N,), predicted mask not empty (N,)) of ``run``'s last.ckpt on ``ids``, flip TTA,
+    at the cache's size (``Predictor.probs_at_model_size``: the one inference path)."""
     from pneumoseg.images import read_image, read_mask
+    from pneumoseg.predict import Predictor
 
-    net, _ = load_run(run, "last")
-    pre = load_preprocessing(run)
+    predictor = Predictor([run], checkpoint="last", tta=True, device="cpu")
     dice, positive = [], []
     for image_id in ids:
-        img = read_image(cache / "images" / f"{image_id}.png")
+        pred = predictor.probs_at_model_size([read_image(cache / "images" / f"{image_id}.png")])[0] > threshold
         truth = read_mask(cache / "masks" / f"{image_id}.png")
-        x = pre(torch.from_numpy(img)[None, None])
-        out = net(x)
-        out = out[0] if isinstance(out, tuple | list) else out
-        flipped = net(torch.flip(x, dims=[3]))
-        flipped = flipped[0] if isinstance(flipped, tuple | list) else flipped
-        prob = (torch.sigmoid(out) + torch.flip(torch.sigmoid(flipped), dims=[3])) / 2
-        pred = prob[0, 0].numpy() > threshold
         dice.append(float(dice_per_image(pred[None], truth[None])[0]))
         positive.append(bool(pred.any()))
     return np.asarray(dice), np.asarray(positive)
