@@ -65,7 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--steps", type=int, default=525, help="optimizer steps (train.min_steps)")
-    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (one run per rule and seed)")
+    ap.add_argument("--seeds", default="42", help="training seeds, comma-separated (one run per rule and seed; "
+                    "default: the configs' train.seed)")
     ap.add_argument("--rules", default="soft,fraction", help="training-mask rules to compare")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. schedule.warmup_steps=50)")
