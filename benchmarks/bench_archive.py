@@ -129,7 +129,7 @@ def main() -> None:
         "",
         f"`benchmarks/bench_archive.py` (torch {torch.__version__}, {os.cpu_count()} shared CPU cores, no GPU): "
         f"`pneumoseg predict` over {args.n:,} symlinks of the {len(real)} real SIIM DICOMs (1024 x 1024 JPEG), "
-        f"seed UNet with random weights at {args.size} px, batch {args.batch_size}, masks + overlays + CSVs. "
+        f"seed UNet with random weights at {args.size} px, batch {args.batch_size} (CLI default 4), masks + overlays + CSVs. "
         "Wall time of the whole command (start-up included).",
         "",
         "| processes (--devices) | decode workers each | wall s | images/s | peak RSS MiB (largest process) |",
