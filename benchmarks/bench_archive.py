@@ -57,7 +57,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 def resume_after_kill(cmd: list[str], out: Path, n: int) -> tuple[float, float]:
     """Kill -9 at 50 % (records committed), rerun; (seconds to the kill, seconds of the resumed run)."""
-    from pneumoseg.inference.writers import load_records
+    from pneumoseg.inference.archive.writers import load_records
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import psutil
 
-from pneumoseg.rle import read_annotations, rle_decode, rle_encode
+from pneumoseg.io.rle import read_annotations, rle_decode, rle_encode
 from _docs import DOCS, update_section  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
 from _seed import mask2rle, rle2mask  # type: ignore[import-not-found]
 
@@ -262,7 +262,7 @@ def rle_markdown(r: dict, args: argparse.Namespace, marked: bool = False) -> str
     w = buf.write
     if marked:
         w("<!-- data-rle:start -->\n")
-    w("### RLE: `pneumoseg.rle` vs the seed's `rle2mask` (+ `.T`) and the challenge's `mask2rle`\n\n")
+    w("### RLE: `pneumoseg.io.rle` vs the seed's `rle2mask` (+ `.T`) and the challenge's `mask2rle`\n\n")
     w(f"Machine: {machine()}. Load average (1/5/15 min) at the start: {args.load_start}, at the end: "
       f"{load()} (the cores are shared with other jobs). Reproduce: `{cmd}` (add `--update-docs` to "
       "rewrite this subsection).\n\n")
@@ -319,7 +319,7 @@ def markdown(r: dict, p: dict, mem: list[dict], args: argparse.Namespace) -> str
         cpu = f"{p[key + '_cpu_ms']:.1f} ms" if key + "_cpu_ms" in p else ""
         w(f"| {label} | {p[key + '_s']:.2f} s | {p['n'] / p[key + '_s']:.0f} | {cpu} |\n")
     w(f"\nSpeed-up with 2 workers: **{p['speedup']:.1f}x** (target >= 2x). Where it comes from: "
-      "`pneumoseg.dicom` decodes the challenge's JPEG-baseline files with Pillow (libjpeg-turbo, ~5 ms) "
+      "`pneumoseg.io.dicom.read` decodes the challenge's JPEG-baseline files with Pillow (libjpeg-turbo, ~5 ms) "
       "instead of pydicom's default plugin (pylibjpeg, ~11-15 ms of the seed loop's ~18 ms per image), "
       "and two worker processes share the 2 cores, minus the pool's start (~0.5 s).\n\n")
     w("### prepare: peak memory (parent + 2 workers, summed RSS, polled every 10 ms)\n\n")

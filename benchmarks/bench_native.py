@@ -31,12 +31,12 @@ from pneumoseg.data.dataset import split_ids
 from pneumoseg.data.prepare import prepare_dicom, read_truth
 from pneumoseg.data.split import write_splits
 from pneumoseg.data.synth import generate_dataset
-from pneumoseg.evaluate import evaluate_run
-from pneumoseg.images import read_image, resize_mask
-from pneumoseg.metrics import dice_per_image
-from pneumoseg.predict import Predictor
+from pneumoseg.evaluation.evaluate import evaluate_run
+from pneumoseg.io.images import read_image, resize_mask
+from pneumoseg.scoring.metrics import dice_per_image
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.training.run import train
-from pneumoseg.tune import tune_runs
+from pneumoseg.evaluation.tune import tune_runs
 
 
 def _model_size_dice(predictor: Predictor, cache: Path) -> tuple[float, float]:

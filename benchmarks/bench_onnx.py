@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_onnx.py [--model unet-resnet34] [--size 512] [--repeats 10] [--threads 2]
 
 A run folder with random weights (latency does not depend on them) is exported with
-``pneumoseg.export.export_onnx``; both runtimes then predict one real radiograph (or a synthetic
+``pneumoseg.inference.onnx.export_onnx``; both runtimes then predict one real radiograph (or a synthetic
 one when the sample is absent) resized to ``size``, batch 1, with the same number of threads:
 ``Predictor.probs_at_model_size`` (normalise, forward, sigmoid) with the torch backend and with the
 onnx backend. Prints the median and minimum of ``repeats`` timed runs (after one warm-up; the two runtimes
@@ -38,8 +38,8 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from pneumoseg.export import OnnxModel, export_onnx
-    from pneumoseg.predict import Predictor, load_input
+    from pneumoseg.inference.onnx import OnnxModel, export_onnx
+    from pneumoseg.inference.predictor import Predictor, load_input
 
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(args.model, args.size, Path(tmp))

@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
-    from pneumoseg.predict import Predictor, load_input
-    from pneumoseg.rle import rle_decode, rle_encode
+    from pneumoseg.inference.predictor import Predictor, load_input
+    from pneumoseg.io.rle import rle_decode, rle_encode
 
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(args.model, args.size, Path(tmp))

@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--update-docs", action="store_true", help="rewrite the Service section of docs/benchmarks.md")
     args = parser.parse_args()
 
-    from pneumoseg.predict import Predictor
+    from pneumoseg.inference.predictor import Predictor
     from pneumoseg.service import ServiceSettings, create_app, serve_in_background
 
     load = os.getloadavg()

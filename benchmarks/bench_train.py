@@ -56,7 +56,7 @@ def real_loop(cache: str, model: str, size: int, batch: int, precision: str, bat
 
 
 def plain_loop(model: str, size: int, batch: int, precision: str, steps: int) -> float:
-    from pneumoseg.losses import create_loss
+    from pneumoseg.training.losses import create_loss
     from pneumoseg.models import create_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,8 +97,8 @@ def plain_loop(model: str, size: int, batch: int, precision: str, steps: int) ->
 
 def metric_cost(size: int, batch: int, repeats: int = 20) -> tuple[float, float]:
     """ms per batch of training Dice: host numpy path (copy + PostProcess + dice_per_image) vs on device."""
-    from pneumoseg.metrics import DiceKaggle, dice_per_image
-    from pneumoseg.postprocess import PostProcess
+    from pneumoseg.scoring.metrics import DiceKaggle, dice_per_image
+    from pneumoseg.scoring.postprocess import PostProcess
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device=device).manual_seed(0)

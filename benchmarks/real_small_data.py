@@ -7,7 +7,7 @@ is trained once per fold on the other folds (CPU, ``train.max_steps`` budgets). 
 (``last.ckpt``: the end of training, so the validation fold never picks the checkpoint) predicts its
 held-out fold with flip TTA at a fixed 0.5 threshold; the out-of-fold per-image Dice over all 42
 images gives ``dice_kaggle`` and over the positives ``dice_positive``, with 95 % percentile
-bootstrap CIs (``pneumoseg.stats.bootstrap_ci``, resampled within positives / negatives).
+bootstrap CIs (``pneumoseg.scoring.stats.bootstrap_ci``, resampled within positives / negatives).
 
     .venv/bin/python benchmarks/real_small_data.py --work /tmp/rsd [--recipes seed,steps,...] [--docs]
 
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._docs import update_section  # noqa: E402
 from pneumoseg.config import load_config  # noqa: E402
-from pneumoseg.metrics import dice_per_image  # noqa: E402
-from pneumoseg.stats import bootstrap_ci, paired_bootstrap  # noqa: E402
+from pneumoseg.scoring.metrics import dice_per_image  # noqa: E402
+from pneumoseg.scoring.stats import bootstrap_ci, paired_bootstrap  # noqa: E402
 from pneumoseg.training.run import train  # noqa: E402
 
 __all__ = ["RECIPES", "main", "oof_predict", "prepare_cache"]
@@ -105,8 +105,8 @@ def prepare_cache(work: Path, size: int, folds: int) -> Path:
 def oof_predict(run: Path, cache: Path, ids: list[str], threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """(per-image Dice (N,), predicted mask not empty (N,)) of ``run``'s last.ckpt on ``ids``, flip TTA,
     at the cache's size (``Predictor.probs_at_model_size``: the one inference path)."""
-    from pneumoseg.images import read_image, read_mask
-    from pneumoseg.predict import Predictor
+    from pneumoseg.io.images import read_image, read_mask
+    from pneumoseg.inference.predictor import Predictor
 
     predictor = Predictor([run], checkpoint="last", tta=True, device="cpu")
     dice, positive = [], []
@@ -242,9 +242,9 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
             f"{args.folds} patient-grouped folds, every recipe trained on the CPU (2 cores) once "
             "per fold; out-of-fold per-image Dice of each fold model's `last.ckpt` with flip TTA at "
             "threshold 0.5 (no tuning), 95 % bootstrap CIs over the 42 images "
-            "(`pneumoseg.stats.bootstrap_ci`; dice_kaggle resampled within positives and negatives) and "
+            "(`pneumoseg.scoring.stats.bootstrap_ci`; dice_kaggle resampled within positives and negatives) and "
             f"each recipe's paired difference from `{REFERENCE}` on the same out-of-fold positive images "
-            "(`pneumoseg.stats.paired_bootstrap`, two-sided p). "
+            "(`pneumoseg.scoring.stats.paired_bootstrap`, two-sided p). "
             "With 5 negatives in all, dice_kaggle is mostly dice_positive.\n\n"
             f"```bash\n{cmd}\n```\n\n{table}\n"
             f"Run time: {total / 60:.1f} min in total on 2 CPU cores (training + out-of-fold prediction of "

@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from pneumoseg.atomic import atomic_write_text
+from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
 
 __all__ = [

@@ -9,14 +9,12 @@ import pneumoseg
 
 # Top to bottom; modules inside one entry (a sub-package) may import each other.
 LAYERS = [
-    "pneumoseg.errors", "pneumoseg.atomic", "pneumoseg.paths", "pneumoseg.progress", "pneumoseg.rle", "pneumoseg.dicom",
-    "pneumoseg.images", "pneumoseg.overlay",
+    "pneumoseg.errors", "pneumoseg.util", "pneumoseg.io",
     "pneumoseg.data.phantom", "pneumoseg.data.synth", "pneumoseg.data.explore", "pneumoseg.data.prepare", "pneumoseg.data.split",
     "pneumoseg.data.augment", "pneumoseg.data.dataset", "pneumoseg.data.sampler", "pneumoseg.data.datamodule",
-    "pneumoseg.config", "pneumoseg.models", "pneumoseg.losses", "pneumoseg.metrics", "pneumoseg.stats", "pneumoseg.score", "pneumoseg.postprocess",
-    "pneumoseg.training", "pneumoseg.export", "pneumoseg.dicom_seg", "pneumoseg.dicom_sr", "pneumoseg.dicom_sc",
-    "pneumoseg.predict", "pneumoseg.inference", "pneumoseg.evaluate", "pneumoseg.tune", "pneumoseg.compare",
-    "pneumoseg.report", "pneumoseg.study", "pneumoseg.demo", "pneumoseg.pacs", "pneumoseg.service", "pneumoseg.cli",
+    "pneumoseg.config", "pneumoseg.models", "pneumoseg.scoring", "pneumoseg.training", "pneumoseg.inference",
+    "pneumoseg.evaluation", "pneumoseg.reporting", "pneumoseg.workflows", "pneumoseg.pacs", "pneumoseg.service",
+    "pneumoseg.cli",
 ]
 
 

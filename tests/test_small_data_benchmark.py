@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.real_small_data import REFERENCE, _table
-from pneumoseg.stats import paired_bootstrap
+from pneumoseg.scoring.stats import paired_bootstrap
 
 
 def test_table_reports_means_paired_difference_and_empty_positives() -> None:

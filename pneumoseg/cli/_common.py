@@ -12,7 +12,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from pneumoseg.errors import PneumosegError
-from pneumoseg.paths import os_error_line
+from pneumoseg.util.paths import os_error_line
 
 __all__ = ["PneumosegCommand", "cli_errors", "console", "err_console", "fail"]
 

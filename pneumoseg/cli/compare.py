@@ -41,8 +41,8 @@ def compare(
                                           "(px without Pixel Spacing); default: tertiles of the positives."),
 ) -> None:
     """Every metric per run with a 95 % CI, paired differences to the first run, curves, cases, size buckets."""
-    from pneumoseg.compare import compare_runs, metric_header, metric_rows, write_comparison
-    from pneumoseg.paths import check_output_file
+    from pneumoseg.reporting.compare import compare_runs, metric_header, metric_rows, write_comparison
+    from pneumoseg.util.paths import check_output_file
 
     check_output_file(out, runs, what="--out")
     c = compare_runs(runs, split, allow_different_sets, n_boot, seed, n_cases=cases, size_edges=_edges(size_edges))

@@ -40,7 +40,7 @@ def demo(
 
     Rerunning the same command reuses the finished steps; --fresh starts over.
     """
-    from pneumoseg.demo import run_demo
+    from pneumoseg.workflows.demo import run_demo
 
     start = time.perf_counter()
     res = run_demo(out, n=n, size=size, seed=seed, overrides=set_, progress=progress, fresh=fresh,

@@ -11,7 +11,7 @@ from rich.table import Table
 from pneumoseg.cli._common import cli_errors, console, err_console
 
 if TYPE_CHECKING:
-    from pneumoseg.predict import Predictor
+    from pneumoseg.inference.predictor import Predictor
 
 __all__ = ["evaluate", "register", "tune"]
 
@@ -21,7 +21,7 @@ def _runs(text: str) -> list[Path]:
 
 
 def _predictor(runs: list[Path], checkpoint: str, tta: bool, device: str | None, batch_size: int) -> Predictor:
-    from pneumoseg.predict import Predictor
+    from pneumoseg.inference.predictor import Predictor
 
     return Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
 
@@ -45,7 +45,7 @@ def tune(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Grid-search threshold / min-area / triplet rule at the source resolution; store it for these runs + flags."""
-    from pneumoseg.tune import tune_runs
+    from pneumoseg.evaluation.tune import tune_runs
 
     runs = _runs(run)
     result = tune_runs(runs, split=split, oof=oof, checkpoint=checkpoint, tta=tta, device=device,
@@ -92,7 +92,7 @@ def evaluate(
     listed one per line; the rest is scored and the exit code is 2.
     """
     from pneumoseg.errors import ConfigError
-    from pneumoseg.evaluate import eval_dir, evaluate_external, evaluate_run, external_name
+    from pneumoseg.evaluation.evaluate import eval_dir, evaluate_external, evaluate_run, external_name
 
     runs = _runs(run)
     failures: list[str] = []
@@ -129,7 +129,7 @@ def evaluate(
     console.print(f"outputs: {eval_dir(runs[0], where)} (metrics.json, per_image.csv, pred_masks/, best.png, "
                   "worst.png, cases.csv, cases/)", highlight=False)
     if report:
-        from pneumoseg.report import write_report
+        from pneumoseg.reporting.report import write_report
 
         files = write_report(runs[0], eval_dir=eval_dir(runs[0], where))
         console.print(f"report: {files.html} (summary: {files.markdown})", highlight=False)

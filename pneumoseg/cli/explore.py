@@ -124,7 +124,7 @@ def explore(
     """
     from pneumoseg.data.explore import explore as explore_dataset  # lazy: keeps `pneumoseg --help` fast
     from pneumoseg.data.explore import explore_png
-    from pneumoseg.dicom import DicomMeta, format_header
+    from pneumoseg.io.dicom.read import DicomMeta, format_header
 
     if (dicom_dir is None) == (png_dir is None):
         raise fail("give either DICOM_DIR [--rle CSV], or --png-dir DIR (exactly one of them)")

@@ -23,8 +23,8 @@ def export(
                                 help="Check ONNX vs PyTorch probabilities (max diff 1e-3) on a random input."),
 ) -> None:
     """Export a run's network to ONNX: dynamic batch, logits out, size / normalisation / post-processing in its metadata."""
-    from pneumoseg.export import export_onnx, read_onnx_metadata
-    from pneumoseg.predict import ONNX_NAME
+    from pneumoseg.inference.onnx import export_onnx, read_onnx_metadata
+    from pneumoseg.inference.predictor import ONNX_NAME
 
     path = export_onnx(run, onnx or run / ONNX_NAME, checkpoint=checkpoint, opset=opset, verify=verify)
     meta = read_onnx_metadata(path)

@@ -23,7 +23,7 @@ __all__ = ["dicomweb", "listen", "register"]
 
 
 def _predictor(run: str, checkpoint: str, tta: bool, device: str | None, batch_size: int) -> object:
-    from pneumoseg.predict import Predictor
+    from pneumoseg.inference.predictor import Predictor
 
     return Predictor([Path(r) for r in run.split(",") if r], checkpoint=checkpoint, tta=tta, device=device,
                      batch_size=batch_size)

@@ -68,9 +68,9 @@ def predict(
 ) -> None:
     """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
     from pneumoseg.errors import ConfigError
-    from pneumoseg.inference import first_input, folder_source, list_source, predict_archive
-    from pneumoseg.paths import check_output_dir, check_output_file
-    from pneumoseg.predict import Predictor
+    from pneumoseg.inference.archive import first_input, folder_source, list_source, predict_archive
+    from pneumoseg.util.paths import check_output_dir, check_output_file
+    from pneumoseg.inference.predictor import Predictor
 
     if dicomweb is not None:
         from pneumoseg.cli.listen import dicomweb as dicomweb_command

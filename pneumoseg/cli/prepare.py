@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
 from pneumoseg.data.prepare import DEFAULT_MASK_RULE, SIZES, PrepareResult, prepare_dicom, prepare_png
-from pneumoseg.images import MASK_RULES
+from pneumoseg.io.images import MASK_RULES
 
 __all__ = ["prepare", "register"]
 

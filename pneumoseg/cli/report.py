@@ -21,7 +21,7 @@ def report(
     eval_dir: Path | None = typer.Option(None, "--eval-dir", help="Evaluation folder (overrides --split)."),
 ) -> None:
     """Config, data, curves, metrics, threshold search, per-image table and case galleries in one HTML file."""
-    from pneumoseg.report import default_eval_dir, write_report
+    from pneumoseg.reporting.report import default_eval_dir, write_report
 
     chosen = eval_dir or (run / "eval" / split if split else default_eval_dir(run))
     files = write_report(run, out, chosen)

@@ -43,8 +43,8 @@ def score(
                                 "Kaggle did (default: score them as empty predictions)."),
 ) -> None:
     """Per-image Dice (empty/empty = 1) averaged over the truth's images, with a 95 % bootstrap CI."""
-    from pneumoseg.paths import check_output_file
-    from pneumoseg.score import score_submission, write_per_image
+    from pneumoseg.util.paths import check_output_file
+    from pneumoseg.scoring.submission import score_submission, write_per_image
 
     if out is not None:
         check_output_file(out, [submission, truth], what="--out")

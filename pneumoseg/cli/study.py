@@ -39,7 +39,7 @@ def study(
     import dataclasses
 
     from pneumoseg.errors import ConfigError
-    from pneumoseg.study import load_study, run_study
+    from pneumoseg.workflows.study import load_study, run_study
 
     spec_ = load_study(spec)
     if cache is not None:
@@ -65,7 +65,7 @@ def study(
         mean, sd = summary.mean_sd("oof_dice_kaggle")
         console.print(f"{name}: {len(summary.runs)} folds, dice_kaggle per fold {_fmt(mean)} +/- {_fmt(sd)} (sd); "
                       f"out-of-fold {_fmt(summary.oof['dice_kaggle'])} with {summary.rule}", highlight=False)
-    from pneumoseg.report import write_report
+    from pneumoseg.reporting.report import write_report
 
     for name, run in result.runs.items():
         files = write_report(run, eval_dir=run / "eval" / spec_.split)

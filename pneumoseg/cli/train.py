@@ -135,14 +135,14 @@ def _train_folds(cfg: object, out: Path, folds: int, progress: bool) -> None:
 
     from rich.table import Table
 
-    from pneumoseg.study import fold_dirs, train_folds
+    from pneumoseg.workflows.study import fold_dirs, train_folds
 
     def done(stage: str) -> bool:
         k = int(stage.split("-")[1])
         return (fold_dirs(out, folds)[k] / ".fold-trained").is_file()
 
     def mark(stage: str) -> None:
-        from pneumoseg.atomic import atomic_write_text
+        from pneumoseg.util.atomic import atomic_write_text
 
         k = int(stage.split("-")[1])
         atomic_write_text(fold_dirs(out, folds)[k] / ".fold-trained", "trained\n")

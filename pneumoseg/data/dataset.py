@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from pneumoseg.data.augment import apply_transform
 from pneumoseg.errors import DataError
-from pneumoseg.images import read_image, read_mask, resize_image, resize_mask
+from pneumoseg.io.images import read_image, read_mask, resize_image, resize_mask
 
 __all__ = [
     "MASK_RULES",

@@ -54,13 +54,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from PIL import Image
 
-from pneumoseg.atomic import atomic_path, atomic_write_text
-from pneumoseg.dicom import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta
+from pneumoseg.util.atomic import atomic_path, atomic_write_text
+from pneumoseg.io.dicom.read import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta
 from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.images import IMAGE_SUFFIXES, read_image, read_mask
-from pneumoseg.paths import check_output_dir, dicom_image_id, one_line, safe_name
-from pneumoseg.progress import progress_bar
-from pneumoseg.rle import Annotations, read_annotations
+from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
+from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, safe_name
+from pneumoseg.util.progress import progress_bar
+from pneumoseg.io.rle import Annotations, read_annotations
 
 __all__ = [
     "METADATA_COLUMNS",

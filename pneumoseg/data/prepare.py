@@ -14,7 +14,7 @@ Layout written (see docs/architecture.md)::
     CACHE/cache.json              {"size", "layout", "mask_rule", "created_by", ...}: marks a pneumoseg cache
     CACHE/.parts/rec-*.json       records (index row + input fingerprint) of done items, to resume
 
-Image ids (they name files, so they are checked: ``pneumoseg.paths``): DICOM files are matched to
+Image ids (they name files, so they are checked: ``pneumoseg.util.paths``): DICOM files are matched to
 their annotation rows by the SOPInstanceUID in the header, else by the file stem
 (``paths.dicom_image_id``; index.csv's ``matched_by`` says which: uid, stem or none); PNG images
 by the file stem. A file whose UID is not a valid DICOM UID, or whose stem cannot name a file, is
@@ -66,9 +66,9 @@ import cv2
 import numpy as np
 
 from pneumoseg import __version__
-from pneumoseg.atomic import atomic_write_bytes, atomic_write_text
+from pneumoseg.util.atomic import atomic_write_bytes, atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.images import (
+from pneumoseg.io.images import (
     IMAGE_SUFFIXES,
     MASK_RULES,
     encode_bilevel_png,
@@ -78,9 +78,9 @@ from pneumoseg.images import (
     resize_image,
     resize_mask,
 )
-from pneumoseg.paths import check_output_dir, dicom_image_id, one_line, os_error_line, safe_name
-from pneumoseg.progress import progress_bar
-from pneumoseg.rle import Annotations, read_annotations
+from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, os_error_line, safe_name
+from pneumoseg.util.progress import progress_bar
+from pneumoseg.io.rle import Annotations, read_annotations
 
 __all__ = ["DEFAULT_MASK_RULE", "INDEX_COLUMNS", "SIZES", "PrepareResult", "pixel_spacing_of", "prepare_dicom",
            "prepare_png",
@@ -88,9 +88,9 @@ __all__ = ["DEFAULT_MASK_RULE", "INDEX_COLUMNS", "SIZES", "PrepareResult", "pixe
 
 #: Cache sizes: any multiple of 32 (the networks downsample 5 times) from 128 to 1024; 384 and 768 are common.
 SIZES = tuple(range(128, 1024 + 1, 32))
-#: ``resize_mask`` rule for the training masks (see pneumoseg.images.resize_mask). Soft: a model that
+#: ``resize_mask`` rule for the training masks (see pneumoseg.io.images.resize_mask). Soft: a model that
 #: predicts the covered fraction scores >= 0.99 Dice at the source size after upsampling, the binary
-#: fraction rule ~0.97 on thin regions (tests/test_native_resolution.py, docs/metrics.md).
+#: fraction rule ~0.97 on thin regions (tests/inference/test_native_resolution.py, docs/metrics.md).
 DEFAULT_MASK_RULE = "soft"
 INDEX_COLUMNS = ["image_id", "patient_id", "has_pneumothorax", "mask_area_px", "n_annotations", "sex", "age",
                  "view_position", "source", "orig_height", "orig_width", "matched_by", "pixel_spacing_mm"]
@@ -187,7 +187,7 @@ def _outputs(out: Path, image_id: str) -> tuple[Path, Path, Path]:
 
 def _scan_headers(paths: list[str]) -> list[tuple[str, str, str]]:
     """``(path, SOPInstanceUID or stem, "")`` per readable header, ``(path, "", error line)`` otherwise."""
-    from pneumoseg.dicom import read_dicom_meta  # imported here: pydicom only where DICOMs are read
+    from pneumoseg.io.dicom.read import read_dicom_meta  # imported here: pydicom only where DICOMs are read
 
     out = []
     for path in paths:
@@ -202,8 +202,8 @@ def _scan_headers(paths: list[str]) -> list[tuple[str, str, str]]:
 
 def pixel_spacing_of(path: str | os.PathLike[str]) -> float | None:
     """Pixel spacing in mm of a DICOM file for areas (``mm² = px * spacing**2``), or None when unknown
-    (``pneumoseg.dicom.DicomMeta.pixel_spacing_mm``; an unreadable header gives None)."""
-    from pneumoseg.dicom import read_dicom_meta  # imported here: pydicom only where DICOMs are read
+    (``pneumoseg.io.dicom.read.DicomMeta.pixel_spacing_mm``; an unreadable header gives None)."""
+    from pneumoseg.io.dicom.read import read_dicom_meta  # imported here: pydicom only where DICOMs are read
 
     try:
         return read_dicom_meta(path).pixel_spacing_mm
@@ -212,7 +212,7 @@ def pixel_spacing_of(path: str | os.PathLike[str]) -> float | None:
 
 
 def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:
-    from pneumoseg.dicom import read_dicom
+    from pneumoseg.io.dicom.read import read_dicom
 
     dcm = read_dicom(item.source)
     height, width = dcm.pixels.shape
@@ -392,7 +392,7 @@ def _open_cache(out: Path, params: dict[str, Any], overwrite: bool) -> None:
     atomic_write_text(out / _PARTS / _RUN, json.dumps(params, sort_keys=True))
     for sub in (*_SUBDIRS, _PARTS):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        for tmp in (out / sub).glob(".*.tmp*"):  # left by a killed run (pneumoseg.atomic names)
+        for tmp in (out / sub).glob(".*.tmp*"):  # left by a killed run (pneumoseg.util.atomic names)
             tmp.unlink(missing_ok=True)
 
 
@@ -446,7 +446,7 @@ class _Workers:
             ctx: Any
             if "forkserver" in mp.get_all_start_methods():
                 ctx = mp.get_context("forkserver")
-                ctx.set_forkserver_preload([__name__, "pneumoseg.dicom"])
+                ctx.set_forkserver_preload([__name__, "pneumoseg.io.dicom.read"])
             else:
                 ctx = mp.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.n, mp_context=ctx, initializer=_worker_init,
@@ -626,7 +626,7 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
     src = _check_dir(Path(dicom_dir), "DICOM folder")
     out = check_output_dir(out, [src, rle_csv], create=False)
     ann = read_annotations(rle_csv)
-    from pneumoseg.dicom import find_dicoms  # imported here: pydicom only where DICOMs are read
+    from pneumoseg.io.dicom.read import find_dicoms  # imported here: pydicom only where DICOMs are read
 
     files = find_dicoms(src)
     check_output_dir(out)

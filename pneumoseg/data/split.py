@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumoseg.atomic import atomic_write_text
+from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 
 __all__ = ["DEFAULT_VAL", "make_splits", "read_index", "split_summary", "write_splits"]

@@ -5,7 +5,7 @@
 * ``out/dicom/<SOPInstanceUID>.dcm``: 8-bit MONOCHROME2 CR, Secondary Capture, uncompressed
   (Explicit VR Little Endian), PatientID/Age ("045Y")/Sex, ViewPosition PA|AP, 1-4 images a patient;
 * ``out/train-rle.csv``: header ``ImageId, EncodedPixels``, one row per annotation, `` -1`` when
-  there is none, the challenge's relative column-major RLE (``pneumoseg.rle.rle_encode``);
+  there is none, the challenge's relative column-major RLE (``pneumoseg.io.rle.rle_encode``);
 * ``out/README.txt``: says that the data is synthetic.
 
 The pixels come from ``pneumoseg.data.phantom``. Image ``i`` draws from
@@ -25,7 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from pneumoseg.atomic import atomic_path, atomic_write_text
+from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.data.phantom import (
     MIN_SIZE,
     POSITIVE_RATE,
@@ -36,8 +36,8 @@ from pneumoseg.data.phantom import (
     sample_anatomy,
 )
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.progress import progress_bar
-from pneumoseg.rle import rle_encode
+from pneumoseg.util.progress import progress_bar
+from pneumoseg.io.rle import rle_encode
 
 __all__ = ["POSITIVE_RATE", "Anatomy", "Phantom", "SynthSummary", "generate_dataset", "make_phantom",
            "render_phantom", "sample_anatomy"]

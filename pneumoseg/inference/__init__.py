@@ -1,7 +1,2 @@
-"""Archive-scale inference: streamed inputs, Lightning DDP prediction, resumable part files, manifest."""
-
-from pneumoseg.inference.distributed import merge_outputs, predict_archive
-from pneumoseg.inference.sources import first_input, folder_source, iter_folder, iter_list, list_source
-
-__all__ = ["first_input", "folder_source", "iter_folder", "iter_list", "list_source", "merge_outputs",
-           "predict_archive"]
+"""Inference: the one prediction path (``predictor``), the ONNX backend (``onnx``) and archive-scale
+prediction (``archive``: streamed inputs, Lightning DDP prediction, resumable part files, manifest)."""

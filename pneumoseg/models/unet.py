@@ -3,7 +3,7 @@
 Input: float32 (N, C, H, W) with H and W divisible by 32 (five 2x2 max-poolings).
 Output: logits (N, classes, H, W), or ``(mask_logits, class_logits (N, classes))`` when built
 with ``aux_classifier=True``. The seed ended in a sigmoid; here the network returns logits and
-the sigmoid is applied by the loss (``pneumoseg.losses``) or by ``pneumoseg.postprocess``.
+the sigmoid is applied by the loss (``pneumoseg.training.losses``) or by ``pneumoseg.scoring.postprocess``.
 
 Layout (the Keras kernel the seed copied, layer for layer):
 

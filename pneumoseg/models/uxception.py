@@ -3,7 +3,7 @@
 Input: float32 (N, C, H, W), H and W divisible by 32. Output: logits (N, classes, H, W), or
 ``(mask_logits, class_logits (N, classes))`` with ``aux_classifier=True`` (a head on the
 middle block: global average pool, dropout 0.2, linear). The seed ended in a sigmoid; here the
-sigmoid is left to the loss and to ``pneumoseg.postprocess``.
+sigmoid is left to the loss and to ``pneumoseg.scoring.postprocess``.
 
 Encoder: timm's ``legacy_xception`` (the port of the Keras Xception the seed used, same
 "valid" padding in the stem), built without downloading anything unless

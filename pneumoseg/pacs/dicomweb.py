@@ -26,13 +26,13 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from pneumoseg.dicom import read_dicom
+from pneumoseg.io.dicom.read import read_dicom
 from pneumoseg.errors import PneumosegError
 from pneumoseg.pacs import PacsError
 from pneumoseg.pacs.outputs import INPUT_SOP_CLASSES, OUTPUT_KINDS, OutputOptions, make_outputs, output_series_uid, \
     predictor_fingerprint, refusal
-from pneumoseg.paths import is_valid_uid
-from pneumoseg.predict import InputImage, Prediction, Predictor
+from pneumoseg.util.paths import is_valid_uid
+from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
 
 __all__ = ["DicomwebResult", "predict_dicomweb"]
 

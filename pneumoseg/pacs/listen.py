@@ -37,13 +37,13 @@ from pneumoseg.errors import ConfigError, PneumosegError
 from pneumoseg.pacs.outputs import INPUT_SOP_CLASSES, OUTPUT_SOP_CLASSES, OutputOptions, make_outputs, \
     predictor_fingerprint, refusal
 from pneumoseg.pacs.queue import Entry, InstanceQueue
-from pneumoseg.predict import InputImage, Predictor, load_input
+from pneumoseg.inference.predictor import InputImage, Predictor, load_input
 
 __all__ = ["INPUT_TRANSFER_SYNTAXES", "Destination", "Listener"]
 
 log = logging.getLogger("pneumoseg.listen")
 
-#: Transfer syntaxes accepted on input: those ``pneumoseg.dicom.read_dicom`` decodes. When a sender offers
+#: Transfer syntaxes accepted on input: those ``pneumoseg.io.dicom.read.read_dicom`` decodes. When a sender offers
 #: several in one presentation context, the first here wins: lossy originals first, so that a JPEG
 #: arrives as stored and decodes to the pixels ``pneumoseg predict`` sees in the same file (no
 #: transcoding by the sender), then lossless compressed, then uncompressed.

@@ -23,12 +23,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 import pneumoseg
-from pneumoseg.dicom import RADIOGRAPH_MODALITIES
-from pneumoseg.dicom_sc import make_overlay_sc
-from pneumoseg.dicom_seg import area_mm2, make_segmentation
-from pneumoseg.dicom_sr import make_sr
-from pneumoseg.paths import is_valid_uid
-from pneumoseg.predict import InputImage, Prediction, Predictor
+from pneumoseg.io.dicom.read import RADIOGRAPH_MODALITIES
+from pneumoseg.io.dicom.sc import make_overlay_sc
+from pneumoseg.io.dicom.seg import area_mm2, make_segmentation
+from pneumoseg.io.dicom.sr import make_sr
+from pneumoseg.util.paths import is_valid_uid
+from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
 
 __all__ = [
     "INPUT_SOP_CLASSES",

@@ -1,6 +1,6 @@
 """The listener's on-disk queue: every received instance is on disk before it is acknowledged.
 
-Layout of a queue folder ``Q`` (every file written atomically, ``pneumoseg.atomic``)::
+Layout of a queue folder ``Q`` (every file written atomically, ``pneumoseg.util.atomic``)::
 
     Q/instances/<SOPInstanceUID>.dcm       the received instance, as received (DICOM file format)
     Q/state/<SOPInstanceUID>.json          its state: received -> predicted -> sent | failed
@@ -44,9 +44,9 @@ from typing import IO, Any, Literal
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoseg.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from pneumoseg.util.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from pneumoseg.errors import DataError
-from pneumoseg.paths import is_valid_uid
+from pneumoseg.util.paths import is_valid_uid
 
 __all__ = ["PENDING_STATES", "STATES", "Entry", "InstanceQueue", "Offer"]
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from pneumoseg import __version__
 from pneumoseg.errors import PneumosegError
-from pneumoseg.predict import Predictor
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service.browse import BrowseFolder, BrowseNameError
 from pneumoseg.service.inference import ImageTooLargeError, ServiceModel, UnsupportedMediaError
 from pneumoseg.service.limits import BodySizeLimit

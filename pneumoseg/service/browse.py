@@ -4,7 +4,7 @@ Files are listed once at start (recursive, sorted by relative path, at most ``ma
 A name from a request is only ever used relative to the folder: it must be a listed relative
 POSIX path; ``(root / name).resolve()`` must still lie inside ``root.resolve()`` (symbolic links
 leading out are refused) and be a regular file. Ground truth comes from ``--truth train-rle.csv``
-(``pneumoseg.rle.read_annotations``; keyed by the ImageId: SOPInstanceUID for DICOM, file stem
+(``pneumoseg.io.rle.read_annotations``; keyed by the ImageId: SOPInstanceUID for DICOM, file stem
 for PNG) or, in the PNG layout, from ``DIR/masks/<stem>.png`` (any pixel > 127 is positive); the
 ``masks`` folder is then left out of the list.
 """
@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.predict import DICOM_SUFFIXES, IMAGE_SUFFIXES, InputImage
-from pneumoseg.rle import Annotations, read_annotations
+from pneumoseg.inference.predictor import DICOM_SUFFIXES, IMAGE_SUFFIXES, InputImage
+from pneumoseg.io.rle import Annotations, read_annotations
 
 __all__ = ["MASKS_DIR", "BrowseFolder", "BrowseNameError"]
 

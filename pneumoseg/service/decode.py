@@ -22,9 +22,9 @@ from typing import Literal
 import numpy as np
 
 from pneumoseg.errors import DataError, DicomError, PneumosegError
-from pneumoseg.images import decode_image
-from pneumoseg.paths import is_valid_uid
-from pneumoseg.predict import InputImage
+from pneumoseg.io.images import decode_image
+from pneumoseg.util.paths import is_valid_uid
+from pneumoseg.inference.predictor import InputImage
 
 __all__ = [
     "JPEG_SIGNATURE",
@@ -155,7 +155,7 @@ def image_header_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int
 
 
 def _decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H, W) (``pneumoseg.images.decode_image``), size checked from the header first."""
+    """PNG/JPEG bytes -> uint8 (H, W) (``pneumoseg.io.images.decode_image``), size checked from the header first."""
     shape = image_header_size(data, name, max_pixels)
     arr = decode_image(data, name)
     if arr.shape[:2] != shape:
@@ -165,7 +165,7 @@ def _decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> InputImage:
     """DICOM bytes -> InputImage (ImageId = SOPInstanceUID, checked as ``pneumoseg predict`` does)."""
-    from pneumoseg.dicom import read_dicom
+    from pneumoseg.io.dicom.read import read_dicom
 
     try:
         dcm = read_dicom(data, max_pixels=max_pixels, name=name)

@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from pneumoseg.predict import Predictor
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service.inference import StoredResult, decode_png_gray, read_header
 
 __all__ = ["rle_text", "seg_bytes", "sr_bytes"]
@@ -30,7 +30,7 @@ def _dataset_bytes(ds: Any) -> bytes:
 
 
 def _segmentation(stored: StoredResult, predictor: Predictor) -> Any:
-    from pneumoseg.dicom_seg import make_segmentation
+    from pneumoseg.io.dicom.seg import make_segmentation
 
     uids = stored.summary["dicom_outputs"]
     params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
@@ -50,8 +50,8 @@ def seg_bytes(stored: StoredResult, predictor: Predictor) -> bytes:
 
 def sr_bytes(stored: StoredResult, predictor: Predictor) -> bytes:
     """A DICOM SR (TID 1500, Part 10 bytes) of the stored verdict, referencing the SEG of ``seg_bytes``."""
-    from pneumoseg.dicom_seg import area_mm2
-    from pneumoseg.dicom_sr import make_sr
+    from pneumoseg.io.dicom.seg import area_mm2
+    from pneumoseg.io.dicom.sr import make_sr
 
     source = read_header(stored.header_dcm)
     summary = stored.summary

@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from pneumoseg.images import encode_png, resize_image
-from pneumoseg.metrics import dice_from_counts
-from pneumoseg.predict import InputImage, Prediction, Predictor
-from pneumoseg.rle import rle_encode
+from pneumoseg.io.images import encode_png, resize_image
+from pneumoseg.scoring.metrics import dice_from_counts
+from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
+from pneumoseg.io.rle import rle_encode
 from pneumoseg.service.decode import (
     ImageTooLargeError,
     UnsupportedMediaError,
@@ -220,7 +220,7 @@ def _spacing_and_area(header: bytes, mask: np.ndarray) -> tuple[tuple[tuple[floa
     """(pixel spacing in mm and its source attribute, mask area in mm²) from a stored DICOM header."""
     if not header:
         return None, None
-    from pneumoseg.dicom_seg import area_mm2, pixel_spacing_mm
+    from pneumoseg.io.dicom.seg import area_mm2, pixel_spacing_mm
 
     ds = read_header(header)
     spacing = pixel_spacing_mm(ds)

@@ -7,7 +7,7 @@ The viewer windows on the image's own values, in the browser, never on the displ
   as ``uint16`` codes ``q`` with ``value = offset + scale * q``: exact (``scale`` 1) when the values
   are integers spanning at most 65,536 levels, else quantised linearly to 65,536 levels (``exact``
   says which). The default window is the file's first WindowCenter / WindowWidth (linear or
-  LINEAR_EXACT), else the 0.5 / 99.5 % percentiles (what ``pneumoseg.dicom.read_dicom`` maps to
+  LINEAR_EXACT), else the 0.5 / 99.5 % percentiles (what ``pneumoseg.io.dicom.read.read_dicom`` maps to
   0 / 255 for such images), else 0..255 for plain 8-bit data. ``invert`` is True for MONOCHROME1
   (low values white).
 * PNG / JPEG, and colour or palette DICOM: the uint8 display image (the model's input), 0..255,
@@ -127,7 +127,7 @@ def _default_window(ds: Any, values: np.ndarray, arr: np.ndarray) -> tuple[float
 def dicom_intensities(data: bytes, display: np.ndarray) -> Intensities:
     """The Modality-LUT values of a DICOM's first frame (module docstring), or the display image.
 
-    ``data``: the file's bytes, already read successfully by ``pneumoseg.dicom.read_dicom`` (so its
+    ``data``: the file's bytes, already read successfully by ``pneumoseg.io.dicom.read.read_dicom`` (so its
     size is within the limits); ``display``: that read's uint8 (H, W). Colour, palette or any
     file whose values cannot be had (or differ in shape) falls back to ``display_intensities``.
     """

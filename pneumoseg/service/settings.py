@@ -47,7 +47,7 @@ class ServiceSettings:
     ``max_pixels`` = 64 MP peaks near 1 GB); others wait their turn without holding a thread.
     ``token``: when set, every API route but ``/health`` and the page needs
     ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
-    ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.predict.Predictor`.
+    ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.inference.predictor.Predictor`.
     ``browse_dir``: a folder whose DICOM / PNG files the viewer steps through (``--browse``), at most
     ``browse_max_files`` of them; ``truth``: a ``train-rle.csv`` with their ground truth (``--truth``).
     """

@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pneumoseg.atomic import atomic_path, atomic_write_text
+from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.training.schedules import SnapshotCallbackBuilder
 
 __all__ = [

@@ -22,7 +22,7 @@ Logged (per epoch):
   ``val/pred_positive``: the share of validation images whose predicted mask is not empty (0: the
   model predicts nothing, ``pneumoseg.training.run`` flags it).
 
-Dice is counted on the device in :class:`~pneumoseg.metrics.DiceKaggle` (torchmetrics) and reduced
+Dice is counted on the device in :class:`~pneumoseg.scoring.metrics.DiceKaggle` (torchmetrics) and reduced
 over DDP ranks once per epoch: no per-step host sync in training or validation. Exceptions:
 validation with a ``postprocess`` that needs connected components (``min_area > 0``, plain mode)
 copies each validation batch's probabilities to the CPU for it; with a progress bar, the per-step
@@ -43,9 +43,9 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from pneumoseg.data.dataset import mask_to_target
-from pneumoseg.metrics import DiceKaggle
+from pneumoseg.scoring.metrics import DiceKaggle
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.schedules import OptimizerFactory, SchedulerFactory
 
 __all__ = ["SegmentationModule"]

@@ -1,8 +1,8 @@
 """``train(cfg, run_dir)``: build everything from the config, fit, return where the results are.
 
 The config builds, the loop runs: this module turns an :class:`~pneumoseg.config.ExperimentConfig`
-into a network (``pneumoseg.models``), a loss (``pneumoseg.losses``), optimizer and scheduler
-factories (``schedules``), the post-processing (``pneumoseg.postprocess``), the data module and a
+into a network (``pneumoseg.models``), a loss (``pneumoseg.training.losses``), optimizer and scheduler
+factories (``schedules``), the post-processing (``pneumoseg.scoring.postprocess``), the data module and a
 Lightning Trainer, then calls ``fit``. The run folder (docs/architecture.md)::
 
     RUN/config.yaml                       the resolved config (reload with load_config(RUN))
@@ -64,15 +64,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from pneumoseg.atomic import atomic_path, atomic_write_text
+from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.config import ExperimentConfig, dump_config, load_config
 from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.data.dataset import check_cache
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.losses import create_loss
+from pneumoseg.training.losses import create_loss
 from pneumoseg.models import create_model
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,
     EpochLine,

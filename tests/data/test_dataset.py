@@ -14,7 +14,7 @@ from pneumoseg.data.augment import apply_transform, build_transform, transforms_
 from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.data.dataset import SegmentationDataset, mask_rule, mask_to_target, read_labels, split_ids
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.images import resize_image
+from pneumoseg.io.images import resize_image
 
 INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
                 "source,orig_height,orig_width\n")

@@ -21,7 +21,7 @@ from pneumoseg.cli.explore import register
 from pneumoseg.data.explore import METADATA_COLUMNS, PNG_COLUMNS, explore, explore_png
 from pneumoseg.data.synth import generate_dataset
 from pneumoseg.errors import DataError
-from pneumoseg.rle import rle_encode
+from pneumoseg.io.rle import rle_encode
 from tests.shared_data import SIIM
 
 SIIM_DICOM = SIIM / "dicom"

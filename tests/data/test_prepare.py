@@ -27,11 +27,11 @@ from pneumoseg.data.prepare import (
     prepare_png,
     read_truth,
 )
-from pneumoseg.dicom import pixel_spacing_mm
+from pneumoseg.io.dicom.read import pixel_spacing_mm
 from pneumoseg.errors import DataError
-from pneumoseg.images import read_image, read_mask, resize_mask, write_png
+from pneumoseg.io.images import read_image, read_mask, resize_mask, write_png
 from tests.data.dicom_files import write_dicom
-from pneumoseg.rle import read_annotations
+from pneumoseg.io.rle import read_annotations
 from tests.shared_data import SIIM, require_siim
 
 DICOM = SIIM / "dicom"

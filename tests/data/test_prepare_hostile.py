@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from pneumoseg.data.prepare import prepare_dicom, prepare_png, read_truth
 from pneumoseg.errors import DataError
-from pneumoseg.images import read_image, read_mask, resize_mask, write_png
-from pneumoseg.rle import rle_encode
+from pneumoseg.io.images import read_image, read_mask, resize_mask, write_png
+from pneumoseg.io.rle import rle_encode
 from tests.data.dicom_files import NO_UID, write_dicom
 
 RNG = np.random.default_rng(7)

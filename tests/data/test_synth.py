@@ -23,7 +23,7 @@ from pneumoseg.data.synth import (
     render_phantom,
 )
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.rle import read_annotations, rle_decode
+from pneumoseg.io.rle import read_annotations, rle_decode
 
 SIZE = 64  # the smallest size: enough for layout and label tests
 
@@ -189,7 +189,7 @@ def test_phantoms_are_learnable() -> None:
     """The project's ``unet_bn`` (the seed's U-Net with BatchNorm) and ``bce_dice`` loss: 500 Adam
     steps (batch 8, 128 px, lr 3e-3 cosine to 0; about 80 s on 2 idle cores) reach a held-out Dice on
     positives well above every trivial answer (whole lungs, empty, a tuned prior map)."""
-    from pneumoseg.losses import create_loss
+    from pneumoseg.training.losses import create_loss
     from pneumoseg.models import create_model
 
     torch.manual_seed(0)

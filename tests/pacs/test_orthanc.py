@@ -35,7 +35,7 @@ def reference(pacs_run: Path) -> dict[str, np.ndarray]:
     """SOPInstanceUID -> bool mask (1024, 1024) from ``Predictor`` on each file (what ``predict`` writes)."""
     import torch
 
-    from pneumoseg.predict import Predictor, load_input
+    from pneumoseg.inference.predictor import Predictor, load_input
 
     predictor = Predictor([pacs_run], device="cpu", batch_size=1)
     out = {}
@@ -141,7 +141,7 @@ def test_dicomweb_round_trip(orthanc: Orthanc, pacs_run: Path, reference: dict[s
     from pneumoseg.cli.main import app
     from pneumoseg.pacs.dicomweb import predict_dicomweb
     from pneumoseg.pacs.outputs import OutputOptions
-    from pneumoseg.predict import Predictor
+    from pneumoseg.inference.predictor import Predictor
 
     files = FILES[:3]
     orthanc.upload(files)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from pneumoseg.predict import Predictor
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service import ServiceSettings, create_app, serve_in_background
 
 

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app as cli_app
-from pneumoseg.dicom import read_dicom
-from pneumoseg.predict import Predictor, load_input
-from pneumoseg.rle import rle_decode
+from pneumoseg.io.dicom.read import read_dicom
+from pneumoseg.inference.predictor import Predictor, load_input
+from pneumoseg.io.rle import rle_decode
 from pneumoseg.service import ServiceSettings, create_app
 from pneumoseg.service.inference import UnsupportedMediaError, sniff
 from tests.shared_data import SIIM, require_siim

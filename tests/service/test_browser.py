@@ -21,7 +21,7 @@ import pydicom
 import pytest
 import torch
 
-from pneumoseg.predict import Predictor
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service import ServiceSettings, create_app, serve_in_background
 from tests.shared_data import SIIM, require_siim
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pneumoseg.predict import Predictor
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service import ServiceSettings, create_app, serve_in_background
 
 CHROMIUM = Path("/usr/bin/chromium")

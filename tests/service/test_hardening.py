@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app as cli_app
 from pneumoseg.errors import ConfigError
-from pneumoseg.images import read_image
-from pneumoseg.predict import Predictor
+from pneumoseg.io.images import read_image
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service import ServiceSettings, create_app
 from pneumoseg.service.decode import display_name
 from pneumoseg.service.security import is_loopback

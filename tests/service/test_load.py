@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from pneumoseg.rle import rle_decode
+from pneumoseg.io.rle import rle_decode
 
 N_REQUESTS = 20
 

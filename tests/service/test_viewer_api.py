@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app as cli_app
 from pneumoseg.errors import ConfigError
-from pneumoseg.predict import Predictor
-from pneumoseg.rle import read_annotations, rle_decode
+from pneumoseg.inference.predictor import Predictor
+from pneumoseg.io.rle import read_annotations, rle_decode
 from pneumoseg.service import ServiceSettings, create_app
 from tests.shared_data import SIIM, require_siim
 
@@ -102,7 +102,7 @@ def test_png_intensities_are_the_8bit_values_with_an_identity_window(client: Tes
 
 def test_rle_seg_and_sr_downloads_agree_with_the_mask(client: TestClient, predictor: Predictor,
                                                       tmp_path: Path) -> None:
-    from pneumoseg.dicom_seg import read_segmentation
+    from pneumoseg.io.dicom.seg import read_segmentation
 
     rng = np.random.default_rng(1)
     path = _dicom_16bit(tmp_path / "seg-source.dcm", rng.integers(0, 4096, size=(64, 64), dtype=np.uint16),
@@ -136,7 +136,7 @@ def test_rle_seg_and_sr_downloads_agree_with_the_mask(client: TestClient, predic
 
 @require_siim
 def test_real_dicom_area_in_mm2_uses_pixel_spacing(client: TestClient) -> None:
-    from pneumoseg.dicom_seg import area_mm2
+    from pneumoseg.io.dicom.seg import area_mm2
 
     path = sorted((SIIM / "dicom").glob("*.dcm"))[0]
     body = _post(client, path).json()

@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import pneumoseg.data.dataset as dataset_module
-from pneumoseg.losses import create_loss
-from pneumoseg.metrics import dice_per_image
+from pneumoseg.training.losses import create_loss
+from pneumoseg.scoring.metrics import dice_per_image
 from pneumoseg.models import create_model
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.module import SegmentationModule
 from pneumoseg.training.schedules import optimizer_factory
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.data.dataset import SegmentationDataset, split_ids
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.metrics import dice_per_image
+from pneumoseg.scoring.metrics import dice_per_image
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.postprocess import PostProcess
+from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.run import build_model, list_checkpoints, load_preprocessing, load_run, train
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, snapshot_lr
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import Response
 
-from pneumoseg.overlay import encode_rgb_png, overlay
+from pneumoseg.io.overlay import encode_rgb_png, overlay
 from pneumoseg.service.deps import ModelDep, SettingsDep
 from pneumoseg.service.exports import rle_text, seg_bytes, sr_bytes
 from pneumoseg.service.inference import RESULT_ID_PATTERN, StoredResult, decode_png_gray

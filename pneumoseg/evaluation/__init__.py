@@ -1,0 +1,1 @@
+"""Evaluation at the source resolution (``evaluate``) and the post-processing search (``tune``)."""

@@ -1,0 +1,535 @@
+"""Inference: trained runs -> probability maps -> masks, overlays, CSVs and a Kaggle submission.
+
+The one inference path (``predict``, ``evaluate``, ``tune``, ``serve`` and the ONNX backend all
+use ``Predictor``): every model sees the image at its run's ``data.size``; probabilities of an
+ensemble (several runs, flip TTA) are averaged at the first run's size; they are then upsampled
+(bilinear) to the **source image's resolution before thresholding**, and the post-processing
+(threshold, ``min_area`` in source pixels, triplet rule) is applied there. So masks, areas and
+every metric are at the resolution the challenge scores (1024 x 1024 for its images).
+
+The post-processing is the rule ``pneumoseg tune`` stored for exactly these runs, checkpoint and
+TTA setting; without one, the first run's config default (``Predictor.postprocess_source``
+says which was used).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import pydicom
+import torch
+from torch import nn
+
+from pneumoseg.util.atomic import atomic_write_text
+from pneumoseg.config import ExperimentConfig
+from pneumoseg.io.dicom.read import DicomMeta, read_dicom
+from pneumoseg.io.dicom.sc import make_overlay_sc, write_sc
+from pneumoseg.io.dicom.seg import area_mm2, make_segmentation, write_segmentation
+from pneumoseg.io.dicom.sr import make_sr, write_sr
+from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
+from pneumoseg.inference.onnx import OnnxModel
+from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, resize_image, write_png
+from pneumoseg.models.preprocessing import Preprocessing
+from pneumoseg.io.overlay import annotate, overlay, write_rgb_png
+from pneumoseg.util.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
+from pneumoseg.scoring.postprocess import PostProcess, find_tuned, legacy_rule_present
+from pneumoseg.util.progress import progress_bar
+from pneumoseg.io.rle import rle_encode, rle_encode_absolute
+from pneumoseg.training.run import list_checkpoints, load_run
+
+__all__ = [
+    "BACKENDS",
+    "DICOM_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "ONNX_NAME",
+    "PREDICTIONS_HEADER",
+    "SUBMISSION_HEADER",
+    "TOP_FRACTION",
+    "ImageOutputs",
+    "InputImage",
+    "PredictResult",
+    "Prediction",
+    "Predictor",
+    "find_inputs",
+    "image_score",
+    "iter_inputs",
+    "load_input",
+    "predict_to_folder",
+    "write_outputs",
+    "write_tables",
+]
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+BACKENDS = ("torch", "onnx")
+ONNX_NAME = "model.onnx"  #: where ``--backend onnx`` looks in a run folder (``pneumoseg export`` default)
+TOP_FRACTION = 0.001  #: share of an image's pixels averaged by :func:`image_score` (0.1 %)
+
+
+def image_score(prob: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """Image-level pneumothorax score in [0, 1]: the mean of the top ``fraction`` pixel probabilities.
+
+    ``prob``: float (H, W) probabilities at the source resolution; k = max(1, round(fraction * H * W)).
+    The largest pixel probability (``Prediction.probability``) saturates near 1.0 on almost every
+    radiograph, so it ranks images poorly; this score is what ``image_auc`` is computed from.
+    """
+    flat = np.asarray(prob, dtype=np.float32).ravel()
+    if flat.size == 0:
+        return 0.0
+    k = min(flat.size, max(1, round(fraction * flat.size)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One radiograph to predict: ``pixels`` uint8 (H, W); ``meta`` only for DICOM input."""
+
+    image_id: str
+    pixels: np.ndarray
+    path: Path
+    meta: DicomMeta | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``prob`` float32 (H, W) in [0, 1] and ``mask`` bool (H, W) at the input's resolution."""
+
+    image_id: str
+    prob: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def probability(self) -> float:
+        """The largest pixel probability (kept for compatibility; it saturates: prefer ``score``)."""
+        return float(self.prob.max())
+
+    @property
+    def score(self) -> float:
+        """Image-level score: mean of the top 0.1 % pixel probabilities (:func:`image_score`)."""
+        return image_score(self.prob)
+
+    @property
+    def area_px(self) -> int:
+        return int(self.mask.sum())
+
+
+def _walk(folder: str) -> Iterator[Path]:
+    # One directory's names in memory at a time; sorted, so the walk equals sorted(rglob).
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path)
+        elif os.path.splitext(entry.name)[1].lower() in DICOM_SUFFIXES + IMAGE_SUFFIXES and entry.is_file():
+            yield Path(entry.path)
+
+
+def iter_inputs(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """DICOM / PNG / JPEG files under ``path``, lazily, in ``sorted(path.rglob("*"))`` order.
+
+    Each directory is listed with ``os.scandir`` and sorted by name, subfolders walked where they
+    sort. A file ``path`` yields itself whatever its suffix. Symlinked folders are not followed.
+    """
+    root = Path(path)
+    if root.is_file():
+        yield root
+        return
+    if not root.is_dir():
+        raise DataError(f"{root}: no such file or folder")
+    yield from _walk(str(root))
+
+
+def find_inputs(path: str | os.PathLike[str]) -> list[Path]:
+    """Every input of :func:`iter_inputs` as a list; DataError when there is none."""
+    files = list(iter_inputs(path))
+    if not files:
+        raise DataError(f"{path}: no .dcm, .png or .jpg files found")
+    return files
+
+
+def load_input(path: str | os.PathLike[str]) -> InputImage:
+    """Read a DICOM (ImageId = SOPInstanceUID) or a PNG/JPEG (ImageId = file stem).
+
+    The ImageId names output files, so it is checked (``pneumoseg.util.paths``): a DICOM's UID must be
+    digits and dots (<= 64 characters), a stem a plain file name; DataError naming the file otherwise.
+    """
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return InputImage(safe_name(path.stem, path, "file stem"), read_image(path), path)
+    dcm = read_dicom(path)
+    uid = dcm.meta.image_id
+    if not is_valid_uid(uid):
+        shown = repr(uid[:80])
+        raise DataError(f"{path}: SOPInstanceUID {shown} is not a valid DICOM UID (digits and dots, "
+                        "at most 64 characters); not predicted")
+    return InputImage(uid, dcm.pixels, path, dcm.meta)
+
+
+def _onnx_file(run: str | os.PathLike[str]) -> Path:
+    """``run`` itself when it is a .onnx file, else ``run/model.onnx``; DataError when absent."""
+    path = Path(run)
+    if path.suffix.lower() == ".onnx":
+        return path
+    if path.is_dir() and (path / ONNX_NAME).is_file():
+        return path / ONNX_NAME
+    raise DataError(f"{path}: no {ONNX_NAME} for --backend onnx; write it with "
+                    f"`pneumoseg export {path} --onnx {path / ONNX_NAME}` or pass --onnx FILE")
+
+
+def _checkpoint_file(run: str | os.PathLike[str], checkpoint: str) -> Path:
+    """The ``.ckpt`` that ``load_run(run, checkpoint)`` read (a path, or a name in ``RUN/checkpoints``)."""
+    path = Path(checkpoint)
+    if path.suffix == ".ckpt" and path.is_file():
+        return path
+    return list_checkpoints(run)[checkpoint]
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Ensemble of trained runs: averaged sigmoid probabilities, optional horizontal-flip TTA.
+
+    ``runs``: run folders (``pneumoseg train`` outputs); ``checkpoint``: ``best``, ``last`` or
+    ``snapshot-K`` in each. ``postprocess`` defaults to the first run's tuned settings.
+
+    ``backend="onnx"`` runs exported networks with onnxruntime instead of PyTorch: ``onnx`` names
+    the ``.onnx`` files (one per model), else each entry of ``runs`` is a ``.onnx`` file or a run
+    folder holding ``model.onnx``; ``checkpoint`` is then ignored (it was fixed at export). Size and
+    normalisation come from each file's metadata; the post-processing from the first run folder's
+    ``postprocess.json`` when there is one, else from the first file's metadata.
+
+    ``weight_files``: the checkpoint (or ONNX) file of each model, in order (hashed by archive manifests).
+    """
+
+    def __init__(self, runs: Sequence[str | os.PathLike[str]], checkpoint: str = "best", tta: bool = False,
+                 postprocess: PostProcess | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 4, backend: str = "torch",
+                 onnx: Sequence[str | os.PathLike[str]] | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r} unknown (valid: {', '.join(BACKENDS)})")
+        if not runs and not (backend == "onnx" and onnx):
+            raise DataError("no run folder given")
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.backend = backend
+        self.checkpoint = checkpoint
+        if backend == "torch":
+            loaded = [load_run(r, checkpoint) for r in runs]
+            self.models: list[tuple[nn.Module | OnnxModel, ExperimentConfig, Preprocessing]] = [
+                (m.to(self.device), c, Preprocessing.from_config(c)) for m, c in loaded]
+            self.weight_files = [_checkpoint_file(r, checkpoint) for r in runs]
+        else:
+            files = [Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs]
+            nets = [OnnxModel(f, device=self.device) for f in files]
+            self.weight_files = files
+            self.models = [(net, net.config(), net.metadata.preprocessing) for net in nets]
+        self.cfg = self.models[0][1]
+        self.size = self.models[0][2].size
+        self.tta = tta
+        self.batch_size = batch_size
+        self.runs = [Path(r) for r in runs]
+        self.postprocess, self.postprocess_source = self._choose_postprocess(postprocess)
+        self.model_name = "+".join(c.model.name for _, c, _ in self.models)
+
+    def _choose_postprocess(self, given: PostProcess | None) -> tuple[PostProcess, str]:
+        """The rule and where it came from: given > tuned for these runs/flags > ONNX metadata > config."""
+        if given is not None:
+            return given, "given"
+        dirs = [r for r in self.runs if r.is_dir()]
+        if dirs and len(dirs) == len(self.runs):
+            tuned = find_tuned(dirs, self.checkpoint, self.tta)
+            if tuned is not None:
+                return tuned.rule, (f"tuned on {tuned.split} ({tuned.n_images} images, dice_kaggle "
+                                    f"{tuned.dice_kaggle:.4f} vs {tuned.default_dice_kaggle:.4f} untuned)")
+        first = self.models[0][0]
+        if isinstance(first, OnnxModel) and len(self.models) == 1:
+            return first.postprocess, "stored in the ONNX file"
+        cfg = self.cfg.postprocess
+        hint = ("an older pneumoseg tuned it at the model's size: re-run tune" if any(
+            legacy_rule_present(r) for r in dirs) else "none tuned for these runs and flags")
+        flags = " --tta" if self.tta else ""
+        return (PostProcess(threshold=cfg.threshold, min_area=cfg.min_area),
+                f"config default ({hint}; `pneumoseg tune {','.join(map(str, self.runs))}{flags}`)")
+
+    @property
+    def n_params(self) -> int | None:
+        """Parameters of the ensemble's networks (None for ONNX files)."""
+        nets = [net for net, _, _ in self.models if isinstance(net, nn.Module)]
+        if len(nets) != len(self.models):
+            return None
+        return sum(p.numel() for n in nets for p in n.parameters())
+
+    @torch.inference_mode()
+    def _forward(self, net: nn.Module | OnnxModel, x: torch.Tensor) -> torch.Tensor:
+        out = net(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        return torch.sigmoid(logits.float())
+
+    def probs_at_model_size(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 (N, S, S) probabilities, S = the first run's size, for uint8 (H, W) images."""
+        out = np.zeros((len(images), self.size, self.size), dtype=np.float32)
+        for net, _, prep in self.models:
+            s = prep.size
+            batch = np.stack([img if img.shape == (s, s) else resize_image(img, s) for img in images])
+            x = prep(torch.from_numpy(batch).to(self.device))
+            prob = self._forward(net, x)
+            if self.tta:
+                prob = (prob + self._forward(net, x.flip(-1)).flip(-1)) / 2
+            p = prob[:, 0].cpu().numpy()
+            if s != self.size:
+                p = np.stack([cv2.resize(q, (self.size, self.size), interpolation=cv2.INTER_LINEAR) for q in p])
+            out += p
+        return out / len(self.models)
+
+    @staticmethod
+    def native_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """float32 (H, W) in [0, 1]: a model-size probability map upsampled (bilinear) to ``shape``."""
+        h, w = shape
+        p: np.ndarray = np.asarray(prob, dtype=np.float32)
+        if p.shape != (h, w):
+            p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.clip(p, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def at_native(self, image_id: str, prob: np.ndarray, shape: tuple[int, int]) -> Prediction:
+        """Upsample to the source's ``shape`` (H, W), then post-process there."""
+        native = self.native_prob(prob, shape)
+        return Prediction(image_id, native, self.postprocess(native))
+
+    def finish(self, image: InputImage, prob: np.ndarray) -> Prediction:
+        """The prediction at ``image``'s own resolution from its model-size probabilities (CPU only)."""
+        return self.at_native(image.image_id, prob, image.pixels.shape)
+
+    def predict_batch(self, images: Sequence[InputImage]) -> list[Prediction]:
+        """Predictions at each input's own resolution."""
+        probs = self.probs_at_model_size([im.pixels for im in images])
+        return [self.finish(im, prob) for im, prob in zip(images, probs, strict=True)]
+
+
+@dataclass(frozen=True)
+class ImageOutputs:
+    """What ``write_outputs`` wrote for one image (paths relative to the output folder).
+
+    ``row``: its ``predictions.csv`` row (``PREDICTIONS_HEADER``); ``rle``: its submission cell;
+    ``seg``: ``"written"``, ``"empty"`` (no SEG for an empty mask), ``"not_dicom"`` or ``""`` (not
+    asked); ``failure``: one line when a DICOM output could not be made (the mask was written).
+    """
+
+    row: tuple[object, ...]
+    rle: str
+    files: tuple[str, ...]
+    seg: str = ""
+    sr: bool = False
+    sc: bool = False
+    failure: str | None = None
+
+
+@dataclass
+class PredictResult:
+    """What ``predict_to_folder`` wrote, and the inputs it could not use (one line each)."""
+
+    out_dir: Path
+    n_images: int = 0
+    n_positive: int = 0
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  #: ``FILE: warning: ...`` (e.g. a modality not CR/DX/DR)
+    predictions_csv: Path | None = None
+    submission_csv: Path | None = None
+    n_seg: int = 0                 #: DICOM SEG files written (``dicom_seg=True``) to ``out_dir/seg``
+    seg_skipped_empty: int = 0     #: DICOM inputs without SEG: empty prediction (no ``dicom_seg_empty``)
+    seg_skipped_not_dicom: int = 0  #: PNG / JPEG inputs: no source DICOM to reference
+    n_sr: int = 0                  #: DICOM Structured Reports (TID 1500) written to ``out_dir/sr``
+    n_sc: int = 0                  #: Secondary Capture overlays written to ``out_dir/sc``
+    n_resumed: int = 0             #: images whose complete outputs an earlier (killed) run had written
+
+    def add(self, outputs: ImageOutputs) -> None:
+        """Count one image's DICOM outputs and its failure line."""
+        self.n_seg += outputs.seg == "written"
+        self.seg_skipped_empty += outputs.seg == "empty"
+        self.seg_skipped_not_dicom += outputs.seg == "not_dicom"
+        self.n_sr += outputs.sr
+        self.n_sc += outputs.sc
+        if outputs.failure:
+            self.failures.append(outputs.failure)
+
+
+#: ``probability``: largest pixel probability (compatibility); ``score``: :func:`image_score`, the
+#: image-level score that ranks images (evaluate's ``image_auc`` uses it).
+PREDICTIONS_HEADER = ("image_id", "source", "probability", "score", "has_pneumothorax", "area_px", "area_mm2",
+                      "height", "width")
+SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(result: PredictResult, rows: Sequence[Sequence[object]], sub_rows: Sequence[tuple[str, str]],
+                 submission: str | os.PathLike[str] | None = None) -> None:
+    """``predictions.csv`` and the submission (default ``out_dir/submission.csv``), atomically; counts.
+
+    Nothing is written when ``rows`` is empty. Sets ``n_images``, ``n_positive`` and the two paths.
+    """
+    result.n_images = len(rows)
+    result.n_positive = sum(1 for _, rle in sub_rows if rle != "-1")
+    if rows:
+        result.predictions_csv = result.out_dir / "predictions.csv"
+        atomic_write_text(result.predictions_csv, _csv_text(PREDICTIONS_HEADER, rows))
+        result.submission_csv = Path(submission) if submission else result.out_dir / "submission.csv"
+        atomic_write_text(result.submission_csv, _csv_text(SUBMISSION_HEADER, sub_rows))
+
+
+def _read_header(image: InputImage) -> pydicom.Dataset | None:
+    """The source DICOM's header (for areas in mm² and DICOM outputs); None for PNG / JPEG."""
+    if image.meta is None:
+        return None
+    try:
+        return pydicom.dcmread(image.path, stop_before_pixels=True)
+    except Exception as exc:  # it decoded a moment ago; pydicom raises many types
+        raise DicomError(f"{image.path}: cannot re-read the header ({exc})".replace("\n", " ")) from None
+
+
+def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset,
+                         out: Path, seg: bool, seg_empty: bool, sr: bool, sc: bool,
+                         files: list[str]) -> tuple[str, bool, bool]:
+    """``out/seg``, ``out/sr``, ``out/sc`` ``/<image_id>.dcm`` for a DICOM input (see ``predict_to_folder``).
+
+    Returns ``(seg status, sr written, sc written)``; appends each written file to ``files``.
+    """
+    seg_ds = None
+    status = ""
+    if seg and (pred.mask.any() or seg_empty):
+        params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
+                  "postprocess": json.dumps(predictor.postprocess.to_dict())}
+        if predictor.backend == "torch":
+            params["checkpoint"] = predictor.checkpoint
+        seg_ds = make_segmentation(source, pred.mask, model_name=predictor.model_name, algorithm_parameters=params)
+        write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg_ds)
+        files.append(f"seg/{pred.image_id}.dcm")
+        status = "written"
+    elif seg:
+        status = "empty"
+    if sr:
+        report = make_sr(source, seg_ds, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
+                         area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source), model_name=predictor.model_name)
+        write_sr(out / "sr" / f"{pred.image_id}.dcm", report)
+        files.append(f"sr/{pred.image_id}.dcm")
+    if sc:
+        write_sc(out / "sc" / f"{pred.image_id}.dcm",
+                 make_overlay_sc(source, image.pixels, pred.mask, model_name=predictor.model_name))
+        files.append(f"sc/{pred.image_id}.dcm")
+    return status, sr, sc
+
+
+def write_outputs(predictor: Predictor, image: InputImage, pred: Prediction, out_dir: str | os.PathLike[str],
+                  overlays: bool = True, rle_format: Literal["relative", "absolute"] = "relative",
+                  dicom_seg: bool = False, dicom_seg_empty: bool = False, dicom_sr: bool = False,
+                  dicom_sc: bool = False) -> ImageOutputs:
+    """Write one image's files (mask, overlay, DICOM outputs; see ``predict_to_folder``), each atomically.
+
+    The one place that turns a ``Prediction`` into files and CSV cells: ``predict_to_folder`` and
+    the archive engine (``pneumoseg.inference``) both call it.
+    """
+    out = Path(out_dir)
+    encode = rle_encode if rle_format == "relative" else rle_encode_absolute
+    write_png(out / "masks" / f"{pred.image_id}.png", pred.mask.astype(np.uint8) * 255)
+    files = [f"masks/{pred.image_id}.png"]
+    score = pred.score
+    if overlays:
+        view = annotate(overlay(image.pixels, pred.mask), f"{pred.image_id}  score {score:.3f}")
+        write_rgb_png(out / "overlays" / f"{pred.image_id}.png", view)
+        files.append(f"overlays/{pred.image_id}.png")
+    h, w = pred.mask.shape
+    status, sr, sc, failure = "", False, False, None
+    try:
+        source = _read_header(image)
+        mm2 = area_mm2(pred.mask, source) if source is not None else None
+        if dicom_seg or dicom_sr or dicom_sc:
+            if source is None:
+                status = "not_dicom"
+            else:
+                status, sr, sc = _write_dicom_outputs(predictor, image, pred, source, out, dicom_seg,
+                                                      dicom_seg_empty, dicom_sr, dicom_sc, files)
+    except PneumosegError as exc:
+        failure = f"{exc} (mask written; DICOM outputs not)"
+        mm2 = None
+    row = (pred.image_id, str(image.path), round(pred.probability, 6), round(score, 6), int(pred.area_px > 0), pred.area_px,
+           "" if mm2 is None else round(mm2, 2), h, w)
+    return ImageOutputs(row, encode(pred.mask), tuple(files), status, sr, sc, failure)
+
+
+def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+                      submission: str | os.PathLike[str] | None = None, overlays: bool = True,
+                      rle_format: Literal["relative", "absolute"] = "relative", progress: bool = True,
+                      on_prediction: object = None, dicom_seg: bool = False,
+                      dicom_seg_empty: bool = False, dicom_sr: bool = False, dicom_sc: bool = False) -> PredictResult:
+    """Predict every input and write ``masks/``, ``overlays/``, ``predictions.csv`` and the submission.
+
+    An input that cannot be read is reported in ``failures`` (file and reason) and skipped; the
+    rest is still predicted. The submission has one row per image (``ImageId,EncodedPixels``,
+    ``-1`` when empty) in the challenge's relative RLE (``rle_format="absolute"``: 1-based
+    absolute starts, standard Kaggle RLE for other tools). Every file is written atomically.
+    ``on_prediction(input_image, prediction)`` is called for each prediction when given.
+
+    ``dicom_seg``: also write ``seg/<image_id>.dcm``, a DICOM Segmentation of the mask referencing
+    the source DICOM (``pneumoseg.io.dicom.seg.make_segmentation``), for each DICOM input whose mask
+    is not empty (``dicom_seg_empty``: for empty ones too). ``dicom_sr``: ``sr/<image_id>.dcm``, a
+    TID 1500 measurement report (presence, score, area in mm² when the source has a pixel spacing,
+    referencing the SEG when one was written); ``dicom_sc``: ``sc/<image_id>.dcm``, an RGB Secondary
+    Capture of the overlay for viewers without SEG support. PNG / JPEG inputs get none (counted in
+    ``seg_skipped_not_dicom``). An output that cannot be made is reported in ``failures``.
+    ``predictions.csv`` has ``area_mm2`` for DICOM inputs with a pixel spacing (else empty).
+
+    In-process and in memory; ``pneumoseg.inference.predict_archive`` does the same for archives
+    (streamed inputs, several processes, resumable) with the same ``write_outputs``.
+    """
+    out = Path(out_dir)
+    check_output_dir(out)
+    if submission is not None:
+        check_output_file(submission, (), "submission")
+    result = PredictResult(out)
+    rows: list[tuple[object, ...]] = []
+    sub_rows: list[tuple[str, str]] = []
+    seen: dict[str, Path] = {}
+    paths = [Path(p) for p in inputs]
+    with progress_bar(progress) as bar:
+        task = bar.add_task("predict", total=len(paths))
+        for start in range(0, len(paths), predictor.batch_size):
+            batch: list[InputImage] = []
+            for path in paths[start:start + predictor.batch_size]:
+                try:
+                    image = load_input(path)
+                except PneumosegError as exc:
+                    result.failures.append(str(exc))
+                    continue
+                if image.meta is not None:
+                    result.warnings += [f"{path}: warning: {w}" for w in image.meta.warnings]
+                if image.image_id in seen:
+                    result.failures.append(f"{path}: ImageId {image.image_id} already predicted from {seen[image.image_id]}")
+                    continue
+                seen[image.image_id] = path
+                batch.append(image)
+            for image, pred in zip(batch, predictor.predict_batch(batch) if batch else [], strict=True):
+                outputs = write_outputs(predictor, image, pred, out, overlays=overlays, rle_format=rle_format,
+                                        dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
+                                        dicom_sc=dicom_sc)
+                result.add(outputs)
+                rows.append(outputs.row)
+                sub_rows.append((pred.image_id, outputs.rle))
+                if callable(on_prediction):
+                    on_prediction(image, pred)
+            bar.advance(task, len(paths[start:start + predictor.batch_size]))
+    write_tables(result, rows, sub_rows, submission)
+    return result

@@ -1,0 +1,646 @@
+"""Read chest-radiograph DICOM files: pixels as ``uint8`` (H, W) plus the metadata users look at.
+
+Decoding goes through pydicom 3 with the pylibjpeg plugins, so JPEG Baseline (the challenge's
+files), JPEG Lossless, JPEG-LS, JPEG 2000, RLE Lossless and Deflate all read. A source is a path,
+``bytes`` or a binary file object (messages then name ``name=`` or ``<upload>``).
+
+Display conventions (each step is pydicom's own function):
+
+* orientation as stored (row 0 is the top of the image; no transpose or flip);
+* multi-frame images give their **first frame** (only that frame is decoded);
+* ``PALETTE COLOR``: the palette is applied (``apply_color_lut``), then the luminance
+  0.299 R + 0.587 G + 0.114 B is scaled from the palette's range (0..2**bits - 1) to 0..255;
+  RGB / YBR images give their luminance (rounded, same dtype);
+* ``MONOCHROME1``/``MONOCHROME2`` with a VOI LUT or window: ``apply_voi_lut(apply_modality_lut(x))``
+  scaled linearly to 0..255 from the VOI output range: the LUT's lowest..highest entry, or the
+  window's output range as pydicom defines it (``apply_windowing``: y_min..y_max);
+* otherwise 8-bit unsigned images without rescale keep their values, and deeper images (12/16-bit,
+  signed, rescaled, or an unusable VOI LUT/window, which adds a warning) go through
+  ``apply_modality_lut`` then robust percentiles (0.5 % -> 0, 99.5 % -> 255);
+* ``MONOCHROME1`` (white = low values) is inverted last (255 - x), so bright = dense.
+
+Refused, each with one :class:`~pneumoseg.errors.DicomError` line that starts with the file:
+missing file, not DICOM (no 128-byte preamble + ``DICM``), truncated, undecodable, non-image SOP
+classes (Segmentation, RT Dose/Plan/Structure Set, SR, waveforms, DICOMDIR, any known SOP class
+whose name lacks "Image Storage"), no pixel data, and images whose Rows x Columns x frames exceed
+``max_pixels`` (checked from the header and the compressed codestream, before decoding).
+Modalities other than CR/DX/DR and the warnings pydicom or numpy raise while reading are returned
+in ``DicomMeta.warnings`` (one line each); nothing is printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import re
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from pneumoseg.util.atomic import atomic_path
+from pneumoseg.errors import DataError, DicomError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "PERCENTILES",
+    "RADIOGRAPH_MODALITIES",
+    "DicomImage",
+    "DicomMeta",
+    "DicomSource",
+    "find_dicoms",
+    "format_header",
+    "parse_age",
+    "pixel_spacing_mm",
+    "read_dicom",
+    "read_dicom_meta",
+    "spacing_pair",
+    "write_dicom",
+]
+
+PERCENTILES = (0.5, 99.5)
+"""Percentiles mapped to 0 and 255 for deep images without a usable VOI LUT or window."""
+
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+"""Rows x Columns x frames refused above this (64 MP) when ``max_pixels`` is not given."""
+
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
+"""Modalities read without a warning."""
+
+DicomSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+"""A path, the file's bytes, or a binary file object."""
+
+_AGE = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
+_AGE_UNIT_DAYS = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
+_ADVICE = re.compile(r"[^.;:]*\bforce\s*=\s*True\b[^.;]*[.;]?|\s*Please see <[^>]*>[^.;]*[.;]?", re.IGNORECASE)
+_MAX_MESSAGE = 300
+_LUMA = np.array([0.299, 0.587, 0.114])
+_JPEG_SOF = {bytes([0xFF, c]) for c in (*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC),
+                                        *range(0xCD, 0xD0), 0xF7)}
+# warnings.catch_warnings swaps process-wide state: one reader at a time keeps each file's warnings its own.
+_WARNINGS_LOCK = threading.RLock()
+_READING = threading.local()
+
+
+class _DropWhileReading(logging.Filter):
+    """Drop pydicom's log records (decoder tracebacks too) while this module reads: each one is
+    already a warning in ``DicomMeta.warnings`` or part of the DicomError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_READING, "active", False)
+
+
+for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils"):
+    logging.getLogger(_name).addFilter(_DropWhileReading())
+
+# JPEG baseline/extended (the challenge's files): Pillow's libjpeg-turbo decodes about twice as
+# fast as the default plugin (values may differ by 1 grey level: lossy JPEG has no exact decode).
+_PILLOW_FIRST = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+
+
+@dataclass(frozen=True)
+class DicomMeta:
+    """Header fields of one DICOM file. Missing text tags are ``""``, a missing age is ``None``.
+
+    ``image_id`` is the SOPInstanceUID (the challenge's ImageId), else the file stem;
+    ``transfer_syntax`` is the UID string and ``transfer_syntax_name`` its readable name;
+    ``warnings``: one-line texts (unusual modality, pydicom/numpy warnings met while reading),
+    printed by callers as ``f"{file}: warning: {w}"``; ``pixel_spacing_mm``: mm per pixel for areas
+    (``sqrt(row * column)`` of :func:`pixel_spacing_mm`, so ``mm² = px * spacing**2``), None when unknown.
+    """
+
+    image_id: str
+    patient_id: str = ""
+    patient_age: int | None = None
+    patient_sex: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view_position: str = ""
+    rows: int = 0
+    columns: int = 0
+    bits_stored: int = 0
+    photometric: str = ""
+    transfer_syntax: str = ""
+    transfer_syntax_name: str = ""
+    warnings: tuple[str, ...] = ()
+    pixel_spacing_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "warnings", tuple(self.warnings))  # a JSON list comes back as a tuple
+
+    def as_dict(self) -> dict[str, Any]:
+        """Field name -> value (JSON-serialisable); ``DicomMeta(**meta.as_dict()) == meta``."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DicomImage:
+    """A decoded image: ``pixels`` uint8 (H, W), display-ready (see the module docstring)."""
+
+    pixels: np.ndarray
+    meta: DicomMeta
+
+
+
+def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
+    """All ``*.dcm`` files under ``dicom_dir`` (recursively, any case), sorted; DataError if none."""
+    root = Path(dicom_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: DICOM folder not found (or not a folder)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
+    if not files:
+        raise DataError(f"{root}: no .dcm files found (searched recursively)")
+    return files
+
+
+def parse_age(value: object) -> int | None:
+    """Parse a DICOM Age String (``"038Y"``, ``"38"``, ``"006M"``) into whole years; else None.
+
+    Units D/W/M/Y (none = years) are converted to years and floored.
+    """
+    match = _AGE.match(str(value)) if value is not None else None
+    if not match:
+        return None
+    number, unit = int(match.group(1)), (match.group(2) or "Y").upper()
+    return int(number * _AGE_UNIT_DAYS[unit] / _AGE_UNIT_DAYS["Y"] + 1e-9)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: lines joined, advice a CLI user cannot follow (force=True) dropped."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    out = ""
+    for line in lines:
+        out += line if not out else (" " if out.endswith(":") else "; ") + line
+    out = re.sub(r"\s+", " ", _printable(_ADVICE.sub("", out))).strip(" ;")
+    return out if len(out) <= _MAX_MESSAGE else out[: _MAX_MESSAGE - 3] + "..."
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_one_line(str(exc))}" if str(exc).strip() else type(exc).__name__
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return ""
+    return "" if value is None else _printable(str(value)).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value is not None else 0
+    except Exception:
+        return 0
+
+
+def _meta_from_dataset(ds: Dataset, stem: str, notes: list[str]) -> DicomMeta:
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    return DicomMeta(
+        image_id=_text(ds, "SOPInstanceUID") or stem,
+        patient_id=_text(ds, "PatientID"),
+        patient_age=parse_age(_text(ds, "PatientAge") or None),
+        patient_sex=_text(ds, "PatientSex"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        view_position=_text(ds, "ViewPosition"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        bits_stored=_int(ds, "BitsStored"),
+        photometric=_text(ds, "PhotometricInterpretation"),
+        transfer_syntax=_printable(str(syntax)) if syntax else "",
+        transfer_syntax_name=_printable(syntax.name) if syntax else "",
+        warnings=tuple(dict.fromkeys(notes)),
+        pixel_spacing_mm=_area_spacing(ds),
+    )
+
+
+def _area_spacing(ds: Dataset) -> float | None:
+    found = pixel_spacing_mm(ds)
+    if found is None:
+        return None
+    (row, col), _ = found
+    return round(math.sqrt(row * col), 9)
+
+
+# ---------------------------------------------------------------- reading the dataset
+
+
+def _open(source: DicomSource, name: str | None) -> tuple[str, str, BinaryIO]:
+    """(label for messages, stem for the image id, seekable binary stream)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        label = name or "<upload>"
+        return _printable(label), Path(label).stem, io.BytesIO(bytes(source))
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        label = _printable(name or str(path))
+        if not path.is_file():
+            raise DicomError(f"{label}: file not found" + (" (it is a folder)" if path.is_dir() else ""))
+        try:
+            return label, path.stem, path.open("rb")
+        except OSError as exc:
+            raise DicomError(f"{label}: cannot open file ({_error(exc)})") from None
+    label = _printable(name or str(getattr(source, "name", "") or "<upload>"))
+    try:
+        seekable = source.seekable()
+    except Exception:
+        seekable = False
+    return label, Path(label).stem, source if seekable else io.BytesIO(source.read())
+
+
+def _check_deflate(fp: BinaryIO, label: str, limit: int) -> None:
+    """Refuse a Deflate-compressed data set that inflates past ``limit`` bytes (a zip bomb)."""
+    start = fp.tell()
+    try:
+        pydicom.filereader.read_preamble(fp, False)
+        file_meta = pydicom.filereader._read_file_meta_info(fp)
+        if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := fp.read(1 << 20):
+            total += len(inflater.decompress(chunk, limit + 1 - total))
+            if total > limit:
+                raise DicomError(f"{label}: Deflate-compressed data set inflates to more than {limit} bytes "
+                                 f"(the limit for this image size)")
+            if inflater.unconsumed_tail or inflater.eof:
+                break
+    except DicomError:
+        raise
+    except Exception:  # not parseable here: dcmread reports it
+        pass
+    finally:
+        fp.seek(start)
+
+
+def _truncation(ds: Dataset, caught: list[warnings.WarningMessage]) -> str | None:
+    """Describe how ``ds`` looks truncated (pydicom warns or stops silently at EOF), else None."""
+    for w in caught:
+        if "end of file" in str(w.message).lower():
+            return _one_line(str(w.message).split(" in file ")[0])
+    if len(ds) == 0:
+        return "no data elements after the file meta header"
+    last = ds.get_item(max(ds.keys()))
+    if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
+        got = len(last.value or b"")
+        if got < last.length:
+            return f"element {last.tag} has {got} of its {last.length} bytes"
+    return None
+
+
+def _dcmread(fp: BinaryIO, label: str, header_only: bool, caught: list[warnings.WarningMessage]) -> Dataset:
+    """``pydicom.dcmread`` with every failure (truncation too) turned into a DicomError naming ``label``."""
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=header_only)
+    except InvalidDicomError as exc:
+        raise DicomError(f"{label}: not a DICOM file ({_one_line(str(exc))})") from None
+    except (EOFError, OSError) as exc:
+        raise DicomError(f"{label}: truncated or unreadable DICOM file ({_error(exc)})") from None
+    except Exception as exc:
+        raise DicomError(f"{label}: corrupt DICOM header ({_error(exc)})") from None
+    problem = _truncation(ds, caught)
+    if problem:
+        raise DicomError(f"{label}: truncated DICOM file ({problem})")
+    return ds
+
+
+def _sop_class(ds: Dataset) -> UID | None:
+    for owner in (ds, getattr(ds, "file_meta", None)):
+        keyword = "SOPClassUID" if owner is ds else "MediaStorageSOPClassUID"
+        try:
+            value = owner.get(keyword) if owner is not None else None
+        except Exception:
+            value = None
+        if value:
+            return UID(str(value))
+    return None
+
+
+def _check_image_header(ds: Dataset, label: str, notes: list[str]) -> None:
+    """Refuse non-image SOP classes; note a modality that is not a radiograph's."""
+    sop = _sop_class(ds)
+    if sop is not None and sop.type == "SOP Class" and "Image Storage" not in sop.name:
+        raise DicomError(f"{label}: SOP Class {sop.name} ({sop}) is not an image to segment")
+    modality = _text(ds, "Modality")
+    if modality not in RADIOGRAPH_MODALITIES:
+        shown = f"modality {modality}" if modality else "no Modality"
+        notes.append(f"{shown} (expected {', '.join(RADIOGRAPH_MODALITIES)}: a radiograph)")
+
+
+def _check_size(ds: Dataset, label: str, max_pixels: int) -> None:
+    rows, columns, frames = _int(ds, "Rows"), _int(ds, "Columns"), max(_int(ds, "NumberOfFrames"), 1)
+    if rows <= 0 or columns <= 0:
+        raise DicomError(f"{label}: DICOM file has no pixel data (Rows x Columns is {rows} x {columns})")
+    if rows * columns * frames > max_pixels:
+        raise DicomError(f"{label}: image of {rows} x {columns} x {frames} (Rows x Columns x frames) = "
+                         f"{rows * columns * frames} pixels is over the limit of {max_pixels} pixels")
+
+
+def _read(source: DicomSource, name: str | None, header_only: bool,
+          max_pixels: int) -> tuple[DicomMeta, np.ndarray | None]:
+    """Read (and unless ``header_only`` decode) one source, with every warning caught into the meta."""
+    label, stem, fp = _open(source, name)
+    notes: list[str] = []
+    _READING.active = True
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught, \
+                np.errstate(divide="warn", over="warn", invalid="warn", under="ignore"):
+            warnings.simplefilter("always")
+            _check_deflate(fp, label, limit=6 * max_pixels + (16 << 20))
+            ds = _dcmread(fp, label, True, caught)
+            _check_image_header(ds, label, notes)
+            if header_only:
+                return _finish_meta(ds, stem, notes, caught), None
+            _check_size(ds, label, max_pixels)
+            ds = _dcmread(fp, label, False, caught)
+            pixels = _pixels(ds, label, max_pixels, notes)
+            return _finish_meta(ds, stem, notes, caught), pixels
+    except DicomError as exc:
+        if str(exc).isprintable():
+            raise
+        raise DicomError(_printable(str(exc))) from None  # e.g. a UID holding a newline
+    except Exception as exc:  # anything pydicom / numpy / a decoder raises: one line naming the file
+        raise DicomError(f"{label}: unreadable DICOM data ({_error(exc)})") from None
+    finally:
+        _READING.active = False
+        if fp is not source:
+            fp.close()
+
+
+def _finish_meta(ds: Dataset, stem: str, notes: list[str], caught: list[warnings.WarningMessage]) -> DicomMeta:
+    notes = notes + [_one_line(f"{w.category.__name__}: {w.message}") for w in caught]
+    return _meta_from_dataset(ds, stem, [n for n in notes if n])
+
+
+def read_dicom_meta(source: DicomSource, *, name: str | None = None) -> DicomMeta:
+    """Read only the header of ``source`` (pixel data is not loaded) and return its DicomMeta.
+
+    Non-image SOP classes are refused; a missing Pixel Data element is not checked here.
+    """
+    return _read(source, name, True, DEFAULT_MAX_PIXELS)[0]
+
+
+def read_dicom(source: DicomSource, *, max_pixels: int | None = None, name: str | None = None) -> DicomImage:
+    """Read ``source`` into a DicomImage: ``pixels`` uint8 (H, W) display-ready, plus its DicomMeta.
+
+    ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``): Rows x Columns x frames above it are refused
+    from the header, before any pixel data is decoded. Multi-frame files give their first frame.
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    meta, pixels = _read(source, name, False, limit)
+    assert pixels is not None
+    return DicomImage(pixels=pixels, meta=meta)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(height, width) declared by a JPEG / JPEG-LS / JPEG 2000 codestream, else None."""
+    if frame[:2] == b"\xff\xd8":
+        offset = 2
+        while offset + 9 <= len(frame) and frame[offset] == 0xFF:
+            marker = frame[offset: offset + 2]
+            if marker in _JPEG_SOF:
+                return int.from_bytes(frame[offset + 5: offset + 7], "big"), \
+                    int.from_bytes(frame[offset + 7: offset + 9], "big")
+            offset += 2 + int.from_bytes(frame[offset + 2: offset + 4], "big")
+        return None
+    siz = frame.find(b"\xff\x4f\xff\x51")  # J2K: SOC then SIZ (also inside a JP2 wrapper)
+    if siz < 0 or len(frame) < siz + 24:
+        return None
+    x, y, x0, y0 = (int.from_bytes(frame[siz + 8 + 4 * i: siz + 12 + 4 * i], "big") for i in range(4))
+    return max(y - y0, 0), max(x - x0, 0)
+
+
+def _check_codestream(ds: Dataset, label: str, max_pixels: int) -> None:
+    """Refuse a compressed first frame whose own header declares more than ``max_pixels`` pixels."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if not syntax or not syntax.is_transfer_syntax or not syntax.is_compressed or syntax == \
+            DeflatedExplicitVRLittleEndian:
+        return
+    frames = pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=max(_int(ds, "NumberOfFrames"), 1))
+    size = _codestream_size(next(frames, b""))
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise DicomError(f"{label}: compressed frame declares {size[0]} x {size[1]} pixels, over the limit of "
+                         f"{max_pixels} pixels (header says {_int(ds, 'Rows')} x {_int(ds, 'Columns')})")
+
+
+def _pixel_array(ds: Dataset) -> np.ndarray:
+    """The first frame as stored values (colour converted to RGB): (H, W) or (H, W, samples)."""
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) in _PILLOW_FIRST:
+        try:
+            ds.pixel_array_options(index=0, decoding_plugin="pillow")
+            return ds.pixel_array
+        except Exception:
+            pass
+    ds.pixel_array_options(index=0)
+    return ds.pixel_array
+
+
+def _decode(ds: Dataset, label: str, max_pixels: int) -> np.ndarray:
+    if "PixelData" not in ds:
+        kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        what = f"only {kinds[0]} (not supported)" if kinds else "no pixel data"
+        raise DicomError(f"{label}: DICOM file has {what}")
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    try:
+        _check_codestream(ds, label, max_pixels)
+        arr = _pixel_array(ds)
+    except DicomError:
+        raise
+    except Exception as exc:
+        text = str(exc).lower()
+        truncated = isinstance(exc, EOFError) or any(
+            word in text for word in ("truncat", "less than expected", "insufficient", "end of"))
+        problem = "pixel data truncated" if truncated else "cannot decode pixel data"
+        name = _printable(syntax.name if syntax else "") or "?"
+        raise DicomError(f"{label}: {problem} (transfer syntax {name}): {_error(exc)}") from None
+    expected = (_int(ds, "Rows"), _int(ds, "Columns"))
+    if arr.shape[:2] != expected:
+        raise DicomError(f"{label}: decoded pixels have shape {arr.shape}, header says {expected[0]}x{expected[1]}")
+    return arr
+
+
+def _palette_to_gray(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
+    """Indices (H, W) -> palette RGB -> luminance scaled from the palette's range to uint8 (H, W)."""
+    try:
+        rgb = apply_color_lut(arr, ds)
+    except Exception as exc:
+        raise DicomError(f"{label}: invalid PALETTE COLOR lookup table ({_error(exc)})") from None
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        raise DicomError(f"{label}: PALETTE COLOR lookup table gave shape {rgb.shape}, expected (H, W, 3)")
+    top = float(np.iinfo(rgb.dtype).max) if rgb.dtype.kind in "ui" else 255.0
+    luminance = rgb[..., :3].astype(np.float64) @ _LUMA
+    return np.clip(np.rint(luminance * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _to_gray(arr: np.ndarray, label: str, photometric: str) -> np.ndarray:
+    """Collapse colour (H, W, 3) to luminance (rounded, same dtype); pass grayscale through."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return np.rint(arr.astype(np.float64) @ _LUMA).astype(arr.dtype)
+    raise DicomError(f"{label}: unsupported pixel layout {arr.shape} ({photometric or 'no photometric'})")
+
+
+def _voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float]:
+    """(VOI output, lowest, highest possible output) by pydicom's apply_voi_lut; ValueError if unusable."""
+    if ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        entries = entries or 2**16
+        data = item.LUTData
+        n_data = len(data) // 2 if isinstance(data, bytes | bytearray) else 1 if isinstance(data, int) else len(data)
+        if n_data < entries:
+            raise ValueError(f"VOI LUT has {n_data} entries, its descriptor says {entries}")
+        if bits != 8 and not 10 <= bits <= 16:
+            raise ValueError(f"VOI LUT entries of {bits} bits (valid: 8, 10-16)")
+        if np.issubdtype(values.dtype, np.floating):
+            values = np.rint(values).astype(np.int64)
+        table = apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds)
+        low, high = float(np.min(table)), float(np.max(table))
+    else:
+        for keyword in ("WindowCenter", "WindowWidth"):
+            value = ds[keyword].value
+            for v in value if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]:
+                if not np.isfinite(float(v)):
+                    raise ValueError(f"{keyword} {v!r} is not a finite number")
+        with np.errstate(over="ignore"):  # a sigmoid saturating is its intended result
+            low, high = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds))
+    with np.errstate(over="ignore"):
+        out = apply_voi_lut(values, ds)
+    if not np.isfinite(out).all() or not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("VOI output is not finite")
+    return out, min(low, high), max(low, high)
+
+
+def _scale(arr: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low`` -> 0 and ``high`` -> 255 linearly, clipping outside; uint8 result."""
+    if high <= low:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (np.asarray(arr, dtype=np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _to_uint8(arr: np.ndarray, ds: Dataset, label: str, notes: list[str]) -> np.ndarray:
+    """Stored values (H, W) -> display uint8 (H, W) by VOI/window, as-is (8-bit) or percentiles."""
+    photometric = _text(ds, "PhotometricInterpretation")
+    try:
+        values = apply_modality_lut(arr, ds)
+    except Exception as exc:
+        raise DicomError(f"{label}: invalid Modality LUT / rescale ({_error(exc)})") from None
+    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if has_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        try:
+            return _scale(*_voi(values, ds))
+        except Exception as exc:
+            notes.append(f"unusable VOI LUT / window ({_error(exc)}): contrast from percentiles instead")
+    plain_8bit = (arr.dtype.kind == "u" and _int(ds, "BitsStored") <= 8 and "RescaleSlope" not in ds
+                  and "ModalityLUTSequence" not in ds)
+    if plain_8bit:
+        return arr.astype(np.uint8)
+    values = np.asarray(values, dtype=np.float64)
+    low, high = np.percentile(values, PERCENTILES)
+    return _scale(values, float(low), float(high))
+
+
+def _pixels(ds: Dataset, label: str, max_pixels: int, notes: list[str]) -> np.ndarray:
+    frames = max(_int(ds, "NumberOfFrames"), 1)
+    if frames > 1:
+        notes.append(f"{frames} frames: only the first is used")
+    photometric = _text(ds, "PhotometricInterpretation")
+    arr = _decode(ds, label, max_pixels)
+    if photometric == "PALETTE COLOR" and arr.ndim == 2:
+        pixels = _palette_to_gray(arr, ds, label)
+    else:
+        pixels = _to_uint8(_to_gray(arr, label, photometric), ds, label, notes)
+    if photometric == "MONOCHROME1":
+        pixels = 255 - pixels
+    return np.ascontiguousarray(pixels)
+
+
+def format_header(meta: DicomMeta) -> str:
+    """Multi-line header block for a terminal (id, patient, age, sex, modality, body part, view, size)."""
+    age = "?" if meta.patient_age is None else str(meta.patient_age)
+    lines = [
+        ("Image id", meta.image_id),
+        ("Patient id", meta.patient_id or "?"),
+        ("Patient's age", age),
+        ("Patient's sex", meta.patient_sex or "?"),
+        ("Modality", meta.modality or "?"),
+        ("Body part examined", meta.body_part or "?"),
+        ("View position", meta.view_position or "?"),
+        ("Image size", f"{meta.rows} x {meta.columns}, {meta.bits_stored} bits stored, {meta.photometric or '?'}"),
+        ("Transfer syntax", meta.transfer_syntax_name or meta.transfer_syntax or "?"),
+    ]
+    width = max(len(label) for label, _ in lines) + 3
+    return "\n".join(f"{(label + ' ').ljust(width, '.')}: {value}" for label, value in lines)
+
+
+def spacing_pair(source: Any, keyword: str) -> tuple[float, float] | None:
+    """``source.<keyword>`` as (row, column) mm when it holds two finite positive numbers, else None."""
+    value = source.get(keyword)
+    if value is None or isinstance(value, str | bytes):
+        return None
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(pair) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
+        return None
+    return pair[0], pair[1]
+
+
+def pixel_spacing_mm(source: Any) -> tuple[tuple[float, float], str] | None:
+    """(row, column) spacing in mm of the source's pixels and the attribute it comes from, or None.
+
+    PixelSpacing (0028,0030) first: in a projection radiograph it is the spacing in the patient
+    (calibrated, or corrected for magnification), the one a viewer measures with (PS3.3 10.7.1.3).
+    Without it, ImagerPixelSpacing (0018,1164) divided by EstimatedRadiographicMagnificationFactor
+    (0018,1114) when present, which the standard gives as the spacing at the patient's isocentre
+    (basis ``"ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"``); else ImagerPixelSpacing
+    itself, at the detector, which overstates areas in the patient by the magnification (~10 % for
+    a PA chest). None when the source has neither (or only invalid values).
+    """
+    spacing = spacing_pair(source, "PixelSpacing")
+    if spacing is not None:
+        return spacing, "PixelSpacing"
+    spacing = spacing_pair(source, "ImagerPixelSpacing")
+    if spacing is None:
+        return None
+    try:
+        factor = float(source.get("EstimatedRadiographicMagnificationFactor") or 0)
+    except (TypeError, ValueError):
+        factor = 0.0
+    if math.isfinite(factor) and factor > 0:
+        return (spacing[0] / factor, spacing[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    return spacing, "ImagerPixelSpacing"
+
+
+def write_dicom(path: str | os.PathLike[str], ds: pydicom.Dataset) -> Path:
+    """Save ``ds`` (a SEG, SR, SC, ...) to ``path`` atomically in the DICOM file format; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path

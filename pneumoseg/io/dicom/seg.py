@@ -1,0 +1,216 @@
+"""Predicted masks as DICOM Segmentation objects (highdicom), one per source radiograph.
+
+A SEG made here is a BINARY segmentation with one segment, "Pneumothorax" (segmented property
+category SCT 49755003 *Morphologically abnormal structure*, type SCT 36118008 *Pneumothorax*,
+anatomic region SCT 816094009 *Chest*), algorithm type AUTOMATIC, identified as algorithm
+``pneumoseg`` (version ``pneumoseg.__version__``, family DCM 123110 *Artificial Intelligence*, the
+model name(s) in its parameters). It belongs to the source's study, in a new series, and
+references the source SOP instance (ReferencedSeriesSequence, and per frame SourceImageSequence
+with Spatial Locations Preserved = YES): its one frame is the mask pixel for pixel, same
+Rows x Columns as the source image, as stored (no flip, no transpose).
+
+Projection radiographs: the challenge's CR files (Secondary Capture) have no Frame of Reference,
+no ImagePositionPatient / ImageOrientationPatient, and only PixelSpacing. Such a SEG is encoded
+without a Frame of Reference (no plane position / orientation; its one frame is tied pixel for
+pixel to the source image), as PS3.3 A.51 allows, and carries:
+
+* the source's PixelSpacing in a shared Pixel Measures item (PS3.3 C.7.6.16.2.1). Slice Thickness
+  is Type 1C there, required for a SEG only when a Frame of Reference is present, so none is
+  invented for a projection image. highdicom's reader insists on Slice Thickness in every Pixel
+  Measures item; ``read_segmentation`` reads such files with highdicom all the same.
+* Patient Orientation (General Image module, Type 2C: required when the image has no Image
+  Orientation (Patient)), copied from the source or empty, as the source's own value may be.
+* the segmented area (``area_mm2``, or in pixels without a spacing) in its ContentDescription.
+
+Sources with a full Frame of Reference geometry keep highdicom's geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+
+import pneumoseg
+from pneumoseg.io.dicom.read import pixel_spacing_mm, spacing_pair, write_dicom
+from pneumoseg.errors import DicomError
+
+__all__ = [
+    "PNEUMOTHORAX",
+    "SEGMENT_CATEGORY",
+    "SERIES_DESCRIPTION",
+    "area_description",
+    "area_mm2",
+    "header_copy",
+    "make_segmentation",
+    "pixel_spacing_mm",
+    "read_segmentation",
+    "write_segmentation",
+]
+
+#: Segmented property type: SNOMED CT 36118008 "Pneumothorax".
+PNEUMOTHORAX = codes.SCT.Pneumothorax
+#: Segmented property category: SNOMED CT 49755003 "Morphologically Abnormal Structure".
+SEGMENT_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
+SERIES_DESCRIPTION = "pneumoseg pneumothorax segmentation"
+
+# Type 2 attributes highdicom copies from the source; absent ones are written empty.
+_TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                 "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+# Geometry that only means something inside a Frame of Reference.
+_GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+             "ImagePositionPatient", "ImageOrientationPatient")
+_FULL_GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "ImagePositionPatient",
+                  "ImageOrientationPatient")
+
+
+def _where(source: Dataset) -> str:
+    return str(getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>"))
+
+
+def area_mm2(mask: np.ndarray, source: Dataset) -> float | None:
+    """Area in mm² of ``mask`` (bool (H, W), the source image's pixel grid), or None without a spacing.
+
+    Pixel count times row spacing times column spacing, the spacing from ``pixel_spacing_mm``.
+    """
+    found = pixel_spacing_mm(source)
+    if found is None:
+        return None
+    (row, col), _ = found
+    return float(np.count_nonzero(mask)) * row * col
+
+
+def area_description(area_px: int, area_mm2: float | None) -> str:
+    """The SEG's ContentDescription (at most 64 characters): what was segmented and how large."""
+    size = f"{area_mm2:.1f} mm2" if area_mm2 is not None else f"{area_px} px (no pixel spacing)"
+    return f"Automatic pneumothorax segmentation, area {size}"[:64]
+
+
+def header_copy(source: Dataset) -> Dataset:
+    """``source`` without pixel data, its missing Type 2 patient/study attributes present and empty
+    (what highdicom copies into a derived object: SEG, SR)."""
+    header = Dataset()
+    for elem in source:
+        if elem.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            header.add(elem)
+    if getattr(source, "file_meta", None) is not None:
+        header.file_meta = source.file_meta
+    for keyword in _TYPE2_COPIED:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
+
+
+def _source_header(source: Dataset) -> tuple[Dataset, bool]:
+    """A header-only copy of ``source`` that highdicom can encode, and whether it has a full geometry."""
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                           "Rows", "Columns") if k not in source]
+    if missing:
+        raise DicomError(f"{_where(source)}: cannot reference the source in a DICOM SEG: missing {', '.join(missing)}")
+    header = header_copy(source)
+    full_geometry = all(k in header for k in _FULL_GEOMETRY)
+    if not full_geometry:
+        for keyword in _GEOMETRY:
+            if keyword in header:
+                delattr(header, keyword)
+    return header, full_geometry
+
+
+def make_segmentation(
+    source: Dataset,
+    mask: np.ndarray,
+    *,
+    model_name: str,
+    series_number: int = 99,
+    instance_number: int = 1,
+    series_description: str = SERIES_DESCRIPTION,
+    algorithm_parameters: Mapping[str, str] | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.seg.Segmentation:
+    """A BINARY DICOM SEG of ``mask`` (bool (H, W), pixel for pixel the source image as stored).
+
+    ``source``: the source image's pydicom Dataset (a header read with ``stop_before_pixels``
+    is enough). ``model_name`` goes to ManufacturerModelName (cut to 64 characters) and, with
+    ``algorithm_parameters``, to the segment's AlgorithmParameters. New series and SOP instance
+    UIDs are generated unless given. An empty mask gives a SEG with one empty frame. Without a
+    Frame of Reference the source's PixelSpacing goes to a Pixel Measures item (module docstring);
+    the area goes to ContentDescription (``area_description``).
+    Raises DicomError when the source lacks identifying UIDs or its size differs from the mask.
+    """
+    header, full_geometry = _source_header(source)
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape != (int(header.Rows), int(header.Columns)):
+        raise DicomError(f"{header.SOPInstanceUID}: mask shape {mask.shape} differs from the source image "
+                         f"({header.Rows} x {header.Columns})")
+    spacing = None if full_geometry else spacing_pair(source, "PixelSpacing")
+    pixel_measures = None if spacing is None else hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=None)
+    description = area_description(int(np.count_nonzero(mask)), area_mm2(mask, source))
+    parameters = {"model": model_name, **dict(algorithm_parameters or {})}
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="pneumoseg", version=pneumoseg.__version__, family=codes.cid7162.ArtificialIntelligence,
+        parameters=parameters)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Pneumothorax", segmented_property_category=SEGMENT_CATEGORY,
+        segmented_property_type=PNEUMOTHORAX, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm, anatomic_regions=[codes.SCT.Chest])
+    with warnings.catch_warnings():
+        # Challenge files hold a UUID as PatientName; highdicom warns about single-component names.
+        warnings.filterwarnings("ignore", message=".*intended person name.*", category=UserWarning)
+        try:
+            seg = hd.seg.Segmentation(
+                source_images=[header], pixel_array=mask.astype(bool),
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+                series_instance_uid=series_instance_uid or hd.UID(), series_number=series_number,
+                sop_instance_uid=sop_instance_uid or hd.UID(), instance_number=instance_number,
+                manufacturer="pneumoseg", manufacturer_model_name=model_name[:64],
+                software_versions=[f"pneumoseg {pneumoseg.__version__}", f"highdicom {hd.__version__}"],  # type: ignore[arg-type]
+                device_serial_number="none", series_description=series_description,
+                content_label="PNEUMOTHORAX", content_description=description,
+                omit_empty_frames=False, pixel_measures=pixel_measures,
+            )
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise DicomError(f"{header.SOPInstanceUID}: cannot build a DICOM SEG ({type(exc).__name__}: {exc})") from None
+    if "ImageOrientationPatient" not in seg and "PlaneOrientationSequence" not in seg.SharedFunctionalGroupsSequence[0]:
+        # General Image module, Type 2C: required without Image Orientation (Patient); may be empty.
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg
+
+
+def read_segmentation(path: str | os.PathLike[str]) -> hd.seg.Segmentation:
+    """Read a DICOM SEG with highdicom, including one whose Pixel Measures lack Slice Thickness.
+
+    highdicom's ``segread`` rejects a Pixel Measures item without Slice Thickness, which the
+    standard allows in a SEG without a Frame of Reference (module docstring). Such an item is set
+    aside while highdicom parses the file and put back unchanged afterwards.
+    Raises DicomError when the file is not a SEG highdicom can read.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many types for unreadable files
+        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    set_aside: list[tuple[Dataset, Sequence]] = []
+    if "FrameOfReferenceUID" not in ds:
+        groups = [*ds.get("SharedFunctionalGroupsSequence", []), *ds.get("PerFrameFunctionalGroupsSequence", [])]
+        for group in groups:
+            measures = group.get("PixelMeasuresSequence")
+            if measures is not None and len(measures) == 1 and "SliceThickness" not in measures[0]:
+                set_aside.append((group, measures))
+                del group.PixelMeasuresSequence
+    try:
+        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DicomError(f"{path}: not a DICOM SEG highdicom can read ({type(exc).__name__}: {exc})") from None
+    for group, measures in set_aside:
+        group.PixelMeasuresSequence = measures
+    return seg
+
+
+write_segmentation = write_dicom  #: atomic save in the DICOM file format

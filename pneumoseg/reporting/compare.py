@@ -1,0 +1,542 @@
+"""Compare evaluated runs on one split: metrics with bootstrap CIs, paired differences, cases.
+
+Works from what ``pneumoseg evaluate RUN --split S`` wrote (nothing is predicted again):
+``RUN/eval/S/metrics.json``, ``per_image.csv`` (``image_id, has_truth, truth_area_px,
+pred_area_px, probability, dice`` [, ``pixel_spacing_mm``, ``truth_area_mm2``]) and
+``pred_masks/<id>.png``; plus ``RUN/config.yaml`` (model, cache), ``RUN/history.csv`` (curves,
+training time, throughput) and the cache's ``images/<id>.png`` and ``truth/<id>.png`` (or
+``masks/``) for the case thumbnails. An older ``RUN/eval/`` whose ``metrics.json`` names the
+split is read too.
+
+Statistics (``pneumoseg.scoring.stats``): images are resampled with replacement within the strata
+pneumothorax / empty; each run's metric gets a percentile CI; each later run is compared with
+the first (A) on the **same** resampled images (paired bootstrap: difference, CI, two-sided
+p), and its per-image Dice with a Wilcoxon signed-rank test. Runs must have been evaluated on
+the same images (``allow_different_sets``: compare on the common ones) with the same truth.
+
+Size buckets: positive images split by truth area (mm² when every positive image has one,
+else pixels) at ``size_edges`` (default: the tertiles of the positive images' areas).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import math
+import os
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pneumoseg import __version__
+from pneumoseg.util.atomic import atomic_write_text
+from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.io.images import read_image, read_mask, resize_image, resize_mask
+from pneumoseg.io.overlay import encode_rgb_png, overlay
+from pneumoseg.util.paths import safe_name
+from pneumoseg.scoring.stats import (
+    CI,
+    METRIC_NAMES,
+    PairedResult,
+    PerImage,
+    bootstrap_ci,
+    bootstrap_distributions,
+    metric_statistic,
+    predict_nothing_dice,
+    wilcoxon_p,
+)
+
+__all__ = ["CASE_KINDS", "REQUIRED_COLUMNS", "Comparison", "RunEval", "compare_runs", "find_eval_dir",
+           "load_run_eval", "metric_header", "metric_rows", "render_html", "render_markdown", "write_comparison"]
+
+REQUIRED_COLUMNS = ("image_id", "has_truth", "truth_area_px", "pred_area_px", "probability", "dice")
+CASE_KINDS = {"disagree": "Where the runs disagree most (largest spread of per-image Dice)",
+              "best": "Best cases (highest mean Dice over the runs, pneumothorax images)",
+              "worst": "Worst cases (lowest mean Dice over the runs)"}
+FACT_KEYS = ("model", "parameters", "epochs", "train_time_s", "train_img_per_s", "latency_ms")
+
+
+@dataclass
+class RunEval:
+    """One run's evaluation of a split, as read from its folder."""
+
+    label: str
+    run: Path
+    eval_dir: Path
+    metrics: dict[str, Any]
+    per_image: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    history: pd.DataFrame | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}: {self.run.resolve().name}"
+
+    def facts(self) -> dict[str, Any]:
+        """Model, parameter count, epochs, training time and throughput, inference latency (NaN: unknown)."""
+        m, h = self.metrics, self.history
+        model = m.get("model") or (self.config.get("model") or {}).get("name") or "n/a"
+        params = m.get("n_params", m.get("parameters"))
+        if params is None:
+            params = _count_parameters(self.config)
+        time_s = img_s = math.nan
+        if h is not None and "epoch_time_s" in h:
+            time_s = float(pd.to_numeric(h["epoch_time_s"], errors="coerce").sum())
+        if h is not None and "train_img_per_s" in h:
+            img_s = float(pd.to_numeric(h["train_img_per_s"], errors="coerce").median())
+        latency = m.get("latency_ms_per_image", math.nan)
+        if "predict_seconds" in m and m.get("n_images"):
+            latency = 1000 * float(m["predict_seconds"]) / float(m["n_images"])
+        return {"model": model, "parameters": params if params is not None else math.nan,
+                "epochs": len(h) if h is not None else math.nan, "train_time_s": time_s,
+                "train_img_per_s": img_s, "latency_ms": float(latency)}
+
+
+def _count_parameters(config: dict[str, Any]) -> int | None:
+    """Parameters of the config's model, built on torch's meta device (no memory); None if unknown."""
+    model = config.get("model") or {}
+    if not model.get("name"):
+        return None
+    try:
+        import torch
+
+        from pneumoseg.models import create_model
+
+        with torch.device("meta"):
+            net = create_model(model["name"], in_channels=int((config.get("data") or {}).get("in_channels", 1)),
+                               aux_classifier=bool(model.get("aux_classifier", False)))
+        return int(sum(p.numel() for p in net.parameters()))
+    except (PneumosegError, ImportError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def find_eval_dir(run: Path, split: str) -> Path:
+    """``RUN/eval/<split>/``, or an older ``RUN/eval/`` whose metrics.json names ``split``."""
+    if (run / "eval" / split / "per_image.csv").is_file():
+        return run / "eval" / split
+    legacy = run / "eval" / "metrics.json"
+    if legacy.is_file() and (run / "eval" / "per_image.csv").is_file():
+        try:
+            if json.loads(legacy.read_text()).get("split") == split:
+                return run / "eval"
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    raise DataError(f"{run}: no evaluation of split {split!r} ({run / 'eval' / split / 'per_image.csv'} not "
+                    f"found): run `pneumoseg evaluate {run} --split {split}` first")
+
+
+def _read_per_image(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read CSV ({exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; needs {', '.join(REQUIRED_COLUMNS)}")
+    for col in REQUIRED_COLUMNS[1:]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.isna().any():
+            k = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(f"{path} row {k + 2} ImageId {df['image_id'].iloc[k]}: {col} {df[col].iloc[k]!r} "
+                            "is not a number")
+        df[col] = values
+    for image_id in df["image_id"]:  # ids become file names (thumbnails): refuse ../ and the like
+        safe_name(str(image_id), path)
+    dup = df["image_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{path}: ImageId {df['image_id'][dup].iloc[0]} appears more than once")
+    return df.set_index("image_id", drop=False)
+
+
+def load_run_eval(run: str | os.PathLike[str], split: str, label: str = "A") -> RunEval:
+    """Read a run's evaluation of ``split``; DataError naming what is missing."""
+    path = Path(run)
+    if not path.is_dir():
+        raise DataError(f"run folder {path} does not exist")
+    ev = find_eval_dir(path, split)
+    try:
+        metrics = json.loads((ev / "metrics.json").read_text()) if (ev / "metrics.json").is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{ev / 'metrics.json'}: not valid JSON ({exc})") from None
+    if metrics.get("split", split) != split:
+        raise DataError(f"{ev / 'metrics.json'}: split is {metrics.get('split')!r}, expected {split!r}")
+    out = RunEval(label, path, ev, metrics, _read_per_image(ev / "per_image.csv"))
+    if (path / "config.yaml").is_file():
+        out.config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    if (path / "history.csv").is_file():
+        try:
+            out.history = pd.read_csv(path / "history.csv")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path / 'history.csv'}: cannot read CSV ({exc})") from None
+    return out
+
+
+def _common_ids(runs: list[RunEval], allow_different_sets: bool) -> tuple[list[str], list[str]]:
+    """The image ids every run was evaluated on (first run's order) and notes; refuses differing sets."""
+    first = runs[0]
+    ids = list(first.per_image.index)
+    notes = []
+    for r in runs[1:]:
+        other = set(r.per_image.index)
+        only_a = [i for i in ids if i not in other]
+        only_b = sorted(other - set(first.per_image.index))
+        if only_a or only_b:
+            common = [i for i in ids if i in other]
+            example = (only_a or only_b)[0]
+            line = (f"{r.run} was evaluated on other images of split {r.eval_dir.name!r} than {first.run}: "
+                    f"{len(r.per_image)} vs {len(first.per_image)} images, {len(only_b)} only in the former, "
+                    f"{len(only_a)} only in the latter (e.g. {example})")
+            if not allow_different_sets:
+                raise DataError(f"{line}; pass --allow-different-sets to compare on the {len(common)} common images")
+            notes.append(line)
+        ids = [i for i in ids if i in other]
+    if not ids:
+        raise DataError("the runs share no evaluated image: nothing to compare")
+    truth = first.per_image.loc[ids, "has_truth"].to_numpy() > 0
+    for r in runs[1:]:
+        bad = np.flatnonzero((r.per_image.loc[ids, "has_truth"].to_numpy() > 0) != truth)
+        if bad.size:
+            raise DataError(f"{r.eval_dir / 'per_image.csv'}: ImageId {ids[bad[0]]} has has_truth "
+                            f"{int(not truth[bad[0]])} but {int(truth[bad[0]])} in {first.eval_dir / 'per_image.csv'}; "
+                            "runs must be scored against the same truth")
+    resolutions = {str(r.metrics.get("resolution", "n/a")) for r in runs}
+    if len(resolutions) > 1:
+        notes.append(f"runs were scored at different resolutions ({', '.join(sorted(resolutions))}): Dice values are "
+                     "not strictly comparable")
+    return ids, notes
+
+
+@dataclass
+class Comparison:
+    """Everything :func:`compare_runs` computed; per-run dicts are keyed by run label."""
+
+    runs: list[RunEval]
+    split: str
+    image_ids: list[str]
+    has_truth: np.ndarray
+    per: dict[str, PerImage]
+    ci: dict[str, dict[str, CI]]
+    paired: dict[str, dict[str, PairedResult]]
+    wilcoxon: dict[str, float]
+    buckets: pd.DataFrame
+    bucket_unit: str
+    cases: dict[str, list[str]]
+    baseline: float
+    n_boot: int
+    seed: int
+    level: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _area(run: RunEval, ids: list[str]) -> tuple[np.ndarray, str]:
+    """Truth areas of ``ids`` in mm² when every positive image has one, else in pixels."""
+    df = run.per_image.loc[ids]
+    px = df["truth_area_px"].to_numpy(np.float64)
+    mm2 = None
+    if "truth_area_mm2" in df:
+        mm2 = pd.to_numeric(df["truth_area_mm2"], errors="coerce").to_numpy(np.float64)
+    elif "pixel_spacing_mm" in df:
+        mm2 = px * pd.to_numeric(df["pixel_spacing_mm"], errors="coerce").to_numpy(np.float64) ** 2
+    if mm2 is not None and not np.isnan(mm2[px > 0]).any():
+        return mm2, "mm²"
+    return px, "px"
+
+
+def _buckets(c: Comparison, edges: tuple[float, float] | None) -> pd.DataFrame:
+    area, c.bucket_unit = _area(c.runs[0], c.image_ids)
+    pos = c.has_truth
+    if edges is None:
+        edges = tuple(np.quantile(area[pos], [1 / 3, 2 / 3])) if pos.any() else (math.nan, math.nan)
+    lo, hi = edges
+    unit = c.bucket_unit
+    groups = [("empty (no pneumothorax)", ~pos), (f"small (< {lo:.0f} {unit})", pos & (area < lo)),
+              (f"medium ({lo:.0f} to < {hi:.0f} {unit})", pos & (area >= lo) & (area < hi)),
+              (f"large (>= {hi:.0f} {unit})", pos & (area >= hi))]
+    rows = []
+    for name, keep in groups:
+        row: dict[str, Any] = {"bucket": name, "images": int(keep.sum())}
+        for r in c.runs:
+            row[r.label] = bootstrap_ci(c.per[r.label].dice[keep], None, c.n_boot, c.seed, c.level)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cases(c: Comparison, n_cases: int) -> dict[str, list[str]]:
+    dice = np.stack([c.per[r.label].dice for r in c.runs])
+    truth_area = c.runs[0].per_image.loc[c.image_ids, "truth_area_px"].to_numpy()
+    any_pred = np.stack([c.per[r.label].pred_positive for r in c.runs]).any(0)
+    spread, mean = dice.max(0) - dice.min(0), dice.mean(0)
+    ids = np.asarray(c.image_ids, dtype=object)
+    disagree = np.lexsort((-truth_area, -spread))
+    best = np.flatnonzero(c.has_truth)[np.lexsort((-truth_area[c.has_truth], -mean[c.has_truth]))]
+    visible = np.flatnonzero(c.has_truth | any_pred)
+    worst = visible[np.lexsort((-truth_area[visible], mean[visible]))]
+    return {"disagree": list(ids[disagree[spread[disagree] > 0][:n_cases]]),
+            "best": list(ids[best[mean[best] > 0][:n_cases]]),
+            "worst": list(ids[worst[mean[worst] < 1][:n_cases]])}
+
+
+def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", allow_different_sets: bool = False,
+                 n_boot: int = 2000, seed: int = 0, level: float = 0.95, n_cases: int = 6,
+                 size_edges: tuple[float, float] | None = None) -> Comparison:
+    """Compare two or more evaluated runs on ``split`` (the first is the reference A)."""
+    if len(runs) < 2:
+        raise DataError(f"compare needs at least two runs, got {len(runs)} (a run may be given twice)")
+    labels = [chr(ord("A") + k) if k < 26 else f"R{k + 1}" for k in range(len(runs))]
+    evals = [load_run_eval(r, split, lab) for r, lab in zip(runs, labels, strict=True)]
+    ids, notes = _common_ids(evals, allow_different_sets)
+    has_truth = evals[0].per_image.loc[ids, "has_truth"].to_numpy() > 0
+    per = {}
+    for r in evals:
+        df = r.per_image.loc[ids]
+        score = df["score"] if "score" in df else df["probability"]  # evaluate's AUC score (top-k mean)
+        per[r.label] = PerImage.from_arrays(df["dice"], has_truth, df["pred_area_px"] > 0, score)
+    # One set of resamples for every run and metric: the differences to A are paired.
+    dist = bootstrap_distributions({(lab, m): metric_statistic(m, per[lab]) for lab in labels for m in METRIC_NAMES},
+                                   len(ids), has_truth, n_boot, seed)
+    ci = {lab: {m: dist[lab, m].ci(level) for m in METRIC_NAMES} for lab in labels}
+    paired = {lab: {m: dist[lab, m].paired(dist[labels[0], m], level) for m in METRIC_NAMES}
+              for lab in labels[1:]}
+    wil = {lab: wilcoxon_p(per[labels[0]].dice, per[lab].dice) for lab in labels[1:]}
+    c = Comparison(evals, split, ids, has_truth, per, ci, paired, wil, pd.DataFrame(), "px", {},
+                   predict_nothing_dice(has_truth), n_boot, seed, level, notes)
+    c.buckets = _buckets(c, size_edges)
+    c.cases = _cases(c, n_cases)
+    return c
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _curves_png(c: Comparison) -> bytes | None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [("val_dice_kaggle", "validation dice_kaggle"), ("val_dice_positive", "validation dice_positive"),
+              ("val_loss", "validation loss"), ("train_loss", "training loss")]
+    panels = [p for p in panels if any(r.history is not None and p[0] in r.history for r in c.runs)]
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, (col, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for r in c.runs:
+            if r.history is not None and col in r.history:
+                ax.plot(r.history["epoch"], r.history[col], "-o", ms=3, label=r.name)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _mask_or_empty(path: Path, shape: tuple[int, int], area: float) -> np.ndarray | None:
+    if path.is_file():
+        return read_mask(path)
+    return np.zeros(shape, bool) if area == 0 else None
+
+
+def _thumbnail(run: RunEval, image_id: str, size: int = 200) -> bytes | None:
+    """PNG of the image with the run's prediction (red) and the truth (blue); None if files are missing."""
+    cache = Path(str((run.config.get("data") or {}).get("cache") or ""))
+    image_path = cache / "images" / f"{image_id}.png"
+    truth_path = next((p for p in (cache / "truth" / f"{image_id}.png", cache / "masks" / f"{image_id}.png")
+                       if p.is_file()), None)
+    if not cache.parts or not image_path.is_file() or truth_path is None:
+        return None
+    truth = read_mask(truth_path)
+    pred = _mask_or_empty(run.eval_dir / "pred_masks" / f"{image_id}.png", truth.shape,
+                          float(run.per_image.loc[image_id, "pred_area_px"]))
+    if pred is None:
+        return None
+    h, w = truth.shape
+    scale = size / max(h, w)
+    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    rgb = overlay(resize_image(read_image(image_path), shape), resize_mask(pred, shape), resize_mask(truth, shape))
+    return encode_rgb_png(rgb)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _ci_text(ci: CI, digits: int = 4) -> str:
+    return "n/a" if math.isnan(ci.value) else f"{ci.value:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
+
+
+def _diff_text(p: PairedResult, digits: int = 4) -> str:
+    d = p.diff
+    return "n/a" if math.isnan(d.value) else f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+
+
+def _p_text(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _fact_text(key: str, v: Any) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "n/a"
+    if key == "parameters":
+        return f"{int(v) / 1e6:.2f} M"
+    if key == "train_time_s":
+        return f"{v / 60:.1f} min" if v >= 60 else f"{v:.1f} s"
+    if key in ("train_img_per_s", "latency_ms"):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def metric_rows(c: Comparison, digits: int = 4) -> list[list[str]]:
+    """Rows ``metric, value [CI] per run, then (diff [CI], p) per later run``; the CLI's and reports' table."""
+    rows = []
+    for m in METRIC_NAMES:
+        row = [m] + [_ci_text(c.ci[r.label][m], digits) for r in c.runs]
+        for r in c.runs[1:]:
+            row += [_diff_text(c.paired[r.label][m], digits), _p_text(c.paired[r.label][m].p_value)]
+        rows.append(row)
+    return rows
+
+
+def metric_header(c: Comparison) -> list[str]:
+    head = ["metric"] + [r.label for r in c.runs]
+    for r in c.runs[1:]:
+        head += [f"{r.label} − A", "p"]
+    return head
+
+
+def _cell(text: str) -> str:
+    """A table cell; ``value [low, high]`` is shown as the value over a muted interval."""
+    value, sep, interval = text.partition(" [")
+    if not sep:
+        return f"<td>{html.escape(text)}</td>"
+    return f'<td>{html.escape(value)}<br><span class="note">[{html.escape(interval)}</span></td>'
+
+
+def _html_table(head: list[str], rows: list[list[str]], sortable: bool = False) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f'<table{" class=sortable" if sortable else ""}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _facts_rows(c: Comparison) -> list[list[str]]:
+    rows = []
+    for r in c.runs:
+        f = r.facts()
+        rows.append([r.label, str(r.run.resolve())] + [_fact_text(k, f[k]) for k in FACT_KEYS])
+    return rows
+
+
+FACT_HEAD = ["run", "folder", "model", "parameters", "epochs", "training time", "train img/s",
+             "inference ms/img"]
+
+
+def _bucket_rows(c: Comparison) -> list[list[str]]:
+    return [[row["bucket"], str(row["images"])] + [_ci_text(row[r.label]) for r in c.runs]
+            for row in c.buckets.to_dict("records")]
+
+
+def _method_text(c: Comparison) -> str:
+    return (f"{len(c.image_ids)} images ({int(c.has_truth.sum())} with pneumothorax) of split {c.split}. "
+            f"Intervals: {c.level:.0%} percentile bootstrap, {c.n_boot} resamples (seed {c.seed}) of the images, "
+            "drawn with replacement within pneumothorax / empty images. Differences are paired: both runs on the "
+            "same resampled images; p is the two-sided paired bootstrap p-value. Wilcoxon: signed-rank test on "
+            f"per-image Dice. Predict-nothing baseline (dice_kaggle of an empty mask everywhere): "
+            f"{c.baseline:.4f}.")
+
+
+def _cases_html(c: Comparison) -> str:
+    out = ['<p class="legend"><span style="background:#ff2828"></span>prediction'
+           '<span style="background:#286eff"></span>truth</p>']
+    dice = {r.label: dict(zip(c.image_ids, c.per[r.label].dice, strict=True)) for r in c.runs}
+    for kind, title in CASE_KINDS.items():
+        out.append(f'<h3 id="cases-{kind}">{html.escape(title)}</h3>')
+        if not c.cases[kind]:
+            out.append('<p class="note">none</p>')
+            continue
+        head = "".join(f"<th>{html.escape(r.name)}</th>" for r in c.runs)
+        rows = []
+        for image_id in c.cases[kind]:
+            cells = []
+            for r in c.runs:
+                png = _thumbnail(r, image_id)
+                img = (f'<img alt="{html.escape(image_id)} {r.label}" src="data:image/png;base64,'
+                       f'{base64.b64encode(png).decode("ascii")}">' if png else '<p class="note">image not found</p>')
+                cells.append(f"<td><figure>{img}<figcaption><b>Dice {dice[r.label][image_id]:.3f}</b> · "
+                             f"pred {int(r.per_image.loc[image_id, 'pred_area_px'])} px</figcaption></figure></td>")
+            truth = int(c.runs[0].per_image.loc[image_id, "truth_area_px"])
+            rows.append(f'<tr><td class="id">{html.escape(image_id)}<br>truth {truth} px</td>{"".join(cells)}</tr>')
+        out.append(f'<table class="cases"><thead><tr><th>ImageId</th>{head}</tr></thead>'
+                   f"<tbody>{''.join(rows)}</tbody></table>")
+    return "\n".join(out)
+
+
+def render_html(c: Comparison) -> str:
+    """The comparison page: one self-contained HTML document (inline CSS/JS, data-URL images)."""
+    wil = "".join(f"<li>{html.escape(r.name)} vs A: Wilcoxon p = {_p_text(c.wilcoxon[r.label])}</li>"
+                  for r in c.runs[1:])
+    metrics = (_html_table(metric_header(c), metric_rows(c)) + f"<ul>{wil}</ul>"
+               f'<p class="note" id="method">{html.escape(_method_text(c))}</p>')
+    curves = _curves_png(c)
+    curves_html = (f'<img class="curves" alt="learning curves" src="data:image/png;base64,'
+                   f'{base64.b64encode(curves).decode("ascii")}">' if curves else
+                   '<p class="note">no history.csv in the runs</p>')
+    buckets = (_html_table(["bucket", "images"] + [r.label for r in c.runs], _bucket_rows(c)) +
+               f'<p class="note">mean per-image Dice [{c.level:.0%} CI]; areas in {html.escape(c.bucket_unit)}</p>')
+    notes = "".join(f'<p class="note warn">{html.escape(n)}</p>' for n in c.notes)
+    sections = [("runs", "Runs", _html_table(FACT_HEAD, _facts_rows(c)) + notes),
+                ("metrics", "Metrics", metrics), ("sizes", "Dice by pneumothorax size", buckets),
+                ("curves", "Learning curves", curves_html), ("cases", "Cases side by side", _cases_html(c))]
+    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
+    body = "".join(f'<section id="{a}"><h2>{html.escape(t)}</h2>\n{b}\n</section>\n' for a, t, b in sections)
+    subtitle = (f"split {c.split} · {len(c.image_ids)} images · generated "
+                f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by pneumoseg {__version__}")
+    template = string.Template(resources.files("pneumoseg.reporting").joinpath("report_template.html").read_text("utf-8"))
+    title = "pneumoseg compare: " + " vs ".join(r.run.resolve().name for r in c.runs)
+    return template.substitute(title=html.escape(title), subtitle=html.escape(subtitle), nav=nav, body=body)
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in rows])
+
+
+def render_markdown(c: Comparison, html_path: str | os.PathLike[str]) -> str:
+    """The comparison's tables in Markdown, with a pointer to the HTML page."""
+    lines = ["# pneumoseg compare: " + " vs ".join(r.run.resolve().name for r in c.runs), "",
+             f"Full page (curves, cases): `{Path(html_path).resolve()}`", "", "## Runs", "",
+             _md_table(FACT_HEAD, _facts_rows(c)), ""]
+    lines += [f"> {n}" for n in c.notes] + ([""] if c.notes else [])
+    lines += ["## Metrics", "", _md_table(metric_header(c), metric_rows(c)), ""]
+    lines += [f"- {r.name} vs A: Wilcoxon p = {_p_text(c.wilcoxon[r.label])}" for r in c.runs[1:]]
+    lines += ["", _method_text(c), "", f"## Dice by pneumothorax size ({c.bucket_unit})", "",
+              _md_table(["bucket", "images"] + [r.label for r in c.runs], _bucket_rows(c))]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(c: Comparison, out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write the HTML page ``out`` and the Markdown beside it (``.md``); return both paths."""
+    html_path = Path(out)
+    md_path = html_path.with_suffix(".md")
+    atomic_write_text(html_path, render_html(c))
+    atomic_write_text(md_path, render_markdown(c, html_path))
+    return html_path, md_path

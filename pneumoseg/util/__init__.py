@@ -1,0 +1,1 @@
+"""Utilities with no pipeline knowledge: atomic writes, safe paths, progress bars."""

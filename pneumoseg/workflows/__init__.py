@@ -1,0 +1,1 @@
+"""Multi-stage workflows built from the stages: studies and the demo."""

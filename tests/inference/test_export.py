@@ -1,0 +1,129 @@
+"""ONNX export: parity with PyTorch (real and synthetic images), metadata round trip, predict --backend onnx."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import pneumoseg
+from pneumoseg.cli.main import app
+from pneumoseg.errors import DataError
+from pneumoseg.inference.onnx import OnnxModel, export_onnx, read_onnx_metadata
+from pneumoseg.io.images import read_mask
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.inference.predictor import Predictor, load_input
+from pneumoseg.training.run import load_run
+from tests.shared_data import SIIM
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def unet_onnx(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(trained_run, tmp_path_factory.mktemp("onnx") / "unet.onnx")
+
+
+def _images(synth_data: Path, n_real: int) -> list[np.ndarray]:
+    """3 synthetic images and, when the real sample is there, ``n_real`` challenge radiographs."""
+    paths = sorted((synth_data / "dicom").glob("*.dcm"))[:3] + sorted((SIIM / "dicom").glob("*.dcm"))[:n_real]
+    return [load_input(p).pixels for p in paths]
+
+
+def _assert_parity(run: Path, onnx_file: Path, images: list[np.ndarray]) -> None:
+    torch_probs = Predictor([run], device="cpu", batch_size=2).probs_at_model_size(images)
+    onnx_probs = Predictor([run], device="cpu", batch_size=2, backend="onnx", onnx=[onnx_file]).probs_at_model_size(images)
+    assert onnx_probs.shape == torch_probs.shape == (len(images), *torch_probs.shape[1:])
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-3
+
+
+def test_unet_parity_on_real_and_synthetic_images(trained_run: Path, unet_onnx: Path, synth_data: Path) -> None:
+    _assert_parity(trained_run, unet_onnx, _images(synth_data, n_real=12))
+
+
+def test_untrained_unet_resnet34_at_256_parity(synth_data: Path, tmp_path: Path) -> None:
+    from pneumoseg.config import load_config
+    from pneumoseg.training.run import init_run
+
+    run = init_run(load_config(None, ["model.name=unet-resnet34", "data.size=256"]), tmp_path / "run")
+    path = export_onnx(run, tmp_path / "r34.onnx", verify=False)  # parity is checked below
+    assert [d.dim_value or d.dim_param for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim][1:] == [
+        1, 256, 256]
+    _assert_parity(run, path, _images(synth_data, n_real=3))
+
+
+def test_metadata_round_trip(trained_run: Path, unet_onnx: Path) -> None:
+    _, cfg = load_run(trained_run)
+    meta = read_onnx_metadata(unet_onnx)
+    assert (meta.model_name, meta.size, meta.in_channels, meta.normalize) == ("unet", 64, 1, "gray")
+    assert (meta.mean, meta.std) == ([0.5], [0.25])
+    assert meta.version == pneumoseg.__version__ and meta.output == "logits" and meta.checkpoint == "best"
+    # No rule tuned for this run: the config's default, with its unit.
+    assert meta.postprocess == PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area).to_dict()
+    assert meta.postprocess["area_unit"] == "source_px"
+    props = {p.key: p.value for p in onnx.load(unet_onnx).metadata_props}
+    assert json.loads(props["pneumoseg.postprocess"]) == meta.postprocess and props["pneumoseg.size"] == "64"
+    model = OnnxModel(unet_onnx, threads=1)  # dynamic batch: 1 and 3 images
+    for n in (1, 3):
+        assert model(np.zeros((n, 1, 64, 64), np.float32)).shape == (n, 1, 64, 64)
+    with pytest.raises(DataError, match="does not fit"):
+        model(np.zeros((1, 1, 32, 32), np.float32))
+    rebuilt = meta.config()
+    assert (rebuilt.model.name, rebuilt.data.size, rebuilt.data.normalize) == ("unet", 64, "gray")
+
+
+def test_cli_export_then_predict_onnx_backend_matches_torch(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(app, ["export", str(run), "--checkpoint", "best"])  # default: RUN/model.onnx
+    assert result.exit_code == 0, result.output
+    assert (run / "model.onnx").is_file() and not list(run.glob("*.data"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for p in sorted((synth_data / "dicom").glob("*.dcm"))[:4]:
+        shutil.copy(p, inputs / p.name)
+    common = ["predict", str(run), str(inputs), "--no-progress", "--device", "cpu", "--no-overlays"]
+    outs = {}
+    for name, extra in {"torch": [], "onnx": ["--backend", "onnx"],
+                        "onnx_file": ["--backend", "onnx", "--onnx", str(run / "model.onnx")]}.items():
+        result = runner.invoke(app, [*common, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        outs[name] = tmp_path / name
+    for mask_file in sorted((outs["torch"] / "masks").glob("*.png")):
+        ref = read_mask(mask_file)
+        for name in ("onnx", "onnx_file"):
+            assert np.count_nonzero(read_mask(outs[name] / "masks" / mask_file.name) != ref) <= 5
+
+
+def test_bad_onnx_inputs_fail_cleanly(trained_run: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(DataError, match="not a readable ONNX"):
+        read_onnx_metadata(junk)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), bare)
+    with pytest.raises(DataError, match="not a pneumoseg ONNX export"):
+        read_onnx_metadata(bare)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    result = runner.invoke(app, ["predict", str(trained_run), str(inputs), "--out", str(tmp_path / "o"),
+                                 "--backend", "onnx"])
+    assert result.exit_code == 2 and "model.onnx" in result.output
+    result = runner.invoke(app, ["predict", str(trained_run), str(inputs), "--out", str(tmp_path / "o"),
+                                 "--onnx", str(bare)])
+    assert result.exit_code == 2 and "--backend onnx" in result.output

@@ -1,0 +1,250 @@
+"""`pneumoseg compare` on fabricated eval folders and caches (nothing is trained or predicted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pneumoseg.cli.main import app
+from pneumoseg.reporting.compare import compare_runs, write_comparison
+from pneumoseg.errors import DataError
+from pneumoseg.io.images import write_png
+from pneumoseg.scoring.metrics import dice_per_image
+from pneumoseg.scoring.stats import METRIC_NAMES
+
+NATIVE, MODEL = 64, 32
+N_IMAGES = 24
+
+
+def _disc(rng: np.random.Generator, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:NATIVE, :NATIVE]
+    cy, cx = rng.uniform(18, 46, 2)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict[str, object]:
+    """A cache of 24 images (1/3 with a pneumothorax of growing size) and the truth masks."""
+    rng = np.random.default_rng(0)
+    cache = tmp_path / "cache"
+    ids = [f"1.2.3.{k}" for k in range(N_IMAGES)]
+    truths = np.zeros((N_IMAGES, NATIVE, NATIVE), bool)
+    for k in range(0, N_IMAGES, 3):
+        truths[k] = _disc(rng, 3 + k)
+    for k, image_id in enumerate(ids):
+        write_png(cache / "images" / f"{image_id}.png", rng.integers(40, 200, (MODEL, MODEL), dtype=np.uint8))
+        write_png(cache / "truth" / f"{image_id}.png", truths[k])
+    return {"root": tmp_path, "cache": cache, "ids": ids, "truths": truths, "rng": rng}
+
+
+def make_run(study: dict[str, object], name: str, preds: np.ndarray, split: str = "test",
+             keep: slice | None = None, metrics_extra: dict[str, object] | None = None) -> Path:
+    """A run folder as `pneumoseg train` + `evaluate` would leave it, from predicted masks."""
+    root, ids, truths = Path(study["root"]), list(study["ids"]), np.asarray(study["truths"])
+    if keep is not None:
+        ids, truths, preds = ids[keep], truths[keep], preds[keep]
+    run = root / name
+    ev = run / "eval" / split
+    config = {"data": {"cache": str(study["cache"]), "size": MODEL, "in_channels": 1}, "model": {"name": "unet"}}
+    (run).mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    history = pd.DataFrame({"epoch": [0, 1, 2], "val_dice_kaggle": [0.5, 0.6, 0.7], "val_loss": [1.0, 0.8, 0.7],
+                            "train_loss": [1.1, 0.9, 0.7], "train_img_per_s": [10.0, 12.0, 11.0],
+                            "epoch_time_s": [30.0, 30.0, 30.0]})
+    history.to_csv(run / "history.csv", index=False)
+    for image_id, mask in zip(ids, preds, strict=True):
+        if mask.any():
+            write_png(ev / "pred_masks" / f"{image_id}.png", mask)
+    has_truth = truths.reshape(len(ids), -1).any(1)
+    per_image = pd.DataFrame({
+        "image_id": ids, "has_truth": has_truth.astype(int),
+        "truth_area_px": truths.reshape(len(ids), -1).sum(1), "pred_area_px": preds.reshape(len(ids), -1).sum(1),
+        "probability": np.where(preds.reshape(len(ids), -1).any(1), 0.9, 0.2),
+        "dice": dice_per_image(preds, truths).round(5),
+        "pixel_spacing_mm": 0.5,
+    })
+    per_image["truth_area_mm2"] = per_image["truth_area_px"] * 0.25
+    ev.mkdir(parents=True, exist_ok=True)
+    per_image.to_csv(ev / "per_image.csv", index=False)
+    metrics = {"split": split, "resolution": "native", "model": "unet", "postprocess": {"threshold": 0.5},
+               "n_images": len(ids), "n_params": 1234567, "predict_seconds": 2.4, **(metrics_extra or {})}
+    (ev / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def _shifted(truths: np.ndarray, dx: int) -> np.ndarray:
+    return np.roll(truths, dx, axis=2)
+
+
+def test_run_compared_with_itself_differs_by_zero(study: dict[str, object], tmp_path: Path) -> None:
+    run = make_run(study, "unet-a", _shifted(np.asarray(study["truths"]), 2))
+    c = compare_runs([run, run], "test", n_boot=300)
+    for m in METRIC_NAMES:
+        p = c.paired["B"][m]
+        assert (p.diff.value, p.diff.low, p.diff.high, p.p_value) == (0.0, 0.0, 0.0, 1.0), m
+        assert c.ci["A"][m] == c.ci["B"][m]
+    assert c.wilcoxon["B"] == 1.0 and c.cases["disagree"] == []
+    html_path, md_path = write_comparison(c, tmp_path / "out" / "cmp.html")
+    page = html_path.read_text()
+    assert page.count('+0.0000<br><span class="note">[+0.0000, +0.0000]</span>') == len(METRIC_NAMES)
+    assert 'src="http' not in page and "<script src" not in page
+    assert "+0.0000 [+0.0000, +0.0000]" in md_path.read_text()
+
+
+def test_known_per_image_difference_is_covered(study: dict[str, object]) -> None:
+    truths = np.asarray(study["truths"])
+    a = make_run(study, "a", _shifted(truths, 3))
+    b = make_run(study, "b", _shifted(truths, 1))
+    # Per-image differences are known from the masks (independent of compare's CSV reading).
+    da, db = dice_per_image(_shifted(truths, 3), truths), dice_per_image(_shifted(truths, 1), truths)
+    pos = truths.reshape(N_IMAGES, -1).any(1)
+    c = compare_runs([a, b], "test", n_boot=1000)
+    kag, dpos = c.paired["B"]["dice_kaggle"], c.paired["B"]["dice_positive"]
+    assert kag.diff.value == pytest.approx((db - da).mean(), abs=1e-4)
+    assert dpos.diff.value == pytest.approx((db - da)[pos].mean(), abs=1e-4)
+    assert kag.diff.covers((db - da).mean()) and dpos.diff.low > 0 and dpos.p_value < 0.01
+    assert c.ci["A"]["dice_positive"].value == pytest.approx(da[pos].mean(), abs=1e-4)
+    assert 0 < c.wilcoxon["B"] < 0.05
+    # Disagreement: largest spread of per-image Dice first.
+    spread = np.abs(db - da)
+    assert c.cases["disagree"][0] == list(study["ids"])[int(np.argmax(spread))]
+    assert c.runs[0].facts()["parameters"] == 1234567
+    assert c.runs[0].facts()["latency_ms"] == pytest.approx(100.0)
+    assert c.runs[0].facts()["train_time_s"] == 90.0
+
+
+def test_size_buckets_use_mm2_and_match_pandas(study: dict[str, object]) -> None:
+    truths = np.asarray(study["truths"])
+    a = make_run(study, "a", _shifted(truths, 2))
+    b = make_run(study, "b", np.zeros_like(truths))
+    c = compare_runs([a, b], "test", n_boot=200, size_edges=(100.0, 400.0))
+    assert c.bucket_unit == "mm²"
+    df = pd.read_csv(a / "eval/test/per_image.csv")
+    area = df["truth_area_mm2"]
+    expected = {"empty": df[area == 0], "small": df[(area > 0) & (area < 100)],
+                "medium": df[(area >= 100) & (area < 400)], "large": df[area >= 400]}
+    for (_, row), (key, part) in zip(c.buckets.iterrows(), expected.items(), strict=True):
+        assert row["bucket"].startswith(key) and row["images"] == len(part)
+        assert row["A"].value == pytest.approx(part["dice"].mean())
+        assert np.isnan(row["B"].value) or key == "empty" or row["B"].value == 0.0
+    assert c.baseline == pytest.approx(1 - np.mean(truths.reshape(N_IMAGES, -1).any(1)))
+
+
+def test_different_image_sets_are_refused_unless_allowed(study: dict[str, object]) -> None:
+    truths = np.asarray(study["truths"])
+    a = make_run(study, "a", _shifted(truths, 2))
+    b = make_run(study, "b", _shifted(truths, 1), keep=slice(0, 20))
+    with pytest.raises(DataError, match="pass --allow-different-sets to compare on the 20 common images") as err:
+        compare_runs([a, b], "test", n_boot=50)
+    assert "\n" not in str(err.value) and "4 only in the latter" in str(err.value)
+    c = compare_runs([a, b], "test", allow_different_sets=True, n_boot=50)
+    assert len(c.image_ids) == 20 and c.notes
+
+
+def test_missing_evaluation_and_other_truth_are_refused(study: dict[str, object]) -> None:
+    truths = np.asarray(study["truths"])
+    a = make_run(study, "a", _shifted(truths, 2))
+    with pytest.raises(DataError, match=r"run `pneumoseg evaluate .*a --split val` first"):
+        compare_runs([a, a], "val")
+    b = make_run(study, "b", _shifted(truths, 2))
+    df = pd.read_csv(b / "eval/test/per_image.csv", dtype={"image_id": str})
+    df.loc[1, "has_truth"] = 1
+    df.to_csv(b / "eval/test/per_image.csv", index=False)
+    with pytest.raises(DataError, match=r"ImageId 1\.2\.3\.1 has has_truth 1 but 0"):
+        compare_runs([a, b], "test")
+    df.drop(columns="dice").to_csv(b / "eval/test/per_image.csv", index=False)
+    with pytest.raises(DataError, match=r"missing column\(s\) dice"):
+        compare_runs([a, b], "test")
+    df = pd.read_csv(a / "eval/test/per_image.csv", dtype={"image_id": str})
+    df.loc[2, "image_id"] = "../../etc/passwd"
+    df.to_csv(a / "eval/test/per_image.csv", index=False)
+    with pytest.raises(DataError, match=r"per_image\.csv: ImageId '\.\./\.\./etc/passwd' cannot name"):
+        compare_runs([a, a], "test")
+    with pytest.raises(DataError, match="at least two runs"):
+        compare_runs([a], "test")
+
+
+def test_parameters_counted_from_the_config_when_not_recorded(study: dict[str, object]) -> None:
+    from pneumoseg.cli.models import count_parameters
+
+    truths = np.asarray(study["truths"])
+    a = make_run(study, "a", truths)
+    metrics = json.loads((a / "eval/test/metrics.json").read_text())
+    del metrics["n_params"]
+    (a / "eval/test/metrics.json").write_text(json.dumps(metrics))
+    c = compare_runs([a, a], "test", n_boot=20)
+    assert c.runs[0].facts()["parameters"] == count_parameters("unet")
+
+
+def test_cli_prints_the_table_and_writes_the_page(study: dict[str, object], tmp_path: Path) -> None:
+    truths = np.asarray(study["truths"])
+    a = make_run(study, "a", _shifted(truths, 3))
+    b = make_run(study, "b", _shifted(truths, 1))
+    out = tmp_path / "pages" / "ab.html"
+    result = CliRunner().invoke(app, ["compare", str(a), str(b), "--split", "test", "--out", str(out),
+                                      "--n-boot", "200"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "dice_kaggle" in result.output and "B − A" in result.output and "Wilcoxon" in result.output
+    assert out.is_file() and out.with_suffix(".md").is_file()
+    c = make_run(study, "c", truths, keep=slice(0, 12))
+    result = CliRunner().invoke(app, ["compare", str(a), str(c), "--out", str(out)])
+    assert result.exit_code == 2 and "--allow-different-sets" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason=f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
+                           "(Debian: apt-get install chromium chromium-driver)")
+def test_page_renders_in_headless_chromium(study: dict[str, object], tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    truths = np.asarray(study["truths"])
+    runs = [make_run(study, n, _shifted(truths, dx)) for n, dx in (("a", 3), ("b", 1), ("c", 0))]
+    html_path, _ = write_comparison(compare_runs(runs, "test", n_boot=200, n_cases=3), tmp_path / "cmp.html")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--no-first-run", "--window-size=1400,1000",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        drv.set_page_load_timeout(30)
+        drv.get(html_path.as_uri())
+        state = drv.execute_script("""
+            const imgs = Array.from(document.images).filter(i => !i.closest('#lightbox'));  // the shared template's click-to-enlarge
+            const metrics = document.querySelector('#metrics table');
+            return {title: document.title, sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
+                    metricRows: metrics.tBodies[0].rows.length, metricCols: metrics.tHead.rows[0].cells.length,
+                    images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+                    external: imgs.filter(i => !i.src.startsWith('data:')).length,
+                    caseRows: document.querySelectorAll('table.cases tbody tr').length,
+                    resources: performance.getEntriesByType('resource').length};
+        """)
+        drv.save_screenshot(str(tmp_path / "compare.png"))
+        keep = os.environ.get("PNEUMOSEG_SCREENSHOT_DIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "compare.png", Path(keep) / "compare.png")
+    finally:
+        drv.quit()
+    assert state["title"] == "pneumoseg compare: a vs b vs c"
+    assert state["sections"] == ["runs", "metrics", "sizes", "curves", "cases"]
+    assert state["metricRows"] == len(METRIC_NAMES) and state["metricCols"] == 1 + 3 + 2 * 2
+    # curves + 3 runs per case row; every image decodes and none is fetched from anywhere
+    assert state["caseRows"] >= 6 and state["images"] == 1 + 3 * state["caseRows"]
+    assert state["loaded"] == state["images"] and state["external"] == 0 and state["resources"] == 0

@@ -1,0 +1,226 @@
+"""report: evaluate's case thumbnails, the self-contained HTML report and its Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pneumoseg.cli.main import app
+from pneumoseg.evaluation.evaluate import CASE_CATEGORIES, case_order
+from pneumoseg.io.images import read_image
+from pneumoseg.scoring.postprocess import PostProcess, TunedRule, save_tuned
+from pneumoseg.reporting.report import METRICS, curve_points, write_report
+
+runner = CliRunner()
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained run after ``evaluate --report`` (threshold lowered: mixed outcomes)."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(trained_run, run)
+    save_tuned(TunedRule(PostProcess(threshold=0.3), TunedRule.key_of([run], "best", False)[0], "best", False,
+                         "val", 1, 0.5, 0.5))
+    result = runner.invoke(app, ["evaluate", str(run), "--split", "val", "--no-progress", "--device", "cpu",
+                                 "--report"])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    return run
+
+
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f'<section id="{anchor}">')
+    return page[start:page.index("</section>", start)]
+
+
+def test_case_order_picks_the_right_images() -> None:
+    #              0     1     2     3     4     5     6
+    per_image = pd.DataFrame({
+        "dice":          [1.0, 0.9, 0.0, 0.0, 0.5, 1.0, 0.0],
+        "truth_area_px": [0,   40,  0,   30,  20,  0,   90],
+        "pred_area_px":  [0,   38,  5,   0,   10,  0,   0],
+        "probability":   [0.1, 0.9, 0.6, 0.2, 0.8, 0.3, 0.4],
+    })
+    order = {k: v.tolist() for k, v in case_order(per_image, n_cases=2).items()}
+    assert order == {
+        "best": [1, 4],             # Dice > 0 among images with truth or prediction
+        "worst": [6, 3],            # lowest Dice, larger truth first
+        "false_positive": [2],      # empty truth, non-empty prediction
+        "false_negative": [6, 3],   # truth, empty prediction, largest first
+    }
+    assert tuple(order) == CASE_CATEGORIES
+
+
+def test_evaluate_saves_thumbnails_and_cases_csv(evaluated: Path) -> None:
+    ev = evaluated / "eval" / "val"
+    cases = pd.read_csv(ev / "cases.csv", dtype={"image_id": str})
+    per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str}).set_index("image_id")
+    assert list(cases.columns) == ["category", "image_id", "dice", "truth_area_px", "pred_area_px",
+                                   "probability", "score", "file"]
+    assert set(cases["category"]) <= set(CASE_CATEGORIES) and len(cases) > 0
+    assert cases.groupby("category").size().max() <= 8
+    for row in cases.itertuples():
+        thumb = read_image(ev / row.file)  # grayscale read of the RGB overlay
+        assert thumb.shape == (256, 256)
+        assert row.file == f"cases/{row.category}/{row.image_id}.png"
+        assert row.dice == pytest.approx(per_image.loc[row.image_id, "dice"])
+    fp = cases[cases["category"] == "false_positive"]
+    assert (per_image.loc[fp["image_id"], "has_truth"] == 0).all() and (fp["pred_area_px"] > 0).all()
+    fn = cases[cases["category"] == "false_negative"]
+    assert (per_image.loc[fn["image_id"], "has_truth"] == 1).all() and (fn["pred_area_px"] == 0).all()
+    n_fp = int(((per_image["has_truth"] == 0) & (per_image["pred_area_px"] > 0)).sum())
+    assert len(fp) == min(8, n_fp)
+    stored = {p.relative_to(ev).as_posix() for p in (ev / "cases").rglob("*.png")}
+    assert stored == set(cases["file"])
+
+
+def test_report_is_self_contained_and_complete(evaluated: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    ev = evaluated / "eval" / "val"
+    assert 'src="http' not in page and "<link" not in page and "<script src" not in page
+    imgs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    metrics_html = _section(page, "metrics")
+    for key in METRICS:
+        value = metrics[key]
+        assert key in metrics_html
+        assert (f"{value:.4f}" if value == value else "n/a") in metrics_html
+    per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str})
+    table = _section(page, "per-image")
+    assert table.count("<tr") - 1 == len(per_image)
+    assert all(image_id in table for image_id in per_image["image_id"])
+    cases = pd.read_csv(ev / "cases.csv", dtype={"image_id": str})
+    for category in CASE_CATEGORIES:
+        assert f'id="gallery-{category}"' in page
+    galleries = _section(page, "galleries")
+    fp_html = galleries[galleries.index('id="gallery-false_positive"'):galleries.index('id="gallery-false_negative"')]
+    shown = re.findall(r'<img class="zoom" alt="([^"]+)"', fp_html)
+    assert shown == cases.loc[cases["category"] == "false_positive", "image_id"].tolist()
+    assert set(shown) <= set(per_image.loc[per_image["has_truth"] == 0, "image_id"])
+    for anchor in ("data", "training", "postprocess", "config"):
+        assert f'<section id="{anchor}">' in page
+    assert "positive_rate" in _section(page, "data")  # the session cache is reachable
+    assert "cache:" in _section(page, "config")
+
+
+def test_markdown_summary_and_report_command(evaluated: Path, tmp_path: Path) -> None:
+    metrics = json.loads((evaluated / "eval" / "val" / "metrics.json").read_text())
+    md = (evaluated / "report.md").read_text()
+    assert f"{metrics['dice_kaggle']:.4f}" in md and str((evaluated / "report.html").resolve()) in md
+    (evaluated / "curves.png").rename(tmp_path / "curves.png")  # redrawn from history.csv
+    try:
+        out = tmp_path / "out" / "r.html"
+        result = runner.invoke(app, ["report", str(evaluated), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    finally:
+        (tmp_path / "curves.png").rename(evaluated / "curves.png")
+    assert out.is_file() and (tmp_path / "out" / "r.md").is_file()
+    assert 'alt="training curves" src="data:image/png;base64,' in out.read_text()
+
+
+def test_missing_eval_is_one_clear_error(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "config.yaml", run / "config.yaml")
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1
+    assert "metrics.json" in result.output and f"pneumoseg evaluate {run}" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless chromium")
+def test_headless_browser_sorts_the_per_image_table(evaluated: Path, tmp_path: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    click = ("<script>var t=document.querySelector('#per-image table');"
+             "Array.from(t.tHead.rows[0].cells).find(c=>c.textContent==='dice').click();</script></body>")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", click))
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", "--dump-dom",
+             probe.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    table = _section(dom, "per-image")
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table[table.index("<tbody>"):], flags=re.S)
+    dice = [float(re.findall(r"<td[^>]*>([^<]*)</td>", r)[heads.index("dice")]) for r in rows]
+    per_image = pd.read_csv(evaluated / "eval" / "val" / "per_image.csv")
+    assert len(dice) == len(per_image)
+    assert dice == sorted(dice) and np.allclose(sorted(dice), np.sort(per_image["dice"]), atol=1e-4)
+
+
+def test_curve_points_match_sklearn() -> None:
+    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(60) < 0.3
+    score = np.round(np.where(positive, 0.3, 0.0) + rng.random(60) * 0.7, 2)  # ties on purpose
+    pts = curve_points(score, positive)
+    assert np.trapezoid(pts["tpr"], pts["fpr"]) == pytest.approx(roc_auc_score(positive, score))
+    fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=False)
+    np.testing.assert_allclose(pts["fpr"], fpr)
+    np.testing.assert_allclose(pts["tpr"], tpr)
+    precision, recall, _ = precision_recall_curve(positive, score)
+    np.testing.assert_allclose(pts["precision"][1:], precision[:-1][::-1])
+    np.testing.assert_allclose(pts["recall"][1:], recall[:-1][::-1])
+
+
+def test_report_figures_split_name_zoom_and_training_warnings(evaluated: Path, tmp_path: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    assert "(split val)" in page.split("</title>")[0]
+    figures = _section(page, "figures")
+    assert 'alt="ROC, precision-recall, Dice histogram, Dice vs size" src="data:image/png;base64,' in figures
+    assert "score" in figures
+    assert 'id="lightbox"' in page and page.count('class="zoom"') == page.count("<figure>")
+    summary = evaluated / "train_summary.json"
+    own = json.loads(summary.read_text()) if summary.is_file() else {}
+    assert ("Training warnings" in page) == bool(own.get("warnings") or own.get("predicts_nothing"))
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    (run / "train_summary.json").write_text(json.dumps({"predicts_nothing": True, "warnings": ["only 10 steps"]}))
+    from pneumoseg.evaluation.tune import tune_runs
+
+    tune_runs([run], device="cpu", progress=False)  # writes tune.csv: the threshold sweep
+    files = write_report(run, eval_dir=run / "eval" / "val")
+    assert 'alt="threshold sweep" src="data:image/png;base64,' in _section(files.html.read_text(), "postprocess")
+    warn = _section(files.html.read_text(), "metrics")
+    assert "Training warnings" in warn and "predicts nothing" in warn and "only 10 steps" in warn
+    assert "predicts nothing" in files.markdown.read_text()
+    result = runner.invoke(app, ["report", str(run), "--split", "val", "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "report of val" in result.output
+
+
+def test_best_and_worst_never_share_an_image(evaluated: Path) -> None:
+    cases = pd.read_csv(evaluated / "eval" / "val" / "cases.csv", dtype={"image_id": str})
+    best = set(cases.loc[cases["category"] == "best", "image_id"])
+    worst = set(cases.loc[cases["category"] == "worst", "image_id"])
+    assert not best & worst
+
+
+def test_config_section_shows_the_applied_rule_in_unsplit_blocks(evaluated: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    config = _section(page, "config")
+    blocks = re.findall(r"<pre>(.*?)</pre>", config, flags=re.S)
+    top_keys = [ln.split(":")[0] for ln in (evaluated / "config.yaml").read_text().splitlines()
+                if ln and not ln[0].isspace() and not ln.startswith("#")]
+    assert len(blocks) == len(top_keys)
+    (pp,) = [b for b in blocks if "postprocess:" in b]
+    assert "applied by evaluate" in pp and "threshold: 0.3" in pp and "area_unit: source_px" in pp
+    assert "break-inside: avoid" in page
