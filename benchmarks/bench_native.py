@@ -17,6 +17,7 @@ Run:  .venv/bin/python benchmarks/bench_native.py [--n 400] [--steps 525] [--see
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -94,7 +95,8 @@ def main() -> None:
                 m = evaluate_run(predictor, run, "test", progress=False)
                 row = {"rule": rule, "seed": seed, "native_dice_kaggle": m["dice_kaggle"],
                        "native_dice_positive": m["dice_positive"], "n_test": m["n_images"],
-                       "seconds": time.perf_counter() - t0}
+                       "seconds": time.perf_counter() - t0,
+                       "predicts_nothing": json.loads((run / "train_summary.json").read_text())["predicts_nothing"]}
                 if rule == "soft":
                     row["model_size_dice_kaggle"], row["model_size_dice_positive"] = _model_size_dice(predictor, cache)
                 rows.append(row)

@@ -73,7 +73,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "augment.preset": ("seed", "light", "winner", "none", "custom"),
     "train.precision": ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "train.monitor": ("dice_kaggle", "dice_positive", "loss"),
+    "train.monitor": ("dice_kaggle_tuned", "dice_kaggle", "dice_positive", "loss"),
     "train.logger": ("csv", "tensorboard", "mlflow", "wandb", "none"),
 }
 
@@ -83,7 +83,7 @@ class DataConfig:
     cache: str | None = None          #: the prepared cache folder (``pneumoseg prepare``)
     fold: int | None = None           #: None: splits.csv's train/val; k: fold k is validation
     size: int = 512                   #: training size (divisible by 32); cache resized on the fly
-    in_channels: int = 1              #: 1 (grayscale) or 3 (replicated, for ImageNet encoders)
+    in_channels: int = 1              #: 1 (grayscale) or 3 (replicated; the default with imagenet weights)
     normalize: str = "auto"           #: gray | imagenet | auto (see module docstring)
     num_workers: int | None = None    #: loader workers; None = min(8, CPU count)
 
@@ -94,6 +94,9 @@ class ModelConfig:
     encoder_weights: str | None = None  #: None, "imagenet" (needs internet) or a local file
     aux_classifier: bool = False      #: image-level head; trained with BCE on "any pneumothorax"
     aux_weight: float = 0.1           #: weight of that BCE in the loss
+    #: initial foreground probability of the mask head: its bias starts at log(p / (1 - p)) (RetinaNet's
+    #: prior), so the first steps do not spend themselves pushing p = 0.5 everywhere down; None: PyTorch's init
+    output_prior: float | None = 0.01
 
 
 @dataclass
@@ -141,7 +144,7 @@ class TrainConfig:
     num_nodes: int = 1                #: nodes (torchrun / SLURM; see pneumoseg.training.run)
     accelerator: str = "auto"
     channels_last: bool = True        #: applied on CUDA only
-    monitor: str = "dice_kaggle"      #: val metric for best.ckpt (max; "loss": min)
+    monitor: str = "dice_kaggle_tuned"  #: val metric for best.ckpt (max; "loss": min); see training.module
     deterministic: bool = True        #: deterministic algorithms; false: cuDNN autotuning (faster)
     train_dice: bool = True           #: Dice of training batches (counted on the device, no host sync)
     grad_clip: float | None = None
@@ -365,6 +368,9 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
     if d.size < 32 or d.size % 32:
         lo, hi = max(32, d.size // 32 * 32), (d.size // 32 + 1) * 32
         raise bad("data.size", f"{d.size} is not divisible by 32 (5 downsamplings); use {lo} or {hi}")
+    if cfg.model.encoder_weights == "imagenet" and \
+            Path(origin.get("data.in_channels", "default.yaml")).name == "default.yaml":  # not chosen by the user
+        d.in_channels = 3  # ImageNet weights see 3 channels (gray replicated) with ImageNet mean/std
     if d.normalize == "auto":
         d.normalize = "gray" if d.in_channels == 1 else "imagenet"
     if d.normalize == "imagenet" and d.in_channels != 3:
@@ -387,6 +393,9 @@ def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
         raise bad("train.ema", f"must be in (0, 1) (an EMA decay such as 0.99), got {t.ema}")
     if t.max_steps is not None and t.min_steps is not None and t.min_steps > t.max_steps:
         raise bad("train.min_steps", f"{t.min_steps} is more than train.max_steps={t.max_steps}")
+    if cfg.model.output_prior is not None and not 0 < cfg.model.output_prior < 1:
+        raise bad("model.output_prior", f"must be in (0, 1) (a foreground share such as 0.01) or null, "
+                  f"got {cfg.model.output_prior}")
     if not 0 < cfg.schedule.factor < 1:
         raise bad("schedule.factor", f"must be in (0, 1), got {cfg.schedule.factor}")
     if not 0 < cfg.postprocess.threshold < 1:

@@ -18,7 +18,8 @@ def write(path: Path, text: str) -> Path:
 def test_packaged_default_has_every_key() -> None:
     cfg = load_config(None)
     assert isinstance(cfg, ExperimentConfig)
-    assert cfg.train.monitor == "dice_kaggle"
+    assert cfg.train.monitor == "dice_kaggle_tuned"
+    assert cfg.model.output_prior == 0.01
     assert cfg.data.normalize == "gray"  # "auto" resolved for 1 channel
     assert cfg.sampler is None and cfg.augment.preset == "seed"
 
@@ -160,3 +161,11 @@ def test_small_data_configs_have_a_step_floor(name: str) -> None:
     cfg = load_config(name)
     assert (cfg.train.max_steps or 0) >= 500 or (cfg.train.min_steps or 0) >= 500
     assert cfg.schedule.warmup_steps > 0
+
+
+def test_imagenet_weights_default_to_three_channels_with_imagenet_statistics() -> None:
+    cfg = load_config("small_data", ["model.name=unet-tu-tf_efficientnet_lite0", "model.encoder_weights=imagenet"])
+    assert (cfg.data.in_channels, cfg.data.normalize) == (3, "imagenet")
+    cfg = load_config("small_data", ["model.encoder_weights=imagenet", "data.in_channels=1", "data.normalize=gray"])
+    assert (cfg.data.in_channels, cfg.data.normalize) == (1, "gray")  # the user's choice stands
+    assert load_config("small_data").data.in_channels == 1

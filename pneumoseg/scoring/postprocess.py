@@ -14,6 +14,12 @@ of two rules:
 the **source image's resolution** (``pneumoseg.inference.predictor.Predictor`` upsamples probabilities
 before thresholding), so stored rules say ``"area_unit": "source_px"``.
 
+``GridDice`` is the same search in torch, during training: every validation epoch scores the
+triplet-family grid of ``validation_grid`` (the winner's way) on the device, in one pass over the
+batches, with no connected components. Its areas are in pixels of the **training size**
+(``VALIDATION_AREA_UNIT``), not the source's: it ranks checkpoints; ``pneumoseg tune`` then searches
+at the source resolution.
+
 ``GridScorer`` scores every combination of a grid, one image at a time (native-resolution
 probability maps of a whole split never sit in memory together), with the challenge metric
 (``dice_kaggle``); ``grid_search`` is the same on arrays. ``TunedRule`` records which runs,
@@ -35,6 +41,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+import torch
+from torchmetrics import Metric
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
@@ -42,6 +50,10 @@ from pneumoseg.scoring.metrics import dice_from_counts
 
 __all__ = [
     "AREA_UNIT",
+    "VALIDATION_AREA_UNIT",
+    "GridDice",
+    "grid_counts",
+    "validation_grid",
     "TUNED_NAME",
     "GridScorer",
     "PostProcess",
@@ -402,3 +414,108 @@ def grid_search(probs: Any, truths: Any, grid: GridSpec | None = None) -> tuple[
     for prob, truth in zip(p, t, strict=True):
         scorer.add(prob, truth)
     return scorer.result()
+
+
+VALIDATION_AREA_UNIT = "train_px"  #: ``GridDice``'s ``min_area``: pixels at the training size
+
+
+def validation_grid(size: int) -> list[dict[str, Any]]:
+    """The rules ``GridDice`` scores each validation epoch, for (size x size) probability maps.
+
+    The triplet family of ``PostProcess`` (top threshold, min area, bottom threshold with top >=
+    bottom); ``min_area = 0`` and ``top == bottom`` is the plain threshold, so the untuned default
+    (0.5, 0) is in it. Areas: the winner's pixel counts at 1024 px scaled by (size / 1024)^2.
+    Ordered loosest first, so ties keep the simpler rule.
+    """
+    scale = (size / 1024) ** 2
+    areas = sorted({round(a * scale) for a in (0, 500, 1000, 2000, 3000, 4000)})
+    rules = [{"threshold": b, "min_area": a, "top_threshold": t, "bottom_threshold": b}
+             for a in areas for b in (0.3, 0.4, 0.5) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) if t >= b]
+    # the plain rules (area 0, top == bottom) first: equal scores keep them
+    return sorted(rules, key=lambda r: (r["min_area"] > 0 or r["top_threshold"] != r["bottom_threshold"]))
+
+
+def grid_counts(probs: torch.Tensor, truth: torch.Tensor,
+                rules: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The triplet rule (see the module docstring) of every rule at once, in torch, on the device.
+
+    ``probs`` float (N, 1, H, W) or (N, H, W) in [0, 1]; ``truth`` the same shape, nonzero =
+    positive; ``rules`` dicts with ``top_threshold``, ``min_area`` (pixels of these maps) and
+    ``bottom_threshold``. Returns ``(inter, pred_area, true_area)``: int64 (R, N), (R, N), (N,).
+    """
+    p = probs.detach().float().reshape(probs.shape[0], -1)
+    t = (truth != 0).reshape(p.shape)
+    tops = sorted({float(r["top_threshold"]) for r in rules})
+    bottoms = sorted({float(r["bottom_threshold"]) for r in rules})
+    top_t = torch.tensor(tops, device=p.device).view(-1, 1, 1)
+    bottom_t = torch.tensor(bottoms, device=p.device).view(-1, 1, 1)
+    n_top = (p[None] > top_t).sum(-1)  # (T, N)
+    above = p[None] > bottom_t  # (B, N, HW)
+    inter_b, pred_b = (above & t[None]).sum(-1), above.sum(-1)  # (B, N)
+    ti = torch.tensor([tops.index(float(r["top_threshold"])) for r in rules], device=p.device)
+    bi = torch.tensor([bottoms.index(float(r["bottom_threshold"])) for r in rules], device=p.device)
+    area = torch.tensor([int(r["min_area"]) for r in rules], device=p.device).view(-1, 1)
+    keep = n_top[ti] >= area  # (R, N)
+    return inter_b[bi] * keep, pred_b[bi] * keep, t.sum(-1)
+
+
+class GridDice(Metric):
+    """Streaming challenge metric of every rule of a grid (torchmetrics): the tuned validation score.
+
+    ``update(probs, truth)`` per batch (see ``grid_counts`` for shapes; counted on the device, no
+    host sync); ``compute()`` (summed over DDP ranks) returns 0-d tensors: ``dice_kaggle`` and
+    ``dice_positive`` of the best rule (highest mean per-image Dice over all images, empty/empty =
+    1; ties keep grid order), ``pred_positive`` (its share of images predicted non-empty),
+    ``rule_index``, and ``positives_found``: the largest share, over all rules, of positive images
+    given a non-empty mask (0: even the loosest rule predicts nothing where there is something).
+    ``rule(index)`` gives the rule as ``PostProcess`` keywords.
+    """
+
+    full_state_update = False
+    dice_sum: torch.Tensor
+    pos_dice_sum: torch.Tensor
+    nonempty: torch.Tensor
+    pos_found: torch.Tensor
+    n_images: torch.Tensor
+    n_positive: torch.Tensor
+
+    def __init__(self, rules: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not rules:
+            raise ValueError("GridDice: the grid is empty")
+        self.rules = [dict(r) for r in rules]
+        n = len(self.rules)
+        for name in ("dice_sum", "pos_dice_sum", "nonempty", "pos_found"):
+            self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("n_images", "n_positive"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, truth: torch.Tensor) -> None:  # type: ignore[override]
+        inter, pred, true = grid_counts(probs, truth, self.rules)
+        dice = dice_from_counts(inter, pred, true[None].expand_as(pred)).to(self.dice_sum.dtype)
+        positive = (true > 0).to(self.dice_sum.dtype)  # (N,)
+        found = (pred > 0).to(self.dice_sum.dtype)
+        self.dice_sum += dice.sum(1)
+        self.pos_dice_sum += (dice * positive).sum(1)
+        self.nonempty += found.sum(1)
+        self.pos_found += (found * positive).sum(1)
+        self.n_images += true.numel()
+        self.n_positive += positive.sum()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n, n_pos = self.n_images.clamp(min=1), self.n_positive.clamp(min=1)
+        dice = self.dice_sum / n
+        best = int(torch.argmax(dice))  # the first of equal maxima
+        nan = torch.full_like(self.n_images, math.nan)
+        return {
+            "dice_kaggle": dice[best],
+            "dice_positive": torch.where(self.n_positive > 0, self.pos_dice_sum[best] / n_pos, nan),
+            "pred_positive": self.nonempty[best] / n,
+            "positives_found": torch.where(self.n_positive > 0, self.pos_found.max() / n_pos, nan),
+            "rule_index": torch.tensor(best, device=dice.device),
+        }
+
+    def rule(self, index: int) -> dict[str, Any]:
+        """Rule ``index`` of the grid as ``PostProcess`` keywords (areas in training-size pixels)."""
+        return dict(self.rules[index])

@@ -4,7 +4,9 @@
   end of every epoch, atomically. Its rows are part of the checkpoint (callback state), so a
   resumed run's history is exactly that of an uninterrupted one. Columns: ``epoch, lr,
   train_loss, val_loss, train_dice_kaggle, val_dice_kaggle, val_dice_positive, val_pred_positive,
-  step``, one ``train_<part>`` per loss part, ``train_img_per_s`` and ``epoch_time_s``. ``epoch``
+  val_dice_kaggle_tuned, val_dice_positive_tuned, val_pred_positive_tuned, val_positives_found,
+  val_rule_top, val_rule_min_area_train_px, val_rule_bottom, step`` (the ``_tuned`` ones: the best rule
+  of the validation grid, ``training.module``), one ``train_<part>`` per loss part, ``train_img_per_s`` and ``epoch_time_s``. ``epoch``
   counts from 1 (as everything a user sees); ``step`` is the optimizer steps taken so far;
   ``lr`` the rate at the epoch's start.
 * :class:`EpochLine` prints one line per epoch (epoch, step, loss, Dice, lr, img/s, ETA): the
@@ -55,7 +57,9 @@ __all__ = [
 ]
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "train_dice_kaggle", "val_dice_kaggle",
-                   "val_dice_positive", "val_pred_positive", "step"]
+                   "val_dice_positive", "val_pred_positive", "val_dice_kaggle_tuned", "val_dice_positive_tuned",
+                   "val_pred_positive_tuned", "val_positives_found", "val_rule_top", "val_rule_min_area_train_px",
+                   "val_rule_bottom", "step"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

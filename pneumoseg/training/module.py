@@ -19,8 +19,15 @@ Logged (per epoch):
   batches at ``prob > threshold``, without ``min_area``);
 * ``val/loss``, ``val/dice_kaggle`` (mean per-image Dice over all validation images, the
   challenge metric), ``val/dice_positive`` (over images with a mask), after ``postprocess``;
-  ``val/pred_positive``: the share of validation images whose predicted mask is not empty (0: the
-  model predicts nothing, ``pneumoseg.training.run`` flags it).
+  ``val/pred_positive``: the share of validation images whose predicted mask is not empty;
+* the winner's validation (with a ``val_grid``, ``scoring.postprocess.validation_grid``): every
+  rule of the grid scored on the same probabilities (``GridDice``, on the device, one pass), and
+  the best logged: ``val/dice_kaggle_tuned`` (what ``train.monitor`` follows by default),
+  ``val/dice_positive_tuned``, ``val/pred_positive_tuned`` and the rule itself as
+  ``val/rule_top``, ``val/rule_min_area_train_px`` (pixels at the training size) and
+  ``val/rule_bottom``; ``val/positives_found``: the largest share, over the grid, of positive
+  validation images given a non-empty mask (0: even the loosest rule predicts nothing, which
+  ``pneumoseg.training.run`` flags).
 
 Dice is counted on the device in :class:`~pneumoseg.scoring.metrics.DiceKaggle` (torchmetrics) and reduced
 over DDP ranks once per epoch: no per-step host sync in training or validation. Exceptions:
@@ -45,7 +52,7 @@ from torchmetrics.aggregation import MeanMetric
 from pneumoseg.data.dataset import mask_to_target
 from pneumoseg.scoring.metrics import DiceKaggle
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.postprocess import GridDice, PostProcess
 from pneumoseg.training.schedules import OptimizerFactory, SchedulerFactory
 
 __all__ = ["SegmentationModule"]
@@ -64,12 +71,13 @@ class SegmentationModule(L.LightningModule):
         aux_weight: weight of the image-level BCE when ``net`` returns class logits.
         channels_last: on CUDA, keep the network and inputs in channels-last memory format.
         train_dice: log ``train/dice_kaggle`` (counted on the device).
+        val_grid: post-processing rules (``validation_grid``) scored each validation epoch; None: none.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
                  preprocessing: Preprocessing, scheduler: SchedulerFactory | None = None, *,
                  postprocess: PostProcess | None = None, aux_weight: float = 0.0, channels_last: bool = False,
-                 train_dice: bool = True) -> None:
+                 train_dice: bool = True, val_grid: Any = None) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
@@ -85,6 +93,7 @@ class SegmentationModule(L.LightningModule):
         self.val_metric = DiceKaggle()
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.val_pred_positive = MeanMetric(nan_strategy="disable")
+        self.val_grid = GridDice(val_grid) if val_grid else None
 
     # ------------------------------------------------------------------ batches
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -165,11 +174,15 @@ class SegmentationModule(L.LightningModule):
         self.val_metric.reset()
         self.val_loss.reset()
         self.val_pred_positive.reset()
+        if self.val_grid is not None:
+            self.val_grid.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, mask_logits, _ = self._step(batch)
         self.val_loss.update(loss.detach(), weight=batch["image"].shape[0])
         self._update(self.val_metric, mask_logits, batch["mask"], plain=False)
+        if self.val_grid is not None:
+            self.val_grid.update(torch.sigmoid(mask_logits.detach().float()), batch["mask"].detach() >= 0.5)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metric.compute()  # summed over ranks once per epoch
@@ -181,6 +194,18 @@ class SegmentationModule(L.LightningModule):
             "val/dice_positive": values["dice_positive"].float(),
             "val/pred_positive": self.val_pred_positive.compute().float(),
         }
+        if self.val_grid is not None:
+            tuned = self.val_grid.compute()
+            rule = self.val_grid.rule(int(tuned["rule_index"]))
+            metrics.update({
+                "val/dice_kaggle_tuned": tuned["dice_kaggle"].float(),
+                "val/dice_positive_tuned": tuned["dice_positive"].float(),
+                "val/pred_positive_tuned": tuned["pred_positive"].float(),
+                "val/positives_found": tuned["positives_found"].float(),
+                "val/rule_top": torch.tensor(float(rule["top_threshold"])),
+                "val/rule_min_area_train_px": torch.tensor(float(rule["min_area"])),
+                "val/rule_bottom": torch.tensor(float(rule["bottom_threshold"])),
+            })
         # the values are already reduced over ranks, hence equal on all of them
         self.log_dict(metrics, prog_bar=True, sync_dist=True)
 

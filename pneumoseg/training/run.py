@@ -72,7 +72,8 @@ from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.training.losses import create_loss
 from pneumoseg.models import create_model
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.models.heads import init_output_bias
+from pneumoseg.scoring.postprocess import PostProcess, validation_grid
 from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,
     EpochLine,
@@ -131,8 +132,8 @@ RUN_DIR_ENV = "PNEUMOSEG_RUN_DIR"
 PREPROCESSING_FILE = "preprocessing.json"
 SUMMARY_FILE = "train_summary.json"
 #: the message when the best checkpoint predicts an empty mask on every validation image
-PREDICTS_NOTHING = ("the model predicts nothing on validation: more steps, a higher learning rate, "
-                    "or a positive sampler")
+PREDICTS_NOTHING = ("the model predicts nothing on validation (no rule of the validation grid gives any "
+                    "positive image a mask): more steps, a higher learning rate, or a positive sampler")
 
 
 @dataclass
@@ -189,10 +190,14 @@ def default_run_dir(config: str | os.PathLike[str] | None, root: str | os.PathLi
 
 
 def build_model(cfg: ExperimentConfig, encoder_weights: bool = True) -> nn.Module:
-    """The network of ``cfg.model`` (``encoder_weights=False`` skips pretrained weights)."""
-    return create_model(cfg.model.name, in_channels=cfg.data.in_channels, classes=1,
-                        encoder_weights=cfg.model.encoder_weights if encoder_weights else None,
-                        aux_classifier=cfg.model.aux_classifier)
+    """The network of ``cfg.model`` (``encoder_weights=False`` skips pretrained weights), its mask
+    head's bias at ``model.output_prior`` (``pneumoseg.models.heads``)."""
+    net = create_model(cfg.model.name, in_channels=cfg.data.in_channels, classes=1,
+                       encoder_weights=cfg.model.encoder_weights if encoder_weights else None,
+                       aux_classifier=cfg.model.aux_classifier)
+    if cfg.model.output_prior is not None:
+        init_output_bias(net, cfg.model.output_prior)
+    return net
 
 
 def _monitor(cfg: ExperimentConfig) -> tuple[str, str]:
@@ -219,6 +224,7 @@ def build_module(cfg: ExperimentConfig, net: nn.Module | None = None,
         aux_weight=cfg.model.aux_weight if cfg.model.aux_classifier else 0.0,
         channels_last=cfg.train.channels_last,
         train_dice=cfg.train.train_dice,
+        val_grid=validation_grid(cfg.data.size),
     )
 
 
@@ -512,14 +518,18 @@ def predicts_nothing(pred_positive: float | None) -> bool | None:
 
 
 def _best_pred_positive(rows: list[dict[str, float]], cfg: ExperimentConfig) -> float | None:
-    """``val_pred_positive`` of the epoch best.ckpt comes from (the monitored metric's best), else None."""
+    """At the epoch best.ckpt comes from (the monitored metric's best): ``val_positives_found`` (the
+    largest share of positive images any rule of the validation grid gives a mask), or
+    ``val_pred_positive`` for a run without the grid; None when never validated."""
     key = {"loss": "val_loss"}.get(cfg.train.monitor, f"val_{cfg.train.monitor}")
-    rows = [r for r in rows if math.isfinite(r.get(key, math.nan)) and math.isfinite(r.get("val_pred_positive", math.nan))]
+    share = "val_positives_found" if any(math.isfinite(r.get("val_positives_found", math.nan)) for r in rows) \
+        else "val_pred_positive"
+    rows = [r for r in rows if math.isfinite(r.get(key, math.nan)) and math.isfinite(r.get(share, math.nan))]
     if not rows:
         return None
     pick = min if cfg.train.monitor == "loss" else max
     best = pick(rows, key=lambda r: r[key])  # the first of equal scores, as ModelCheckpoint keeps it
-    return float(best["val_pred_positive"])
+    return float(best[share])
 
 
 def init_run(cfg: ExperimentConfig, run_dir: str | os.PathLike[str]) -> Path:

@@ -165,6 +165,9 @@ def test_predicts_nothing_silent_on_a_trained_model(large: Path, tmp_path: Path)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert s["predicts_nothing"] is False and s["val_pred_positive"] > 0
     assert history["val_dice_positive"].max() > 0.3  # it found discs, not noise
+    # the winner's validation: the best rule of the grid is at least as good as the untuned 0.5 (in it)
+    assert (history["val_dice_kaggle_tuned"] >= history["val_dice_kaggle"] - 1e-9).all()
+    assert history["val_rule_top"].between(0.3, 0.9).all() and (history["val_rule_min_area_train_px"] >= 0).all()
     assert predicts_nothing(0.0) is True and predicts_nothing(0.25) is False
     assert predicts_nothing(None) is None and predicts_nothing(math.nan) is None
 

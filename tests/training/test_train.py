@@ -88,7 +88,9 @@ def test_snapshot_schedule_formula() -> None:
 
 
 def test_train_learns_and_writes_run_folder(cache: Path, tmp_path: Path) -> None:
-    cfg = config(cache, "train.epochs=8", "schedule.snapshots=2", "augment.preset=none")
+    # PyTorch's head init: from the 0.01 prior the seed's UNet (no BatchNorm) does not lift a disc pixel
+    # over 0.3 in these 40 steps (docs/training.md); this test is about the run folder
+    cfg = config(cache, "train.epochs=8", "schedule.snapshots=2", "augment.preset=none", "model.output_prior=null")
     L.seed_everything(cfg.train.seed, verbose=False)
     untrained = val_dice(build_model(cfg), cache)
     run = tmp_path / "run"
@@ -104,8 +106,8 @@ def test_train_learns_and_writes_run_folder(cache: Path, tmp_path: Path) -> None
                 "train_dice", "train_img_per_s"]:
         assert history[col].notna().all(), col
     assert history["lr"].tolist()[:5] == pytest.approx([snapshot_lr(t, 8, 2, 0.003) for t in range(5)])
-    assert result.best_score == pytest.approx(history["val_dice_kaggle"].max())
-    assert history["val_dice_positive"].max() > 0.5  # it segments the discs, not just "empty"
+    assert result.best_score == pytest.approx(history["val_dice_kaggle_tuned"].max())  # train.monitor's default
+    assert history["val_dice_positive_tuned"].max() > 0.5  # it segments the discs, not just "empty"
     assert result.best_score > untrained + 0.2
 
     # one normalisation source: the run's preprocessing, saved beside the weights
@@ -117,7 +119,8 @@ def test_train_learns_and_writes_run_folder(cache: Path, tmp_path: Path) -> None
 
     net, loaded_cfg = load_run(run)
     assert loaded_cfg == cfg and not net.training
-    assert val_dice(net, cache) == pytest.approx(result.best_score)
+    best_epoch = int(history["val_dice_kaggle_tuned"].to_numpy().argmax())  # the first of equal maxima
+    assert val_dice(net, cache) == pytest.approx(history["val_dice_kaggle"].iloc[best_epoch])  # same weights, rule 0.5
     assert not any(run.rglob(".*.tmp*"))  # atomic writes left no temporary file
 
 
