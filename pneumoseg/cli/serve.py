@@ -72,11 +72,26 @@ def serve(
                                      help="Ground truth of the --browse files: a train-rle.csv (by ImageId)."),
     browse_max_files: float = typer.Option(10_000, "--browse-max-files", metavar="INTEGER",
                                            help="List at most this many files of --browse DIR."),
+    allowed_host: list[str] | None = typer.Option(None, "--allowed-host", metavar="NAME[:PORT]",
+                                                  help="Also accept this Host / Origin (repeatable; also "
+                                                       "$PNEUMOSEG_ALLOWED_HOSTS). Always accepted: localhost, "
+                                                       "127.0.0.1, [::1] and --host; others get 400."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s",
+                                           help="Close a connection whose request headers are not complete "
+                                                "within this many seconds (408; slow clients)."),
+    body_timeout_s: float = typer.Option(120.0, "--body-timeout-s",
+                                         help="Close a connection whose request body is not complete this "
+                                              "many seconds after its headers."),
+    keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Close idle kept-alive connections after this."),
+    max_connections: float = typer.Option(100, "--max-connections", metavar="INTEGER",
+                                          help="Open connections at most; more are answered 503 and closed."),
 ) -> None:
     """Serve the viewer (/) and the API (POST /predict, GET /health); the model is loaded once."""
     import uvicorn
 
     from pneumoseg.service import ServiceSettings, create_app
+    from pneumoseg.service.server import uvicorn_options
+    from pneumoseg.service.settings import allowed_hosts_from_env
 
     # Numbers are parsed as floats so that inf / nan / 1e9 reach these checks (one line, exit 2).
     if not (1 <= port <= 65535 and float(port).is_integer()):
@@ -87,7 +102,10 @@ def serve(
                                result_store_mb=result_store_mb, cache_size=cache_size,  # type: ignore[arg-type]
                                max_concurrent=max_concurrent, token=token or None,  # type: ignore[arg-type]
                                checkpoint=checkpoint, device=device, tta=tta, browse_dir=browse,
-                               truth=truth, browse_max_files=browse_max_files)  # type: ignore[arg-type]
+                               truth=truth, browse_max_files=browse_max_files,  # type: ignore[arg-type]
+                               bind_host=host, allowed_hosts=(*allowed_hosts_from_env(), *(allowed_host or ())),
+                               header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+                               keep_alive_s=keep_alive_s, max_connections=max_connections)  # type: ignore[arg-type]
     _check_port_free(host, port_number)
     _warn_exposed(host, settings.token is not None)
 
@@ -108,7 +126,7 @@ def serve(
     console.print(f"viewer: [bold]http://{shown}:{port_number}/[/]  API schema: http://{shown}:{port_number}"
                   f"/openapi.json  (access token {'required' if settings.token else 'not required'}; "
                   "Ctrl+C to stop)", highlight=False)
-    uvicorn.run(app, host=host, port=port_number, log_level="info", server_header=False)
+    uvicorn.run(app, host=host, port=port_number, log_level="info", server_header=False, **uvicorn_options(settings))
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ from pneumoseg.service.inference import ImageTooLargeError, ServiceModel, Unsupp
 from pneumoseg.service.limits import BodySizeLimit
 from pneumoseg.service.routes import api_router
 from pneumoseg.service.routes.pages import page_csp
-from pneumoseg.service.security import SecurityHeaders
+from pneumoseg.service.security import HostGuard, SecurityHeaders, allowed_host_set
 from pneumoseg.service.settings import ServiceSettings
 from pneumoseg.service.uploads import remove_stale_uploads
 
@@ -63,5 +63,7 @@ def create_app(run_dirs: Sequence[str | os.PathLike[str]], settings: ServiceSett
     app.add_exception_handler(PneumosegError, _error(422))
     app.add_middleware(BodySizeLimit, limit_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders, page_csp=page_csp())
+    # Added last = outermost: a foreign Host or Origin is refused before any other work.
+    app.add_middleware(HostGuard, allowed=allowed_host_set(settings.bind_host, settings.allowed_hosts))
     app.include_router(api_router)
     return app

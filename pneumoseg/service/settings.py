@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pneumoseg.errors import ConfigError
 
-__all__ = ["MIN_TOKEN_LEN", "ServiceSettings"]
+__all__ = ["ALLOWED_HOSTS_ENV", "MIN_TOKEN_LEN", "ServiceSettings", "allowed_hosts_from_env"]
+
+ALLOWED_HOSTS_ENV = "PNEUMOSEG_ALLOWED_HOSTS"
+"""Extra allowed Host names (comma or space separated), added to ``--allowed-host``."""
 
 MIN_TOKEN_LEN = 16
 """Shortest bearer token accepted (``secrets.token_urlsafe(32)`` gives 43 characters)."""
@@ -33,6 +37,18 @@ def _check_token(token: str) -> None:
                           "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
 
+def allowed_hosts_from_env() -> tuple[str, ...]:
+    """The host names in ``$PNEUMOSEG_ALLOWED_HOSTS`` (comma or space separated)."""
+    return tuple(h for h in os.environ.get(ALLOWED_HOSTS_ENV, "").replace(",", " ").split() if h)
+
+
+def _check_host(name: str) -> None:
+    bad = not name or len(name) > 260 or not name.isascii() or not name.isprintable() or any(
+        c in name for c in " /\\@?#,")
+    if bad:
+        raise ConfigError(f"--allowed-host must be a host name or address, optionally with :PORT, got {name!r}")
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """What ``create_app`` needs besides the run folders. Every number must be finite and > 0.
@@ -50,6 +66,13 @@ class ServiceSettings:
     ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.inference.predictor.Predictor`.
     ``browse_dir``: a folder whose DICOM / PNG files the viewer steps through (``--browse``), at most
     ``browse_max_files`` of them; ``truth``: a ``train-rle.csv`` with their ground truth (``--truth``).
+    ``bind_host``: the address the server listens on; requests must name it, a loopback name, or one
+    of ``allowed_hosts`` (``NAME`` or ``NAME:PORT``; default ``$PNEUMOSEG_ALLOWED_HOSTS``) in their
+    Host header (else 400), and a POST/PUT/PATCH/DELETE from a browser must come from such an origin
+    (else 403). ``header_timeout_s``: a request head must be complete within this many seconds (else
+    408, closed); ``body_timeout_s``: its body within this many seconds after; ``keep_alive_s``: an
+    idle kept-alive connection is closed after this; ``max_connections``: connections beyond this
+    many open ones are answered 503 and closed (see :mod:`pneumoseg.service.connections`).
     """
 
     max_upload_mb: float = 50.0
@@ -65,6 +88,12 @@ class ServiceSettings:
     browse_dir: str | None = None
     truth: str | None = None
     browse_max_files: int = 10_000
+    bind_host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = field(default_factory=allowed_hosts_from_env)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 100
 
     def __post_init__(self) -> None:
         _check_number("max_upload_mb", self.max_upload_mb, maximum=100_000)
@@ -77,6 +106,14 @@ class ServiceSettings:
         _check_number("browse_max_files", self.browse_max_files, integer=True, maximum=10_000_000)
         object.__setattr__(self, "max_concurrent", int(self.max_concurrent))
         object.__setattr__(self, "browse_max_files", int(self.browse_max_files))
+        _check_number("header_timeout_s", self.header_timeout_s, maximum=3600)
+        _check_number("body_timeout_s", self.body_timeout_s, maximum=86_400)
+        _check_number("keep_alive_s", self.keep_alive_s, maximum=3600)
+        _check_number("max_connections", self.max_connections, integer=True, maximum=100_000)
+        object.__setattr__(self, "max_connections", int(self.max_connections))
+        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
+        for name in (self.bind_host, *self.allowed_hosts):
+            _check_host(name)
         if self.truth is not None and self.browse_dir is None:
             raise ConfigError("--truth needs --browse DIR (the ground truth of the browsed files)")
         if self.token is not None:

@@ -11,6 +11,16 @@ from fastapi.testclient import TestClient
 
 from pneumoseg.inference.predictor import Predictor
 from pneumoseg.service import ServiceSettings, create_app, serve_in_background
+from pneumoseg.service.settings import ALLOWED_HOSTS_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _allow_testclient_host() -> Iterator[None]:
+    """TestClient sends ``Host: testserver``: allow it through the documented setting (its default
+    is read from $PNEUMOSEG_ALLOWED_HOSTS), as a deployment would allow its own name."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ALLOWED_HOSTS_ENV, "testserver")
+        yield
 
 
 @pytest.fixture(scope="module")
