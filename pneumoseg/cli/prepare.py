@@ -10,8 +10,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
-from pneumoseg.data.prepare import DEFAULT_MASK_RULE, SIZES, PrepareResult, prepare_dicom, prepare_png
-from pneumoseg.io.images import MASK_RULES
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pneumoseg.data.prepare import PrepareResult
+
+# Literal copies (pneumoseg.data.prepare / pneumoseg.io.images import cv2 and numpy); equality with the
+# library's constants is checked in tests/cli/test_lazy_cli.py.
+SIZES = tuple(range(128, 1024 + 1, 32))
+DEFAULT_MASK_RULE = "soft"
+MASK_RULES: tuple[str, ...] = ("any", "fraction", "soft")
 
 __all__ = ["prepare", "register"]
 
@@ -61,6 +69,8 @@ def prepare(
     another size, layout or mask rule is refused unless --overwrite (which deletes only that
     cache's own files). CACHE/truth/ keeps every mask at its source resolution for evaluation.
     """
+    from pneumoseg.data.prepare import prepare_dicom, prepare_png
+
     if (dicom_dir is None) == (png_dir is None):
         raise fail("give either --dicom-dir DIR --rle CSV, or --png-dir DIR (exactly one of them)")
     if dicom_dir is not None:

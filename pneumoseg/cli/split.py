@@ -6,13 +6,11 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
-from pneumoseg.data.split import read_index, split_summary, write_splits
 
 __all__ = ["register", "split"]
 
@@ -36,6 +34,10 @@ def split(
     Writes CACHE/splits.csv. An existing splits.csv with other content is kept (exit 2) unless
     --force: runs trained on it would otherwise be validated and tested on other images.
     """
+    import pandas as pd
+
+    from pneumoseg.data.split import read_index, split_summary, write_splits
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = write_splits(cache, val=val, test=test, folds=folds, seed=seed, force=force)
