@@ -41,7 +41,7 @@ test: install
 # A longer fuzz run than the one in `make test`: mutated real DICOMs and hypothesis on the RLE codecs.
 fuzz: install
 	PNEUMOSEG_FUZZ_EXAMPLES=5000 PNEUMOSEG_FUZZ_SEED=1 PNEUMOSEG_FUZZ_SCALE=20 \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/io/dicom/test_fuzz_dicom.py tests/io/test_rle_properties.py
+	  $(PY) -m pytest -q -p no:cacheprovider tests/io/dicom/test_fuzz_dicom.py tests/io/dicom/test_frame_size.py tests/io/test_rle_properties.py
 
 bench: install
 	$(PY) benchmarks/bench_data.py
