@@ -26,7 +26,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def pacs_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seed U-Net at 64 px, untrained (seeded weights), threshold 0.55 in its config."""
+    """The seed U-Net at 64 px, untrained (seeded weights, PyTorch's own head init: ``output_prior`` null,
+    since the 0.01 foreground prior would make every mask empty), threshold 0.55 in its config."""
     import torch
 
     from pneumoseg.config import load_config
@@ -34,7 +35,7 @@ def pacs_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return init_run(load_config("seed_unet", ["model.name=unet", "data.size=64",
+        return init_run(load_config("seed_unet", ["model.name=unet", "data.size=64", "model.output_prior=null",
                                                   f"postprocess.threshold={THRESHOLD}"]),
                         tmp_path_factory.mktemp("pacs") / "run")
 
