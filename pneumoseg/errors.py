@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "DicomError", "PneumosegError", "RLEError"]
+__all__ = ["ConfigError", "DataError", "DicomError", "PneumosegError", "RLEError", "TrainingInterrupted"]
 
 
 class PneumosegError(Exception):
@@ -23,3 +23,15 @@ class DataError(PneumosegError):
 
 class ConfigError(PneumosegError, ValueError):
     """A bad experiment config, model name, loss name or option value."""
+
+
+class TrainingInterrupted(PneumosegError):
+    """Training stopped by a signal (SIGTERM from ``timeout`` / SLURM / systemd, or Ctrl-C).
+
+    The message says where the run stopped and how to resume it; ``exit_code`` is the shell's
+    convention for the signal (128 + signal number: 143 for SIGTERM, 130 for SIGINT).
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

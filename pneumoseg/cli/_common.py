@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -14,7 +16,7 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 from pneumoseg.errors import PneumosegError
 from pneumoseg.util.paths import os_error_line
 
-__all__ = ["PneumosegCommand", "cli_errors", "console", "err_console", "fail"]
+__all__ = ["PneumosegCommand", "cli_errors", "console", "err_console", "fail", "one_line_warnings"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -42,6 +44,29 @@ def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise fail(os_error_line(exc)) from None
 
     return wrapper
+
+
+def warning_line(message: Warning | str) -> str:
+    """``warning: <message>`` on one line (the message's whitespace and line breaks collapsed)."""
+    return "warning: " + " ".join(str(message).split())
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """While inside: every Python warning (ours, Lightning's, a library's) printed to stderr as one
+    ``warning: ...`` line, without the category, file path and source line Python adds.
+
+    The previous ``warnings.showwarning`` and filters come back on exit (``warnings.catch_warnings``).
+    """
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        del category, filename, lineno, file, line
+        err_console.print(escape(warning_line(message)), style="yellow", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _usage_name(arg: TyperArgument) -> str:

@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from pneumoseg.cli._common import cli_errors, console
-from pneumoseg.errors import ConfigError
+from rich.markup import escape
 
-__all__ = ["experiment_configs", "register"]
+from pneumoseg.cli._common import cli_errors, console, err_console, one_line_warnings
+from pneumoseg.errors import ConfigError, TrainingInterrupted
+
+__all__ = ["best_line", "experiment_configs", "register"]
+
+
+def best_line(best_ckpt: Path | None, monitor: str, score: float | None, baseline: float | None) -> str:
+    """``best  RUN/checkpoints/best.ckpt (val/<monitor> = 0.7500; predicting nothing scores 0.6667)``.
+
+    For the challenge metric (``dice_kaggle``, ``dice_kaggle_tuned``) the line names the predict-nothing
+    baseline (an empty mask on every validation image), and says so when the best score equals it.
+    """
+    text = f"val/{monitor} = {score:.4f}" if score is not None else f"val/{monitor} = n/a"
+    if score is not None and baseline is not None and monitor.startswith("dice_kaggle"):
+        if math.isclose(score, baseline, abs_tol=1e-6):
+            text += (f", the predict-nothing baseline: an empty mask on every validation image scores "
+                     f"{baseline:.4f} too")
+        else:
+            text += f"; predicting nothing scores {baseline:.4f}"
+    return f"best         {best_ckpt} ({text})"
+
+
+@contextmanager
+def _interruptions() -> Iterator[None]:
+    """A signal while training: its one line (where it stopped, how to resume), exit 128 + the signal."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        err_console.print(f"[bold yellow]interrupted:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:  # before or after fit (config, data checks)
+        err_console.print("[bold yellow]interrupted:[/] Ctrl-C", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def experiment_configs() -> list[str]:
@@ -106,22 +140,23 @@ def register(app: typer.Typer) -> None:
         if folds is not None:
             if resume is not None or fold is not None:
                 raise ConfigError("--folds K trains (or resumes) every fold: drop --resume and --fold")
-            _train_folds(cfg, run_dir, folds, progress)
+            with _interruptions(), one_line_warnings():
+                _train_folds(cfg, run_dir, folds, progress)
             return
         console.print(f"[bold]{'resuming' if resume else 'training'}[/] {cfg.model.name} on {cfg.data.cache} "
                       f"-> {run_dir}", highlight=False, soft_wrap=True)
         previous = os.environ.get(RUN_DIR_ENV)
         os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks relaunched by Lightning reuse this folder
         try:
-            result = train(cfg, run_dir, resume=resume is not None, progress=progress)
+            with _interruptions(), one_line_warnings():
+                result = train(cfg, run_dir, resume=resume is not None, progress=progress)
         finally:
             if previous is None:
                 os.environ.pop(RUN_DIR_ENV, None)
             else:
                 os.environ[RUN_DIR_ENV] = previous
-        score = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
         lines = [f"run folder   {result.run_dir}",
-                 f"best         {result.best_ckpt} (val/{cfg.train.monitor} = {score})",
+                 best_line(result.best_ckpt, cfg.train.monitor, result.best_score, result.empty_baseline),
                  f"last         {result.last_ckpt}",
                  f"history      {result.history}",
                  f"curves       {result.run_dir / 'curves.png'}"]

@@ -5,8 +5,9 @@
   resumed run's history is exactly that of an uninterrupted one. Columns: ``epoch, lr,
   train_loss, val_loss, train_dice_kaggle, val_dice_kaggle, val_dice_positive, val_pred_positive,
   val_dice_kaggle_tuned, val_dice_positive_tuned, val_pred_positive_tuned, val_positives_found,
-  val_rule_top, val_rule_min_area_train_px, val_rule_bottom, step`` (the ``_tuned`` ones: the best rule
-  of the validation grid, ``training.module``), one ``train_<part>`` per loss part, ``train_img_per_s`` and ``epoch_time_s``. ``epoch``
+  val_empty_baseline, val_rule_top, val_rule_min_area_train_px, val_rule_bottom, step`` (the ``_tuned`` ones: the best rule
+  of the validation grid, ``training.module``; ``val_empty_baseline``: what predicting nothing scores
+  in dice_kaggle), one ``train_<part>`` per loss part, ``train_img_per_s`` and ``epoch_time_s``. ``epoch``
   counts from 1 (as everything a user sees); ``step`` is the optimizer steps taken so far;
   ``lr`` the rate at the epoch's start.
 * :class:`EpochLine` prints one line per epoch (epoch, step, loss, Dice, lr, img/s, ETA): the
@@ -14,7 +15,10 @@
 * :class:`ThroughputMonitor` measures training images per second (all ranks together) from the
   first batch's start to the last batch's end of each epoch (data loading included, validation
   excluded).
-* :class:`LastCheckpoint` saves ``last.ckpt`` after every epoch (for resume).
+* :class:`LastCheckpoint` saves ``last.ckpt`` after every epoch (for resume); every checkpoint saved
+  at an epoch's end is stored as a finished epoch (:func:`mark_epoch_finished`), so a resume starts
+  the next epoch instead of replaying this one's end.
+* :class:`Interruption` records the signal that stopped ``fit`` (SIGTERM, Ctrl-C).
 * :class:`SnapshotCheckpoint` saves ``snapshot-K.ckpt`` at the end of each snapshot cycle (of
   epochs; :class:`StepSnapshotCheckpoint`: of optimizer steps, for step budgets).
 * :class:`StepSeed` reseeds torch's global generator before each training batch from (seed,
@@ -28,6 +32,7 @@ import csv
 import io
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.training.schedules import SnapshotCallbackBuilder
@@ -48,17 +54,19 @@ __all__ = [
     "AtomicCheckpointIO",
     "EpochLine",
     "HistoryCallback",
+    "Interruption",
     "LastCheckpoint",
     "SnapshotCheckpoint",
     "StepSeed",
     "StepSnapshotCheckpoint",
     "ThroughputMonitor",
+    "mark_epoch_finished",
     "plot_history",
 ]
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "train_dice_kaggle", "val_dice_kaggle",
                    "val_dice_positive", "val_pred_positive", "val_dice_kaggle_tuned", "val_dice_positive_tuned",
-                   "val_pred_positive_tuned", "val_positives_found", "val_rule_top", "val_rule_min_area_train_px",
+                   "val_pred_positive_tuned", "val_positives_found", "val_empty_baseline", "val_rule_top", "val_rule_min_area_train_px",
                    "val_rule_bottom", "step"]
 
 
@@ -90,8 +98,8 @@ class ThroughputMonitor(L.Callback):
     def __init__(self) -> None:
         self.img_per_s = math.nan
         self.epoch_time_s = math.nan
-        self._start = 0.0
-        self._end = 0.0
+        self._start = math.nan  # NaN until an epoch starts in this process (never a time across a restart)
+        self._end = math.nan
         self._images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -109,6 +117,7 @@ class ThroughputMonitor(L.Callback):
             self._end = max(self._end, time.perf_counter())
         self.epoch_time_s = self._end - self._start
         self.img_per_s = self._images / self.epoch_time_s if self.epoch_time_s > 0 else math.nan
+        self._start = self._end = math.nan
 
 
 class LastCheckpoint(Checkpoint):
@@ -129,6 +138,62 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        progress = trainer.fit_loop.epoch_progress.current
+        if progress.processed == progress.completed + 1:  # inside the epoch-end hooks (best.ckpt, last.ckpt)
+            mark_epoch_finished(checkpoint)
+
+
+def mark_epoch_finished(checkpoint: dict[str, Any]) -> None:
+    """Store a checkpoint saved in ``on_train_epoch_end`` as the state after that epoch (in place).
+
+    Lightning counts an epoch completed only after its end hooks, so such a checkpoint holds a
+    "processed, not completed" epoch. Resuming it with a step budget (``max_steps``: Lightning then
+    always restarts its loops) replays the epoch's end: the history got a NaN row, the epoch and
+    step counts were off by one, and the next epoch began at the last one's batch count. Marked
+    finished (epoch completed, the batch counters of the next epoch at zero), the resumed run
+    starts the next epoch like an uninterrupted one. Checkpoints without loop state are left as is.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit:
+        return
+    for scope in fit["epoch_progress"].values():
+        scope["completed"] = scope["processed"]
+    for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress"):
+        if key in fit:
+            fit[key]["current"] = {k: 0 for k in fit[key]["current"]}
+            if "is_last_batch" in fit[key]:
+                fit[key]["is_last_batch"] = False
+    optim = fit.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    for part in optim.values():
+        part["current"] = {k: 0 for k in part["current"]}
+
+
+class Interruption(L.Callback):
+    """Remember what stopped ``fit``: Lightning's SIGTERM exception or Ctrl-C (``exception``; None: nothing).
+
+    Lightning's signal connector turns SIGTERM into ``trainer.received_sigterm``; the loops raise
+    ``SIGTERMException`` (a ``SystemExit`` with code 0) at the next batch's end, and Ctrl-C ends in
+    ``sys.exit(1)``: after ``fit`` both look like an exit. ``signal_name`` / ``exit_code`` name it.
+    """
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            self.exception = exception
+
+    @property
+    def signal_name(self) -> str:
+        return "Ctrl-C" if isinstance(self.exception, KeyboardInterrupt) else "SIGTERM"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process killed by it."""
+        return 128 + (signal.SIGINT if isinstance(self.exception, KeyboardInterrupt) else signal.SIGTERM)
 
 
 class SnapshotCheckpoint(L.Callback):

@@ -20,6 +20,8 @@ Logged (per epoch):
 * ``val/loss``, ``val/dice_kaggle`` (mean per-image Dice over all validation images, the
   challenge metric), ``val/dice_positive`` (over images with a mask), after ``postprocess``;
   ``val/pred_positive``: the share of validation images whose predicted mask is not empty;
+  ``val/empty_baseline``: what predicting nothing scores in ``val/dice_kaggle`` (the share of
+  validation images without a mask; ``scoring.stats.predict_nothing_dice``);
 * the winner's validation (with a ``val_grid``, ``scoring.postprocess.validation_grid``): every
   rule of the grid scored on the same probabilities (``GridDice``, on the device, one pass), and
   the best logged: ``val/dice_kaggle_tuned`` (what ``train.monitor`` follows by default),
@@ -193,6 +195,8 @@ class SegmentationModule(L.LightningModule):
             "val/dice_kaggle": values["dice_kaggle"].float(),
             "val/dice_positive": values["dice_positive"].float(),
             "val/pred_positive": self.val_pred_positive.compute().float(),
+            # dice_kaggle of an empty mask on every validation image: the share of images without one
+            "val/empty_baseline": 1.0 - values["n_positive"].float() / values["n_images"].float(),
         }
         if self.val_grid is not None:
             tuned = self.val_grid.compute()

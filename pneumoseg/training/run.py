@@ -68,7 +68,7 @@ from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.config import ExperimentConfig, dump_config, load_config
 from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.data.dataset import check_cache
-from pneumoseg.errors import ConfigError, DataError
+from pneumoseg.errors import ConfigError, DataError, TrainingInterrupted
 from pneumoseg.training.losses import create_loss
 from pneumoseg.models import create_model
 from pneumoseg.models.preprocessing import Preprocessing
@@ -78,6 +78,7 @@ from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,
     EpochLine,
     HistoryCallback,
+    Interruption,
     LastCheckpoint,
     SnapshotCheckpoint,
     StepSeed,
@@ -88,10 +89,12 @@ from pneumoseg.training.module import SegmentationModule
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_factory, scheduler_factory
 
 class _DropNoise(logging.Filter):
-    """Lightning logs a sales tip for its cloud logger and device-availability lines on every Trainer."""
+    """Lightning logs a sales tip for its cloud logger and device-availability lines on every Trainer,
+    checkpoint paths on every resume and its own lines on a signal (``train`` says all of it once)."""
 
     NOISE = ("litlogger", "GPU available:", "TPU available:", "HPU available:", "IPU available:",
-             "LOCAL_RANK:", "`Trainer(limit_")
+             "LOCAL_RANK:", "`Trainer(limit_", "Restoring states from the checkpoint", "Restored all states",
+             "`Trainer.fit` stopped:", "Received SIGTERM", "Detected KeyboardInterrupt")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -99,7 +102,7 @@ class _DropNoise(logging.Filter):
 
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-              "lightning.pytorch.accelerators.cuda"):
+              "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.signal_connector"):
     logging.getLogger(_name).addFilter(_DropNoise())
 # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every fit.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -165,11 +168,13 @@ class TrainSummary:
     predicts_nothing: bool | None
     val_pred_positive: float | None
     warnings: list[str] = field(default_factory=list)
+    #: val dice_kaggle of an empty mask on every image (the share of images without one); None: never validated
+    empty_baseline: float | None = None
 
 
 @dataclass
 class TrainResult:
-    """Where a finished run put its results."""
+    """Where a finished run put its results; ``empty_baseline``: see :class:`TrainSummary`."""
 
     run_dir: Path
     best_ckpt: Path | None
@@ -177,6 +182,7 @@ class TrainResult:
     last_ckpt: Path | None
     history: Path
     epochs: int
+    empty_baseline: float | None = None
 
 
 def default_run_dir(config: str | os.PathLike[str] | None, root: str | os.PathLike[str] = "runs") -> Path:
@@ -376,7 +382,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], progre
         cbs.append(EMAWeightAveraging(decay=t.ema))
     cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                save_last=False, auto_insert_metric_name=False, save_on_train_epoch_end=True,
-                               enable_version_counter=False))
+                               enable_version_counter=False, every_n_epochs=_val_every(plan)))  # validated epochs
     cbs.append(LastCheckpoint(ckpt_dir))
     tty = sys.stdout.isatty()
     if progress and tty:
@@ -448,7 +454,10 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
     """Train ``cfg`` into ``run_dir`` (see the module docstring); ``resume`` continues from last.ckpt.
 
     Raises ConfigError (bad option, no cache) or DataError (cache without splits.csv, run folder
-    that already holds a run when not resuming, nothing to resume).
+    that already holds a run when not resuming, nothing to resume), TrainingInterrupted on SIGTERM
+    (Lightning's signal handling stops at the next batch's end) or Ctrl-C: its one-line message
+    says what ``last.ckpt`` holds (the last finished epoch; the unfinished one is redone, so the
+    resumed run equals an uninterrupted one) and how to resume.
     """
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -483,16 +492,25 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
                   f"budget: {plan.by}); {cfg.model.name}, {n_params / 1e6:.2f} M parameters", flush=True)
         for note in notes:
             warnings.warn(note, UserWarning, stacklevel=2)
-    trainer = build_trainer(cfg, run_dir, progress=progress, callbacks=callbacks,
+    interruption = Interruption()
+    trainer = build_trainer(cfg, run_dir, progress=progress, callbacks=[*callbacks, interruption],
                             reload_train_loader=datamodule.train_length_varies, plan=plan)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*exists and is not empty")  # resuming into RUN
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*exists and is not empty")  # resuming into RUN
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
+    except SystemExit:  # Lightning's SIGTERMException (exit code 0) and its sys.exit(1) after Ctrl-C
+        if interruption.exception is None:
+            raise
+        raise TrainingInterrupted(_interrupted(trainer, interruption, plan, run_dir),
+                                  interruption.exit_code) from None
     ckpt = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # type: ignore[attr-defined]
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     score = ckpt.best_model_score
     history = next(cb for cb in trainer.callbacks if isinstance(cb, HistoryCallback))  # type: ignore[attr-defined]
     share = _best_pred_positive(history.rows, cfg)
+    baseline = next((r["val_empty_baseline"] for r in reversed(history.rows)
+                     if math.isfinite(r.get("val_empty_baseline", math.nan))), None)
     nothing = predicts_nothing(share)
     if nothing:
         notes.append(PREDICTS_NOTHING)
@@ -501,13 +519,26 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
     summary = TrainSummary(optimizer_steps=int(trainer.global_step), planned_steps=plan.steps,
                            epochs=int(trainer.current_epoch), budget=plan.by, recommended_steps=wanted,
                            n_parameters=int(n_params), predicts_nothing=nothing, val_pred_positive=share,
-                           warnings=notes)
+                           warnings=notes, empty_baseline=baseline)
     if rank0:
         atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(asdict(summary), indent=2) + "\n")
     return TrainResult(run_dir=run_dir, best_ckpt=best,
                        best_score=float(score) if score is not None else None,
                        last_ckpt=last if last.is_file() else None, history=run_dir / "history.csv",
-                       epochs=trainer.current_epoch)
+                       epochs=trainer.current_epoch, empty_baseline=baseline)
+
+
+def _interrupted(trainer: L.Trainer, interruption: Interruption, plan: StepPlan, run_dir: Path) -> str:
+    """One line: which signal, where training stood, what last.ckpt holds, the resume command."""
+    rows = next(cb for cb in trainer.callbacks if isinstance(cb, HistoryCallback)).rows  # type: ignore[attr-defined]
+    where = f"in epoch {trainer.current_epoch + 1}/{plan.epochs} (step {trainer.global_step}/{plan.steps})"
+    if not rows or not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return (f"training interrupted by {interruption.signal_name} {where} before any epoch finished: nothing "
+                f"to resume, {run_dir} holds no checkpoint; start it again")
+    done = rows[-1]
+    return (f"training interrupted by {interruption.signal_name} {where}; last.ckpt holds epoch {int(done['epoch'])} "
+            f"(step {int(done['step'])}), the unfinished epoch is redone: resume with "
+            f"`pneumoseg train --resume {run_dir}`")
 
 
 def predicts_nothing(pred_positive: float | None) -> bool | None:
