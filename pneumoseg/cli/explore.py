@@ -140,12 +140,15 @@ def explore(
         assert dicom_dir is not None
         summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
         if full_header:
-            import pydicom
+            from pneumoseg.io.dicom.read import read_header
+            from pneumoseg.util.paths import one_line
 
             first = dicom_dir / summary["first_file"]
+            notes: list[str] = []
+            header = read_header(first, notes=notes)
+            summary["file_warnings"] += [one_line(f"{first}: warning: {note}") for note in notes]
             console.print(f"{escape(str(first))}:", highlight=False, soft_wrap=True)
-            console.print(escape(str(pydicom.dcmread(first, stop_before_pixels=True, force=True))), highlight=False,
-                          soft_wrap=True, markup=False)
+            console.print(escape(str(header)), highlight=False, soft_wrap=True, markup=False)
         else:
             console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False,
                           soft_wrap=True)

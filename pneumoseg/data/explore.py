@@ -55,8 +55,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
-from pneumoseg.io.dicom.read import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta
-from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.io.dicom.read import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta, read_header
+from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
 from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, safe_name
 from pneumoseg.util.progress import progress_bar
@@ -95,25 +95,16 @@ _Spacing = tuple[tuple[float, float], str]  # ((row, column) mm, source attribut
 def _pixel_data_and_spacing(path: Path) -> tuple[str | None, _Spacing | None]:
     """(why ``path`` has no usable pixel data (missing, truncated) or None, its pixel spacing or None).
 
-    Pixels are not decoded: the whole data set is read with large values deferred (about 1 ms);
-    ``read_dicom_meta`` stops before the pixel data and so cannot tell.
+    Pixels are not decoded: the whole data set is read with large values deferred (about 1 ms;
+    ``read_header``, which also refuses pixel data cut short); ``read_dicom_meta`` stops before the
+    pixel data and so cannot tell.
     """
-    import pydicom
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(path, defer_size=4096)
-        except Exception as exc:
-            return f"unreadable DICOM data ({type(exc).__name__}: {exc})", None
-    if any("end of file" in str(w.message).lower() for w in caught):
-        return "truncated DICOM file (pixel data cut short)", None
+    try:
+        ds = read_header(path, pixels=True, defer_size=4096)
+    except DicomError as exc:
+        return str(exc).removeprefix(f"{path}: "), None
     if "PixelData" not in ds:
         return "DICOM file has no pixel data", None
-    elem = ds.get_item("PixelData")
-    length, start = getattr(elem, "length", 0), getattr(elem, "value_tell", None)
-    if start is not None and length != 0xFFFFFFFF and start + length > path.stat().st_size:
-        return f"truncated DICOM file (pixel data needs {length} bytes, the file ends before)", None
     try:
         return None, pixel_spacing_mm(ds)
     except Exception:  # a malformed spacing value pydicom cannot convert: spacing unknown, image still usable

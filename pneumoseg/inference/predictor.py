@@ -31,11 +31,11 @@ from torch import nn
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig
-from pneumoseg.io.dicom.read import DicomMeta, read_dicom
+from pneumoseg.io.dicom.read import DicomMeta, read_dicom, read_header
 from pneumoseg.io.dicom.sc import make_overlay_sc, write_sc
 from pneumoseg.io.dicom.seg import area_mm2, make_segmentation, write_segmentation
 from pneumoseg.io.dicom.sr import make_sr, write_sr
-from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
+from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.inference.onnx import OnnxModel
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, resize_image, write_png
 from pneumoseg.models.preprocessing import Preprocessing
@@ -395,10 +395,7 @@ def _read_header(image: InputImage) -> pydicom.Dataset | None:
     """The source DICOM's header (for areas in mm² and DICOM outputs); None for PNG / JPEG."""
     if image.meta is None:
         return None
-    try:
-        return pydicom.dcmread(image.path, stop_before_pixels=True)
-    except Exception as exc:  # it decoded a moment ago; pydicom raises many types
-        raise DicomError(f"{image.path}: cannot re-read the header ({exc})".replace("\n", " ")) from None
+    return read_header(image.path)
 
 
 def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset,
