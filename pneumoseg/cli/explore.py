@@ -100,7 +100,7 @@ def _dicom_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def explore(
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, metadata.csv, samples.png, "
                                                     "distributions.png.")],
-    dicom_dir: Annotated[Path | None, typer.Argument(help="Folder searched for *.dcm (recursively).",
+    dicom_dir: Annotated[Path | None, typer.Argument(help="Folder searched for *.dcm and *.dicom (recursively).",
                                                      show_default=False)] = None,
     rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv, .csv.gz too); "
                                                            "without it: header statistics only.")] = None,

@@ -55,9 +55,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
-from pneumoseg.io.dicom.read import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta, read_header
+from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom, read_dicom_meta, read_header
 from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
+from pneumoseg.io.layouts import find_dicoms
 from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, safe_name
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations

@@ -78,6 +78,7 @@ from pneumoseg.io.images import (
     resize_image,
     resize_mask,
 )
+from pneumoseg.io.layouts import find_dicoms
 from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, os_error_line, safe_name
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations
@@ -615,7 +616,8 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
                   out: str | os.PathLike[str], size: int = 512, workers: int | None = None,
                   progress: bool = True, overwrite: bool = False,
                   mask_rule: str = DEFAULT_MASK_RULE) -> PrepareResult:
-    """Prepare ``dicom_dir/**/*.dcm`` with masks from ``rle_csv`` (see the module docstring).
+    """Prepare ``dicom_dir/**/*.dcm`` (and ``*.dicom``: ``layouts.find_dicoms``) with masks from ``rle_csv``
+    (see the module docstring).
 
     image_id: the header's SOPInstanceUID, or the file stem when only that has annotation rows.
     An image without an annotation row is healthy (one warning gives the count); annotation
@@ -626,8 +628,6 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
     src = _check_dir(Path(dicom_dir), "DICOM folder")
     out = check_output_dir(out, [src, rle_csv], create=False)
     ann = read_annotations(rle_csv)
-    from pneumoseg.io.dicom.read import find_dicoms  # imported here: pydicom only where DICOMs are read
-
     files = find_dicoms(src)
     check_output_dir(out)
     _open_cache(out, {"layout": "dicom", "size": size, "mask_rule": rule}, overwrite)

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.inference.predictor import DICOM_SUFFIXES, IMAGE_SUFFIXES, InputImage
+from pneumoseg.inference.predictor import InputImage
+from pneumoseg.io.layouts import INPUT_SUFFIXES
 from pneumoseg.io.rle import Annotations, read_annotations
 
 __all__ = ["MASKS_DIR", "BrowseFolder", "BrowseNameError"]
@@ -62,14 +63,13 @@ class BrowseFolder:
 
     def _scan(self, max_files: int) -> _Listing:
         """Relative POSIX paths of DICOM / PNG / JPEG files under the root, sorted, capped."""
-        suffixes = DICOM_SUFFIXES + IMAGE_SUFFIXES
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self._real_root):
             here = Path(dirpath)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                                  and not (self.has_png_masks and here / d == self.masks_dir))
             for f in filenames:
-                if f.startswith(".") or not f.lower().endswith(suffixes):
+                if f.startswith(".") or not f.lower().endswith(INPUT_SUFFIXES):
                     continue
                 path = here / f
                 if path.is_file() and self._inside(path.resolve()):

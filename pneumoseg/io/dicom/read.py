@@ -56,7 +56,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from pneumoseg.util.atomic import atomic_path
-from pneumoseg.errors import DataError, DicomError
+from pneumoseg.errors import DicomError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -65,7 +65,6 @@ __all__ = [
     "DicomImage",
     "DicomMeta",
     "DicomSource",
-    "find_dicoms",
     "format_header",
     "parse_age",
     "pixel_spacing_mm",
@@ -156,17 +155,6 @@ class DicomImage:
     pixels: np.ndarray
     meta: DicomMeta
 
-
-
-def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
-    """All ``*.dcm`` files under ``dicom_dir`` (recursively, any case), sorted; DataError if none."""
-    root = Path(dicom_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: DICOM folder not found (or not a folder)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
-    if not files:
-        raise DataError(f"{root}: no .dcm files found (searched recursively)")
-    return files
 
 
 def parse_age(value: object) -> int | None:

@@ -1,0 +1,76 @@
+"""``pneumoseg.io.layouts``: one rule for which files are DICOM, used by every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumoseg.data.explore import explore
+from pneumoseg.data.prepare import prepare_dicom
+from pneumoseg.errors import DataError
+from pneumoseg.inference.predictor import find_inputs, load_input
+from pneumoseg.io.layouts import DICOM_SUFFIXES, find_dicoms, is_dicom_name, iter_files
+from pneumoseg.service.browse import BrowseFolder
+from tests.data.dicom_files import write_dicom
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, size=(32, 40), dtype=np.uint8)
+
+
+@pytest.fixture()
+def dicom_names(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """One folder holding ``.dcm``, ``.dicom`` and ``.DICOM`` files (and a file that is none)."""
+    root = tmp_path / "in"
+    uids = {name: write_dicom(root / name, _image(i))
+            for i, name in enumerate(("a.dcm", "sub/b.dicom", "C.DICOM"))}
+    (root / "notes.dicom.txt").parent.mkdir(parents=True, exist_ok=True)
+    (root / "notes.dicom.txt").write_text("not a DICOM")
+    return root, uids
+
+
+@pytest.mark.parametrize(("name", "expected"), [("a.dcm", True), ("a.DCM", True), ("a.dicom", True),
+                                                ("b.Dicom", True), ("a.png", False), ("a.dicom.txt", False),
+                                                ("dcm", False), (".dicom", False)])
+def test_is_dicom_name(name: str, expected: bool) -> None:
+    assert is_dicom_name(name) is expected
+    assert DICOM_SUFFIXES == (".dcm", ".dicom")
+
+
+def test_walk_is_sorted_like_rglob_and_refuses_a_missing_folder(dicom_names: tuple[Path, dict[str, str]],
+                                                                tmp_path: Path) -> None:
+    root, uids = dicom_names
+    expected = sorted(root / n for n in uids)
+    assert list(iter_files(root, DICOM_SUFFIXES)) == find_dicoms(root) == expected
+    with pytest.raises(DataError, match="no .dcm files or .dicom files found"):
+        find_dicoms(_empty(tmp_path))
+    with pytest.raises(DataError, match="DICOM folder not found"):
+        find_dicoms(tmp_path / "missing")
+
+
+def _empty(tmp_path: Path) -> Path:
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def test_every_command_finds_dicom_files(dicom_names: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    root, uids = dicom_names
+    ids = set(uids.values())
+    csv = tmp_path / "rle.csv"
+    csv.write_text("ImageId, EncodedPixels\n" + "".join(f"{uid}, -1\n" for uid in sorted(ids)))
+    summary = explore(root, csv, tmp_path / "explored", n_samples=0, progress=False)
+    assert summary["n_images"] == 3 and summary["failures"] == []
+    assert set(pd.read_csv(tmp_path / "explored" / "metadata.csv")["image_id"]) == ids
+
+    result = prepare_dicom(root, csv, tmp_path / "cache", size=128, workers=1, progress=False)
+    assert result.n_done == 3 and result.failures == []
+    assert set(pd.read_csv(result.index_path)["image_id"]) == ids
+
+    inputs = find_inputs(root)
+    assert inputs == sorted(root / n for n in uids)
+    assert {load_input(p).image_id for p in inputs} == ids  # read as DICOM: ImageId = SOPInstanceUID
+
+    assert set(BrowseFolder(root).names) == set(uids)
