@@ -44,6 +44,7 @@ from pneumoseg.data.dataset import SPLITS, split_ids
 from pneumoseg.data.prepare import read_truth
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.io.images import read_image, read_mask, resize_image, write_png
+from pneumoseg.io.layouts import read_layout_mask
 from pneumoseg.scoring.metrics import dice_from_counts, detection_metrics
 from pneumoseg.io.overlay import overlay, write_rgb_png
 from pneumoseg.scoring.postprocess import PostProcess
@@ -357,11 +358,7 @@ class LabelledSet:
         """bool (H, W) truth of ``image_id`` for an image of ``shape``; DataError on a size mismatch."""
         if self.annotations is not None:
             return np.ascontiguousarray(self.annotations.mask(image_id, *shape))
-        path = self.labels / f"{image_id}.png"
-        mask = read_mask(path)
-        if mask.shape != shape:
-            raise DataError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, its image is {shape[0]}x{shape[1]}")
-        return mask
+        return read_layout_mask(self.labels / f"{image_id}.png", shape, self.sources.get(image_id))
 
     def load(self, path: Path, count: bool = True) -> InputImage:
         """The input with its label's ImageId (SOPInstanceUID, else the file stem); DataError when unlabelled.

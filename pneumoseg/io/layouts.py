@@ -1,33 +1,52 @@
-"""Folder layouts on disk: which files are DICOM, the folder walk. No pydicom here (cheap to import).
+"""Folder layouts on disk: which files are DICOM, the folder walk, the PNG images/ + masks/ layout.
+No pydicom here (cheap to import).
 
 * DICOM files are the files whose suffix, in any case, is in ``DICOM_SUFFIXES`` (``.dcm``, ``.dicom``);
   images are ``pneumoseg.io.images.IMAGE_SUFFIXES``. ``explore``, ``prepare``, ``predict``,
   ``evaluate`` and the viewer's ``--browse`` all decide by these two tuples.
 * The walk (:func:`iter_files`) lists one directory at a time, sorted by name, subfolders walked
   where they sort (the order of ``sorted(root.rglob("*"))``); symlinked folders are not followed.
+* The PNG layout (``prepare --png-dir``, ``explore --png-dir``, ``serve --browse``):
+  ``DIR/images/<name>.(png|jpg|jpeg)`` with optional ``DIR/masks/<name>.png``, paired by file stem
+  (:func:`find_png_pairs`). A mask is read by ONE rule, :func:`read_layout_mask` (that of
+  ``pneumoseg.io.images.read_mask``): 0/255 masks are positive above 127, a mask whose maximum is 1
+  (a 0/1 mask) is positive where it is 1; it must have its image's size.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pneumoseg.errors import DataError
-from pneumoseg.io.images import IMAGE_SUFFIXES
+from pneumoseg.io.images import IMAGE_SUFFIXES, read_mask
+from pneumoseg.util.paths import one_line, safe_name
 
 __all__ = [
     "DICOM_SUFFIXES",
+    "IMAGES_DIR",
     "INPUT_SUFFIXES",
+    "MASKS_DIR",
+    "PngPairs",
     "find_dicoms",
+    "find_png_pairs",
     "is_dicom_name",
     "iter_files",
+    "read_layout_mask",
 ]
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 """Suffixes (compared in lower case) of the files read as DICOM."""
 INPUT_SUFFIXES: tuple[str, ...] = DICOM_SUFFIXES + IMAGE_SUFFIXES
 """Suffixes of the files ``predict`` and ``--browse`` take: DICOM, PNG, JPEG."""
+IMAGES_DIR = "images"
+"""PNG layout: the images, ``DIR/images/<name>.(png|jpg|jpeg)``."""
+MASKS_DIR = "masks"
+"""PNG layout: the ground truth of image ``<name>``, ``DIR/masks/<name>.png``."""
 
 
 def is_dicom_name(name: str | os.PathLike[str]) -> bool:
@@ -67,3 +86,71 @@ def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
         raise DataError(f"{root}: no .dcm files or .dicom files found (searched recursively)")
     return files
 
+
+@dataclass(frozen=True)
+class PngPairs:
+    """The PNG layout of a folder, paired by file stem.
+
+    ``images``: image_id (the stem, ``paths.safe_name``) -> image file; ``masks``: image_id -> mask, for
+    the images that have one; ``orphans``: stems of masks without an image (sorted); ``failures``: one
+    line per image left out (a stem that cannot name a file, or one already taken in sorted order).
+    """
+
+    root: Path
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    orphans: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / IMAGES_DIR
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.root / MASKS_DIR
+
+
+def find_png_pairs(png_dir: str | os.PathLike[str]) -> PngPairs:
+    """The images of ``png_dir/images/`` (suffix in ``IMAGE_SUFFIXES``, any case) and their masks
+    ``png_dir/masks/<stem>.png``. DataError when the folder, its ``images/`` or any image is missing."""
+    root = Path(png_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: PNG folder not found (or not a folder)")
+    images_dir, masks_dir = root / IMAGES_DIR, root / MASKS_DIR
+    if not images_dir.is_dir():
+        raise DataError(f"{root}: no {IMAGES_DIR}/ folder (the PNG layout is {IMAGES_DIR}/<name>.png with optional "
+                        f"{MASKS_DIR}/<name>.png, 0/255)")
+    found = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not found:
+        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    images: dict[str, Path] = {}
+    failures: list[str] = []
+    for path in found:
+        try:
+            image_id = safe_name(path.stem, path, "file name")
+        except DataError as exc:
+            failures.append(one_line(str(exc)))
+            continue
+        if image_id in images:
+            failures.append(one_line(f"{path}: duplicate image id {image_id!r} (also {images[image_id]}); left out"))
+        else:
+            images[image_id] = path
+    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png")) if p.is_file()} if masks_dir.is_dir() else {}
+    stems = {p.stem for p in found}
+    return PngPairs(root, images, {i: p for i, p in masks.items() if i in images},
+                    sorted(i for i in masks if i not in stems), failures)
+
+
+def read_layout_mask(mask_path: str | os.PathLike[str], shape: tuple[int, ...],
+                     image: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """A ground-truth mask as ``bool (H, W)`` by the one positivity rule (module docstring).
+
+    ``shape``: its image's (H, W); a mask of another size is a DataError naming both files
+    (``image``: the image's path, for the message).
+    """
+    mask = read_mask(mask_path)
+    if mask.shape != tuple(shape[:2]):
+        raise DataError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image {image or 'its image'} is "
+                        f"{shape[0]}x{shape[1]}")
+    return mask

@@ -74,3 +74,37 @@ def test_every_command_finds_dicom_files(dicom_names: tuple[Path, dict[str, str]
     assert {load_input(p).image_id for p in inputs} == ids  # read as DICOM: ImageId = SOPInstanceUID
 
     assert set(BrowseFolder(root).names) == set(uids)
+
+
+# ------------------------------------------------------------------ the PNG layout
+
+
+def test_one_positivity_rule_for_layout_masks(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pneumoseg.io.layouts import read_layout_mask
+
+    region = np.zeros((12, 16), dtype=bool)
+    region[2:6, 3:9] = True
+    for name, stored in (("zero_one", region.astype(np.uint8)), ("zero_255", region.astype(np.uint8) * 255),
+                         ("edge", np.where(region, 200, 0).astype(np.uint8) + (~region) * 100)):
+        Image.fromarray(stored.astype(np.uint8)).save(tmp_path / f"{name}.png")
+        np.testing.assert_array_equal(read_layout_mask(tmp_path / f"{name}.png", (12, 16)), region)
+    with pytest.raises(DataError, match=r"mask .*zero_one\.png is 12x16 but image x\.png is 12x12"):
+        read_layout_mask(tmp_path / "zero_one.png", (12, 12), "x.png")
+
+
+def test_png_pairs_by_stem(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pneumoseg.io.layouts import find_png_pairs
+
+    for rel in ("images/a.png", "images/b.JPG", "images/-bad.png", "masks/a.png", "masks/lonely.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / rel, format="PNG")
+    pairs = find_png_pairs(tmp_path)
+    assert pairs.images == {"a": tmp_path / "images" / "a.png", "b": tmp_path / "images" / "b.JPG"}
+    assert pairs.masks == {"a": tmp_path / "masks" / "a.png"} and pairs.orphans == ["lonely"]
+    assert len(pairs.failures) == 1 and "-bad.png" in pairs.failures[0]
+    with pytest.raises(DataError, match="no images/ folder"):
+        find_png_pairs(tmp_path / "masks")
