@@ -2,7 +2,7 @@
 
 ``explore(dicom_dir, rle_csv, out_dir)`` reads every DICOM header (``read_dicom_meta``: fast, no
 decoding) and checks that pixel data is there, joins it with the annotation CSV by ImageId (the
-same rule as prepare: the SOPInstanceUID, else the file stem; ``paths.dicom_image_id``; the
+same rule as prepare: the SOPInstanceUID, else the file stem; ``layouts.dicom_image_id``; the
 ``matched_by`` column says which) and writes, atomically:
 
 * ``OUT/summary.json``       the dictionary returned (counts, rates, distributions, warnings, failures);
@@ -58,8 +58,8 @@ from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom, read_dicom_meta, read_header
 from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
-from pneumoseg.io.layouts import find_dicoms, find_png_pairs, read_layout_mask
-from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line
+from pneumoseg.io.layouts import dicom_image_id, find_dicoms, find_png_pairs, read_layout_mask
+from pneumoseg.util.paths import check_output_dir, one_line
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations
 

@@ -16,7 +16,7 @@ Layout written (see docs/architecture.md)::
 
 Image ids (they name files, so they are checked: ``pneumoseg.util.paths``): DICOM files are matched to
 their annotation rows by the SOPInstanceUID in the header, else by the file stem
-(``paths.dicom_image_id``; index.csv's ``matched_by`` says which: uid, stem or none); PNG images
+(``layouts.dicom_image_id``; index.csv's ``matched_by`` says which: uid, stem or none); PNG images
 by the file stem. A file whose UID is not a valid DICOM UID, or whose stem cannot name a file, is
 a failure; the others go on.
 
@@ -77,8 +77,8 @@ from pneumoseg.io.images import (
     resize_image,
     resize_mask,
 )
-from pneumoseg.io.layouts import find_dicoms, find_png_pairs, read_layout_mask
-from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, os_error_line, safe_name
+from pneumoseg.io.layouts import dicom_image_id, find_dicoms, find_png_pairs, read_layout_mask
+from pneumoseg.util.paths import check_output_dir, one_line, os_error_line, safe_name
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations
 

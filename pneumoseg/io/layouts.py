@@ -11,12 +11,15 @@ No pydicom here (cheap to import).
   (:func:`find_png_pairs`). A mask is read by ONE rule, :func:`read_layout_mask` (that of
   ``pneumoseg.io.images.read_mask``): 0/255 masks are positive above 127, a mask whose maximum is 1
   (a 0/1 mask) is positive where it is 1; it must have its image's size.
+* A label (an RLE row, a mask) is matched to an image by :func:`match_label`: the DICOM's
+  SOPInstanceUID first, then the file stem (PNG / JPEG: the stem only). prepare, explore, evaluate
+  and ``--browse --truth`` all use it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import numpy as np
 
 from pneumoseg.errors import DataError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_mask
-from pneumoseg.util.paths import one_line, safe_name
+from pneumoseg.util.paths import is_valid_uid, one_line, safe_name
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -32,10 +35,12 @@ __all__ = [
     "INPUT_SUFFIXES",
     "MASKS_DIR",
     "PngPairs",
+    "dicom_image_id",
     "find_dicoms",
     "find_png_pairs",
     "is_dicom_name",
     "iter_files",
+    "match_label",
     "read_layout_mask",
 ]
 
@@ -154,3 +159,35 @@ def read_layout_mask(mask_path: str | os.PathLike[str], shape: tuple[int, ...],
         raise DataError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image {image or 'its image'} is "
                         f"{shape[0]}x{shape[1]}")
     return mask
+
+
+def match_label(stem: str, labelled: Container[str], uid: str | None = None) -> tuple[str, str]:
+    """``(key, matched_by)`` of an image's label in ``labelled`` (ImageIds of an RLE CSV, mask stems).
+
+    ``uid``: a DICOM's SOPInstanceUID (None for PNG / JPEG). The UID first (``"uid"``), then the
+    file ``stem`` (``"stem"``); with neither, ``(uid or stem, "none")``. Names are not checked here.
+    """
+    if uid is not None and uid in labelled:
+        return uid, "uid"
+    if stem in labelled:
+        return stem, "stem"
+    return (stem if uid is None else uid), "none"
+
+
+def dicom_image_id(uid: str, path: str | os.PathLike[str], labelled: Container[str]) -> tuple[str, str]:
+    """``(image_id, matched_by)`` of the DICOM file ``path`` (:func:`match_label`), safe as a file name.
+
+    ``uid`` is the header's SOPInstanceUID (``DicomMeta.image_id``: the stem when the header has
+    none). A UID other than the stem must be a valid DICOM UID (a NUL byte, ``/`` or ``..`` is
+    refused even when the stem matches), and a stem used as the id must pass ``safe_name``.
+    Raises DataError naming ``path``.
+    """
+    stem = Path(path).stem
+    if uid != stem and not is_valid_uid(uid):
+        shown = repr(uid[:80] + ("..." if len(uid) > 80 else ""))
+        raise DataError(f"{path}: SOPInstanceUID {shown} is not a valid DICOM UID (digits and dots, "
+                        "at most 64 characters)")
+    image_id, how = match_label(stem, labelled, uid)
+    if image_id == stem and not is_valid_uid(stem):
+        safe_name(stem, path, "file name")
+    return image_id, how

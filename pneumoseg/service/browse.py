@@ -21,7 +21,7 @@ import numpy as np
 
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.inference.predictor import InputImage
-from pneumoseg.io.layouts import INPUT_SUFFIXES, MASKS_DIR, read_layout_mask
+from pneumoseg.io.layouts import INPUT_SUFFIXES, MASKS_DIR, match_label, read_layout_mask
 from pneumoseg.io.rle import Annotations, read_annotations
 
 __all__ = ["MASKS_DIR", "BrowseFolder", "BrowseNameError"]
@@ -103,8 +103,9 @@ class BrowseFolder:
         """Ground truth of the listed ``name`` decoded as ``image``: (bool (H, W), source) or None."""
         shape = image.pixels.shape
         if self.annotations is not None:
-            key = image.image_id if image.image_id in self.annotations else PurePosixPath(name).stem
-            if key in self.annotations:
+            key, how = match_label(PurePosixPath(name).stem, self.annotations,
+                                   image.image_id if image.meta is not None else None)
+            if how != "none":
                 return self.annotations.mask(key, *shape), f"{self.truth_csv.name if self.truth_csv else 'csv'}"
         if self.has_png_masks:
             mask_path = (self.masks_dir / f"{PurePosixPath(name).stem}.png").resolve()

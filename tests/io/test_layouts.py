@@ -108,3 +108,46 @@ def test_png_pairs_by_stem(tmp_path: Path) -> None:
     assert len(pairs.failures) == 1 and "-bad.png" in pairs.failures[0]
     with pytest.raises(DataError, match="no images/ folder"):
         find_png_pairs(tmp_path / "masks")
+
+
+# ------------------------------------------------------------------ label matching
+
+
+@pytest.mark.parametrize(("stem", "uid", "labelled", "expected"), [
+    ("f", "1.2.3", {"1.2.3", "f"}, ("1.2.3", "uid")),   # the UID wins over the stem
+    ("f", "1.2.3", {"f"}, ("f", "stem")),
+    ("f", "1.2.3", set(), ("1.2.3", "none")),
+    ("f", None, {"f"}, ("f", "stem")),                   # PNG / JPEG: the stem only
+    ("f", None, set(), ("f", "none")),
+])
+def test_match_label_uid_then_stem(stem: str, uid: str | None, labelled: set[str],
+                                   expected: tuple[str, str]) -> None:
+    from pneumoseg.io.layouts import match_label
+
+    assert match_label(stem, labelled, uid) == expected
+
+
+def test_prepare_evaluate_and_browse_match_labels_alike(tmp_path: Path) -> None:
+    """A DICOM labelled under its file stem (not its UID) and one labelled under its UID."""
+    from pneumoseg.evaluation.evaluate import read_labelled_set
+    from pneumoseg.io.rle import rle_encode
+
+    root = tmp_path / "in"
+    by_uid = write_dicom(root / "x.dcm", _image(0))
+    write_dicom(root / "named.dicom", _image(1))
+    mask = np.zeros((32, 40), dtype=bool)
+    mask[4:9, 5:20] = True
+    csv = tmp_path / "rle.csv"
+    csv.write_text(f"ImageId, EncodedPixels\n{by_uid}, -1\nnamed, {rle_encode(mask)}\n")
+
+    result = prepare_dicom(root, csv, tmp_path / "cache", size=128, workers=1, progress=False)
+    index = pd.read_csv(result.index_path).set_index("image_id")
+    assert index.loc["named", "matched_by"] == "stem" and index.loc[by_uid, "matched_by"] == "uid"
+
+    labelled = read_labelled_set(root, rle=csv)
+    ids = {labelled.load(p).image_id for p in labelled.files}
+    assert ids == {"named", by_uid} and labelled.matched_by == {"uid": 1, "stem": 1}
+
+    folder = BrowseFolder(root, truth_csv=csv)
+    found = folder.truth("named.dicom", load_input(root / "named.dicom"))
+    assert found is not None and int(found[0].sum()) == int(mask.sum())
