@@ -100,7 +100,7 @@ def _dicom_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def explore(
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json, metadata.csv, samples.png, "
                                                     "distributions.png.")],
-    dicom_dir: Annotated[Path | None, typer.Argument(help="Folder searched for *.dcm (recursively).",
+    dicom_dir: Annotated[Path | None, typer.Argument(help="Folder searched for *.dcm and *.dicom (recursively).",
                                                      show_default=False)] = None,
     rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv, .csv.gz too); "
                                                            "without it: header statistics only.")] = None,
@@ -140,12 +140,15 @@ def explore(
         assert dicom_dir is not None
         summary = explore_dataset(dicom_dir, rle, out, n_samples=samples, progress=progress)
         if full_header:
-            import pydicom
+            from pneumoseg.io.dicom.read import read_header
+            from pneumoseg.util.paths import one_line
 
             first = dicom_dir / summary["first_file"]
+            notes: list[str] = []
+            header = read_header(first, notes=notes)
+            summary["file_warnings"] += [one_line(f"{first}: warning: {note}") for note in notes]
             console.print(f"{escape(str(first))}:", highlight=False, soft_wrap=True)
-            console.print(escape(str(pydicom.dcmread(first, stop_before_pixels=True, force=True))), highlight=False,
-                          soft_wrap=True, markup=False)
+            console.print(escape(str(header)), highlight=False, soft_wrap=True, markup=False)
         else:
             console.print(escape(format_header(DicomMeta(**summary["first_image"]))), highlight=False,
                           soft_wrap=True)

@@ -47,7 +47,7 @@ def _print_summary(result: PrepareResult, size: int) -> None:
 @cli_errors
 def prepare(
     out: Annotated[Path, typer.Option("--out", help="Cache folder to write.")],
-    dicom_dir: Annotated[Path | None, typer.Option("--dicom-dir", help="Folder searched for *.dcm.")] = None,
+    dicom_dir: Annotated[Path | None, typer.Option("--dicom-dir", help="Folder searched for *.dcm and *.dicom.")] = None,
     rle: Annotated[Path | None, typer.Option("--rle", help="Annotation CSV (train-rle.csv).")] = None,
     png_dir: Annotated[Path | None, typer.Option("--png-dir", help="Folder with images/ and masks/.")] = None,
     size: Annotated[int, typer.Option("--size", help=f"Output size in pixels: a multiple of 32 from {SIZES[0]} to "

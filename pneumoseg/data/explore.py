@@ -2,7 +2,7 @@
 
 ``explore(dicom_dir, rle_csv, out_dir)`` reads every DICOM header (``read_dicom_meta``: fast, no
 decoding) and checks that pixel data is there, joins it with the annotation CSV by ImageId (the
-same rule as prepare: the SOPInstanceUID, else the file stem; ``paths.dicom_image_id``; the
+same rule as prepare: the SOPInstanceUID, else the file stem; ``layouts.dicom_image_id``; the
 ``matched_by`` column says which) and writes, atomically:
 
 * ``OUT/summary.json``       the dictionary returned (counts, rates, distributions, warnings, failures);
@@ -55,10 +55,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
-from pneumoseg.io.dicom.read import find_dicoms, pixel_spacing_mm, read_dicom, read_dicom_meta
-from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom, read_dicom_meta, read_header
+from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
-from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, safe_name
+from pneumoseg.io.layouts import dicom_image_id, find_dicoms, find_png_pairs, read_layout_mask
+from pneumoseg.util.paths import check_output_dir, one_line
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations
 
@@ -69,7 +70,6 @@ __all__ = [
     "explore",
     "explore_png",
     "find_dicoms",
-    "find_png_pairs",
     "plot_distributions",
     "plot_samples",
     "scan_dataset",
@@ -95,25 +95,16 @@ _Spacing = tuple[tuple[float, float], str]  # ((row, column) mm, source attribut
 def _pixel_data_and_spacing(path: Path) -> tuple[str | None, _Spacing | None]:
     """(why ``path`` has no usable pixel data (missing, truncated) or None, its pixel spacing or None).
 
-    Pixels are not decoded: the whole data set is read with large values deferred (about 1 ms);
-    ``read_dicom_meta`` stops before the pixel data and so cannot tell.
+    Pixels are not decoded: the whole data set is read with large values deferred (about 1 ms;
+    ``read_header``, which also refuses pixel data cut short); ``read_dicom_meta`` stops before the
+    pixel data and so cannot tell.
     """
-    import pydicom
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(path, defer_size=4096)
-        except Exception as exc:
-            return f"unreadable DICOM data ({type(exc).__name__}: {exc})", None
-    if any("end of file" in str(w.message).lower() for w in caught):
-        return "truncated DICOM file (pixel data cut short)", None
+    try:
+        ds = read_header(path, pixels=True, defer_size=4096)
+    except DicomError as exc:
+        return str(exc).removeprefix(f"{path}: "), None
     if "PixelData" not in ds:
         return "DICOM file has no pixel data", None
-    elem = ds.get_item("PixelData")
-    length, start = getattr(elem, "length", 0), getattr(elem, "value_tell", None)
-    if start is not None and length != 0xFFFFFFFF and start + length > path.stat().st_size:
-        return f"truncated DICOM file (pixel data needs {length} bytes, the file ends before)", None
     try:
         return None, pixel_spacing_mm(ds)
     except Exception:  # a malformed spacing value pydicom cannot convert: spacing unknown, image still usable
@@ -578,40 +569,6 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] |
 # --- the PNG layout (prepare --png-dir) -------------------------------------------------------------
 
 
-def find_png_pairs(png_dir: str | os.PathLike[str]) -> tuple[dict[str, Path], dict[str, Path], list[str], list[str]]:
-    """(image_id -> image, image_id -> mask, mask ids without an image, failures) of ``png_dir``.
-
-    Images: ``png_dir/images/*`` with a suffix in ``IMAGE_SUFFIXES`` (any case); masks:
-    ``png_dir/masks/*.png``, matched by stem. A stem that fails ``paths.safe_name`` or is taken by
-    an earlier file (sorted order) is a failure. DataError when there is no ``images/`` or no image.
-    """
-    root = Path(png_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: PNG folder not found (or not a folder)")
-    images_dir, masks_dir = root / "images", root / "masks"
-    if not images_dir.is_dir():
-        raise DataError(f"{root}: no images/ folder (the PNG layout is images/<name>.png with optional "
-                        "masks/<name>.png, 0/255)")
-    found = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not found:
-        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    images: dict[str, Path] = {}
-    failures: list[str] = []
-    for path in found:
-        try:
-            image_id = safe_name(path.stem, path, "file name")
-        except DataError as exc:
-            failures.append(one_line(str(exc)))
-            continue
-        if image_id in images:
-            failures.append(one_line(f"{path}: duplicate image id {image_id!r} (also {images[image_id]}); left out"))
-        else:
-            images[image_id] = path
-    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png")) if p.is_file()} if masks_dir.is_dir() else {}
-    stems = {p.stem for p in found}
-    return images, {i: p for i, p in masks.items() if i in images}, sorted(i for i in masks if i not in stems), failures
-
-
 def scan_png(images: dict[str, Path], masks: dict[str, Path], root: Path, progress: bool = True) -> Scan:
     """Decode every image and mask (``PNG_COLUMNS``; paths relative to ``root``); failures as in ``Scan``.
 
@@ -624,10 +581,7 @@ def scan_png(images: dict[str, Path], masks: dict[str, Path], root: Path, progre
             mask_path = masks.get(image_id)
             try:
                 image = read_image(path)
-                mask = read_mask(mask_path) if mask_path else np.zeros(image.shape, dtype=bool)
-                if mask.shape != image.shape:
-                    raise DataError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image {path} is "
-                                    f"{image.shape[0]}x{image.shape[1]}")
+                mask = read_layout_mask(mask_path, image.shape, path) if mask_path else np.zeros(image.shape, bool)
             except PneumosegError as exc:
                 failures.append(one_line(str(exc)))
                 continue
@@ -651,7 +605,8 @@ def explore_png(png_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     """
     root = Path(png_dir)
     out = check_output_dir(out_dir, [root], create=False)
-    images, masks, orphans, failures = find_png_pairs(root)
+    pairs = find_png_pairs(root)
+    images, masks, orphans, failures = pairs.images, pairs.masks, pairs.orphans, list(pairs.failures)
     check_output_dir(out_dir)
     scan = scan_png(images, masks, root, progress=progress)
     failures += scan.failures

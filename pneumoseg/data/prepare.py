@@ -16,7 +16,7 @@ Layout written (see docs/architecture.md)::
 
 Image ids (they name files, so they are checked: ``pneumoseg.util.paths``): DICOM files are matched to
 their annotation rows by the SOPInstanceUID in the header, else by the file stem
-(``paths.dicom_image_id``; index.csv's ``matched_by`` says which: uid, stem or none); PNG images
+(``layouts.dicom_image_id``; index.csv's ``matched_by`` says which: uid, stem or none); PNG images
 by the file stem. A file whose UID is not a valid DICOM UID, or whose stem cannot name a file, is
 a failure; the others go on.
 
@@ -69,7 +69,6 @@ from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_bytes, atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.io.images import (
-    IMAGE_SUFFIXES,
     MASK_RULES,
     encode_bilevel_png,
     encode_png,
@@ -78,7 +77,8 @@ from pneumoseg.io.images import (
     resize_image,
     resize_mask,
 )
-from pneumoseg.util.paths import check_output_dir, dicom_image_id, one_line, os_error_line, safe_name
+from pneumoseg.io.layouts import dicom_image_id, find_dicoms, find_png_pairs, read_layout_mask
+from pneumoseg.util.paths import check_output_dir, one_line, os_error_line, safe_name
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations
 
@@ -232,10 +232,7 @@ def _dicom_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tup
 def _png_row(item: _Item) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[str, ...]]:
     image = read_image(item.source)
     if item.mask_source:
-        mask = read_mask(item.mask_source)
-        if mask.shape != image.shape:
-            raise DataError(f"mask {item.mask_source} is {mask.shape[0]}x{mask.shape[1]} but image "
-                            f"{item.source} is {image.shape[0]}x{image.shape[1]}")
+        mask = read_layout_mask(item.mask_source, image.shape, item.source)
     else:
         mask = np.zeros(image.shape, dtype=bool)
     # No annotation rows in this layout: count the mask's 8-connected regions instead.
@@ -615,7 +612,8 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
                   out: str | os.PathLike[str], size: int = 512, workers: int | None = None,
                   progress: bool = True, overwrite: bool = False,
                   mask_rule: str = DEFAULT_MASK_RULE) -> PrepareResult:
-    """Prepare ``dicom_dir/**/*.dcm`` with masks from ``rle_csv`` (see the module docstring).
+    """Prepare ``dicom_dir/**/*.dcm`` (and ``*.dicom``: ``layouts.find_dicoms``) with masks from ``rle_csv``
+    (see the module docstring).
 
     image_id: the header's SOPInstanceUID, or the file stem when only that has annotation rows.
     An image without an annotation row is healthy (one warning gives the count); annotation
@@ -626,8 +624,6 @@ def prepare_dicom(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[
     src = _check_dir(Path(dicom_dir), "DICOM folder")
     out = check_output_dir(out, [src, rle_csv], create=False)
     ann = read_annotations(rle_csv)
-    from pneumoseg.io.dicom.read import find_dicoms  # imported here: pydicom only where DICOMs are read
-
     files = find_dicoms(src)
     check_output_dir(out)
     _open_cache(out, {"layout": "dicom", "size": size, "mask_rule": rule}, overwrite)
@@ -689,29 +685,20 @@ def prepare_png(png_dir: str | os.PathLike[str], out: str | os.PathLike[str], si
     """
     size, rule = _check_size(size), _check_rule(mask_rule)
     src = _check_dir(Path(png_dir), "PNG folder")
-    images_dir = _check_dir(src / "images", "images folder")
-    masks_dir = src / "masks"
     out = check_output_dir(out, [src], create=False)
-    found = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    pairs = find_png_pairs(src)
+    images_dir, masks_dir = pairs.images_dir, pairs.masks_dir
     check_output_dir(out)
     _open_cache(out, {"layout": "png", "size": size, "mask_rule": rule}, overwrite)
     records = _read_records(out)
-    with _session("png", out, size, rule, workers, len(found), progress) as run:
-        named = []
-        for path in found:
-            try:
-                named.append((safe_name(path.stem, path, "file name"), path))
-            except DataError as exc:
-                run.failures.append(str(exc))
-        files = _unique(named, run.failures)
-        masks = {p.stem: p for p in sorted(masks_dir.glob("*.png"))} if masks_dir.is_dir() else {}
+    with _session("png", out, size, rule, workers, len(pairs.images), progress) as run:
+        run.failures += pairs.failures
+        files, masks = pairs.images, pairs.masks
         unmasked = [i for i in files if i not in masks]
         if unmasked:
             run.warnings.append(f"{len(unmasked)} image(s) have no mask in {masks_dir}: treated as healthy "
                                 f"(no pneumothorax): {_few(unmasked)}")
-        orphans = [i for i in masks if i not in files]
+        orphans = pairs.orphans
         if orphans:
             run.warnings.append(f"{len(orphans)} mask(s) in {masks_dir} have no image in {images_dir}: "
                                 f"{_few(orphans)}")

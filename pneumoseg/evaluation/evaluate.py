@@ -44,6 +44,7 @@ from pneumoseg.data.dataset import SPLITS, split_ids
 from pneumoseg.data.prepare import read_truth
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.io.images import read_image, read_mask, resize_image, write_png
+from pneumoseg.io.layouts import match_label, read_layout_mask
 from pneumoseg.scoring.metrics import dice_from_counts, detection_metrics
 from pneumoseg.io.overlay import overlay, write_rgb_png
 from pneumoseg.scoring.postprocess import PostProcess
@@ -357,23 +358,17 @@ class LabelledSet:
         """bool (H, W) truth of ``image_id`` for an image of ``shape``; DataError on a size mismatch."""
         if self.annotations is not None:
             return np.ascontiguousarray(self.annotations.mask(image_id, *shape))
-        path = self.labels / f"{image_id}.png"
-        mask = read_mask(path)
-        if mask.shape != shape:
-            raise DataError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, its image is {shape[0]}x{shape[1]}")
-        return mask
+        return read_layout_mask(self.labels / f"{image_id}.png", shape, self.sources.get(image_id))
 
     def load(self, path: Path, count: bool = True) -> InputImage:
         """The input with its label's ImageId (SOPInstanceUID, else the file stem); DataError when unlabelled.
 
         ``count``: add the match to ``matched_by``."""
         image = load_input(path)
-        if image.image_id in self.ids:
-            self.matched_by["uid" if image.meta is not None else "stem"] += count
-            return image
-        if image.meta is not None and path.stem in self.ids:
-            self.matched_by["stem"] += count
-            return replace(image, image_id=safe_name(path.stem, path, "file stem"))
+        key, how = match_label(path.stem, self.ids, image.image_id if image.meta is not None else None)
+        if how != "none":
+            self.matched_by[how] += count
+            return image if key == image.image_id else replace(image, image_id=safe_name(key, path, "file stem"))
         looked = "SOPInstanceUID and file stem" if image.meta is not None else "file stem"
         raise DataError(f"{path}: no label for ImageId {image.image_id} in {self.labels} (looked up the {looked})")
 

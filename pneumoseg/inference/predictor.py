@@ -31,13 +31,14 @@ from torch import nn
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig
-from pneumoseg.io.dicom.read import DicomMeta, read_dicom
+from pneumoseg.io.dicom.read import DicomMeta, read_dicom, read_header
 from pneumoseg.io.dicom.sc import make_overlay_sc, write_sc
 from pneumoseg.io.dicom.seg import area_mm2, make_segmentation, write_segmentation
 from pneumoseg.io.dicom.sr import make_sr, write_sr
-from pneumoseg.errors import ConfigError, DataError, DicomError, PneumosegError
+from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.inference.onnx import OnnxModel
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, resize_image, write_png
+from pneumoseg.io.layouts import INPUT_SUFFIXES, iter_files
 from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.io.overlay import annotate, overlay, write_rgb_png
 from pneumoseg.util.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
@@ -48,7 +49,6 @@ from pneumoseg.training.run import list_checkpoints, load_run
 
 __all__ = [
     "BACKENDS",
-    "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "ONNX_NAME",
     "PREDICTIONS_HEADER",
@@ -68,7 +68,6 @@ __all__ = [
     "write_tables",
 ]
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
 BACKENDS = ("torch", "onnx")
 ONNX_NAME = "model.onnx"  #: where ``--backend onnx`` looks in a run folder (``pneumoseg export`` default)
 TOP_FRACTION = 0.001  #: share of an image's pixels averaged by :func:`image_score` (0.1 %)
@@ -121,22 +120,10 @@ class Prediction:
         return int(self.mask.sum())
 
 
-def _walk(folder: str) -> Iterator[Path]:
-    # One directory's names in memory at a time; sorted, so the walk equals sorted(rglob).
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
-        elif os.path.splitext(entry.name)[1].lower() in DICOM_SUFFIXES + IMAGE_SUFFIXES and entry.is_file():
-            yield Path(entry.path)
-
-
 def iter_inputs(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """DICOM / PNG / JPEG files under ``path``, lazily, in ``sorted(path.rglob("*"))`` order.
-
-    Each directory is listed with ``os.scandir`` and sorted by name, subfolders walked where they
-    sort. A file ``path`` yields itself whatever its suffix. Symlinked folders are not followed.
+    """DICOM / PNG / JPEG files (``pneumoseg.io.layouts.INPUT_SUFFIXES``) under ``path``, lazily, in
+    ``sorted(path.rglob("*"))`` order (``layouts.iter_files``). A file ``path`` yields itself whatever
+    its suffix.
     """
     root = Path(path)
     if root.is_file():
@@ -144,7 +131,7 @@ def iter_inputs(path: str | os.PathLike[str]) -> Iterator[Path]:
         return
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
-    yield from _walk(str(root))
+    yield from iter_files(root, INPUT_SUFFIXES)
 
 
 def find_inputs(path: str | os.PathLike[str]) -> list[Path]:
@@ -395,10 +382,7 @@ def _read_header(image: InputImage) -> pydicom.Dataset | None:
     """The source DICOM's header (for areas in mm² and DICOM outputs); None for PNG / JPEG."""
     if image.meta is None:
         return None
-    try:
-        return pydicom.dcmread(image.path, stop_before_pixels=True)
-    except Exception as exc:  # it decoded a moment ago; pydicom raises many types
-        raise DicomError(f"{image.path}: cannot re-read the header ({exc})".replace("\n", " ")) from None
+    return read_header(image.path)
 
 
 def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset,

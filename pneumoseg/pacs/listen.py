@@ -27,7 +27,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -38,6 +37,7 @@ from pneumoseg.pacs.outputs import INPUT_SOP_CLASSES, OUTPUT_SOP_CLASSES, Output
     predictor_fingerprint, refusal
 from pneumoseg.pacs.queue import Entry, InstanceQueue
 from pneumoseg.inference.predictor import InputImage, Predictor, load_input
+from pneumoseg.io.dicom.read import read_header
 
 __all__ = ["INPUT_TRANSFER_SYNTAXES", "Destination", "Listener"]
 
@@ -189,7 +189,7 @@ class Listener:
             return len(batch)
         for (entry, image), pred in zip(images, preds, strict=True):
             try:
-                source = pydicom.dcmread(self.queue.instance_path(entry.uid), stop_before_pixels=True)
+                source = read_header(self.queue.instance_path(entry.uid))
                 outputs = make_outputs(self.predictor, image, pred, source, self.options, self.fingerprint)
                 self.queue.mark_predicted(entry, outputs, pred.probability, pred.area_px)
             except PneumosegError as exc:
@@ -227,7 +227,7 @@ class Listener:
 
     def _send_entry(self, assoc: object, entry: Entry) -> int:
         for kind in [k for k in entry.outputs if k not in entry.sent_outputs]:
-            ds = pydicom.dcmread(self.queue.output_path(entry.uid, kind))
+            ds = read_header(self.queue.output_path(entry.uid, kind), pixels=True)
             status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
             code = int(status.Status) if "Status" in status else None
             if code is None:

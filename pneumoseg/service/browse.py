@@ -5,7 +5,8 @@ A name from a request is only ever used relative to the folder: it must be a lis
 POSIX path; ``(root / name).resolve()`` must still lie inside ``root.resolve()`` (symbolic links
 leading out are refused) and be a regular file. Ground truth comes from ``--truth train-rle.csv``
 (``pneumoseg.io.rle.read_annotations``; keyed by the ImageId: SOPInstanceUID for DICOM, file stem
-for PNG) or, in the PNG layout, from ``DIR/masks/<stem>.png`` (any pixel > 127 is positive); the
+for PNG) or, in the PNG layout, from ``DIR/masks/<stem>.png`` (``pneumoseg.io.layouts.read_layout_mask``:
+the positivity rule prepare, explore and evaluate read masks by; a 0/1 mask is positive); the
 ``masks`` folder is then left out of the list.
 """
 
@@ -16,17 +17,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.inference.predictor import DICOM_SUFFIXES, IMAGE_SUFFIXES, InputImage
+from pneumoseg.inference.predictor import InputImage
+from pneumoseg.io.layouts import INPUT_SUFFIXES, MASKS_DIR, match_label, read_layout_mask
 from pneumoseg.io.rle import Annotations, read_annotations
 
 __all__ = ["MASKS_DIR", "BrowseFolder", "BrowseNameError"]
 
-MASKS_DIR = "masks"
-"""PNG layout: ``DIR/masks/<stem>.png`` holds the ground truth of ``DIR/**/<stem>.png``."""
 
 
 class BrowseNameError(DataError):
@@ -62,14 +61,13 @@ class BrowseFolder:
 
     def _scan(self, max_files: int) -> _Listing:
         """Relative POSIX paths of DICOM / PNG / JPEG files under the root, sorted, capped."""
-        suffixes = DICOM_SUFFIXES + IMAGE_SUFFIXES
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self._real_root):
             here = Path(dirpath)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                                  and not (self.has_png_masks and here / d == self.masks_dir))
             for f in filenames:
-                if f.startswith(".") or not f.lower().endswith(suffixes):
+                if f.startswith(".") or not f.lower().endswith(INPUT_SUFFIXES):
                     continue
                 path = here / f
                 if path.is_file() and self._inside(path.resolve()):
@@ -105,19 +103,14 @@ class BrowseFolder:
         """Ground truth of the listed ``name`` decoded as ``image``: (bool (H, W), source) or None."""
         shape = image.pixels.shape
         if self.annotations is not None:
-            key = image.image_id if image.image_id in self.annotations else PurePosixPath(name).stem
-            if key in self.annotations:
+            key, how = match_label(PurePosixPath(name).stem, self.annotations,
+                                   image.image_id if image.meta is not None else None)
+            if how != "none":
                 return self.annotations.mask(key, *shape), f"{self.truth_csv.name if self.truth_csv else 'csv'}"
         if self.has_png_masks:
             mask_path = (self.masks_dir / f"{PurePosixPath(name).stem}.png").resolve()
             if mask_path.is_file() and self._inside(mask_path):
-                arr = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-                if arr is None:
-                    raise DataError(f"{mask_path}: ground-truth mask is not a readable PNG")
-                if arr.shape != shape:
-                    raise DataError(f"{mask_path}: ground-truth mask is {arr.shape[1]} x {arr.shape[0]}, the image "
-                                    f"is {shape[1]} x {shape[0]}")
-                return arr > 127, f"{MASKS_DIR}/{mask_path.name}"
+                return read_layout_mask(mask_path, shape, name), f"{MASKS_DIR}/{mask_path.name}"
         return None
 
     def has_truth_file(self, name: str) -> bool | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import re
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -76,13 +75,11 @@ def _image_id_from_name(name: str) -> str:
 
 def _looks_like_bare_dicom(data: bytes) -> bool:
     """A DICOM stream without the 128-byte preamble and ``DICM``, as pydicom reads it with force."""
-    import pydicom
+    from pneumoseg.io.dicom.read import read_header
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-    except Exception:
+        ds = read_header(data, force=True)
+    except DicomError:
         return False
     file_meta = getattr(ds, "file_meta", None)
     has_meta = file_meta is not None and "TransferSyntaxUID" in file_meta

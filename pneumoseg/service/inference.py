@@ -10,11 +10,9 @@ lets at most ``settings.max_concurrent`` uploads into that work at once (a 64 MP
 
 from __future__ import annotations
 
-import io
 import secrets
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,12 +237,10 @@ def _truth_summary(truth: np.ndarray, mask: np.ndarray, source: str,
 
 
 def read_header(header: bytes) -> Any:
-    """The pydicom Dataset of a header stored by ``dicom_header_bytes``."""
-    import pydicom
+    """The pydicom Dataset of a header stored by ``dicom_header_bytes`` (``pneumoseg.io.dicom.read.read_header``)."""
+    from pneumoseg.io.dicom.read import read_header as read_dicom_header
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(io.BytesIO(header), force=True)
+    return read_dicom_header(header, pixels=True, force=True, name="<stored header>")
 
 
 def decode_png_gray(data: bytes) -> np.ndarray:

@@ -131,13 +131,14 @@ def dicom_intensities(data: bytes, display: np.ndarray) -> Intensities:
     size is within the limits); ``display``: that read's uint8 (H, W). Colour, palette or any
     file whose values cannot be had (or differ in shape) falls back to ``display_intensities``.
     """
-    import pydicom
     from pydicom.pixels import apply_modality_lut
 
+    from pneumoseg.io.dicom.read import read_header
+
     try:
+        ds = read_header(data, pixels=True, force=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
             photometric = str(ds.get("PhotometricInterpretation", "")).strip()
             if photometric not in ("MONOCHROME1", "MONOCHROME2"):
                 return display_intensities(display, f"display value (0-255; {photometric or 'no'} photometric)")
@@ -164,11 +165,11 @@ def dicom_header_bytes(data: bytes) -> bytes:
     ``data`` starts with the 128-byte preamble and ``DICM``. Pixel Data and the other bulk pixel
     elements are dropped; everything else (UIDs, spacing, patient and study) is kept.
     """
-    import pydicom
+    from pneumoseg.io.dicom.read import read_header
 
+    ds = read_header(data, force=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=False)
     return out.getvalue()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from pneumoseg.errors import DataError
@@ -20,7 +20,6 @@ __all__ = [
     "MAX_NAME_LEN",
     "check_output_dir",
     "check_output_file",
-    "dicom_image_id",
     "is_valid_uid",
     "one_line",
     "os_error_line",
@@ -52,32 +51,6 @@ def safe_name(name: str, source: str | os.PathLike[str] | None = None, what: str
         raise DataError(f"{where}{what} {shown} cannot name an output file (allowed: 1-{MAX_NAME_LEN} "
                         "characters of letters, digits, '.', '_', '-', not starting with '.' or '-')")
     return name
-
-
-def dicom_image_id(uid: str, path: str | os.PathLike[str], labelled: Container[str]) -> tuple[str, str]:
-    """``(image_id, matched_by)`` of the DICOM file ``path``: one rule for explore and prepare.
-
-    ``uid`` is the header's SOPInstanceUID (``DicomMeta.image_id``: the stem when the header has
-    none). Labels are found under the UID (``matched_by="uid"``), else under the file stem
-    (``"stem"``); with neither, the id is the UID (``"none"``). A UID other than the stem must be
-    a valid DICOM UID (a NUL byte, ``/`` or ``..`` is refused even when the stem matches), and a
-    stem used as the id must pass ``safe_name``: the id returned is safe as a file name.
-    Raises DataError naming ``path``.
-    """
-    stem = Path(path).stem
-    if uid != stem and not is_valid_uid(uid):
-        shown = repr(uid[:80] + ("..." if len(uid) > 80 else ""))
-        raise DataError(f"{path}: SOPInstanceUID {shown} is not a valid DICOM UID (digits and dots, "
-                        "at most 64 characters)")
-    if uid in labelled:
-        image_id, how = uid, "uid"
-    elif stem in labelled:
-        image_id, how = stem, "stem"
-    else:
-        image_id, how = uid, "none"
-    if image_id == stem and not is_valid_uid(stem):
-        safe_name(stem, path, "file name")
-    return image_id, how
 
 
 def _resolved(path: str | os.PathLike[str]) -> Path:

@@ -31,6 +31,7 @@ in ``DicomMeta.warnings`` (one line each); nothing is printed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -40,6 +41,7 @@ import re
 import threading
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,7 +56,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from pneumoseg.util.atomic import atomic_path
-from pneumoseg.errors import DataError, DicomError
+from pneumoseg.errors import DicomError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -63,12 +65,12 @@ __all__ = [
     "DicomImage",
     "DicomMeta",
     "DicomSource",
-    "find_dicoms",
     "format_header",
     "parse_age",
     "pixel_spacing_mm",
     "read_dicom",
     "read_dicom_meta",
+    "read_header",
     "spacing_pair",
     "write_dicom",
 ]
@@ -153,17 +155,6 @@ class DicomImage:
     pixels: np.ndarray
     meta: DicomMeta
 
-
-
-def find_dicoms(dicom_dir: str | os.PathLike[str]) -> list[Path]:
-    """All ``*.dcm`` files under ``dicom_dir`` (recursively, any case), sorted; DataError if none."""
-    root = Path(dicom_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: DICOM folder not found (or not a folder)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
-    if not files:
-        raise DataError(f"{root}: no .dcm files found (searched recursively)")
-    return files
 
 
 def parse_age(value: object) -> int | None:
@@ -291,33 +282,42 @@ def _check_deflate(fp: BinaryIO, label: str, limit: int) -> None:
         fp.seek(start)
 
 
-def _truncation(ds: Dataset, caught: list[warnings.WarningMessage]) -> str | None:
-    """Describe how ``ds`` looks truncated (pydicom warns or stops silently at EOF), else None."""
+def _truncation(ds: Dataset, caught: list[warnings.WarningMessage], size: int | None = None) -> str | None:
+    """Describe how ``ds`` looks truncated (pydicom warns or stops silently at EOF), else None.
+
+    ``size``: the stream's length in bytes, to check a deferred last element (value not read yet).
+    """
     for w in caught:
         if "end of file" in str(w.message).lower():
             return _one_line(str(w.message).split(" in file ")[0])
     if len(ds) == 0:
         return "no data elements after the file meta header"
-    last = ds.get_item(max(ds.keys()))
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)
     if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
+        if last.value is None and last.length and size is not None:  # deferred: where its value would end
+            if last.value_tell + last.length > size:
+                return f"element {last.tag} needs {last.length} bytes, the file ends before"
+            return None
         got = len(last.value or b"")
         if got < last.length:
             return f"element {last.tag} has {got} of its {last.length} bytes"
     return None
 
 
-def _dcmread(fp: BinaryIO, label: str, header_only: bool, caught: list[warnings.WarningMessage]) -> Dataset:
+def _dcmread(fp: BinaryIO, label: str, header_only: bool, caught: list[warnings.WarningMessage],
+             force: bool = False, defer_size: int | None = None) -> Dataset:
     """``pydicom.dcmread`` with every failure (truncation too) turned into a DicomError naming ``label``."""
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=header_only)
+        ds = pydicom.dcmread(fp, stop_before_pixels=header_only, force=force, defer_size=defer_size)
     except InvalidDicomError as exc:
         raise DicomError(f"{label}: not a DICOM file ({_one_line(str(exc))})") from None
     except (EOFError, OSError) as exc:
         raise DicomError(f"{label}: truncated or unreadable DICOM file ({_error(exc)})") from None
     except Exception as exc:
         raise DicomError(f"{label}: corrupt DICOM header ({_error(exc)})") from None
-    problem = _truncation(ds, caught)
+    size = fp.seek(0, io.SEEK_END) if defer_size is not None else None
+    problem = _truncation(ds, caught, size)
     if problem:
         raise DicomError(f"{label}: truncated DICOM file ({problem})")
     return ds
@@ -360,12 +360,9 @@ def _read(source: DicomSource, name: str | None, header_only: bool,
     """Read (and unless ``header_only`` decode) one source, with every warning caught into the meta."""
     label, stem, fp = _open(source, name)
     notes: list[str] = []
-    _READING.active = True
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught, \
-                np.errstate(divide="warn", over="warn", invalid="warn", under="ignore"):
-            warnings.simplefilter("always")
-            _check_deflate(fp, label, limit=6 * max_pixels + (16 << 20))
+        with _guarded(label) as caught:
+            _check_deflate(fp, label, limit=_deflate_limit(max_pixels))
             ds = _dcmread(fp, label, True, caught)
             _check_image_header(ds, label, notes)
             if header_only:
@@ -374,6 +371,26 @@ def _read(source: DicomSource, name: str | None, header_only: bool,
             ds = _dcmread(fp, label, False, caught)
             pixels = _pixels(ds, label, max_pixels, notes)
             return _finish_meta(ds, stem, notes, caught), pixels
+    finally:
+        if fp is not source:
+            fp.close()
+
+
+def _deflate_limit(max_pixels: int) -> int:
+    """Bytes a Deflate-compressed data set may inflate to: room for ``max_pixels`` pixels and the header."""
+    return 6 * max_pixels + (16 << 20)
+
+
+@contextlib.contextmanager
+def _guarded(label: str) -> Iterator[list[warnings.WarningMessage]]:
+    """One read at a time with every warning recorded (the list yielded), pydicom's log records dropped,
+    and any exception turned into one printable DicomError line naming ``label``."""
+    _READING.active = True
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught, \
+                np.errstate(divide="warn", over="warn", invalid="warn", under="ignore"):
+            warnings.simplefilter("always")
+            yield caught
     except DicomError as exc:
         if str(exc).isprintable():
             raise
@@ -382,8 +399,6 @@ def _read(source: DicomSource, name: str | None, header_only: bool,
         raise DicomError(f"{label}: unreadable DICOM data ({_error(exc)})") from None
     finally:
         _READING.active = False
-        if fp is not source:
-            fp.close()
 
 
 def _finish_meta(ds: Dataset, stem: str, notes: list[str], caught: list[warnings.WarningMessage]) -> DicomMeta:
@@ -397,6 +412,35 @@ def read_dicom_meta(source: DicomSource, *, name: str | None = None) -> DicomMet
     Non-image SOP classes are refused; a missing Pixel Data element is not checked here.
     """
     return _read(source, name, True, DEFAULT_MAX_PIXELS)[0]
+
+
+def read_header(source: DicomSource, *, name: str | None = None, pixels: bool = False, force: bool = False,
+                defer_size: int | None = None, notes: list[str] | None = None) -> Dataset:
+    """The pydicom Dataset of ``source``, for what ``DicomMeta`` does not hold: a source header for
+    SEG / SR / SC outputs, a SEG or output read back, the full header ``explore`` prints.
+
+    Header only (reading stops before the pixel data) unless ``pixels``: then the whole data set,
+    pixel data read but not decoded (``defer_size``: values longer than this many bytes are read
+    when accessed; a deferred last element that would run past the end still counts as truncated).
+    ``force``: also parse a stream without the 128-byte preamble and ``DICM`` (a bare upload).
+    Any SOP class is read (SEG and SR too). The guards of :func:`read_dicom` apply: a missing file,
+    not DICOM, truncated, a corrupt header or a Deflate bomb raise one DicomError line naming the
+    file. Every value is converted here, so pydicom's warnings about invalid values are caught (never
+    printed) and, when ``notes`` is given, appended to it as one-line texts.
+    """
+    label, _, fp = _open(source, name)
+    try:
+        with _guarded(label) as caught:
+            _check_deflate(fp, label, limit=_deflate_limit(DEFAULT_MAX_PIXELS))
+            ds = _dcmread(fp, label, not pixels, caught, force=force, defer_size=defer_size)
+            if defer_size is None:
+                ds.walk(lambda _ds, _elem: None)  # converts every raw value (sequences too) inside the guard
+            if notes is not None:
+                notes += [n for n in (_one_line(f"{w.category.__name__}: {w.message}") for w in caught) if n]
+            return ds
+    finally:
+        if fp is not source:
+            fp.close()
 
 
 def read_dicom(source: DicomSource, *, max_pixels: int | None = None, name: str | None = None) -> DicomImage:

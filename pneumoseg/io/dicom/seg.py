@@ -33,13 +33,12 @@ from collections.abc import Mapping
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
 import pneumoseg
-from pneumoseg.io.dicom.read import pixel_spacing_mm, spacing_pair, write_dicom
+from pneumoseg.io.dicom.read import pixel_spacing_mm, read_header, spacing_pair, write_dicom
 from pneumoseg.errors import DicomError
 
 __all__ = [
@@ -192,10 +191,7 @@ def read_segmentation(path: str | os.PathLike[str]) -> hd.seg.Segmentation:
     aside while highdicom parses the file and put back unchanged afterwards.
     Raises DicomError when the file is not a SEG highdicom can read.
     """
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises many types for unreadable files
-        raise DicomError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    ds = read_header(path, pixels=True)
     set_aside: list[tuple[Dataset, Sequence]] = []
     if "FrameOfReferenceUID" not in ds:
         groups = [*ds.get("SharedFunctionalGroupsSequence", []), *ds.get("PerFrameFunctionalGroupsSequence", [])]
