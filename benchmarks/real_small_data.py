@@ -231,13 +231,14 @@ def main(argv: list[str] | None = None) -> int:
                     "is trained once per seed and fold")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. train.max_steps=500 to screen)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
     ap.add_argument("--reference", default=REFERENCE, help="the recipe the others are compared with")
     ap.add_argument("--fresh", action="store_true", help="train every run again, ignoring WORK/results.csv")
     ap.add_argument("--docs", action="store_true", help="write the small-data section of docs/benchmarks.md")
     ap.add_argument("--report-only", action="store_true",
                     help="no training: the table (and --docs) from WORK/results.csv + oof.csv")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     names = [n for n in args.recipes.split(",") if n]
     seeds = [int(v) for v in args.seeds.split(",") if v]
     unknown = [n for n in names if n not in RECIPES]

@@ -49,7 +49,8 @@ def compare(
     head, rows, k = metric_header(c), metric_rows(c, digits=3), 1 + len(c.runs)
     values = Table(*head[:k], title=f"split {split}: {len(c.image_ids)} images, {int(c.has_truth.sum())} with "
                    "pneumothorax; value [95 % CI]")
-    diffs = Table(*head[:1], *head[k:], title="paired difference to A [95 % CI], two-sided bootstrap p")
+    diffs = Table(*head[:1], *head[k:], title="paired difference to A [95 % CI], two-sided p (paired bootstrap, or exact "
+                  "permutation test)")
     for table in (values, diffs):
         table.columns[0].no_wrap = True
     for row in rows:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pneumoseg.cli._common import cli_errors, console, err_console
@@ -24,6 +25,11 @@ def _predictor(runs: list[Path], checkpoint: str, tta: bool, device: str | None,
     from pneumoseg.inference.predictor import Predictor
 
     return Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _fmt(value: object) -> str:
@@ -59,6 +65,7 @@ def tune(
         shown.add_row(*(_fmt(row[c]) for c in columns))
     console.print(shown)
     rec = result.record
+    _warn(result.warnings)
     console.print(f"best: {rec.rule.describe()}", highlight=False)
     console.print(f"dice_kaggle {rec.dice_kaggle:.4f} vs {rec.default_dice_kaggle:.4f} with the untuned default "
                   f"(gain {result.gain:+.4f}) on the same {rec.n_images} images", highlight=False)
@@ -112,14 +119,18 @@ def evaluate(
         title = f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})"
     table = Table(title=title, show_header=False)
     ci: dict[str, list[float]] = metrics["ci95"]  # type: ignore[assignment]
+    ci_notes: dict[str, str] = metrics.get("ci95_notes", {})  # type: ignore[assignment]
     for key in ("dice_kaggle", "dice_empty_baseline", "dice_positive", "image_auc", "sensitivity", "specificity",
                 "fpr_empty", "n_images", "n_positive"):
         value = metrics[key]
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         if key in ci and all(v == v for v in ci[key]):
             text += f"  [{ci[key][0]:.4f}, {ci[key][1]:.4f}] 95 % CI"
+        elif key in ci_notes and value == value:
+            text += f"  (no CI: {ci_notes[key]})"
         table.add_row(key, text)
     console.print(table)
+    _warn(metrics.get("warnings", []))  # type: ignore[arg-type]
     console.print(f"post-processing: {metrics['postprocess_text']} ({metrics['postprocess_source']})", highlight=False)
     console.print(f"image_auc ranks images by the image score: {metrics['image_score']}", highlight=False)
     if data is not None:

@@ -38,16 +38,23 @@ def _area(summary: dict[str, Any]) -> str:
     return f"{px}; {lacking} of {summary['n_positive']} without pixel spacing" if lacking else px
 
 
+def _labelled(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("labelled", True))
+
+
 def _png_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        ("images", str(summary["n_images"])),
-        ("left out (failed)", str(summary.get("n_failed", 0))),
+    labels = [
         ("pneumothorax", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
         ("no pneumothorax", str(summary["n_negative"])),
         ("images without mask", str(summary["n_without_mask"])),
         ("masks without image", str(summary["n_masks_without_image"])),
         ("regions per positive", _per(summary["regions_per_positive"]) or "-"),
         ("mask area (positives)", _area(summary)),
+    ] if _labelled(summary) else [("labels", "unlabelled (no masks/ folder): image sizes only")]
+    return [
+        ("images", str(summary["n_images"])),
+        ("left out (failed)", str(summary.get("n_failed", 0))),
+        *labels,
         ("image size", _join(summary["image_size"])),
         ("DICOM metadata", "none in the PNG layout (no patient, age, sex, view, pixel spacing)"),
     ]
@@ -68,22 +75,27 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 
 def _dicom_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    age, spacing = summary["age"], summary.get("pixel_spacing_mm")
-    rows = [
-        ("images", f"{summary['n_images']} ({summary['n_patients']} patients)"),
-        ("left out (failed)", str(summary.get("n_failed", 0))),
+    age, spacing, labelled = summary["age"], summary.get("pixel_spacing_mm"), _labelled(summary)
+    labels = [
         ("pneumothorax", f"{summary['n_positive']} ({summary['positive_rate']:.1%})"),
         ("no pneumothorax", str(summary["n_negative"])),
         ("annotation rows", f"{summary['n_annotation_rows']} ({_per(summary['annotation_rows_per_image'])})"),
         ("regions per positive", _per(summary["regions_per_positive"]) or "-"),
         ("images without annotation row", str(summary["n_without_annotation_row"])),
         ("annotation ids without image", str(summary["n_annotation_ids_without_image"])),
+    ] if labelled else [("labels", "unlabelled (no --rle): header statistics only")]
+    by_view = [("positive rate by view", ", ".join(f"{v}: {d['positive_rate']:.1%} of {d['images']}"
+                                                   for v, d in summary["by_view_position"].items()))
+               ] if labelled else []
+    rows = [
+        ("images", f"{summary['n_images']} ({summary['n_patients']} patients)"),
+        ("left out (failed)", str(summary.get("n_failed", 0))),
+        *labels,
         ("sex", _join(summary["sex"])),
         ("view position", _join(summary["view_position"])),
-        ("positive rate by view", ", ".join(f"{v}: {d['positive_rate']:.1%} of {d['images']}"
-                                            for v, d in summary["by_view_position"].items())),
+        *by_view,
         ("age (years)", f"{_span(age)}; missing {age['missing']}, over 100: {age['over_100']}"),
-        ("mask area (positives)", _area(summary)),
+        *([("mask area (positives)", _area(summary))] if labelled else []),
         ("pixel spacing", f"{_span(spacing, ' mm')}; {_join(summary['pixel_spacing_source'])}" if spacing else "-"),
         ("modality", _join(summary["modality"])),
         ("image size", _join(summary["image_size"])),

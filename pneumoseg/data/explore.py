@@ -19,14 +19,17 @@ row, an id already taken by another file, a sample image that does not decode) i
 ``summary["failures"]`` (one line naming the file or CSV row) and left out of every statistic;
 the CLI then exits 2. Images without an annotation row count as "no pneumothorax" (one warning
 says how many); annotation ImageIds without a DICOM are counted and reported. Without an annotation
-CSV (``rle_csv=None``: an unlabelled folder) the statistics cover the headers only and no image
-is counted as positive; ``summary["labelled"]`` says which. Mask areas are summarised in mm²
+CSV (``rle_csv=None``: an unlabelled folder) the statistics cover the headers only:
+``summary["labelled"]`` is False, every label statistic is None (or empty), metadata.csv's label
+columns are empty and the figures draw only header panels; nothing is counted as "no
+pneumothorax", since unlabelled is not negative. Mask areas are summarised in mm²
 when every positive has a pixel spacing, else in px (``summary["mask_area_unit"]``; a warning
 says how many positives lack one).
 
 ``explore_png(png_dir, out_dir)`` does the same for the PNG layout that ``prepare --png-dir``
 reads: ``png_dir/images/<name>.(png|jpg|jpeg)`` with optional ``png_dir/masks/<name>.png``
-(0/255; no mask = no pneumothorax). image_id = the file stem (``paths.safe_name``);
+(0/255; no mask = no pneumothorax; no masks/ folder at all = unlabelled, as above: image sizes
+only). image_id = the file stem (``paths.safe_name``);
 metadata.csv holds ``PNG_COLUMNS`` (n_regions: 8-connected regions of the mask, prepare's
 rule). There is no DICOM metadata (no patient, age, sex, view, pixel spacing): label
 statistics, image sizes and areas in px only, and the summary says so. An unreadable image or
@@ -259,6 +262,30 @@ def summarize_png(df: pd.DataFrame, n_masks_without_image: int = 0) -> dict[str,
             "mask_area_unit": "px", "mask_area_mm2": None}
 
 
+#: Summary keys (both layouts) that only a labelled set has: None in an unlabelled set's summary.
+_LABEL_COUNTS = ("n_positive", "n_negative", "positive_rate", "mask_area_px", "mask_area_fraction_mean",
+                 "mask_area_unit", "mask_area_mm2", "n_positive_without_spacing", "n_without_annotation_row",
+                 "n_annotation_rows", "n_annotation_ids_without_image", "n_without_mask", "n_masks_without_image")
+#: Metadata columns that only a labelled set has: left empty in an unlabelled set's metadata.csv.
+_LABEL_COLUMNS = ("has_pneumothorax", "n_annotations", "n_rle_rows", "n_regions", "mask_area_px", "mask_area_mm2")
+
+
+def _unlabelled(summary: dict[str, Any], df: pd.DataFrame) -> pd.DataFrame:
+    """Drop the label statistics of an unlabelled set from ``summary`` (in place) and ``df``'s label columns.
+
+    Unlabelled is not negative: zeros here would read as "every image without pneumothorax".
+    """
+    for key in _LABEL_COUNTS:
+        if key in summary:
+            summary[key] = None
+    for key in ("regions_per_positive", "annotation_rows_per_image", "by_label"):
+        if key in summary:
+            summary[key] = {}
+    if "by_view_position" in summary:
+        summary["by_view_position"] = {v: {"images": d["images"]} for v, d in summary["by_view_position"].items()}
+    return df.assign(**{c: "" for c in _LABEL_COLUMNS if c in df.columns})
+
+
 def _short_id(image_id: str) -> str:
     """The distinguishing tail of a UID (last three components), or the id itself."""
     parts = image_id.split(".")
@@ -291,8 +318,10 @@ def _area_label(row: pd.Series) -> str:
 _Loader = Callable[[pd.Series], tuple[np.ndarray, np.ndarray | None]]
 
 
-def _plot_grid(df: pd.DataFrame, load: _Loader, path: Path, n_samples: int) -> dict[str, str]:
-    """Write a grid of up to ``n_samples`` images (positives first); image_id -> failure of tiles that fail."""
+def _plot_grid(df: pd.DataFrame, load: _Loader, path: Path, n_samples: int, labelled: bool = True) -> dict[str, str]:
+    """Write a grid of up to ``n_samples`` images (positives first); image_id -> failure of tiles that fail.
+
+    ``labelled`` False: no area captions and an "unlabelled" title (no tile says "no pneumothorax")."""
     chosen = pd.concat([df[df["has_pneumothorax"] == 1], df[df["has_pneumothorax"] == 0]]).head(n_samples)
     n_cols = max(1, math.ceil(math.sqrt(len(chosen))))
     n_rows = max(1, math.ceil(len(chosen) / n_cols))
@@ -301,7 +330,7 @@ def _plot_grid(df: pd.DataFrame, load: _Loader, path: Path, n_samples: int) -> d
     axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
     problems: dict[str, str] = {}
     for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
-        ax.set_title(f"{_short_id(row['image_id'])}\n{_area_label(row)}", fontsize=8)
+        ax.set_title(f"{_short_id(row['image_id'])}\n{_area_label(row) if labelled else ''}", fontsize=8)
         try:
             pixels, mask = load(row)
         except PneumosegError as exc:
@@ -311,7 +340,7 @@ def _plot_grid(df: pd.DataFrame, load: _Loader, path: Path, n_samples: int) -> d
         ax.imshow(_tile(pixels, mask), interpolation="nearest")
     for ax in axes:
         ax.set_axis_off()
-    fig.suptitle("Samples (positives first; pneumothorax in red)", fontsize=10)
+    fig.suptitle("Samples (positives first; pneumothorax in red)" if labelled else "Samples (unlabelled)", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return problems
@@ -397,17 +426,43 @@ def _suptitle(fig: Figure, summary: dict[str, Any]) -> None:
                  f"({summary['positive_rate']:.1%})", fontsize=12)
 
 
+def _age_panel(ax: Axes, df: pd.DataFrame, summary: dict[str, Any]) -> None:
+    ages = pd.to_numeric(df["patient_age"], errors="coerce").dropna()
+    ax.hist(ages.clip(upper=100), bins=range(0, 105, 5), color="tab:blue", edgecolor="white")
+    ax.set_title(f"Age in years ({summary['age']['missing']} missing, {summary['age']['over_100']} over 100 "
+                 "counted at 100)", fontsize=10)
+    ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _plot_unlabelled(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
+    """Only what an unlabelled set has: age, sex, view position (DICOM) and image sizes; no label panel."""
+    dicom = summary.get("layout") != "png"
+    n_panels = 4 if dicom else 1
+    fig = Figure(figsize=(4.2 * n_panels + 0.5, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, n_panels)).ravel()
+    if dicom:
+        _age_panel(axes[0], df, summary)
+        _bars(axes[1], summary["sex"], "Sex")
+        _bars(axes[2], summary["view_position"], "View position")
+    _bars(axes[-1], summary["image_size"], "Image size (rows x columns)")
+    fig.suptitle(f"{summary['n_images']} images, unlabelled ({'no annotation CSV' if dicom else 'no masks/ folder'})",
+                 fontsize=12)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
 def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
-    """Write a 2x3 figure (age, sex, view, regions per positive, mask area, rate by view) to ``path``."""
+    """Write a 2x3 figure (age, sex, view, regions per positive, mask area, rate by view) to ``path``
+    (unlabelled: age, sex, view and image size only)."""
+    if not summary.get("labelled", True):
+        _plot_unlabelled(df, summary, path)
+        return
     fig = Figure(figsize=(15, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     (ax_age, ax_sex, ax_view), (ax_regions, ax_area, ax_rate) = fig.subplots(2, 3)
-    ages = pd.to_numeric(df["patient_age"], errors="coerce").dropna()
-    ax_age.hist(ages.clip(upper=100), bins=range(0, 105, 5), color="tab:blue", edgecolor="white")
-    ax_age.set_title(f"Age in years ({summary['age']['missing']} missing, {summary['age']['over_100']} over 100 "
-                     "counted at 100)", fontsize=10)
-    ax_age.set_ylabel("images")
-    ax_age.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _age_panel(ax_age, df, summary)
     _bars(ax_sex, summary["sex"], "Sex")
     views = summary["by_view_position"]
     labels = list(views)
@@ -428,7 +483,11 @@ def plot_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) ->
 
 
 def _plot_png_distributions(df: pd.DataFrame, summary: dict[str, Any], path: Path) -> None:
-    """A 2x2 figure for the PNG layout: labels, regions per positive, mask area (px), image sizes."""
+    """A 2x2 figure for the PNG layout: labels, regions per positive, mask area (px), image sizes
+    (unlabelled: image sizes only)."""
+    if not summary.get("labelled", True):
+        _plot_unlabelled(df, summary, path)
+        return
     fig = Figure(figsize=(11, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     (ax_labels, ax_regions), (ax_area, ax_size) = fig.subplots(2, 2)
@@ -455,8 +514,7 @@ def _warnings(summary: dict[str, Any], failures: list[str], annotation_warnings:
               labelled: bool = True) -> list[str]:
     out = list(annotation_warnings)
     if not labelled:
-        out.append("no annotation CSV (--rle): header statistics only; every image is counted as "
-                   "no pneumothorax")
+        out.append("no annotation CSV (--rle): unlabelled; header statistics only, no label statistics")
     elif summary["n_without_annotation_row"]:
         out.append(f"{summary['n_without_annotation_row']} image(s) have no row in the annotation CSV; "
                    "counted as no pneumothorax")
@@ -476,7 +534,7 @@ def _png_warnings(summary: dict[str, Any], failures: list[str]) -> list[str]:
     out = ["PNG layout: no DICOM metadata (patient, age, sex, view position, modality, pixel spacing): "
            "label statistics and image sizes only, mask areas in px"]
     if not summary["labelled"]:
-        out.append("no masks/ folder: unlabelled; every image is counted as no pneumothorax")
+        out.append("no masks/ folder: unlabelled; image sizes only, no label statistics")
     elif summary["n_without_mask"]:
         out.append(f"{summary['n_without_mask']} image(s) have no mask in masks/; counted as no pneumothorax")
     if summary["n_masks_without_image"]:
@@ -493,11 +551,11 @@ def _output_paths(out: Path, n_samples: int) -> dict[str, Path]:
 
 
 def _samples_left_out(df: pd.DataFrame, load: _Loader, paths: dict[str, Path], n_samples: int,
-                      failures: list[str], what: str) -> pd.DataFrame:
+                      failures: list[str], what: str, labelled: bool = True) -> pd.DataFrame:
     """Draw the sample grid; a sample that does not decode is a bad item too: listed and left out."""
     if "samples" not in paths:
         return df
-    bad = _plot_grid(df, load, paths["samples"], n_samples)
+    bad = _plot_grid(df, load, paths["samples"], n_samples, labelled)
     failures += list(bad.values())
     df = df[~df["image_id"].isin(bad)].reset_index(drop=True)
     if df.empty:
@@ -551,7 +609,8 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] |
     if df.empty:
         raise DataError(f"{none_usable} could be used; first: {failures[0]}")
     paths = _output_paths(out, n_samples)
-    kept = _samples_left_out(df, _dicom_loader(annotations, root), paths, n_samples, failures, none_usable)
+    kept = _samples_left_out(df, _dicom_loader(annotations, root), paths, n_samples, failures, none_usable,
+                             rle_csv is not None)
     left_out |= set(df["image_id"]) - set(kept["image_id"])
     df = kept
     summary: dict[str, Any] = {"dicom_dir": str(root), "layout": "dicom",
@@ -563,6 +622,8 @@ def explore(dicom_dir: str | os.PathLike[str], rle_csv: str | os.PathLike[str] |
     summary["warnings"] = _warnings(summary, failures, [one_line(w) for w in annotations.warnings()], rle_csv is not None)
     summary["file_warnings"] = scan.file_warnings
     summary["failures"] = failures
+    if rle_csv is None:
+        df = _unlabelled(summary, df)
     return _write(summary, df, paths, plot_distributions)
 
 
@@ -614,10 +675,13 @@ def explore_png(png_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     if scan.table.empty:
         raise DataError(f"{none_usable} could be used; first: {failures[0]}")
     paths = _output_paths(out, n_samples)
-    df = _samples_left_out(scan.table, _png_loader(root), paths, n_samples, failures, none_usable)
-    summary: dict[str, Any] = {"png_dir": str(root), "layout": "png", "labelled": (root / "masks").is_dir(),
+    labelled = (root / "masks").is_dir()
+    df = _samples_left_out(scan.table, _png_loader(root), paths, n_samples, failures, none_usable, labelled)
+    summary: dict[str, Any] = {"png_dir": str(root), "layout": "png", "labelled": labelled,
                                **summarize_png(df, len(orphans)), "first_file": str(df["file"].iloc[0])}
     summary["warnings"] = _png_warnings(summary, failures)
     summary["file_warnings"] = []
     summary["failures"] = failures
+    if not labelled:
+        df = _unlabelled(summary, df)
     return _write(summary, df, paths, _plot_png_distributions)

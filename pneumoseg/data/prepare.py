@@ -682,12 +682,23 @@ def prepare_png(png_dir: str | os.PathLike[str], out: str | os.PathLike[str], si
     number of 8-connected regions of the mask. An image without a mask is healthy (one warning);
     a mask without an image is reported in one warning; a mask whose size differs from its
     image's is a failure naming both files.
+
+    A folder with no ``masks/`` (or no mask in it) is refused with one DataError line, before
+    anything is written, not prepared with a warning: the cache is training and evaluation data,
+    where an image without a mask is a negative, so an unlabelled set would silently become an
+    all-healthy one (a model trained on it learns to predict nothing; scored on it, predicting
+    nothing looks perfect). ``--dicom-dir`` without ``--rle`` is refused for the same reason;
+    segmenting unlabelled images is ``pneumoseg predict``'s job.
     """
     size, rule = _check_size(size), _check_rule(mask_rule)
     src = _check_dir(Path(png_dir), "PNG folder")
     out = check_output_dir(out, [src], create=False)
     pairs = find_png_pairs(src)
     images_dir, masks_dir = pairs.images_dir, pairs.masks_dir
+    if not masks_dir.is_dir() or not any(masks_dir.glob("*.png")):
+        raise DataError(f"{masks_dir}: no masks (<name>.png, 0/255; all zero for an image without pneumothorax): "
+                        "without labels every image would be prepared as healthy; to segment unlabelled images "
+                        f"use `pneumoseg predict RUN {images_dir} --out DIR`")
     check_output_dir(out)
     _open_cache(out, {"layout": "png", "size": size, "mask_rule": rule}, overwrite)
     records = _read_records(out)

@@ -14,6 +14,11 @@ write (runs trained on the old one would silently be scored on other images) unl
 Groups are patients (``patient_id``); an image without one (the PNG layout) is its own group, with
 a warning, since two images of one patient could then land in different splits.
 
+Small sets: a split (or fold) with fewer than ``MIN_IMAGES`` images, or with no positive, gets one
+warning line naming each such split (``small_set_warning``; tune, evaluate and compare use it too): on
+so few images a metric swings with single images and has no honest confidence interval, and
+without a positive dice_positive, sensitivity and image_auc are undefined.
+
 The assignment is a seeded greedy: groups are shuffled (``np.random.default_rng(seed)``), sorted
 by size (largest first), and each goes to the bucket where it most reduces the squared, relative
 shortfall of images and of positives against the bucket's targets.
@@ -31,10 +36,56 @@ import pandas as pd
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 
-__all__ = ["DEFAULT_VAL", "make_splits", "read_index", "split_summary", "write_splits"]
+__all__ = ["DEFAULT_VAL", "MIN_IMAGES", "make_splits", "read_index", "small_set_text", "small_set_warning",
+           "split_summary", "write_splits"]
 
 SPLITS = ("train", "val", "test")
 DEFAULT_VAL = 0.1  #: validation fraction when neither it nor folds are given
+#: Fewer images than this in a split, a tuning or an evaluation set: a warning, and no bootstrap interval
+#: (``pneumoseg.scoring.stats``: "n too small").
+MIN_IMAGES = 20
+
+
+def small_set_text(n_images: int, n_positive: int) -> str | None:
+    """``"12 images (< 20)"``, ``"40 images, none with pneumothorax"``, both, or None when the set is fine."""
+    problems = []
+    if n_images < MIN_IMAGES:
+        problems.append(f"{n_images} image{'' if n_images == 1 else 's'} (< {MIN_IMAGES})")
+    if n_positive == 0:
+        problems.append("none with pneumothorax" if problems else f"{n_images} images, none with pneumothorax")
+    return ", ".join(problems) or None
+
+
+def small_set_warning(what: str, sizes: list[tuple[str, int, int]]) -> str | None:
+    """One warning line for the sets ``(name, n_images, n_positive)`` that are small or have no positive.
+
+    ``"{what}: {name} has 12 images (< 20); ...: <what that means>"`` (an empty name: ``"{what} 12 images
+    (< 20): ..."``), or None when every set is fine.
+    """
+    problems = [(name, small_set_text(n, pos), n < MIN_IMAGES, pos == 0) for name, n, pos in sizes]
+    problems = [p for p in problems if p[1]]
+    if not problems:
+        return None
+    means = []
+    if any(p[2] for p in problems):
+        means.append(f"metrics on fewer than {MIN_IMAGES} images swing with single images and get no "
+                     "confidence interval")
+    if any(p[3] for p in problems):
+        means.append("without a positive, dice_positive, sensitivity and image_auc are undefined")
+    listed = "; ".join(f"{name} has {text}" if name else str(text) for name, text, _, _ in problems)
+    return f"{what}{': ' if problems[0][0] else ' '}{listed}: {'; '.join(means)}"
+
+
+def _warn_small(splits: pd.DataFrame, positive: np.ndarray, expected: list[str]) -> None:
+    """One UserWarning naming every split (or fold) in ``expected`` that is small or has no positive."""
+    key = splits["fold"].map(lambda f: "test" if f < 0 else f"fold {f}") if "fold" in splits else splits["split"]
+    sizes = []
+    for name in expected:
+        keep = (key == name).to_numpy()
+        sizes.append((name, int(keep.sum()), int(positive[keep].sum())))
+    line = small_set_warning("small splits", sizes)
+    if line:
+        warnings.warn(f"{line}; use larger fractions, fewer folds or more images", UserWarning, stacklevel=3)
 
 
 def _check_args(val: float | None, test: float, folds: int) -> float:
@@ -124,10 +175,14 @@ def make_splits(index: pd.DataFrame, val: float | None = None, test: float = 0.1
         bucket = _assign(sizes, positives, fractions, np.random.default_rng(seed))[codes]
         fold = bucket - 1  # bucket 0 = test -> fold -1
         split = np.where(fold == -1, "test", np.where(fold == 0, "val", "train"))
-        return pd.DataFrame({"image_id": index["image_id"].to_numpy(), "split": split, "fold": fold})
+        out = pd.DataFrame({"image_id": index["image_id"].to_numpy(), "split": split, "fold": fold})
+        _warn_small(out, positive, (["test"] if test else []) + [f"fold {k}" for k in range(folds)])
+        return out
     fractions = np.array([1.0 - val - test, val, test])
     bucket = _assign(sizes, positives, fractions, np.random.default_rng(seed))[codes]
-    return pd.DataFrame({"image_id": index["image_id"].to_numpy(), "split": np.asarray(SPLITS)[bucket]})
+    out = pd.DataFrame({"image_id": index["image_id"].to_numpy(), "split": np.asarray(SPLITS)[bucket]})
+    _warn_small(out, positive, [s for s, f in zip(SPLITS, fractions, strict=True) if f > 0])
+    return out
 
 
 def read_index(cache: str | os.PathLike[str]) -> pd.DataFrame:

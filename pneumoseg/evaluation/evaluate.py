@@ -52,7 +52,15 @@ from pneumoseg.io.rle import Annotations, read_annotations
 from pneumoseg.util.paths import safe_name
 from pneumoseg.inference.predictor import InputImage, Predictor, find_inputs, image_score, load_input
 from pneumoseg.util.progress import progress_bar
-from pneumoseg.scoring.stats import METRIC_NAMES, PerImage, bootstrap_distributions, metric_statistic, predict_nothing_dice
+from pneumoseg.data.split import small_set_warning
+from pneumoseg.scoring.stats import (
+    METRIC_NAMES,
+    PerImage,
+    bootstrap_distributions,
+    metric_note,
+    metric_statistic,
+    predict_nothing_dice,
+)
 
 __all__ = [
     "CASE_CATEGORIES",
@@ -234,7 +242,12 @@ def summarize_per_image(per_image: pd.DataFrame, n_boot: int = 2000, seed: int =
     """The headline metrics from evaluate's per-image table (see the module docstring), and ``ci95``:
     each metric's 95 % percentile bootstrap interval over images (resampled within positives and
     within negatives; ``pneumoseg.scoring.stats``). ``image_auc`` ranks images by ``score`` (``probability``
-    for tables written before it existed)."""
+    for tables written before it existed).
+
+    Small samples: a metric with too few images behind it (``stats.metric_note``: fewer than 20
+    images, or fewer than 5 positives / empty images) gets ``[NaN, NaN]`` in ``ci95`` and its reason
+    in ``ci95_notes`` ("n too small: 12 images"); a set of fewer than 20 images or without a positive
+    adds one line to ``warnings`` (``split.small_set_warning``)."""
     dice = per_image["dice"].to_numpy(float)
     has_truth = per_image["has_truth"].to_numpy().astype(bool)
     pred_positive = per_image["pred_area_px"].to_numpy() > 0
@@ -243,7 +256,8 @@ def summarize_per_image(per_image: pd.DataFrame, n_boot: int = 2000, seed: int =
     n = len(dice)
     per = PerImage.from_arrays(dice, has_truth, pred_positive, score)
     dists = bootstrap_distributions({m: metric_statistic(m, per) for m in METRIC_NAMES}, n, has_truth, n_boot, seed)
-    ci = {m: d.ci() for m, d in dists.items()}
+    ci = {m: d.ci(note=metric_note(m, per)) for m, d in dists.items()}
+    warning = small_set_warning("evaluated on", [("", n, int(has_truth.sum()))])
     return {
         "dice_kaggle": float(dice.mean()) if n else math.nan,
         "dice_empty_baseline": predict_nothing_dice(has_truth),
@@ -252,6 +266,8 @@ def summarize_per_image(per_image: pd.DataFrame, n_boot: int = 2000, seed: int =
         "n_images": n,
         "n_positive": int(has_truth.sum()),
         "ci95": {m: [c.low, c.high] for m, c in ci.items()},
+        "ci95_notes": {m: c.note for m, c in ci.items() if c.note},
+        "warnings": [warning] if warning else [],
     }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 from pneumoseg.util.atomic import atomic_path
 from pneumoseg.config import load_config
+from pneumoseg.data.split import small_set_warning
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import SplitItem, iter_split
 from pneumoseg.scoring.postprocess import GridScorer, PostProcess, TunedRule, default_grid, save_tuned
@@ -33,11 +34,13 @@ __all__ = ["TuneResult", "tune_runs"]
 
 @dataclass(frozen=True)
 class TuneResult:
-    """The tuned record (rule, settings, scores), every rule scored (best first) and the files written."""
+    """The tuned record (rule, settings, scores), every rule scored (best first), the files written and
+    ``warnings`` (one line when the images tuned on are fewer than 20 or hold no positive)."""
 
     record: TunedRule
     table: pd.DataFrame
     files: list[Path]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rule(self) -> PostProcess:
@@ -86,9 +89,11 @@ def tune_runs(runs: Sequence[str | os.PathLike[str]], *, split: str = "val", oof
     scorer = GridScorer(default_grid(first.truth.shape[1]) if grid is None else grid)
     cfg_pp = load_config(dirs[0] / "config.yaml").postprocess
     baseline = GridScorer({"threshold": [cfg_pp.threshold], "min_area": [cfg_pp.min_area]})
+    n_positive = 0
     for item in itertools.chain([first], items):
         scorer.add(item.prob, item.truth)
         baseline.add(item.prob, item.truth)
+        n_positive += bool(item.truth.any())
     best, table = scorer.result()
     _, base_table = baseline.result()
     record = TunedRule(best, TunedRule.key_of(dirs, checkpoint, tta)[0], checkpoint, tta,
@@ -99,4 +104,6 @@ def tune_runs(runs: Sequence[str | os.PathLike[str]], *, split: str = "val", oof
         with atomic_path(Path(run) / "tune.csv") as tmp:
             table.to_csv(tmp, index=False)
         files.append(Path(run) / "tune.csv")
-    return TuneResult(record, table, files)
+    warning = small_set_warning("tuned on", [("", len(scorer), n_positive)])
+    warnings = [f"{warning}; the tuned rule may fit these few images and not generalise"] if warning else []
+    return TuneResult(record, table, files, warnings)

@@ -13,6 +13,10 @@ pneumothorax / empty; each run's metric gets a percentile CI; each later run is 
 the first (A) on the **same** resampled images (paired bootstrap: difference, CI, two-sided
 p), and its per-image Dice with a Wilcoxon signed-rank test. Runs must have been evaluated on
 the same images (``allow_different_sets``: compare on the common ones) with the same truth.
+Small samples (``pneumoseg.scoring.stats``): below 20 images, or 5 images behind a metric (or in a
+size bucket), no interval is shown ("n too small"), and a p-value is the exact paired
+permutation test's (marked "exact") wherever at most 16 images differ between the runs; a set
+below 20 images or without a positive adds a note.
 
 Size buckets: positive images split by truth area (mm² when every positive image has one,
 else pixels) at ``size_edges`` (default: the tertiles of the positive images' areas).
@@ -44,13 +48,20 @@ from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.io.images import read_image, read_mask, resize_image, resize_mask
 from pneumoseg.io.overlay import encode_rgb_png, overlay
 from pneumoseg.util.paths import safe_name
+from pneumoseg.data.split import small_set_warning
 from pneumoseg.scoring.stats import (
     CI,
+    MAX_EXACT,
     METRIC_NAMES,
+    MIN_IMAGES,
+    MIN_SUBSET,
     PairedResult,
     PerImage,
     bootstrap_ci,
     bootstrap_distributions,
+    exact_paired_p,
+    interval_note,
+    metric_note,
     metric_statistic,
     predict_nothing_dice,
     wilcoxon_p,
@@ -265,8 +276,9 @@ def _buckets(c: Comparison, edges: tuple[float, float] | None) -> pd.DataFrame:
     rows = []
     for name, keep in groups:
         row: dict[str, Any] = {"bucket": name, "images": int(keep.sum())}
+        note = interval_note(len(c.image_ids), int(keep.sum()), "images in the bucket")
         for r in c.runs:
-            row[r.label] = bootstrap_ci(c.per[r.label].dice[keep], None, c.n_boot, c.seed, c.level)
+            row[r.label] = bootstrap_ci(c.per[r.label].dice[keep], None, c.n_boot, c.seed, c.level, note=note)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -284,6 +296,12 @@ def _cases(c: Comparison, n_cases: int) -> dict[str, list[str]]:
     return {"disagree": list(ids[disagree[spread[disagree] > 0][:n_cases]]),
             "best": list(ids[best[mean[best] > 0][:n_cases]]),
             "worst": list(ids[worst[mean[worst] < 1][:n_cases]])}
+
+
+def _paired(name: str, boot: PairedResult, a: PerImage, b: PerImage) -> PairedResult:
+    """The bootstrap result, with the exact permutation p-value where few enough images differ."""
+    exact = exact_paired_p(name, a, b)
+    return boot if exact is None else PairedResult(boot.diff, exact, exact=True)
 
 
 def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", allow_different_sets: bool = False,
@@ -304,10 +322,14 @@ def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", al
     # One set of resamples for every run and metric: the differences to A are paired.
     dist = bootstrap_distributions({(lab, m): metric_statistic(m, per[lab]) for lab in labels for m in METRIC_NAMES},
                                    len(ids), has_truth, n_boot, seed)
-    ci = {lab: {m: dist[lab, m].ci(level) for m in METRIC_NAMES} for lab in labels}
-    paired = {lab: {m: dist[lab, m].paired(dist[labels[0], m], level) for m in METRIC_NAMES}
-              for lab in labels[1:]}
+    notes_ci = {m: metric_note(m, per[labels[0]]) for m in METRIC_NAMES}  # same truth in every run
+    ci = {lab: {m: dist[lab, m].ci(level, notes_ci[m]) for m in METRIC_NAMES} for lab in labels}
+    paired = {lab: {m: _paired(m, dist[lab, m].paired(dist[labels[0], m], level, notes_ci[m]), per[labels[0]],
+                               per[lab]) for m in METRIC_NAMES} for lab in labels[1:]}
     wil = {lab: wilcoxon_p(per[labels[0]].dice, per[lab].dice) for lab in labels[1:]}
+    small = small_set_warning("compared on", [("", len(ids), int(has_truth.sum()))])
+    if small:
+        notes.append(small)
     c = Comparison(evals, split, ids, has_truth, per, ci, paired, wil, pd.DataFrame(), "px", {},
                    predict_nothing_dice(has_truth), n_boot, seed, level, notes)
     c.buckets = _buckets(c, size_edges)
@@ -381,17 +403,26 @@ def _num(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-def _ci_text(ci: CI, digits: int = 4) -> str:
-    return "n/a" if math.isnan(ci.value) else f"{ci.value:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
+def _ci_text(ci: CI, digits: int = 4, sign: str = "") -> str:
+    """``value [low, high]``, ``value (n too small: ...)`` or ``n/a``."""
+    if math.isnan(ci.value):
+        return "n/a"
+    if ci.note:
+        return f"{ci.value:{sign}.{digits}f} ({ci.note})"
+    return f"{ci.value:{sign}.{digits}f} [{ci.low:{sign}.{digits}f}, {ci.high:{sign}.{digits}f}]"
 
 
 def _diff_text(p: PairedResult, digits: int = 4) -> str:
-    d = p.diff
-    return "n/a" if math.isnan(d.value) else f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+    return _ci_text(p.diff, digits, "+")
 
 
 def _p_text(p: float) -> str:
     return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _paired_p_text(p: PairedResult) -> str:
+    """The p cell: ``0.062 (exact)`` for the exact permutation test, else the bootstrap p."""
+    return _p_text(p.p_value) + (" (exact)" if p.exact and not math.isnan(p.p_value) else "")
 
 
 def _fact_text(key: str, v: Any) -> str:
@@ -412,7 +443,7 @@ def metric_rows(c: Comparison, digits: int = 4) -> list[list[str]]:
     for m in METRIC_NAMES:
         row = [m] + [_ci_text(c.ci[r.label][m], digits) for r in c.runs]
         for r in c.runs[1:]:
-            row += [_diff_text(c.paired[r.label][m], digits), _p_text(c.paired[r.label][m].p_value)]
+            row += [_diff_text(c.paired[r.label][m], digits), _paired_p_text(c.paired[r.label][m])]
         rows.append(row)
     return rows
 
@@ -459,8 +490,11 @@ def _method_text(c: Comparison) -> str:
     return (f"{len(c.image_ids)} images ({int(c.has_truth.sum())} with pneumothorax) of split {c.split}. "
             f"Intervals: {c.level:.0%} percentile bootstrap, {c.n_boot} resamples (seed {c.seed}) of the images, "
             "drawn with replacement within pneumothorax / empty images. Differences are paired: both runs on the "
-            "same resampled images; p is the two-sided paired bootstrap p-value. Wilcoxon: signed-rank test on "
-            f"per-image Dice. Predict-nothing baseline (dice_kaggle of an empty mask everywhere): "
+            "same resampled images; p is the two-sided paired bootstrap p-value, or, marked exact, the exact paired "
+            f"permutation test (all swaps of the runs' results) where at most {MAX_EXACT} images differ. No "
+            f"interval (n too small) below {MIN_IMAGES} images, or below {MIN_SUBSET} images behind a metric or in a "
+            "bucket. "
+            f"Wilcoxon: signed-rank test on per-image Dice. Predict-nothing baseline (dice_kaggle of an empty mask everywhere): "
             f"{c.baseline:.4f}.")
 
 

@@ -474,11 +474,15 @@ def _config_html(d: ReportData) -> str:
 
 
 def _with_ci(m: dict[str, Any], key: str) -> str:
-    """``0.8123 [0.79, 0.83]``: the value and its 95 % bootstrap interval when evaluate stored one."""
+    """``0.8123 [0.79, 0.83]``: the value and its 95 % bootstrap interval when evaluate stored one, else
+    ``0.8123 (n too small: 12 images)`` when evaluate said why it gave none."""
     ci = (m.get("ci95") or {}).get(key)
     text = _fmt(m.get(key))
+    note = (m.get("ci95_notes") or {}).get(key)
     if ci and all(isinstance(v, int | float) and v == v for v in ci):
         text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+    elif note and text != "n/a":
+        text += f" ({note})"  # e.g. "n too small: 12 images": no interval on so few images
     return text
 
 

@@ -266,8 +266,9 @@ def test_unlabelled_folder_full_header_and_by_label(tmp_path: Path) -> None:
                                          "--full-header"], env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output  # _synthetic holds one broken .dcm: listed, the rest explored
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["labelled"] is False and summary["rle_csv"] is None and summary["n_positive"] == 0
+    assert summary["labelled"] is False and summary["rle_csv"] is None and summary["n_positive"] is None
     assert "unlabelled" in result.output and "healthy" not in result.output
+    assert "no pneumothorax" not in result.output and "no pneumothorax" not in json.dumps(summary)
     first = pydicom.dcmread(root / summary["first_file"], stop_before_pixels=True)
     for element in first:  # the whole header, as pydicom prints it (the seed's print(dataset))
         assert element.keyword in result.output or element.name in result.output
@@ -426,7 +427,7 @@ def test_png_set_all_unreadable_and_unlabelled(tmp_path: Path) -> None:
         explore_png(bad, tmp_path / "out", progress=False)
     Image.fromarray(np.full((16, 20), 7, dtype=np.uint8)).save(bad / "images" / "y.jpg")
     summary = explore_png(bad, tmp_path / "out", n_samples=0, progress=False)  # no masks/: unlabelled
-    assert summary["labelled"] is False and summary["n_images"] == 1 and summary["n_positive"] == 0
+    assert summary["labelled"] is False and summary["n_images"] == 1 and summary["n_positive"] is None
     assert any("unlabelled" in w for w in summary["warnings"]) and summary["image_size"] == {"16x20": 1}
 
 
@@ -443,3 +444,64 @@ def test_real_png_set(tmp_path: Path) -> None:
         with Image.open(png / "masks" / f"{name}.png") as mask:
             assert meta.loc[name, "mask_area_px"] == int((np.asarray(mask.convert("L")) > 127).sum())
     assert summary["mask_area_px"]["count"] == 30 and summary["mask_area_px"]["min"] > 1000
+
+
+# --- unlabelled is not negative (issue 21, item 6) ------------------------------------------------------
+
+
+def _figure_texts(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Every text (titles, tick labels, legends) of each figure explore saves, by file name."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    texts: dict[str, list[str]] = {}
+    save = Figure.savefig
+
+    def recording(fig: Figure, path: object, *args: object, **kwargs: object) -> None:
+        name = Path(str(path)).name  # atomic_path's tmp name holds the target's stem
+        texts[name] = [t.get_text() for t in fig.findobj(Text) if t.get_text()] + [f"axes={len(fig.axes)}"]
+        save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return texts
+
+
+def test_unlabelled_sets_say_unlabelled_and_count_no_negatives(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    synth = generate_dataset(tmp_path / "synth", n=6, size=64, progress=False)
+    texts = _figure_texts(monkeypatch)
+    out = tmp_path / "dicom_out"
+    result = CliRunner().invoke(_app(), ["explore", str(synth.out_dir / "dicom"), "--out", str(out), "--no-progress",
+                                         "--samples", "4"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labelled"] is False and summary["n_images"] == 6
+    assert summary["n_positive"] is None and summary["n_negative"] is None and summary["by_label"] == {}
+    assert summary["by_view_position"] == {v: {"images": n} for v, n in summary["view_position"].items()}
+    assert "pneumothorax" not in json.dumps(summary) and "pneumothorax" not in result.output
+    assert "unlabelled (no --rle)" in result.output
+    meta = pd.read_csv(out / "metadata.csv", keep_default_na=False)
+    assert (meta["has_pneumothorax"] == "").all() and (meta["mask_area_px"] == "").all()
+    dist = [t for k, t in texts.items() if "distributions" in k][0]
+    assert "6 images, unlabelled (no annotation CSV)" in dist and "axes=4" in dist
+    samples = [t for k, t in texts.items() if "samples" in k][0]
+    assert "Samples (unlabelled)" in samples
+    for figure in texts.values():
+        assert not any("pneumothorax" in t or "positive" in t for t in figure), figure
+    # The PNG layout without masks/: image sizes only.
+    png = tmp_path / "png"
+    (png / "images").mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(np.full((16, 20), 50 * k, dtype=np.uint8)).save(png / "images" / f"p{k}.png")
+    texts.clear()
+    result = CliRunner().invoke(_app(), ["explore", "--png-dir", str(png), "--out", str(tmp_path / "png_out"),
+                                         "--no-progress"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "png_out" / "summary.json").read_text())
+    assert summary["n_positive"] is None and summary["n_without_mask"] is None and summary["image_size"] == {"16x20": 3}
+    assert "pneumothorax" not in json.dumps(summary) and "pneumothorax" not in result.output
+    assert "unlabelled (no masks/ folder)" in result.output
+    dist = [t for k, t in texts.items() if "distributions" in k][0]
+    assert "3 images, unlabelled (no masks/ folder)" in dist and "axes=1" in dist
+    for figure in texts.values():
+        assert not any("pneumothorax" in t or "positive" in t for t in figure), figure

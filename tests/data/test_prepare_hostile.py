@@ -282,3 +282,16 @@ def test_read_truth_errors_and_bad_rule(tmp_path):
     assert read_mask(out / "masks" / "pos.png").any()
     code, lines = _invoke("--png-dir", str(src), "--out", str(tmp_path / "c2"), "--mask-rule", "max")
     assert code == 2 and len(lines) == 1 and "any, fraction, soft" in lines[0]
+
+
+def test_png_set_without_masks_is_refused_before_any_write(tmp_path):
+    """Issue 21: a PNG set with no masks/ (or an empty one) was prepared with every image labelled healthy."""
+    src = _png_dir(tmp_path / "png", {"a": None, "b": None})
+    out = tmp_path / "cache"
+    for _ in range(2):  # no masks/ at all, then an empty masks/
+        with pytest.raises(DataError, match=r"masks: no masks .*prepared as healthy.*pneumoseg predict"):
+            prepare_png(src, out, size=256, workers=1, progress=False)
+        code, lines = _invoke("--png-dir", str(src), "--out", str(out))
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "no masks" in lines[0]
+        assert not out.exists()
+        (src / "masks").mkdir(exist_ok=True)

@@ -189,3 +189,37 @@ def test_cli_split_folds_show_test_and_refusals(tmp_path, index):
     res = runner.invoke(_app(), ["split", str(tmp_path), "--folds", "4", "--force"])
     assert res.exit_code == 0, res.output
     assert set(pd.read_csv(tmp_path / "splits.csv")["fold"]) == {-1, 0, 1, 2, 3}
+
+
+def test_small_splits_get_one_warning_line(tmp_path):
+    # 12 images, 4 positive: val and test get about one image each, the test one without a positive.
+    index = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(12)], "patient_id": [f"p{k}" for k in range(12)],
+                          "has_pneumothorax": [int(k < 4) for k in range(12)]})
+    with pytest.warns(UserWarning) as caught:
+        splits = make_splits(index, val=0.1, test=0.1, seed=1)
+    [line] = [str(w.message) for w in caught]
+    parts = []
+    for name in ("train", "val", "test"):  # every split is under 20 images; say which lack a positive
+        part = index.merge(splits, on="image_id").query(f"split == '{name}'")
+        n, pos = len(part), int(part["has_pneumothorax"].sum())
+        no_pos = "" if pos else ", none with pneumothorax"
+        parts.append(f"{name} has {n} image{'' if n == 1 else 's'} (< 20){no_pos}")
+    assert line.startswith("small splits: " + "; ".join(parts) + ": metrics on fewer than 20 images"), line
+    assert "no confidence interval" in line and "\n" not in line
+    index.to_csv(tmp_path / "index.csv", index=False)
+    res = CliRunner().invoke(_app(), ["split", str(tmp_path), "--seed", "1"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert [line for line in res.output.splitlines() if line.startswith("warning:")] == [f"warning: {line}"]
+
+
+def test_large_splits_and_folds_do_not_warn(index):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_splits(index, val=0.1, test=0.1)
+        make_splits(index, folds=5)
+    no_positive = synthetic_index(200).assign(has_pneumothorax=0)
+    with pytest.warns(UserWarning, match=r"small splits: train has \d+ images, none with pneumothorax; val has .*"
+                                         r"without a positive, dice_positive, sensitivity and image_auc are undefined"):
+        make_splits(no_positive, val=0.2, test=0.2)

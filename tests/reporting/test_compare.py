@@ -248,3 +248,38 @@ def test_page_renders_in_headless_chromium(study: dict[str, object], tmp_path: P
     # curves + 3 runs per case row; every image decodes and none is fetched from anywhere
     assert state["caseRows"] >= 6 and state["images"] == 1 + 3 * state["caseRows"]
     assert state["loaded"] == state["images"] and state["external"] == 0 and state["resources"] == 0
+
+
+def _small_run(root: Path, name: str, dice: np.ndarray, has_truth: np.ndarray) -> Path:
+    """An evaluated run of len(dice) images from per-image Dice alone (prediction non-empty where Dice > 0)."""
+    ev = root / name / "eval" / "test"
+    ev.mkdir(parents=True)
+    pred = ((dice > 0) & has_truth) * 100
+    pd.DataFrame({"image_id": [f"img{k:02d}" for k in range(len(dice))], "has_truth": has_truth.astype(int),
+                  "truth_area_px": has_truth * 500, "pred_area_px": pred, "probability": np.where(pred, 0.9, 0.2),
+                  "dice": dice}).to_csv(ev / "per_image.csv", index=False)
+    (ev / "metrics.json").write_text(json.dumps({"split": "test"}))
+    return root / name
+
+
+def test_twelve_images_no_degenerate_interval_and_an_exact_p(tmp_path: Path) -> None:
+    """Issue 21: on 12 images the stratified bootstrap said "0.3333 [0.3333, 0.3333]" and "p < 0.001"
+    beside its own Wilcoxon p of 0.0625 (A predicts nothing; B finds 5 of the 8 positives)."""
+    has_truth = np.array([True] * 8 + [False] * 4)
+    dice_a = np.where(has_truth, 0.0, 1.0)
+    dice_b = dice_a.copy()
+    dice_b[:5] = [0.5, 0.6, 0.7, 0.8, 0.9]
+    a, b = _small_run(tmp_path, "a", dice_a, has_truth), _small_run(tmp_path, "b", dice_b, has_truth)
+    out = tmp_path / "cmp.html"
+    result = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(out)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "0.333 [0.333, 0.333]" not in text and "< 0.001" not in text
+    assert "0.333 (n too small: 12 images)" in text and "0.062 (exact)" in text
+    assert "Wilcoxon p = 0.0625" in text
+    assert text.count("note: compared on 12 images (< 20):") == 1
+    md = out.with_suffix(".md").read_text()
+    assert "[0.3333, 0.3333]" not in md and "< 0.001" not in md and "0.062 (exact)" in md
+    c = compare_runs([a, b], "test")
+    assert c.paired["B"]["dice_kaggle"].exact and c.paired["B"]["dice_kaggle"].p_value == pytest.approx(c.wilcoxon["B"])
+    assert all(np.isnan(c.ci[r][m].low) and c.ci[r][m].note for r in "AB" for m in METRIC_NAMES)

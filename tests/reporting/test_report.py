@@ -120,6 +120,8 @@ def test_markdown_summary_and_report_command(evaluated: Path, tmp_path: Path) ->
     metrics = json.loads((evaluated / "eval" / "val" / "metrics.json").read_text())
     md = (evaluated / "report.md").read_text()
     assert f"{metrics['dice_kaggle']:.4f}" in md and str((evaluated / "report.html").resolve()) in md
+    if metrics["n_images"] < 20:  # issue 21: the value with the reason it has no interval
+        assert f"{metrics['dice_kaggle']:.4f} (n too small: {metrics['n_images']} images)" in md
     (evaluated / "curves.png").rename(tmp_path / "curves.png")  # redrawn from history.csv
     try:
         out = tmp_path / "out" / "r.html"

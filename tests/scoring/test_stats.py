@@ -14,6 +14,9 @@ from pneumoseg.scoring.stats import (
     PerImage,
     bootstrap_ci,
     bootstrap_counts,
+    bootstrap_distributions,
+    exact_paired_p,
+    metric_note,
     metric_statistic,
     paired_bootstrap,
     predict_nothing_dice,
@@ -196,3 +199,78 @@ def test_two_thousand_resamples_of_a_thousand_images_are_vectorised() -> None:
 
     ci = bootstrap_ci(counted, has_truth, n_boot=2000, n=1000)
     assert ci.n_boot == 2000 and sum(calls) == 2000 + 1 and len(calls) <= 50
+
+
+# ---------------------------------------------------------------- small samples (issue 21, item 5)
+
+
+def _twelve() -> tuple[PerImage, PerImage]:
+    """12 images (8 with pneumothorax): A predicts nothing, B finds 5 of the positives."""
+    has_truth = np.array([True] * 8 + [False] * 4)
+    dice_b = np.where(has_truth, 0.0, 1.0)
+    dice_b[:5] = [0.5, 0.6, 0.7, 0.8, 0.9]
+    a = PerImage.from_arrays(np.where(has_truth, 0.0, 1.0), has_truth, np.zeros(12, bool), np.full(12, 0.2))
+    b = PerImage.from_arrays(dice_b, has_truth, dice_b * has_truth > 0, np.where(dice_b * has_truth > 0, 0.9, 0.2))
+    return a, b
+
+
+def test_twelve_images_get_no_degenerate_interval_and_an_exact_p() -> None:
+    a, b = _twelve()
+    # The stratified bootstrap alone says "0.3333 [0.3333, 0.3333]" and p = 2 / (B + 1).
+    dists = bootstrap_distributions({(r, m): metric_statistic(m, per) for r, per in (("a", a), ("b", b))
+                                     for m in METRIC_NAMES}, 12, a.has_truth, 2000, 0)
+    raw = dists["a", "dice_kaggle"].ci()
+    assert (raw.low, raw.high) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert dists["b", "dice_kaggle"].paired(dists["a", "dice_kaggle"]).p_value < 0.001
+    for m in METRIC_NAMES:
+        ci = dists["a", m].ci(note=metric_note(m, a))
+        assert ci.note == "n too small: 12 images" and np.isnan(ci.low) and np.isnan(ci.high)
+        assert str(ci) == f"{ci.value:.4f} (n too small: 12 images)"
+    # 5 images differ, all in B's favour: the exact paired permutation p is 2 / 2**5, as Wilcoxon's.
+    wil = wilcoxon_p(a.dice, b.dice)
+    assert wil == pytest.approx(0.0625)
+    for m in ("dice_kaggle", "dice_positive", "sensitivity", "image_auc"):
+        assert exact_paired_p(m, a, b) == pytest.approx(wil), m
+    assert exact_paired_p("specificity", a, b) == exact_paired_p("fpr_empty", a, b) == 1.0  # no empty image differs
+    res = paired_bootstrap(a.dice, b.dice, a.has_truth)
+    assert res.exact and res.p_value == pytest.approx(0.0625) and res.diff.note == "n too small: 12 images"
+
+
+def test_exact_p_matches_scipy_permutation_test_and_brute_force_auc() -> None:
+    rng = np.random.default_rng(12)
+    a = rng.random(30)
+    b = a.copy()
+    b[:11] += rng.normal(0.05, 0.1, 11)  # 11 images differ: 2**11 sign flips
+    # scipy enumerates every sign of its input: give it the 11 non-zero differences (zeros change nothing)
+    ref = sps.permutation_test((a[:11], b[:11]), lambda x, y, axis: np.mean(y - x, axis=axis),
+                               permutation_type="samples",
+                               n_resamples=np.inf, vectorized=True, alternative="two-sided").pvalue
+    res = paired_bootstrap(a, b)
+    assert res.exact and res.p_value == pytest.approx(ref, abs=1e-12)
+    # image_auc: every swap of the differing scores, scored by sklearn one at a time.
+    truth = np.array([True] * 12 + [False] * 18)
+    sa, sb = rng.random(30).round(1), rng.random(30).round(1)  # ties included
+    sb[7:] = sa[7:]  # 7 images differ
+    pa, pb = (PerImage.from_arrays(np.zeros(30), truth, s > 0.5, s) for s in (sa, sb))
+    diffs = []
+    for bits in range(2**7):
+        swap = np.zeros(30, bool)
+        swap[:7] = [(bits >> i) & 1 for i in range(7)]
+        diffs.append(roc_auc_score(truth, np.where(swap, sa, sb)) - roc_auc_score(truth, np.where(swap, sb, sa)))
+    expected = np.mean(np.abs(diffs) >= abs(diffs[0]) - 1e-12)
+    assert exact_paired_p("image_auc", pa, pb) == pytest.approx(expected)
+    # Too many differing images for enumeration: None (the bootstrap p stays).
+    assert exact_paired_p("dice_kaggle", PerImage.from_arrays(a, truth, a > 0.5),
+                          PerImage.from_arrays(a + 0.01, truth, a > 0.5)) is None
+
+
+def test_metric_notes_name_the_images_behind_each_metric() -> None:
+    has_truth = np.array([True] * 3 + [False] * 37)
+    per = PerImage.from_arrays(np.ones(40), has_truth, has_truth)
+    notes = {m: metric_note(m, per) for m in METRIC_NAMES}
+    assert notes == {"dice_kaggle": "", "dice_positive": "n too small: 3 with pneumothorax",
+                     "sensitivity": "n too small: 3 with pneumothorax", "image_auc": "n too small: 3 with pneumothorax",
+                     "specificity": "", "fpr_empty": ""}
+    big = bootstrap_ci(np.linspace(0, 1, 40), n_boot=200)
+    assert big.note == "" and big.low < big.high
+    assert bootstrap_ci(np.linspace(0, 1, 19), n_boot=200).note == "n too small: 19 images"
