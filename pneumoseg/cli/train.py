@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         the out-of-fold rule) and OUT/folds.json; finished folds are skipped when run again.
         """
         from pneumoseg.config import load_config
-        from pneumoseg.training.run import RUN_DIR_ENV, default_run_dir, train
+        from pneumoseg.training.run import RUN_DIR_ENV, default_run_dir, require_cache, train
 
         overrides = list(set_)
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,
@@ -137,6 +137,7 @@ def register(app: typer.Typer) -> None:
                 _check_config_name(config)
             cfg = load_config(config, overrides)
             run_dir = out if out is not None else default_run_dir(config)
+        require_cache(cfg)  # before any line names it ("training ... on None")
         if folds is not None:
             if resume is not None or fold is not None:
                 raise ConfigError("--folds K trains (or resumes) every fold: drop --resume and --fold")

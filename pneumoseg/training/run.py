@@ -118,6 +118,7 @@ __all__ = [
     "build_datamodule",
     "build_model",
     "build_module",
+    "require_cache",
     "build_trainer",
     "default_run_dir",
     "init_run",
@@ -315,11 +316,17 @@ def check_cache_size(cfg: ExperimentConfig, cache: Path) -> str | None:
     return message
 
 
+def require_cache(cfg: ExperimentConfig) -> Path:
+    """``cfg.data.cache``; ConfigError saying how to set it when it is not."""
+    if cfg.data.cache is None:
+        raise ConfigError("data.cache is not set: pass --cache CACHE (or --set data.cache=CACHE)")
+    return Path(cfg.data.cache)
+
+
 def build_datamodule(cfg: ExperimentConfig) -> SegmentationDataModule:
     """The data module of ``cfg.data`` / ``augment`` / ``sampler``; ConfigError without a cache."""
     d = cfg.data
-    if d.cache is None:
-        raise ConfigError("data.cache is not set: pass --cache CACHE (or --set data.cache=CACHE)")
+    require_cache(cfg)
     sampler = None
     if cfg.sampler is not None:
         sampler = {"pos_start": cfg.sampler.pos_start, "pos_end": cfg.sampler.pos_end,

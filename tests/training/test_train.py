@@ -209,3 +209,14 @@ def test_cli_train_and_resume(cache: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "pneumoseg split" in result.output
     result = runner.invoke(app, ["train", "--set", "train.epoch=1", "--no-progress"])
     assert result.exit_code == 2 and "train.epoch" in result.output
+
+
+def test_cli_train_without_cache_is_one_line(tmp_path: Path) -> None:
+    """No cache: one line saying how to give it, before anything names it ("training ... on None")."""
+    from pneumoseg.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "seed_unet", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: data.cache is not set: pass --cache CACHE (or --set data.cache=CACHE)"]
+    assert not (tmp_path / "run").exists()
