@@ -1,4 +1,4 @@
-"""``pneumoseg export RUN --onnx FILE``: the trained network as a self-contained ONNX file."""
+"""``pneumoseg export RUN [--onnx FILE] [--monai-bundle DIR]``: the trained network as ONNX and/or a MONAI bundle."""
 
 from __future__ import annotations
 
@@ -21,8 +21,25 @@ def export(
     opset: int | None = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
                                 help="Check ONNX vs PyTorch probabilities (max diff 1e-3) on a random input."),
+    monai_bundle: Path | None = typer.Option(
+        None, "--monai-bundle", help="Also (or, without --onnx, only) write a MONAI bundle to this new folder: "
+        "configs/metadata.json, configs/inference.json, models/model.ts, for `python -m monai.bundle run`."),
 ) -> None:
-    """Export a run's network to ONNX: dynamic batch, logits out, size / normalisation / post-processing in its metadata."""
+    """Export a run's network to ONNX (dynamic batch, logits out, size / normalisation / post-processing in its
+    metadata) and/or as a MONAI bundle that MONAI's runner executes without pneumoseg."""
+    if monai_bundle is not None:
+        from pneumoseg.inference.monai_bundle import export_monai_bundle
+
+        bundle = export_monai_bundle(run, monai_bundle, checkpoint=checkpoint)
+        console.print(f"MONAI bundle: {bundle} (run it with `python -m monai.bundle run --config_file "
+                      f"{bundle / 'configs/inference.json'} --meta_file {bundle / 'configs/metadata.json'} "
+                      f"--bundle_root {bundle} --dataset_dir INPUTS --output_dir OUT`; see {bundle / 'docs/README.md'})")
+        if onnx is None:
+            return
+    _export_onnx(run, onnx, checkpoint, opset, verify)
+
+
+def _export_onnx(run: Path, onnx: Path | None, checkpoint: str, opset: int | None, verify: bool) -> None:
     from pneumoseg.inference.onnx import export_onnx, read_onnx_metadata
     from pneumoseg.inference.predictor import ONNX_NAME
 

@@ -54,6 +54,7 @@ __all__ = [
     "OnnxMetadata",
     "OnnxModel",
     "export_onnx",
+    "exported_postprocess",
     "onnx_providers",
     "read_onnx_metadata",
 ]
@@ -196,6 +197,12 @@ def _to_proto(net: nn.Module, example: torch.Tensor, opset: int | None) -> Any:
     raise ExportError("; ".join(errors))
 
 
+def exported_postprocess(run_dir: str | os.PathLike[str], checkpoint: str, cfg: ExperimentConfig) -> PostProcess:
+    """The rule an export records: tuned for this run and checkpoint without TTA, else the config's."""
+    tuned = find_tuned([run_dir], checkpoint, tta=False)
+    return tuned.rule if tuned else PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area)
+
+
 def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], checkpoint: str = "best",
                 opset: int | None = None, verify: bool = True) -> Path:
     """Export a run's network (``checkpoint`` in RUN/checkpoints, or a .ckpt path) to ``path``.
@@ -215,9 +222,7 @@ def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], c
         proto = _to_proto(wrapped, example, opset)
     except ExportError as exc:
         raise ExportError(f"{run_dir}: model {cfg.model.name!r} could not be exported to ONNX ({exc})") from None
-    tuned = find_tuned([run_dir], checkpoint, tta=False)
-    postprocess = tuned.rule if tuned else PostProcess(cfg.postprocess.threshold, cfg.postprocess.min_area)
-    meta = OnnxMetadata.from_config(cfg, postprocess, checkpoint)
+    meta = OnnxMetadata.from_config(cfg, exported_postprocess(run_dir, checkpoint, cfg), checkpoint)
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():
         proto.metadata_props.add(key=key, value=value)
