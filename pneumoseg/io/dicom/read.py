@@ -719,7 +719,7 @@ def _draft_scale(ds: Dataset, min_size: tuple[int, int] | None) -> int:
     if (_int(ds, "SamplesPerPixel") != 1 or _int(ds, "BitsAllocated") != 8 or _int(ds, "BitsStored") != 8
             or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")):
         return 1
-    fits = min(_int(ds, "Rows") // min_size[0], _int(ds, "Columns") // min_size[1])  # as Image.draft computes it
+    fits = min(_int(ds, "Rows") // min_size[0], _int(ds, "Columns") // min_size[1])  # as Image.draft does
     return next((s for s in (8, 4, 2) if fits >= s), 1)
 
 
@@ -744,8 +744,8 @@ def _reduced_pixel_array(ds: Dataset, label: str, min_size: tuple[int, int], sca
             raise refusal from None
         return None
     if arr.shape != expected:
-        raise DicomError(f"{label}: reduced decode gave shape {arr.shape}, expected {expected[0]}x{expected[1]} "
-                         f"(Rows x Columns {rows}x{columns} at 1/{scale})")
+        raise DicomError(f"{label}: reduced decode gave shape {arr.shape}, expected "
+                         f"{expected[0]}x{expected[1]} (Rows x Columns {rows}x{columns} at 1/{scale})")
     return arr
 
 
