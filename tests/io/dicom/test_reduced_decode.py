@@ -143,3 +143,16 @@ def test_min_size_must_be_positive(tmp_path: Path) -> None:
     path = _dicom(tmp_path / "ok.dcm", _jpeg(), JPEGBaseline8Bit)
     with pytest.raises(ValueError, match="min_size must be positive"):
         read_dicom(path, min_size=0)
+
+
+def test_frame_pillow_cannot_open_goes_to_the_full_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _dicom(tmp_path / "ok.dcm", _jpeg(256), JPEGBaseline8Bit, 256, 256)
+    full = read_dicom(path)
+
+    def cannot_identify(*args: object, **kwargs: object) -> None:  # not a refusal: the full decode tries
+        raise OSError("cannot identify image file <_io.BytesIO object>")
+
+    monkeypatch.setattr(read_module.PIL.Image, "open", cannot_identify)
+    image = read_dicom(path, min_size=64)  # Pillow fails again inside pydicom; the default plugin decodes
+    assert image.decode_scale == 1 and image.pixels.shape == (256, 256)
+    assert np.abs(image.pixels.astype(int) - full.pixels).max() <= 1  # libjpeg-turbo vs pylibjpeg
