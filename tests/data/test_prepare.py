@@ -27,9 +27,9 @@ from pneumoseg.data.prepare import (
     prepare_png,
     read_truth,
 )
-from pneumoseg.io.dicom.read import pixel_spacing_mm
+from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom
 from pneumoseg.errors import DataError
-from pneumoseg.io.images import read_image, read_mask, resize_mask, write_png
+from pneumoseg.io.images import encode_png, read_image, read_mask, resize_image, resize_mask, write_png
 from tests.data.dicom_files import write_dicom
 from pneumoseg.io.rle import read_annotations
 from tests.shared_data import SIIM, require_siim
@@ -112,6 +112,55 @@ def test_rerun_skips_everything_and_other_size_is_refused(real_cache, tmp_path):
         prepare_dicom(DICOM, RLE, real_cache, size=512, progress=False)
     with pytest.raises(DataError, match="multiple of 32 from 128 to 1024"):
         prepare_dicom(DICOM, RLE, tmp_path / "c", size=300, progress=False)
+
+
+# The reduced JPEG decode (the default) against --exact-decode on the 12 real files at 256 px, measured
+# (docs/data.md): per image, mean |difference| 0.045-0.065 grey levels, max 2. Asserted with a margin.
+MAX_MEAN_DIFF, MAX_ABS_DIFF = 0.1, 3
+
+
+@require_siim
+def test_exact_decode_is_the_full_decode_and_the_default_stays_within_the_bound(real_cache, tmp_path):
+    exact = tmp_path / "exact"
+    args = ["prepare", "--dicom-dir", str(DICOM), "--rle", str(RLE), "--out", str(exact), "--size", "256",
+            "--workers", "1", "--no-progress", "--exact-decode"]
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 0, res.output
+    index = pd.read_csv(exact / "index.csv", dtype={"image_id": str})
+    means = []
+    for row in index.itertuples():
+        name = f"{row.image_id}.png"
+        # Byte-identical to what prepare wrote before the reduced decode existed: full decode, area resize.
+        before = encode_png(resize_image(read_dicom(row.source).pixels, 256))
+        assert (exact / "images" / name).read_bytes() == before
+        diff = np.abs(read_image(real_cache / "images" / name).astype(int) - read_image(exact / "images" / name))
+        assert diff.mean() < MAX_MEAN_DIFF and diff.max() <= MAX_ABS_DIFF, (name, diff.mean(), diff.max())
+        means.append(diff.mean())
+    assert 0 < np.mean(means)  # the default really is another decode
+    # Masks, truth and index.csv do not depend on the decode.
+    for sub in ("masks", "truth"):
+        assert _tree(exact / sub) == _tree(real_cache / sub)
+    assert (exact / "index.csv").read_bytes() == (real_cache / "index.csv").read_bytes()
+    decode = {c: json.loads((c / "cache.json").read_text())["image_decode"] for c in (exact, real_cache)}
+    assert (decode[exact]["mode"], decode[exact]["images_by_scale"]) == ("exact", {"1": 12})
+    assert (decode[real_cache]["mode"], decode[real_cache]["images_by_scale"]) == ("reduced", {"4": 12})
+    # Rerunning with the other mode redoes every image (no --overwrite needed) and records it.
+    again = prepare_dicom(DICOM, RLE, exact, size=256, workers=1, progress=False)
+    assert (again.n_done, again.n_skipped) == (12, 0)
+    assert _tree(exact / "images") == _tree(real_cache / "images")
+    assert json.loads((exact / "cache.json").read_text())["image_decode"]["mode"] == "reduced"
+
+
+@require_siim
+def test_reduced_decode_only_where_the_cache_is_at_most_half_the_source(tmp_path):
+    src, rle = _copies(tmp_path, 1)
+    for size, scale in ((512, "2"), (544, "1"), (1024, "1")):
+        out = tmp_path / f"c{size}"
+        prepare_dicom(src, rle, out, size=size, workers=1, progress=False)
+        assert json.loads((out / "cache.json").read_text())["image_decode"]["images_by_scale"] == {scale: 12}
+        index = pd.read_csv(out / "index.csv")
+        assert (index["orig_height"] == 1024).all() and (index["orig_width"] == 1024).all()
+        assert read_image(out / "images" / f"{index['image_id'][0]}.png").shape == (size, size)
 
 
 def _copies(tmp_path: Path, n_copies: int) -> tuple[Path, Path]:

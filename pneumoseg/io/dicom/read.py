@@ -150,10 +150,15 @@ class DicomMeta:
 
 @dataclass(frozen=True)
 class DicomImage:
-    """A decoded image: ``pixels`` uint8 (H, W), display-ready (see the module docstring)."""
+    """A decoded image: ``pixels`` uint8 (H, W), display-ready (see the module docstring).
+
+    ``decode_scale``: 1 for a full decode (H, W = Rows, Columns); 2, 4 or 8 when ``read_dicom(...,
+    min_size=...)`` decoded a JPEG frame at that DCT reduction (H, W = ceil(Rows / s), ceil(Columns / s)).
+    """
 
     pixels: np.ndarray
     meta: DicomMeta
+    decode_scale: int = 1
 
 
 
@@ -355,9 +360,11 @@ def _check_size(ds: Dataset, label: str, max_pixels: int) -> None:
                          f"{rows * columns * frames} pixels is over the limit of {max_pixels} pixels")
 
 
-def _read(source: DicomSource, name: str | None, header_only: bool,
-          max_pixels: int) -> tuple[DicomMeta, np.ndarray | None]:
-    """Read (and unless ``header_only`` decode) one source, with every warning caught into the meta."""
+def _read(source: DicomSource, name: str | None, header_only: bool, max_pixels: int,
+          min_size: tuple[int, int] | None = None) -> tuple[DicomMeta, np.ndarray | None, int]:
+    """Read (and unless ``header_only`` decode) one source, with every warning caught into the meta.
+
+    Returns (meta, pixels or None, decode scale: see ``read_dicom``'s ``min_size``)."""
     label, stem, fp = _open(source, name)
     notes: list[str] = []
     try:
@@ -366,11 +373,11 @@ def _read(source: DicomSource, name: str | None, header_only: bool,
             ds = _dcmread(fp, label, True, caught)
             _check_image_header(ds, label, notes)
             if header_only:
-                return _finish_meta(ds, stem, notes, caught), None
+                return _finish_meta(ds, stem, notes, caught), None, 1
             _check_size(ds, label, max_pixels)
             ds = _dcmread(fp, label, False, caught)
-            pixels = _pixels(ds, label, max_pixels, notes)
-            return _finish_meta(ds, stem, notes, caught), pixels
+            pixels, scale = _pixels(ds, label, max_pixels, notes, min_size)
+            return _finish_meta(ds, stem, notes, caught), pixels, scale
     finally:
         if fp is not source:
             fp.close()
@@ -443,16 +450,35 @@ def read_header(source: DicomSource, *, name: str | None = None, pixels: bool = 
             fp.close()
 
 
-def read_dicom(source: DicomSource, *, max_pixels: int | None = None, name: str | None = None) -> DicomImage:
+def read_dicom(source: DicomSource, *, max_pixels: int | None = None, name: str | None = None,
+               min_size: int | tuple[int, int] | None = None) -> DicomImage:
     """Read ``source`` into a DicomImage: ``pixels`` uint8 (H, W) display-ready, plus its DicomMeta.
 
     ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``): Rows x Columns x frames above it are refused
     from the header, before any pixel data is decoded. Multi-frame files give their first frame.
+
+    ``min_size`` (``(height, width)`` or one int for both; for callers that downscale anyway, such
+    as prepare): an 8-bit grayscale JPEG baseline/extended frame is decoded by libjpeg at the
+    largest DCT reduction of 2, 4 or 8 whose result still has at least ``min_size`` rows and
+    columns (Pillow's ``Image.draft``; ``decode_scale`` says which), so ``pixels`` is
+    ceil(Rows / s) x ceil(Columns / s); the meta keeps the header's Rows and Columns. Not lossless:
+    libjpeg's scaled IDCT is not the full decode averaged (docs/data.md gives the measured
+    difference). Every other file, or when no reduction fits, is decoded in full as without it.
+    The same guards apply (the frame's own size checked before decoding, truncated frames and
+    Pillow's refusals refused, never retried with another decoder) and the same display steps.
     """
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-    meta, pixels = _read(source, name, False, limit)
+    wanted = None if min_size is None else _hw_pair(min_size)
+    meta, pixels, scale = _read(source, name, False, limit, wanted)
     assert pixels is not None
-    return DicomImage(pixels=pixels, meta=meta)
+    return DicomImage(pixels=pixels, meta=meta, decode_scale=scale)
+
+
+def _hw_pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    height, width = (size, size) if isinstance(size, int | np.integer) else size
+    if int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f"min_size must be positive, got {size!r}")
+    return int(height), int(width)
 
 
 # ---------------------------------------------------------------- decoding
@@ -656,6 +682,17 @@ _PILLOW_REFUSALS = (("truncated", "truncated frame"),
                     ("exceeds limit", "frame refused by Pillow's decompression-bomb limit"))
 
 
+def _pillow_refusal(exc: Exception, label: str) -> DicomError | None:
+    """The DicomError for one of Pillow's refusals (truncated frame, decompression bomb), else None."""
+    if isinstance(exc, PIL.Image.DecompressionBombError):
+        return DicomError(f"{label}: frame refused by Pillow's decompression-bomb limit ({_error(exc)})")
+    text = str(exc).lower()
+    for word, problem in _PILLOW_REFUSALS:
+        if word in text:
+            return DicomError(f"{label}: {problem} ({_error(exc)})")
+    return None
+
+
 def _pixel_array(ds: Dataset, label: str) -> np.ndarray:
     """The first frame as stored values (colour converted to RGB): (H, W) or (H, W, samples).
 
@@ -667,18 +704,54 @@ def _pixel_array(ds: Dataset, label: str) -> np.ndarray:
             ds.pixel_array_options(index=0, decoding_plugin="pillow")
             return ds.pixel_array
         except Exception as exc:
-            if isinstance(exc, PIL.Image.DecompressionBombError):
-                raise DicomError(f"{label}: frame refused by Pillow's decompression-bomb limit "
-                                 f"({_error(exc)})") from None
-            text = str(exc).lower()
-            for word, problem in _PILLOW_REFUSALS:
-                if word in text:
-                    raise DicomError(f"{label}: {problem} ({_error(exc)})") from None
+            refusal = _pillow_refusal(exc, label)
+            if refusal is not None:
+                raise refusal from None
     ds.pixel_array_options(index=0)
     return ds.pixel_array
 
 
-def _decode(ds: Dataset, label: str, max_pixels: int) -> np.ndarray:
+def _draft_scale(ds: Dataset, min_size: tuple[int, int] | None) -> int:
+    """The DCT reduction (2, 4, 8) Pillow's ``draft`` picks for ``min_size`` (height, width), or 1 when
+    there is none: no ``min_size``, not an 8-bit one-sample MONOCHROME JPEG frame, or under 2x larger."""
+    if min_size is None or str(ds.file_meta.get("TransferSyntaxUID", "")) not in _PILLOW_FIRST:
+        return 1
+    if (_int(ds, "SamplesPerPixel") != 1 or _int(ds, "BitsAllocated") != 8 or _int(ds, "BitsStored") != 8
+            or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2")):
+        return 1
+    fits = min(_int(ds, "Rows") // min_size[0], _int(ds, "Columns") // min_size[1])  # as Image.draft does
+    return next((s for s in (8, 4, 2) if fits >= s), 1)
+
+
+def _reduced_pixel_array(ds: Dataset, label: str, min_size: tuple[int, int], scale: int) -> np.ndarray | None:
+    """The first frame decoded by Pillow at DCT scale 1/``scale`` (``Image.draft("L", min_size)``),
+    uint8 (ceil(Rows / scale), ceil(Columns / scale)); the frame was checked by ``_check_codestream``.
+
+    Pillow's refusals raise DicomError (no other decoder is tried); None when Pillow cannot decode
+    the frame otherwise, for the full decode to try as it would without ``min_size``.
+    """
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    expected = ((rows + scale - 1) // scale, (columns + scale - 1) // scale)
+    try:
+        with PIL.Image.open(io.BytesIO(_first_frame(ds)), formats=("JPEG",)) as image:
+            if image.mode != "L":
+                return None
+            image.draft("L", (min_size[1], min_size[0]))  # Pillow's size is (width, height)
+            arr = np.asarray(image)
+    except Exception as exc:
+        refusal = _pillow_refusal(exc, label)
+        if refusal is not None:
+            raise refusal from None
+        return None
+    if arr.shape != expected:
+        raise DicomError(f"{label}: reduced decode gave shape {arr.shape}, expected "
+                         f"{expected[0]}x{expected[1]} (Rows x Columns {rows}x{columns} at 1/{scale})")
+    return arr
+
+
+def _decode(ds: Dataset, label: str, max_pixels: int,
+            min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+    """(stored values of the first frame, decode scale); see ``read_dicom``'s ``min_size``."""
     if "PixelData" not in ds:
         kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         what = f"only {kinds[0]} (not supported)" if kinds else "no pixel data"
@@ -687,7 +760,10 @@ def _decode(ds: Dataset, label: str, max_pixels: int) -> np.ndarray:
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     try:
         _check_codestream(ds, label, max_pixels)
-        arr = _pixel_array(ds, label)
+        scale = _draft_scale(ds, min_size)
+        arr = _reduced_pixel_array(ds, label, min_size, scale) if min_size is not None and scale > 1 else None
+        if arr is None:
+            scale, arr = 1, _pixel_array(ds, label)
     except DicomError:
         raise
     except Exception as exc:
@@ -698,9 +774,9 @@ def _decode(ds: Dataset, label: str, max_pixels: int) -> np.ndarray:
         name = _printable(syntax.name if syntax else "") or "?"
         raise DicomError(f"{label}: {problem} (transfer syntax {name}): {_error(exc)}") from None
     expected = (_int(ds, "Rows"), _int(ds, "Columns"))
-    if arr.shape[:2] != expected:
+    if scale == 1 and arr.shape[:2] != expected:
         raise DicomError(f"{label}: decoded pixels have shape {arr.shape}, header says {expected[0]}x{expected[1]}")
-    return arr
+    return arr, scale
 
 
 def _palette_to_gray(arr: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
@@ -786,19 +862,21 @@ def _to_uint8(arr: np.ndarray, ds: Dataset, label: str, notes: list[str]) -> np.
     return _scale(values, float(low), float(high))
 
 
-def _pixels(ds: Dataset, label: str, max_pixels: int, notes: list[str]) -> np.ndarray:
+def _pixels(ds: Dataset, label: str, max_pixels: int, notes: list[str],
+            min_size: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+    """(display uint8 (H, W), decode scale): the steps of the module docstring, whatever the scale."""
     frames = max(_int(ds, "NumberOfFrames"), 1)
     if frames > 1:
         notes.append(f"{frames} frames: only the first is used")
     photometric = _text(ds, "PhotometricInterpretation")
-    arr = _decode(ds, label, max_pixels)
+    arr, scale = _decode(ds, label, max_pixels, min_size)
     if photometric == "PALETTE COLOR" and arr.ndim == 2:
         pixels = _palette_to_gray(arr, ds, label)
     else:
         pixels = _to_uint8(_to_gray(arr, label, photometric), ds, label, notes)
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels
-    return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels), scale
 
 
 def format_header(meta: DicomMeta) -> str:
