@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pneumoseg.errors import ConfigError
+from pneumoseg.util.limits import MAX_PIXELS
 
 __all__ = ["ALLOWED_HOSTS_ENV", "MIN_TOKEN_LEN", "ServiceSettings", "allowed_hosts_from_env"]
 
@@ -76,7 +77,7 @@ class ServiceSettings:
     """
 
     max_upload_mb: float = 50.0
-    max_pixels: int = 64_000_000
+    max_pixels: int = MAX_PIXELS
     result_store_mb: float = 512.0
     cache_size: int = 64
     max_concurrent: int = 2
