@@ -49,8 +49,9 @@ def listen(
              "reach the port may store images; required with a non-loopback --host ('*' accepts any caller)."),
     max_instance_mb: float = typer.Option(MAX_INSTANCE_MB, "--max-instance-mb", min=1.0,
                                           help="Largest instance accepted (MB); a larger one aborts its association."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
-                                   help="Largest image (Rows x Columns x frames) accepted; larger ones are refused."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1, max=MAX_PIXELS,
+                                   help="Largest image (Rows x Columns x frames) accepted; larger ones are refused "
+                                        "before they are stored (at most the default, the reader's own limit)."),
     keep: bool = typer.Option(False, "--keep", help="Keep sent instances and results in the queue folder."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),

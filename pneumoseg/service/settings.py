@@ -61,7 +61,8 @@ class ServiceSettings:
     the JSON answer); the least recently used are dropped first, a result larger than the whole
     budget is answered but not kept. ``cache_size``: at most this many results besides.
     ``max_concurrent``: uploads decoded / predicted / post-processed at once (an image of
-    ``max_pixels`` = 64 MP peaks near 1 GB); others wait their turn without holding a thread.
+    ``max_pixels`` = 64,000,000 peaks near 2 GB: an 8000 x 8000 16-bit DICOM measured +1.9 GB);
+    others wait their turn without holding a thread.
     ``token``: when set, every API route but ``/health`` and the page needs
     ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
     ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.inference.predictor.Predictor`.

@@ -728,8 +728,8 @@ _CHUNK_PIXELS = 1 << 22  # pixels per slice when counting levels and applying th
 def _levels(arr: np.ndarray) -> tuple[int, np.ndarray] | None:
     """(lowest stored value, count of each value from there) of an integer image, or None.
 
-    None for float images and for ranges wider than ``_MAX_LEVELS``. Counted in slices, so the
-    only large allocation is none: a 64 MP image costs its own memory plus 32 MB.
+    None for float images and for ranges wider than ``_MAX_LEVELS``. Counted in slices of
+    ``_CHUNK_PIXELS``, so counting costs 32 MB on top of the image, whatever its size.
     """
     if arr.dtype.kind not in "ui" or arr.size == 0:
         return None
