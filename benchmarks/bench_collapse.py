@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.data.test_synth import _dice, _phantom_batch  # noqa: E402  the test's own data
+from tests.data.test_synth import _dice, _phantom_batch
 
-from pneumoseg.models import create_model  # noqa: E402
-from pneumoseg.models.heads import init_output_bias  # noqa: E402
-from pneumoseg.training.losses import create_loss  # noqa: E402
+from pneumoseg.models import create_model
+from pneumoseg.models.heads import init_output_bias
+from pneumoseg.training.losses import create_loss
 
 
 def run(variant: str, seed: int, steps: int) -> dict[str, float]:

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
+from pneumoseg.util.limits import MAX_INSTANCE_MB, MAX_PIXELS
 
 __all__ = ["dicomweb", "listen", "register"]
 
@@ -42,7 +43,15 @@ def listen(
     sr: bool = typer.Option(False, "--sr", help="Also send a DICOM SR (TID 1500: presence, score, area)."),
     sc: bool = typer.Option(False, "--sc", help="Also send a Secondary Capture of the overlay."),
     seg_empty: bool = typer.Option(True, "--seg-empty/--no-seg-empty", help="Send a SEG for empty predictions too."),
-    calling_ae: str | None = typer.Option(None, "--calling-ae", help="Accept only these calling AE titles (A,B,...)."),
+    calling_ae: str | None = typer.Option(
+        None, "--calling-ae",
+        help="Accept associations only from these calling AE titles (A,B,...). Without it ANY caller that can "
+             "reach the port may store images; required with a non-loopback --host ('*' accepts any caller)."),
+    max_instance_mb: float = typer.Option(MAX_INSTANCE_MB, "--max-instance-mb", min=1.0,
+                                          help="Largest instance accepted (MB); a larger one aborts its association."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1, max=MAX_PIXELS,
+                                   help="Largest image (Rows x Columns x frames) accepted; larger ones are refused "
+                                        "before they are stored (at most the default, the reader's own limit)."),
     keep: bool = typer.Option(False, "--keep", help="Keep sent instances and results in the queue folder."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
@@ -54,7 +63,13 @@ def listen(
     from pneumoseg.pacs.outputs import OutputOptions
     from pneumoseg.pacs.queue import InstanceQueue
 
+    from pneumoseg.pacs.listen import is_loopback
+
     destination = Destination.parse(forward)
+    if calling_ae is None and not is_loopback(host):
+        raise fail(f"--host {host} is reachable from other machines: give --calling-ae A,B,... (the AE titles "
+                   f"allowed to store images), or --calling-ae '*' to accept any caller")
+    callers = None if calling_ae is None or calling_ae.strip() == "*" else [t for t in calling_ae.split(",") if t]
     predictor = _predictor(run, checkpoint, tta, device, batch_size)
     options = OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -62,8 +77,8 @@ def listen(
     instance_queue = InstanceQueue(queue, max_pending=max_pending, keep=keep)
     try:
         node = Listener(predictor, instance_queue, destination, ae_title=ae_title, host=host, port=port,  # type: ignore[arg-type]
-                        options=options, batch_size=batch_size,
-                        calling_ae_titles=[t for t in calling_ae.split(",") if t] if calling_ae else None)
+                        options=options, batch_size=batch_size, calling_ae_titles=callers,
+                        max_pixels=max_pixels, max_instance_mb=max_instance_mb)
     except BaseException:
         instance_queue.close()
         raise

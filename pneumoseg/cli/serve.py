@@ -12,6 +12,7 @@ import typer
 
 from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
 from pneumoseg.errors import ConfigError
+from pneumoseg.util.limits import MAX_PIXELS
 
 __all__ = ["TOKEN_ENV", "register", "serve"]
 
@@ -50,7 +51,7 @@ def serve(
                              help="Interface to listen on (0.0.0.0: every interface; warns when not loopback)."),
     port: float = typer.Option(8000, "--port", metavar="INTEGER", help="TCP port (1-65535)."),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest upload accepted (larger: HTTP 413)."),
-    max_pixels: float = typer.Option(64_000_000, "--max-pixels", metavar="INTEGER",
+    max_pixels: float = typer.Option(MAX_PIXELS, "--max-pixels", metavar="INTEGER",
                                      help="Largest image in pixels, read from its header before decoding "
                                           "(larger: HTTP 413)."),
     result_store_mb: float = typer.Option(512.0, "--result-store-mb",

@@ -42,7 +42,6 @@ import json
 import math
 from collections.abc import Callable
 import os
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
+from pneumoseg.util.csvsafe import safe_frame
 from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom, read_dicom_meta, read_header
 from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
@@ -567,7 +567,7 @@ def _write(summary: dict[str, Any], df: pd.DataFrame, paths: dict[str, Path],
            plot: Callable[[pd.DataFrame, dict[str, Any], Path], None]) -> dict[str, Any]:
     """Write metadata.csv, the distributions figure and summary.json (last); returns ``summary``."""
     with atomic_path(paths["metadata"]) as tmp:
-        df.to_csv(tmp, index=False)
+        safe_frame(df).to_csv(tmp, index=False)
     plot(df, summary, paths["distributions"])
     summary["n_failed"] = len(summary["failures"])
     summary["files"] = {name: str(p) for name, p in paths.items()}

@@ -70,6 +70,7 @@ import numpy as np
 
 from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_bytes, atomic_write_text
+from pneumoseg.util.csvsafe import safe_row
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.io.images import (
     MASK_RULES,
@@ -297,7 +298,7 @@ def _prepare_chunk(items: list[_Item], layout: str, out: Path, size: int, rule: 
             for status, i, row, _ in results if status == "ok"}
     if done:
         name = hashlib.sha1("\n".join(sorted(done)).encode()).hexdigest()[:16]
-        atomic_write_text(out / _PARTS / f"rec-{name}.json", json.dumps(done, sort_keys=True))
+        atomic_write_text(out / _PARTS / f"rec-{name}.json", json.dumps(done, sort_keys=True), durable=True)
     return results
 
 
@@ -506,7 +507,7 @@ def _write_index(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: r["image_id"]))
+    writer.writerows(safe_row(r) for r in sorted(rows, key=lambda r: r["image_id"]))
     path = out / "index.csv"
     atomic_write_text(path, buf.getvalue())
     return path

@@ -30,6 +30,7 @@ import io
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,7 @@ from pneumoseg.errors import RLEError
 __all__ = [
     "EMPTY_RLE",
     "MAX_PIXELS",
+    "MAX_ROWS_PER_IMAGE",
     "Annotations",
     "read_annotations",
     "rle_decode",
@@ -51,6 +53,12 @@ __all__ = [
 EMPTY_RLE = "-1"
 #: Largest ``height * width`` a decoder accepts (a 1 GiB mask); keeps all run arithmetic in int64.
 MAX_PIXELS = 2**30
+#: Annotation rows kept per ImageId; more make that image one bad item (the challenge's files have at
+#: most 5; each row is decoded to a full mask, so 10**6 rows used to take 84 s for one image).
+MAX_ROWS_PER_IMAGE = 100
+# A kept row that is bad (too long, one row too many): "!" + the reason. No RLE contains "!", and
+# ``Annotations.mask`` raises the reason for that image only, before decoding anything.
+_BAD = "!"
 
 _INTEGER = re.compile(r"-?[0-9]+")
 # Up to this many runs, one slice copy per run beats one np.repeat over the runs' span (measured on
@@ -312,7 +320,17 @@ class Annotations(dict[str, list[str]]):
         self._repeats: list[str] = []
 
     def add(self, image_id: str, rle: str, row: int) -> bool:
-        """Append one row; return False (and record it in ``duplicates``) if it repeats an earlier one."""
+        """Append one row; return False (and record it in ``duplicates``) if it repeats an earlier one.
+
+        Rows of an image beyond ``MAX_ROWS_PER_IMAGE`` are not kept: the first of them is kept as a
+        bad row, so that image (only) fails with a line naming it.
+        """
+        kept = self.get(image_id, [])
+        if len(kept) >= MAX_ROWS_PER_IMAGE:
+            if not kept[-1].startswith(_BAD):
+                self.add_bad(image_id, f"more than {MAX_ROWS_PER_IMAGE} annotation rows for one image "
+                                       f"(MAX_ROWS_PER_IMAGE)", row)
+            return False
         key = " ".join(rle.split())
         seen = self._seen.setdefault(image_id, {})
         if key in seen:
@@ -325,6 +343,17 @@ class Annotations(dict[str, list[str]]):
         self.rows.setdefault(image_id, []).append(row)
         return True
 
+    def add_bad(self, image_id: str, reason: str, row: int) -> None:
+        """Keep a row that cannot be used: ``mask`` (and ``n_annotations``) of ``image_id`` then raise
+        RLEError naming the file, row, ImageId and ``reason``; other images are not affected."""
+        self.setdefault(image_id, []).append(_BAD + reason)
+        self.rows.setdefault(image_id, []).append(row)
+
+    def _check_rows(self, image_id: str) -> None:
+        for rle, row in zip(self.get(image_id, []), self.rows.get(image_id, []), strict=True):
+            if rle.startswith(_BAD):
+                raise RLEError(f"{self.source} row {row} ImageId {image_id}: {rle[len(_BAD):]}")
+
     def warnings(self) -> list[str]:
         """One-line warnings for the user: [] or one line counting the duplicate rows, first few named."""
         if not self.duplicates:
@@ -334,7 +363,10 @@ class Annotations(dict[str, list[str]]):
                 f"{', '.join(self._repeats[:3])}{more}"]
 
     def n_annotations(self, image_id: str) -> int:
-        """Number of non-empty annotation rows (pneumothorax regions as drawn) of ``image_id``."""
+        """Number of non-empty annotation rows (pneumothorax regions as drawn) of ``image_id``.
+
+        Raises RLEError when one of its rows is bad (``add_bad``)."""
+        self._check_rows(image_id)
         return sum(not _is_empty(r) for r in self.get(image_id, []))
 
     def is_positive(self, image_id: str) -> bool:
@@ -345,6 +377,7 @@ class Annotations(dict[str, list[str]]):
 
         Raises KeyError for an unknown ImageId and RLEError naming the file, ImageId and row.
         """
+        self._check_rows(image_id)
         out: np.ndarray | None = None
         for rle, row in zip(self[image_id], self.rows[image_id], strict=True):
             if not _is_empty(rle):
@@ -372,6 +405,9 @@ def read_annotations(csv_path: str | os.PathLike[str]) -> Annotations:
     (several rows of an image are its several annotations) except exact repeats, which are
     counted once and listed in ``duplicates``. RLE strings are stripped, not decoded here (see
     ``Annotations.mask``). Raises RLEError for a missing, unreadable, empty or header-only file.
+    A row whose EncodedPixels is longer than the csv module's field limit (131,072 characters;
+    the challenge's longest is ~5,300) is one bad row of its image (``Annotations.add_bad``),
+    as are rows beyond ``MAX_ROWS_PER_IMAGE`` for one image; the rest of the file is read.
     """
     path = Path(csv_path)
     if not path.is_file():
@@ -382,10 +418,33 @@ def read_annotations(csv_path: str | os.PathLike[str]) -> Annotations:
     reader = None
     try:
         with _open_text(path) as fh:
-            reader = csv.reader(fh)
+            last_line = [""]
+
+            def lines() -> Iterator[str]:
+                for line in fh:
+                    last_line[0] = line
+                    yield line
+
+            reader = csv.reader(lines())
             id_col, rle_col = 0, 1
             first = True
-            for record in reader:
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    if "field limit" not in str(exc):
+                        raise
+                    line_no = reader.line_num
+                    fields = last_line[0].split(",")
+                    image_id = fields[id_col].strip().strip('"').strip() if len(fields) > id_col else ""
+                    if first or not image_id or len(image_id) > 1000:
+                        raise
+                    out.add_bad(image_id, f"EncodedPixels longer than the {csv.field_size_limit()} characters "
+                                          f"allowed", line_no)
+                    n_rows += 1
+                    continue
                 line_no = reader.line_num
                 if not record or all(not f.strip() for f in record):
                     continue

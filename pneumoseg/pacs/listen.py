@@ -4,10 +4,15 @@
 
 * a Storage SCP on ``host:port`` answering C-ECHO, and C-STORE of the SOP classes in
   ``pneumoseg.pacs.outputs.INPUT_SOP_CLASSES`` (other classes are not negotiated; Secondary
-  Captures that are not CR / DX / DR, pneumoseg's own outputs and invalid UIDs are answered
-  with a failure status naming why). Each accepted instance is written to the on-disk queue
-  (``pneumoseg.pacs.queue``) **before** the success status is returned; while ``max_pending``
-  instances wait, C-STORE is answered *Out of Resources* (0xA700), the sender retries later;
+  Captures that are not CR / DX / DR, pneumoseg's own outputs, invalid UIDs and images over
+  ``max_pixels`` are answered with a failure status naming why). Each accepted instance is
+  written to the on-disk queue (``pneumoseg.pacs.queue``, fsync'd) **before** the success status
+  is returned; while ``max_pending`` instances wait, C-STORE is answered *Out of Resources*
+  (0xA700), the sender retries later. Re-sent instances follow the queue's policy (identical
+  data set: acknowledged, nothing done; different data set or an earlier failure: predicted
+  again). An instance over ``max_instance_bytes`` is never stored: the association is aborted as
+  soon as its data passes the limit (pynetdicom would otherwise hold all of it in memory);
+  callers whose AE title is not in ``calling_ae_titles`` are rejected (None: any caller);
 * a worker that predicts the oldest received instances in batches, writes their results to the
   queue and C-STOREs them (SEG, then SR / SC as configured) to the destination in one
   association per round. An unreachable destination is retried (1 s, doubling to 30 s) and
@@ -15,7 +20,7 @@
   warning or 0xA7xx) marks it failed.
 
 One log line per instance (logger ``pneumoseg.listen``): ``sent``, ``failed``, ``refused``,
-``duplicate`` or ``busy``, with its SOPInstanceUID and calling AE title. ``Q/status.json`` is the
+``duplicate``, ``requeued`` or ``busy``, with its SOPInstanceUID and calling AE title. ``Q/status.json`` is the
 node's health: counts per state, totals, latency p50/p95, settings, ``listening``.
 """
 
@@ -33,13 +38,16 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumoseg.errors import ConfigError, PneumosegError
+from pneumoseg.io.dicom.read import DEFAULT_MAX_PIXELS
+from pneumoseg.util.limits import MAX_INSTANCE_MB
+from pneumoseg.util.paths import os_error_line
 from pneumoseg.pacs.outputs import INPUT_SOP_CLASSES, OUTPUT_SOP_CLASSES, OutputOptions, make_outputs, \
     predictor_fingerprint, refusal
 from pneumoseg.pacs.queue import Entry, InstanceQueue
 from pneumoseg.inference.predictor import InputImage, Predictor, load_input
 from pneumoseg.io.dicom.read import read_header
 
-__all__ = ["INPUT_TRANSFER_SYNTAXES", "Destination", "Listener"]
+__all__ = ["DEFAULT_MAX_INSTANCE_MB", "INPUT_TRANSFER_SYNTAXES", "Destination", "Listener", "is_loopback"]
 
 log = logging.getLogger("pneumoseg.listen")
 
@@ -66,6 +74,37 @@ _AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # 16 printable characters
 _OUT_OF_RESOURCES = 0xA700
 _CANNOT_UNDERSTAND = 0xC000
 _RETRY_MIN, _RETRY_MAX = 1.0, 30.0
+DEFAULT_MAX_INSTANCE_MB = MAX_INSTANCE_MB
+_P_DATA_TF = 0x04
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _data_set_bytes(pdu: bytes) -> tuple[int, bool]:
+    """(data-set bytes in a P-DATA-TF PDU, whether one of its fragments ends a data set).
+
+    PDU: type (1), reserved (1), length (4), then items: length (4), context id (1), message
+    control header (1: bit 0 command, bit 1 last fragment), fragment.
+    """
+    total, last, pos, end = 0, False, 6, min(len(pdu), 6 + int.from_bytes(pdu[2:6], "big"))
+    while pos + 6 <= end:
+        length = int.from_bytes(pdu[pos:pos + 4], "big")
+        control = pdu[pos + 5]
+        if not control & 0x01:
+            total += max(length - 2, 0)
+            last = last or bool(control & 0x02)
+        pos += 4 + length
+    return total, last
 
 
 def _check_ae_title(title: str, what: str) -> str:
@@ -116,7 +155,8 @@ class Listener:
     def __init__(self, predictor: Predictor, queue: InstanceQueue, destination: Destination, *,
                  ae_title: str = "PNEUMOSEG", host: str = "127.0.0.1", port: int = 11112,
                  options: OutputOptions | None = None, batch_size: int | None = None,
-                 calling_ae_titles: list[str] | None = None) -> None:
+                 calling_ae_titles: list[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_instance_mb: float = DEFAULT_MAX_INSTANCE_MB) -> None:
         self.predictor = predictor
         self.queue = queue
         self.destination = destination
@@ -125,6 +165,11 @@ class Listener:
         self.options = options or OutputOptions()
         self.batch_size = batch_size or predictor.batch_size
         self.fingerprint = predictor_fingerprint(predictor)
+        self.max_pixels = int(max_pixels)
+        self.max_instance_bytes = int(max_instance_mb * 1e6)
+        self._incoming: dict[int, int] = {}  #: data-set bytes received so far per association (id)
+        self._aborting: set[int] = set()  #: associations aborted for an instance over the limit
+        self._incoming_lock = threading.Lock()
         self._retry_at, self._retry_wait = 0.0, _RETRY_MIN
         self._server: ThreadedAssociationServer | None = None
         self._scp = AE(ae_title=self.ae_title)
@@ -140,13 +185,46 @@ class Listener:
                 self._scu.add_requested_context(context.abstract_syntax, context.transfer_syntax)
 
     # -- receiving (association threads) ---------------------------------------------------------
+    def _on_data(self, event: evt.Event) -> None:
+        """Count a P-DATA PDU's data-set bytes; abort the association once one instance passes the limit."""
+        data = event.data
+        if not data or data[0] != _P_DATA_TF:
+            return
+        size, last = _data_set_bytes(data)
+        key = id(event.assoc)
+        with self._incoming_lock:
+            if key in self._aborting:
+                return
+            total = self._incoming.get(key, 0) + size
+            self._incoming[key] = 0 if last else total
+            over = total > self.max_instance_bytes
+            if over:
+                self._aborting.add(key)
+        if over:
+            calling = str(event.assoc.requestor.ae_title).strip()
+            reason = f"instance over the limit of {self.max_instance_bytes / 1e6:g} MB (--max-instance-mb)"
+            self.queue.note_refused(f"<from {calling}>: {reason}")
+            log.warning("refused <instance> from %s: %s; association aborted", calling, reason)
+            event.assoc.abort(block=False)
+
+    def _on_close(self, event: evt.Event) -> None:
+        with self._incoming_lock:
+            self._incoming.pop(id(event.assoc), None)
+            self._aborting.discard(id(event.assoc))
+
     def _on_store(self, event: evt.Event) -> Dataset | int:
         calling = str(event.assoc.requestor.ae_title).strip()
+        size = len(event.request.DataSet.getbuffer()) if event.request.DataSet is not None else 0
+        if size > self.max_instance_bytes:  # the data path aborts first; this covers a changed PDU layout
+            reason = f"{size / 1e6:.1f} MB over the limit of {self.max_instance_bytes / 1e6:g} MB"
+            self.queue.note_refused(f"<from {calling}>: {reason}")
+            log.warning("refused <instance> from %s: %s", calling, reason)
+            return _status(_CANNOT_UNDERSTAND, reason)
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
             uid = str(ds.get("SOPInstanceUID", ""))
-            reason = refusal(ds)
+            reason = refusal(ds, self.max_pixels)
         except Exception as exc:  # a data set pydicom cannot parse
             self.queue.note_refused(f"undecodable data set from {calling}")
             log.warning("refused <undecodable> from %s: %s", calling, f"{type(exc).__name__}: {exc}"[:200])
@@ -159,14 +237,19 @@ class Listener:
         try:
             outcome = self.queue.offer(uid, event.encoded_dataset(include_meta=True), calling)
         except OSError as exc:  # disk full, queue folder gone
-            log.error("busy %s from %s: cannot queue it (%s); answered Out of Resources", uid, calling, exc)
+            log.error("busy %s from %s: cannot queue it (%s); answered Out of Resources", uid, calling,
+                      os_error_line(exc))
             return _status(_OUT_OF_RESOURCES, "cannot write the queue")
         if outcome == "full":
             log.warning("busy %s from %s: %d instances pending; answered Out of Resources", uid, calling,
                         self.queue.max_pending)
             return _status(_OUT_OF_RESOURCES, "queue full, retry later")
         if outcome == "duplicate":
-            log.info("duplicate %s from %s: already known; acknowledged, not queued again", uid, calling)
+            log.info("duplicate %s from %s: same data set as the copy on record; acknowledged, not queued again",
+                     uid, calling)
+        elif outcome == "requeued":
+            log.info("requeued %s from %s: a different data set, or the copy on record failed; predicted again",
+                     uid, calling)
         return 0x0000
 
     # -- working (the serving thread) --------------------------------------------------------------
@@ -227,6 +310,8 @@ class Listener:
 
     def _send_entry(self, assoc: object, entry: Entry) -> int:
         for kind in [k for k in entry.outputs if k not in entry.sent_outputs]:
+            if not self.queue.is_current(entry):  # a re-sent copy replaced it: its own results follow
+                return 0
             ds = read_header(self.queue.output_path(entry.uid, kind), pixels=True)
             status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
             code = int(status.Status) if "Status" in status else None
@@ -260,7 +345,8 @@ class Listener:
         """Start listening (returns at once; ``self.port`` is then the bound port, also when 0 was asked)."""
         if self._server is not None:
             return
-        handlers = [(evt.EVT_C_STORE, self._on_store)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_DATA_RECV, self._on_data),
+                    (evt.EVT_CONN_CLOSE, self._on_close)]
         self._server = self._scp.start_server((self.host, self.port), block=False,
                                               evt_handlers=handlers)  # type: ignore[arg-type]
         assert self._server is not None

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 import pneumoseg
-from pneumoseg.io.dicom.read import RADIOGRAPH_MODALITIES
+from pneumoseg.io.dicom.read import DEFAULT_MAX_PIXELS, RADIOGRAPH_MODALITIES
 from pneumoseg.io.dicom.sc import make_overlay_sc
 from pneumoseg.io.dicom.seg import area_mm2, make_segmentation
 from pneumoseg.io.dicom.sr import make_sr
@@ -71,11 +71,12 @@ class OutputOptions:
         return " + ".join(kinds + (["SR"] if self.sr else []) + (["SC overlay"] if self.sc else []))
 
 
-def refusal(ds: Dataset) -> str | None:
+def refusal(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why the node does not predict ``ds`` (a header is enough), or None when it does.
 
     Reasons: a SOP class not in ``INPUT_SOP_CLASSES``; a Secondary Capture whose Modality is not
-    CR / DX / DR; pneumoseg's own output; a SOPInstanceUID that is not a valid UID (it names files).
+    CR / DX / DR; pneumoseg's own output; a SOPInstanceUID that is not a valid UID (it names files);
+    Rows x Columns x frames over ``max_pixels`` (it could never be read, so it is not stored).
     """
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in INPUT_SOP_CLASSES:
@@ -90,6 +91,12 @@ def refusal(ds: Dataset) -> str | None:
     uid = str(ds.get("SOPInstanceUID", ""))
     if not is_valid_uid(uid):
         return f"SOPInstanceUID {uid[:80]!r} is not a valid DICOM UID (digits and dots, at most 64 characters)"
+    try:
+        pixels = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (TypeError, ValueError):
+        return "Rows / Columns / NumberOfFrames are not numbers"
+    if pixels > max_pixels:
+        return f"{pixels} pixels (rows x cols x frames) over the limit {max_pixels}"
     return None
 
 

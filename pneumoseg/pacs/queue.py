@@ -1,6 +1,8 @@
 """The listener's on-disk queue: every received instance is on disk before it is acknowledged.
 
-Layout of a queue folder ``Q`` (every file written atomically, ``pneumoseg.util.atomic``)::
+Layout of a queue folder ``Q`` (every file written atomically, ``pneumoseg.util.atomic``; the
+instances, states and results also fsync'd with their folder, so what was acknowledged survives a
+power loss, not only a killed process)::
 
     Q/instances/<SOPInstanceUID>.dcm       the received instance, as received (DICOM file format)
     Q/state/<SOPInstanceUID>.json          its state: received -> predicted -> sent | failed
@@ -22,14 +24,32 @@ destination receives the same instance again, not a second one.
 
 Bounded: ``offer`` answers ``"full"`` while ``max_pending`` instances wait (received or
 predicted), and the node then answers C-STORE with *Out of Resources* (the sender retries
-later). Instances already known (any state) are answered ``"duplicate"`` and not queued again.
-Sent instances keep only their state file (``keep=False``, the default): their instance and
-results are deleted; failed ones keep theirs for a look.
+later). Sent instances keep only their state file (``keep=False``, the default): their instance
+and results are deleted; failed ones keep theirs for a look, the most recent ``keep_failed`` of
+them only (older failed instances keep only their state file), so failures cannot fill the disk.
+
+Re-sends (an instance whose SOPInstanceUID is already known), decided by the SHA-256 of the
+received data set without its file meta header (``Entry.sha256``, ``dataset_digest``; the
+meta header says which AE and software wrote the file, not what the image is):
+
+* the same bytes as the copy on record, and that copy is waiting, or was sent: ``"duplicate"``
+  (acknowledged, nothing done: a sender that repeats itself causes no second result);
+* different bytes (a corrected image, or a copy recorded by an older version without a hash):
+  ``"requeued"``: the new copy replaces the old one and is predicted; its results supersede the
+  earlier ones (a C-STORE cannot delete what the destination already has: the new results are new
+  instances in the same result series, with a later Content Date / Time);
+* the copy on record failed (unreadable, refused by the destination...): ``"requeued"``, whatever
+  its bytes, so a failed instance can be retried by sending it again.
+
+So a sender that guesses a UID cannot pre-empt the real image: the real image, when it comes,
+is predicted as well. The earlier copies' hash, state and times are kept in ``Entry.history``
+(the last ``_HISTORY`` of them).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -48,12 +68,24 @@ from pneumoseg.util.atomic import atomic_path, atomic_write_bytes, atomic_write_
 from pneumoseg.errors import DataError
 from pneumoseg.util.paths import is_valid_uid
 
-__all__ = ["PENDING_STATES", "STATES", "Entry", "InstanceQueue", "Offer"]
+__all__ = ["PENDING_STATES", "STATES", "Entry", "InstanceQueue", "Offer", "dataset_digest"]
 
 STATES = ("received", "predicted", "sent", "failed")
 PENDING_STATES = ("received", "predicted")
-Offer = Literal["queued", "duplicate", "full"]
+Offer = Literal["queued", "requeued", "duplicate", "full"]
 _LATENCY_WINDOW = 1000  #: latencies kept for status.json's p50 / p95 (the most recent ones)
+_HISTORY = 8  #: earlier copies of a re-sent instance recorded in its state file
+
+
+def dataset_digest(data: bytes) -> str:
+    """SHA-256 (hex) of a DICOM file's data set, its preamble and file meta header left out.
+
+    Bytes that are not a DICOM file with a (0002,0000) group length are hashed whole.
+    """
+    view = memoryview(data)
+    if len(data) >= 144 and data[128:132] == b"DICM" and data[132:138] == b"\x02\x00\x00\x00UL":
+        view = view[144 + int.from_bytes(data[140:144], "little"):]
+    return hashlib.sha256(view).hexdigest()
 
 
 @dataclass
@@ -71,6 +103,8 @@ class Entry:
     probability: float | None = None
     area_px: int | None = None
     error: str | None = None
+    sha256: str = ""  #: of the received data set; "" for state files of older versions
+    history: list[dict[str, Any]] = field(default_factory=list)  #: earlier copies (sha256, state, times, error)
 
     @property
     def latency(self) -> float | None:
@@ -82,16 +116,19 @@ class InstanceQueue:
     """The queue in folder ``root`` (module docstring); thread-safe; one process per folder.
 
     ``info`` is copied into ``status.json`` (the node's AE title, port, destination...).
+    ``keep_failed``: failed instances whose files are kept (the most recent; default ``max_pending``).
     Raises DataError when another process holds the folder.
     """
 
     def __init__(self, root: str | os.PathLike[str], max_pending: int = 64, keep: bool = False,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None, keep_failed: int | None = None) -> None:
         if max_pending < 1:
             raise DataError(f"{root}: max_pending must be >= 1, got {max_pending}")
         self.root = Path(root)
         self.max_pending = max_pending
         self.keep = keep
+        self.keep_failed = max_pending if keep_failed is None else max(0, keep_failed)
+        self._failed_kept: deque[str] = deque()  #: failed instances that still have files, oldest first
         self.info = dict(info or {})
         for sub in ("instances", "state", "outputs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -104,7 +141,7 @@ class InstanceQueue:
             raise DataError(f"{self.root}: queue folder in use by another pneumoseg listen; one process per queue") from None
         self._cond = threading.Condition()
         self._pending: dict[str, Entry] = {}
-        self.totals = {"sent": 0, "failed": 0, "refused": 0, "duplicates": 0, "full": 0}
+        self.totals = {"sent": 0, "failed": 0, "refused": 0, "duplicates": 0, "requeued": 0, "full": 0}
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.last_error: str | None = None
         self.started_at = time.time()
@@ -122,7 +159,7 @@ class InstanceQueue:
         return self.root / "state" / f"{uid}.json"
 
     def _save(self, entry: Entry) -> None:
-        atomic_write_text(self._state_path(entry.uid), json.dumps(asdict(entry), sort_keys=True) + "\n")
+        atomic_write_text(self._state_path(entry.uid), json.dumps(asdict(entry), sort_keys=True) + "\n", durable=True)
 
     def _load(self, path: Path) -> Entry | None:
         try:
@@ -133,6 +170,7 @@ class InstanceQueue:
 
     def _recover(self) -> int:
         """Read every state file; adopt instances written without one. Returns the pending count."""
+        failed: list[Entry] = []
         for path in sorted((self.root / "state").glob("*.json")):
             entry = self._load(path)
             if entry is None or entry.state not in STATES:
@@ -144,11 +182,15 @@ class InstanceQueue:
                 self.totals[entry.state] += 1
                 if entry.latency is not None:
                     self._latencies.append(entry.latency)
+                if entry.state == "failed" and self.instance_path(entry.uid).exists():
+                    failed.append(entry)
+        for entry in sorted(failed, key=lambda e: (e.received_at, e.uid)):
+            self._keep_failed_files(entry.uid)
         for path in sorted((self.root / "instances").glob("*.dcm")):
             uid = path.stem
             if is_valid_uid(uid) and uid not in self._pending and not self._state_path(uid).exists():
                 # Killed between the instance and its state: it was never acknowledged, keep it anyway.
-                entry = Entry(uid, "received", path.stat().st_mtime)
+                entry = Entry(uid, "received", path.stat().st_mtime, sha256=dataset_digest(path.read_bytes()))
                 self._save(entry)
                 self._pending[uid] = entry
         for tmp in self.root.rglob(".*.tmp*"):  # temporaries of writes a kill interrupted
@@ -157,25 +199,39 @@ class InstanceQueue:
 
     # -- receiving ------------------------------------------------------------------------------
     def offer(self, uid: str, data: bytes, calling_ae: str = "") -> Offer:
-        """Store a received instance (``data``: DICOM file bytes) durably; call before acknowledging."""
+        """Store a received instance (``data``: DICOM file bytes) durably; call before acknowledging.
+
+        A known ``uid`` is a ``"duplicate"`` or ``"requeued"`` by the policy in the module docstring.
+        """
         if not is_valid_uid(uid):
             raise DataError(f"SOPInstanceUID {uid[:80]!r} is not a valid DICOM UID; not queued")
+        digest = dataset_digest(data)
         with self._cond:
-            if uid in self._pending or self._state_path(uid).exists():
+            known = self._pending.get(uid) or (self._load(self._state_path(uid))
+                                               if self._state_path(uid).exists() else None)
+            if known is not None and known.state != "failed" and known.sha256 == digest:
                 self.totals["duplicates"] += 1
                 self._write_status_locked()
                 return "duplicate"
-            if len(self._pending) >= self.max_pending:
+            if uid not in self._pending and len(self._pending) >= self.max_pending:
                 self.totals["full"] += 1
                 self._write_status_locked()
                 return "full"
-            atomic_write_bytes(self.instance_path(uid), data)
-            entry = Entry(uid, "received", time.time(), calling_ae=calling_ae)
+            atomic_write_bytes(self.instance_path(uid), data, durable=True)
+            entry = Entry(uid, "received", time.time(), calling_ae=calling_ae, sha256=digest)
+            if known is not None:
+                earlier = {k: getattr(known, k) for k in ("sha256", "state", "received_at", "sent_at", "error")}
+                entry.history = (known.history + [earlier])[-_HISTORY:]
+                if known.state not in PENDING_STATES:  # nobody works on it: clear its old results
+                    shutil.rmtree(self.root / "outputs" / uid, ignore_errors=True)
+                if uid in self._failed_kept:
+                    self._failed_kept.remove(uid)
+                self.totals["requeued"] += 1
             self._save(entry)
-            self._pending[uid] = entry
+            self._pending[uid] = entry  # a waiting older copy is superseded: its marks are ignored
             self._write_status_locked()
             self._cond.notify_all()
-            return "queued"
+            return "queued" if known is None else "requeued"
 
     def note_refused(self, reason: str) -> None:
         with self._cond:
@@ -199,12 +255,19 @@ class InstanceQueue:
         with self._cond:
             self._cond.notify_all()
 
+    def is_current(self, entry: Entry) -> bool:
+        """False once a re-sent copy has replaced ``entry`` (its marks are then ignored)."""
+        with self._cond:
+            return self._pending.get(entry.uid) is entry
+
     def mark_predicted(self, entry: Entry, outputs: Mapping[str, Dataset], probability: float, area_px: int) -> None:
         """Write ``outputs`` (``{kind: dataset}``, sending order) to disk, then record ``predicted``."""
         for kind, ds in outputs.items():
-            with atomic_path(self.output_path(entry.uid, kind)) as tmp:
+            with atomic_path(self.output_path(entry.uid, kind), durable=True) as tmp:
                 ds.save_as(tmp, enforce_file_format=True)
         with self._cond:
+            if self._pending.get(entry.uid) is not entry:
+                return
             entry.state, entry.predicted_at = "predicted", time.time()
             entry.outputs, entry.sent_outputs = list(outputs), []
             entry.probability, entry.area_px = float(probability), int(area_px)
@@ -213,17 +276,23 @@ class InstanceQueue:
 
     def mark_output_sent(self, entry: Entry, kind: str) -> None:
         with self._cond:
+            if self._pending.get(entry.uid) is not entry:
+                return
             entry.sent_outputs.append(kind)
             self._save(entry)
 
     def mark_sent(self, entry: Entry) -> None:
         with self._cond:
+            if self._pending.get(entry.uid) is not entry:
+                return
             entry.state, entry.sent_at = "sent", time.time()
             self._finish(entry)
             self._latencies.append(entry.sent_at - entry.received_at)
 
     def mark_failed(self, entry: Entry, reason: str) -> None:
         with self._cond:
+            if self._pending.get(entry.uid) is not entry:
+                return
             entry.state, entry.error = "failed", reason
             self.last_error = f"{entry.uid}: {reason}"
             self._finish(entry)
@@ -233,10 +302,21 @@ class InstanceQueue:
         self._pending.pop(entry.uid, None)
         self.totals[entry.state] += 1
         if entry.state == "sent" and not self.keep:  # failed ones stay for a look
-            self.instance_path(entry.uid).unlink(missing_ok=True)
-            shutil.rmtree(self.root / "outputs" / entry.uid, ignore_errors=True)
+            self._remove_files(entry.uid)
+        if entry.state == "failed":
+            self._keep_failed_files(entry.uid)
         self._write_status_locked()
         self._cond.notify_all()
+
+    def _remove_files(self, uid: str) -> None:
+        self.instance_path(uid).unlink(missing_ok=True)
+        shutil.rmtree(self.root / "outputs" / uid, ignore_errors=True)
+
+    def _keep_failed_files(self, uid: str) -> None:
+        """Keep ``uid``'s files for a look; remove those of the oldest failed beyond ``keep_failed``."""
+        self._failed_kept.append(uid)
+        while len(self._failed_kept) > self.keep_failed:
+            self._remove_files(self._failed_kept.popleft())
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

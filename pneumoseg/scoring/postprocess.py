@@ -50,19 +50,19 @@ from pneumoseg.scoring.metrics import dice_from_counts
 
 __all__ = [
     "AREA_UNIT",
+    "TUNED_NAME",
     "VALIDATION_AREA_UNIT",
     "GridDice",
-    "grid_counts",
-    "validation_grid",
-    "TUNED_NAME",
     "GridScorer",
     "PostProcess",
     "TunedRule",
     "default_grid",
     "find_tuned",
+    "grid_counts",
     "grid_search",
     "remove_small_components",
     "save_tuned",
+    "validation_grid",
 ]
 
 AREA_UNIT = "source_px"  #: ``min_area`` counts pixels at the source image's resolution

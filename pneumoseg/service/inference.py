@@ -4,8 +4,8 @@ Only the forward pass runs under the model lock (one at a time: the model is sha
 already uses every core). Decoding, the resize to the model's size, upsampling and
 post-processing at the input's resolution (``Predictor.finish``), RLE and PNG encoding all run
 outside it, so one huge image never stalls the others' forward passes. ``predict_upload_async``
-lets at most ``settings.max_concurrent`` uploads into that work at once (a 64 MP image peaks near
-1 GB); the others wait in the event loop, holding no worker thread.
+lets at most ``settings.max_concurrent`` uploads into that work at once (a 64,000,000-pixel image peaks
+near 2 GB); the others wait in the event loop, holding no worker thread.
 """
 
 from __future__ import annotations

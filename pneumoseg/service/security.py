@@ -25,7 +25,7 @@ from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["HostGuard", "SecurityHeaders", "allowed_host_set", "parse_host", "bearer_scheme", "is_loopback", "request_authorized", "require_token"]
+__all__ = ["HostGuard", "SecurityHeaders", "allowed_host_set", "bearer_scheme", "is_loopback", "parse_host", "request_authorized", "require_token"]
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Set with `pneumoseg serve --token` or PNEUMOSEG_TOKEN.")
 

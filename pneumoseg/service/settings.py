@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pneumoseg.errors import ConfigError
+from pneumoseg.util.limits import MAX_PIXELS
 
 __all__ = ["ALLOWED_HOSTS_ENV", "MIN_TOKEN_LEN", "ServiceSettings", "allowed_hosts_from_env"]
 
@@ -60,7 +61,8 @@ class ServiceSettings:
     the JSON answer); the least recently used are dropped first, a result larger than the whole
     budget is answered but not kept. ``cache_size``: at most this many results besides.
     ``max_concurrent``: uploads decoded / predicted / post-processed at once (an image of
-    ``max_pixels`` = 64 MP peaks near 1 GB); others wait their turn without holding a thread.
+    ``max_pixels`` = 64,000,000 peaks near 2 GB: an 8000 x 8000 16-bit DICOM measured +1.9 GB);
+    others wait their turn without holding a thread.
     ``token``: when set, every API route but ``/health`` and the page needs
     ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
     ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.inference.predictor.Predictor`.
@@ -76,7 +78,7 @@ class ServiceSettings:
     """
 
     max_upload_mb: float = 50.0
-    max_pixels: int = 64_000_000
+    max_pixels: int = MAX_PIXELS
     result_store_mb: float = 512.0
     cache_size: int = 64
     max_concurrent: int = 2

@@ -118,7 +118,6 @@ __all__ = [
     "build_datamodule",
     "build_model",
     "build_module",
-    "require_cache",
     "build_trainer",
     "default_run_dir",
     "init_run",
@@ -128,6 +127,7 @@ __all__ = [
     "plan_steps",
     "predicts_nothing",
     "recommended_steps",
+    "require_cache",
     "save_preprocessing",
     "train",
 ]

@@ -69,7 +69,7 @@ def one_line(text: str) -> str:
 def os_error_line(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
     """One line for a failed write: ``PATH: reason``."""
     where = exc.filename if exc.filename is not None else path
-    reason = exc.strerror or exc.__class__.__name__
+    reason = exc.strerror or str(exc) or exc.__class__.__name__
     return f"{where}: cannot write ({reason})" if where is not None else f"cannot write ({reason})"
 
 

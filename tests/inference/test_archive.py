@@ -113,7 +113,8 @@ def test_kill_9_then_resume_predicts_the_rest_once(trained_run: Path, pngs: Path
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if (out / PARTS).is_dir() and len(list((out / PARTS).glob("*.jsonl"))) >= 3:
+            # Committed part files only: a temporary (".<name>.<random>.tmp.jsonl", being fsync'd) is not one yet.
+            if (out / PARTS).is_dir() and len([p for p in (out / PARTS).glob("[!.]*.jsonl")]) >= 3:
                 break
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from pneumoseg.errors import RLEError
 from pneumoseg.io.rle import (
+    Annotations,
     read_annotations,
     rle_decode,
     rle_decode_absolute,
@@ -199,3 +200,36 @@ def test_every_stage2_row_decodes_and_reencodes() -> None:
     assert sum(len(v) for v in ann.values()) == 12954
     assert sum(ann.is_positive(i) for i in ann) == 2669
     assert n_pos == sum(ann.n_annotations(i) for i in ann)
+
+
+def test_one_overlong_row_is_one_bad_image(tmp_path) -> None:
+    """Issue 20 item 8: one EncodedPixels longer than csv's field limit made the whole file unreadable."""
+    path = tmp_path / "rle.csv"
+    long_rle = " ".join(["1 1"] * 40_000)  # 160,000 characters: over the 131,072 limit
+    path.write_text(f"ImageId,EncodedPixels\na,1 2\nlong,{long_rle}\nb,-1\nlong,5 5\n")
+    ann = read_annotations(path)
+    assert ann.mask("a", 4, 4).sum() == 2 and not ann.is_positive("b")
+    with pytest.raises(RLEError, match=rf"^{path} row 3 ImageId long: EncodedPixels longer than the 131072 "):
+        ann.mask("long", 1024, 1024)
+    with pytest.raises(RLEError, match="row 3 ImageId long"):
+        ann.n_annotations("long")
+
+
+def test_rows_per_image_are_bounded(tmp_path) -> None:
+    """Issue 20 item 8: 10**6 rows for one image were kept and decoded one full mask each (84 s)."""
+    from pneumoseg.io.rle import MAX_ROWS_PER_IMAGE
+
+    path = tmp_path / "rle.csv.gz"
+    rows = "".join(f"bomb,{i + 1} 1\n" for i in range(100_000))
+    with gzip.open(path, "wt") as fh:
+        fh.write("ImageId,EncodedPixels\nok,1 1\n" + rows)
+    ann = read_annotations(path)
+    assert len(ann["bomb"]) == MAX_ROWS_PER_IMAGE + 1  # the rows kept, then the one bad row
+    with pytest.raises(RLEError, match=rf"row {MAX_ROWS_PER_IMAGE + 3} ImageId bomb: more than {MAX_ROWS_PER_IMAGE} "):
+        ann.mask("bomb", 1024, 1024)
+    assert ann.mask("ok", 2, 2).sum() == 1
+    again = Annotations(path)  # prepare re-adds an image's rows in its worker: the same outcome
+    for rle, row in zip(ann["bomb"], ann.rows["bomb"], strict=True):
+        again.add("bomb", rle, row)
+    with pytest.raises(RLEError, match=f"more than {MAX_ROWS_PER_IMAGE}"):
+        again.mask("bomb", 1024, 1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -195,3 +196,59 @@ def test_cli_listen_refuses_bad_forward(pacs_run: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--forward 'PACS@host' is not AE@HOST:PORT" in result.output
     help_text = runner.invoke(app, ["--help"]).output
     assert "listen" in help_text and "dicomweb" in help_text
+
+
+def test_instance_and_pixel_limits(pacs_run: Path, synth_files: list[Path], tmp_path: Path) -> None:
+    """Issue 20 item 6: a C-STORE over the pixel limit was acknowledged and stayed on disk; any size was
+    buffered in memory. Now an image over --max-pixels is refused from its header and an instance over
+    --max-instance-mb aborts its association as soon as its data passes the limit: neither is stored."""
+    predictor = Predictor([pacs_run], device="cpu", batch_size=2)
+    queue = InstanceQueue(tmp_path / "q")
+    node = Listener(predictor, queue, Destination.parse(f"DEST@127.0.0.1:{free_port()}"), port=0,
+                    max_pixels=256 * 256 - 1, max_instance_mb=1.0)
+    node.start()
+    try:
+        assoc = _sender(node.port, [SC])
+        status = assoc.send_c_store(pydicom.dcmread(synth_files[0]))  # 256 x 256
+        assert status.Status == 0xC000 and "65536 pixels" in status.ErrorComment
+        big = pydicom.dcmread(synth_files[1])
+        big.Rows = big.Columns = 200  # under the pixel limit; the data set's size is what is over
+        big.PixelData = bytes(1000 * 1000) + bytes(200_000)  # 1.2 MB on the wire, made here, never on disk
+        result = assoc.send_c_store(big)
+        assert "Status" not in result, "the instance was answered, not aborted"
+        deadline = time.monotonic() + 5
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+        assert queue.status()["refused"] == 2 and "--max-instance-mb" in queue.status()["last_error"]
+        assert not list((tmp_path / "q" / "instances").iterdir())
+        again = _sender(node.port, [SC])  # the node still serves
+        assert again.send_c_echo().Status == 0x0000
+        again.release()
+    finally:
+        node.close()
+
+
+def test_cli_listen_beyond_loopback_needs_calling_ae(pacs_run: Path, tmp_path: Path) -> None:
+    """Issue 20 item 6: any calling AE was accepted on every interface unless --calling-ae was given."""
+    from pneumoseg.cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["listen", str(pacs_run), "--forward", "PACS@127.0.0.1:104", "--host", "0.0.0.0",
+                                 "--queue", str(tmp_path / "q")])
+    assert result.exit_code == 2 and "give --calling-ae" in result.output
+    help_text = " ".join(re.sub("[│╭╮╰╯─]", " ", runner.invoke(app, ["listen", "--help"]).output).split())
+    assert "ANY caller that can reach the port" in help_text and "Largest instance" in help_text
+
+
+def test_calling_ae_allow_list(pacs_run: Path, tmp_path: Path) -> None:
+    predictor = Predictor([pacs_run], device="cpu", batch_size=2)
+    node = Listener(predictor, InstanceQueue(tmp_path / "q"), Destination.parse("DEST@127.0.0.1:104"), port=0,
+                    calling_ae_titles=["MODALITY"])
+    node.start()
+    try:
+        ae = AE("SENDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assert not ae.associate("127.0.0.1", node.port, ae_title="PNEUMOSEG").is_established
+    finally:
+        node.close()

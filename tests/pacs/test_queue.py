@@ -34,7 +34,7 @@ def test_offer_is_on_disk_bounded_and_deduplicated(tmp_path: Path) -> None:
     assert (tmp_path / "instances" / f"{UIDS[0]}.dcm").read_bytes() == b"zero"
     assert _state(tmp_path, UIDS[0])["state"] == "received"
     assert _state(tmp_path, UIDS[0])["calling_ae"] == "ORTHANC"
-    assert q.offer(UIDS[0], b"zero again", "ORTHANC") == "duplicate"
+    assert q.offer(UIDS[0], b"zero", "ORTHANC") == "duplicate"  # the same bytes (other bytes: test_resend_policy)
     assert q.offer(UIDS[1], b"one") == "queued"
     assert q.offer(UIDS[2], b"two") == "full"
     assert not (tmp_path / "instances" / f"{UIDS[2]}.dcm").exists()
@@ -108,3 +108,72 @@ def test_one_process_per_queue(tmp_path: Path) -> None:
     InstanceQueue(tmp_path).close()
     with pytest.raises(DataError, match="max_pending must be >= 1, got 0"):
         InstanceQueue(tmp_path / "other", max_pending=0)
+
+
+def _dicom_bytes(uid: str, value: str, implementation: str = "1.2.3.4") -> bytes:
+    """A small DICOM file: SOPInstanceUID ``uid``, PatientID ``value``, meta ImplementationClassUID as given."""
+    from io import BytesIO
+
+    ds = _result(uid)
+    ds.SOPInstanceUID, ds.PatientID = uid, value
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, uid
+    ds.file_meta.ImplementationClassUID = implementation
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_resend_policy(tmp_path: Path) -> None:
+    """Issue 20 item 3: a known UID used to be 'duplicate' in any state, so a first copy (a guess, a
+    corrupt copy, a failure) pre-empted the real image forever. Now: same data set -> duplicate;
+    other data set -> requeued (replaces, predicted again); failed -> requeued whatever its bytes."""
+    q = InstanceQueue(tmp_path, max_pending=2)
+    uid = UIDS[0]
+    guess, real = _dicom_bytes(uid, "guess"), _dicom_bytes(uid, "real")
+    assert q.offer(uid, guess, "EVIL") == "queued"
+    # Only the file meta header differs (another sender's software): the same image.
+    assert q.offer(uid, _dicom_bytes(uid, "guess", implementation="9.9"), "OTHER") == "duplicate"
+    assert q.offer(uid, real, "PACS") == "requeued"  # waiting: replaced in place
+    (entry,) = q.pending("received")
+    assert q.instance_path(uid).read_bytes() == real and entry.calling_ae == "PACS"
+    assert [h["state"] for h in entry.history] == ["received"] and len(q.pending("received")) == 1
+
+    # Sent: the same bytes again are a duplicate, other bytes are predicted again.
+    q.mark_predicted(entry, {"seg": _result(uid)}, 0.5, 1)
+    q.mark_output_sent(entry, "seg")
+    q.mark_sent(entry)
+    assert q.offer(uid, real) == "duplicate"
+    fixed = _dicom_bytes(uid, "corrected")
+    assert q.offer(uid, fixed) == "requeued"
+    (entry,) = q.pending("received")
+    assert [h["state"] for h in _state(tmp_path, uid)["history"]] == ["received", "sent"]  # type: ignore[index]
+
+    # A copy superseded while the worker held it: its late marks are ignored.
+    stale = entry
+    assert q.offer(uid, _dicom_bytes(uid, "third")) == "requeued"
+    q.mark_failed(stale, "late failure of the superseded copy")
+    assert _state(tmp_path, uid)["state"] == "received" and q.status()["failed"] == 0
+
+    # Failed: the same bytes may be retried; after a restart too.
+    (entry,) = q.pending("received")
+    q.mark_failed(entry, "destination refused it")
+    q.close()
+    r = InstanceQueue(tmp_path, max_pending=2)
+    assert r.offer(uid, _dicom_bytes(uid, "third")) == "requeued"
+    assert r.pending("received")[0].uid == uid and r.status()["requeued"] == 1
+    r.close()
+
+
+def test_failed_files_are_bounded(tmp_path: Path) -> None:
+    """Issue 20 item 6: failed instances kept their files forever and did not count towards max_pending."""
+    q = InstanceQueue(tmp_path, max_pending=2)
+    for uid in UIDS:
+        assert q.offer(uid, b"x" * 1000) == "queued"
+        q.mark_failed(q.pending("received")[0], "unreadable")
+    kept = sorted(p.stem for p in (tmp_path / "instances").glob("*.dcm"))
+    assert kept == UIDS[-2:], "only the most recent max_pending failed instances keep their files"
+    assert sorted(p.stem for p in (tmp_path / "state").glob("*.json")) == UIDS  # their states stay
+    q.close()
+    r = InstanceQueue(tmp_path, max_pending=1)  # a smaller bound applies at restart
+    assert sorted(p.stem for p in (tmp_path / "instances").glob("*.dcm")) == UIDS[-1:]
+    r.close()

@@ -117,8 +117,8 @@ def clear_outputs(out: str | os.PathLike[str]) -> None:
 
 def record_invocation(out: str | os.PathLike[str], settings: Mapping[str, Any], previous: Mapping[str, Any] | None,
                       invocation: Mapping[str, Any]) -> None:
-    """Write the manifest: ``settings`` and the history so far plus ``invocation`` (atomically)."""
+    """Write the manifest: ``settings`` and the history so far plus ``invocation`` (atomically, fsync'd)."""
     history = list(previous.get("history", [])) if previous else []
     history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **invocation})
     data = {"format": FORMAT, "settings": dict(settings), "history": history}
-    atomic_write_text(Path(out) / MANIFEST, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(Path(out) / MANIFEST, json.dumps(data, indent=2) + "\n", durable=True)

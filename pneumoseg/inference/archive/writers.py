@@ -2,7 +2,10 @@
 
 Each rank commits one record per image (JSON lines) to ``OUT/.parts/<token>-r<rank>-<seq>.jsonl``
 after that batch's files exist, one part file per batch, each written atomically, so a
-``kill -9`` loses at most the batches in flight. At the end of a rank's share its part files are
+``kill -9`` loses at most the batches in flight. Part files are fsync'd with their folder
+(``durable``), so a record survives a power loss too; the image files it names are not fsync'd
+one by one (that would cost a disk flush per file): after a power loss, the last batches' images
+may be empty, and ``--overwrite`` redoes them. At the end of a rank's share its part files are
 folded into ``<token>-r<rank>.jsonl``. A record says which files the image produced; a rerun
 counts an image as done only when its record is there *and* every file it names exists.
 """
@@ -53,14 +56,15 @@ class PartFiles:
             return
         self.seq += 1
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        atomic_write_text(self.folder / f"{self.prefix}-{self.seq:08d}.jsonl", text)
+        atomic_write_text(self.folder / f"{self.prefix}-{self.seq:08d}.jsonl", text, durable=True)
 
     def compact(self) -> None:
         """Fold this rank's part files into one (written first; the small ones removed after)."""
         parts = sorted(self.folder.glob(f"{self.prefix}-*.jsonl"))
         if len(parts) < 2:
             return
-        atomic_write_text(self.folder / f"{self.prefix}.jsonl", "".join(p.read_text(encoding="utf-8") for p in parts))
+        atomic_write_text(self.folder / f"{self.prefix}.jsonl", "".join(p.read_text(encoding="utf-8") for p in parts),
+                          durable=True)
         for p in parts:
             p.unlink()
 

@@ -56,6 +56,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from pneumoseg.util.atomic import atomic_path
+from pneumoseg.util.limits import MAX_PIXELS
 from pneumoseg.errors import DicomError
 
 __all__ = [
@@ -78,8 +79,8 @@ __all__ = [
 PERCENTILES = (0.5, 99.5)
 """Percentiles mapped to 0 and 255 for deep images without a usable VOI LUT or window."""
 
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
-"""Rows x Columns x frames refused above this (64 MP) when ``max_pixels`` is not given."""
+DEFAULT_MAX_PIXELS = MAX_PIXELS
+"""Rows x Columns x frames refused above this (64,000,000) when ``max_pixels`` is not given."""
 
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
 """Modalities read without a warning."""
@@ -840,26 +841,91 @@ def _scale(arr: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+_MAX_LEVELS = 1 << 17  # integer images with at most this many distinct levels go through a lookup table
+_CHUNK_PIXELS = 1 << 22  # pixels per slice when counting levels and applying the table (32 MB of int64)
+
+
+def _levels(arr: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(lowest stored value, count of each value from there) of an integer image, or None.
+
+    None for float images and for ranges wider than ``_MAX_LEVELS``. Counted in slices of
+    ``_CHUNK_PIXELS``, so counting costs 32 MB on top of the image, whatever its size.
+    """
+    if arr.dtype.kind not in "ui" or arr.size == 0:
+        return None
+    low, high = int(arr.min()), int(arr.max())
+    if high - low >= _MAX_LEVELS:
+        return None
+    flat = arr.reshape(-1)
+    counts = np.zeros(high - low + 1, dtype=np.int64)
+    for start in range(0, flat.size, _CHUNK_PIXELS):
+        counts += np.bincount(flat[start:start + _CHUNK_PIXELS].astype(np.int64) - low, minlength=counts.size)
+    return low, counts
+
+
+def _lookup(table: np.ndarray, arr: np.ndarray, low: int) -> np.ndarray:
+    """``table[arr - low]`` (uint8, arr's shape), in slices."""
+    out = np.empty(arr.size, dtype=np.uint8)
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, _CHUNK_PIXELS):
+        np.take(table, flat[start:start + _CHUNK_PIXELS].astype(np.int64) - low, out=out[start:start + _CHUNK_PIXELS])
+    return out.reshape(arr.shape)
+
+
+def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, q: tuple[float, ...]) -> list[float]:
+    """``np.percentile(np.repeat(values, counts), q)`` (method "linear") without repeating anything."""
+    used = counts > 0
+    order = np.argsort(values[used], kind="stable")
+    ordered, cumulative = values[used][order], np.cumsum(counts[used][order])
+    n = int(cumulative[-1])
+    found = []
+    for quantile in np.true_divide(q, 100):
+        virtual = n * quantile + (1 + quantile * -1) - 1  # numpy's virtual index for "linear"
+        below = min(max(int(np.floor(virtual)), 0), n - 1)
+        above = min(below + 1, n - 1)
+        gamma = virtual - np.floor(virtual)
+        a = ordered[np.searchsorted(cumulative, below, side="right")]
+        b = ordered[np.searchsorted(cumulative, above, side="right")]
+        diff = b - a
+        found.append(float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma))
+    return found
+
+
 def _to_uint8(arr: np.ndarray, ds: Dataset, label: str, notes: list[str]) -> np.ndarray:
-    """Stored values (H, W) -> display uint8 (H, W) by VOI/window, as-is (8-bit) or percentiles."""
+    """Stored values (H, W) -> display uint8 (H, W) by VOI/window, as-is (8-bit) or percentiles.
+
+    Every step maps each stored value on its own, so an integer image is converted through a
+    lookup table of its distinct levels (at most 2**17): the result equals the full-array float64
+    computation, but the peak memory is the image plus tens of MB instead of ~4 float64 copies
+    (2 GB for 64 MP).
+    """
     photometric = _text(ds, "PhotometricInterpretation")
-    try:
-        values = apply_modality_lut(arr, ds)
-    except Exception as exc:
-        raise DicomError(f"{label}: invalid Modality LUT / rescale ({_error(exc)})") from None
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
-        try:
-            return _scale(*_voi(values, ds))
-        except Exception as exc:
-            notes.append(f"unusable VOI LUT / window ({_error(exc)}): contrast from percentiles instead")
     plain_8bit = (arr.dtype.kind == "u" and _int(ds, "BitsStored") <= 8 and "RescaleSlope" not in ds
                   and "ModalityLUTSequence" not in ds)
+    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    levels = None if plain_8bit and not has_voi else _levels(arr)
+    source = arr if levels is None else np.arange(levels[0], levels[0] + levels[1].size, dtype=arr.dtype)
+
+    def finish(table: np.ndarray) -> np.ndarray:
+        return table if levels is None else _lookup(table, arr, levels[0])
+
+    try:
+        values = apply_modality_lut(source, ds)
+    except Exception as exc:
+        raise DicomError(f"{label}: invalid Modality LUT / rescale ({_error(exc)})") from None
+    if has_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        try:
+            return finish(_scale(*_voi(values, ds)))
+        except Exception as exc:
+            notes.append(f"unusable VOI LUT / window ({_error(exc)}): contrast from percentiles instead")
     if plain_8bit:
         return arr.astype(np.uint8)
     values = np.asarray(values, dtype=np.float64)
-    low, high = np.percentile(values, PERCENTILES)
-    return _scale(values, float(low), float(high))
+    if levels is None:
+        low, high = np.percentile(values, PERCENTILES)
+    else:
+        low, high = _weighted_percentiles(values, levels[1], PERCENTILES)
+    return finish(_scale(values, float(low), float(high)))
 
 
 def _pixels(ds: Dataset, label: str, max_pixels: int, notes: list[str],

@@ -26,7 +26,7 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.io.dicom.read import write_dicom
-from pneumoseg.io.dicom.seg import area_description, area_mm2, pixel_spacing_mm
+from pneumoseg.io.dicom.seg import area_description, area_mm2, check_source_uids, pixel_spacing_mm
 from pneumoseg.errors import DicomError
 from pneumoseg.io.overlay import overlay
 
@@ -63,6 +63,7 @@ def make_overlay_sc(
     missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns") if k not in source]
     if missing:
         raise DicomError(f"{where}: cannot reference the source in a Secondary Capture: missing {', '.join(missing)}")
+    check_source_uids(source, "Secondary Capture")
     shape = (int(source.Rows), int(source.Columns))
     pixels, mask = np.asarray(pixels), np.asarray(mask)
     if pixels.shape != shape or mask.shape != shape or pixels.dtype != np.uint8:

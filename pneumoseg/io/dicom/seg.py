@@ -40,13 +40,16 @@ from pydicom.sr.codedict import codes
 import pneumoseg
 from pneumoseg.io.dicom.read import pixel_spacing_mm, read_header, spacing_pair, write_dicom
 from pneumoseg.errors import DicomError
+from pneumoseg.util.paths import is_valid_uid, one_line
 
 __all__ = [
     "PNEUMOTHORAX",
     "SEGMENT_CATEGORY",
     "SERIES_DESCRIPTION",
+    "SOURCE_UIDS",
     "area_description",
     "area_mm2",
+    "check_source_uids",
     "header_copy",
     "make_segmentation",
     "pixel_spacing_mm",
@@ -70,8 +73,26 @@ _FULL_GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "Imag
                   "ImageOrientationPatient")
 
 
+#: UIDs of the source that its SEG / SR / SC carry (to the PACS, with the node).
+SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+
+
 def _where(source: Dataset) -> str:
-    return str(getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>"))
+    return one_line(str(getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>")))
+
+
+def check_source_uids(source: Dataset, what: str) -> None:
+    """Refuse (DicomError naming the file and attribute) a source whose ``SOURCE_UIDS`` present are not
+    valid DICOM UIDs (digits and dots, at most 64 characters): an output would copy them, and
+    with them reference a study / series / frame of reference that no PACS can match. They are
+    refused, not replaced, since a replaced StudyInstanceUID would file the result in a new study.
+    """
+    for keyword in SOURCE_UIDS:
+        if keyword in source:
+            value = str(source.get(keyword) or "")
+            if not is_valid_uid(value):
+                raise DicomError(f"{_where(source)}: {keyword} {one_line(value[:80])!r} is not a valid DICOM UID "
+                                 f"(digits and dots, at most 64 characters); no {what} made from it")
 
 
 def area_mm2(mask: np.ndarray, source: Dataset) -> float | None:
@@ -113,6 +134,7 @@ def _source_header(source: Dataset) -> tuple[Dataset, bool]:
                            "Rows", "Columns") if k not in source]
     if missing:
         raise DicomError(f"{_where(source)}: cannot reference the source in a DICOM SEG: missing {', '.join(missing)}")
+    check_source_uids(source, "DICOM SEG")
     header = header_copy(source)
     full_geometry = all(k in header for k in _FULL_GEOMETRY)
     if not full_geometry:

@@ -27,7 +27,7 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.io.dicom.read import write_dicom
-from pneumoseg.io.dicom.seg import PNEUMOTHORAX, header_copy
+from pneumoseg.io.dicom.seg import PNEUMOTHORAX, check_source_uids, header_copy
 from pneumoseg.errors import DicomError
 
 __all__ = ["AREA_PIXELS_UNIT", "PLAIN_CHEST_XRAY", "SCORE", "SERIES_DESCRIPTION", "make_sr", "write_sr"]
@@ -89,6 +89,7 @@ def make_sr(
     Raises DicomError on values out of range or a source / SEG highdicom cannot reference.
     """
     where = getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>")
+    check_source_uids(source, "DICOM SR")
     source = header_copy(source)  # missing Type 2 patient/study attributes present and empty
     if not 0.0 <= float(score) <= 1.0:
         raise DicomError(f"{where}: image-level score {score!r} is not in [0, 1]")

@@ -285,3 +285,28 @@ def test_sr_from_a_source_without_type2_patient_attributes() -> None:
     ds.Modality, ds.Rows, ds.Columns = "CR", 8, 8
     sr = make_sr(ds, None, has_pneumothorax=False, score=0.1, area_px=0, area_mm2=None, model_name="m")
     assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.PatientBirthDate == ""
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("StudyInstanceUID", "1.2.3\n<script>"), ("StudyInstanceUID", ""), ("SeriesInstanceUID", "1.2." + "9" * 70),
+    ("FrameOfReferenceUID", "../../x"),
+])
+def test_malformed_source_uids_are_refused_not_forwarded(synth_dicom: Path, keyword: str, value: str) -> None:
+    """Issue 20 item 8: a malformed Study / Series UID of the input was copied into the SEG, SR and SC (and
+    sent to the PACS by the node). Each writer now refuses such a source on one line naming the attribute."""
+    import warnings
+
+    source = pydicom.dcmread(synth_dicom, stop_before_pixels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UID: that is the point
+        setattr(source, keyword, value)
+    pixels = np.zeros((int(source.Rows), int(source.Columns)), np.uint8)
+    mask = pixels.astype(bool)
+    pattern = rf"{keyword} .* is not a valid DICOM UID .* no {{}} made from it"
+    with pytest.raises(DicomError, match=pattern.format("DICOM SEG")):
+        make_segmentation(source, mask, model_name="unet")
+    with pytest.raises(DicomError, match=pattern.format("DICOM SR")):
+        make_sr(source, None, has_pneumothorax=False, score=0.1, area_px=0, area_mm2=None, model_name="unet")
+    with pytest.raises(DicomError, match=pattern.format("Secondary Capture")) as info:
+        make_overlay_sc(source, pixels, mask, model_name="unet")
+    assert "\n" not in str(info.value)
