@@ -17,7 +17,6 @@ PyTorch; the line ``backend: ...`` says which and why.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -124,8 +123,6 @@ def predict(
             workers = 0
     predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device="cpu" if engine else device,
                           batch_size=batch_size, backend=backend, onnx=onnx_files)
-    if _rank_zero():
-        console.print(f"backend: {reason or predictor.backend_reason}", highlight=False, soft_wrap=True)
     if input is not None:
         source, spec = folder_source(input), f"folder:{input.resolve()}"
         first_input(source, f"{input}: no .dcm, .png or .jpg files found")
@@ -141,6 +138,7 @@ def predict(
                              engine=engine)
     if result is None:  # another rank: rank 0 merges and reports
         return
+    console.print(f"backend: {reason or predictor.backend_reason}", highlight=False, soft_wrap=True)
     what = predictor.model_name + (", TTA" if tta else "") + (", onnxruntime" if predictor.backend == "onnx" else "")
     table = Table(title=f"Predictions ({what})", show_header=False)
     table.add_row("images", str(result.n_images))
@@ -172,11 +170,6 @@ def predict(
         for line in result.failures:
             err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
         raise fail(f"{len(result.failures)} input(s) could not be predicted (listed above)")
-
-
-def _rank_zero() -> bool:
-    """False in the other processes of a torchrun / SLURM / Lightning DDP launch (they print nothing)."""
-    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def register(app: typer.Typer) -> None:
