@@ -21,10 +21,11 @@ def _runs(text: str) -> list[Path]:
     return [Path(r) for r in text.split(",") if r]
 
 
-def _predictor(runs: list[Path], checkpoint: str, tta: bool, device: str | None, batch_size: int) -> Predictor:
+def _predictor(runs: list[Path], checkpoint: str, tta: bool, device: str | None, batch_size: int,
+               backend: str = "torch") -> Predictor:
     from pneumoseg.inference.predictor import Predictor
 
-    return Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
+    return Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size, backend=backend)
 
 
 def _warn(lines: list[str]) -> None:
@@ -91,6 +92,8 @@ def evaluate(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     report: bool = typer.Option(False, "--report", help="Also write RUN/report.html (+ .md), as `pneumoseg report`."),
+    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime on CPU when RUN/model.onnx matches "
+                                "the checkpoint, else torch) | torch | onnx (RUN/model.onnx)."),
 ) -> None:
     """Challenge metric (dice_kaggle) at the source resolution, dice_positive and image-level detection.
 
@@ -107,14 +110,16 @@ def evaluate(
         raise ConfigError("--rle, --png-dir and --name go with --data DIR (external validation)")
     if data is not None:
         where = external_name(data, name)
-        predictor = _predictor(runs, checkpoint, tta, device, batch_size)
+        predictor = _predictor(runs, checkpoint, tta, device, batch_size, backend)
+        console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
         result = evaluate_external(predictor, runs[0], data, rle, png_dir, name=where, progress=progress)
         metrics, failures = result.metrics, result.failures
         matched: dict[str, int] = metrics["matched_by"]  # type: ignore[assignment]
         title = f"{runs[0].name}: external set {where} ({data}) at its native resolution ({metrics['source_size']})"
     else:
         where = split
-        predictor = _predictor(runs, checkpoint, tta, device, batch_size)
+        predictor = _predictor(runs, checkpoint, tta, device, batch_size, backend)
+        console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
         metrics = evaluate_run(predictor, runs[0], split, progress=progress)
         title = f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})"
     table = Table(title=title, show_header=False)

@@ -1,14 +1,18 @@
 """``pneumoseg predict RUN INPUT --out DIR``: masks, overlays, predictions.csv, submission.csv.
 
-Runs on Lightning's prediction loop (``pneumoseg.inference.predict_archive``): inputs are streamed
-(a folder, or ``--list FILE`` with one path per line), ``--devices N [--num-nodes M]`` shards them
-over DDP processes (torchrun / SLURM detected), and rerunning the same command into the same
-``--out`` resumes: complete images are skipped; other settings are refused unless ``--overwrite``.
+Runs ``pneumoseg.inference.predict_archive``: inputs are streamed (a folder, or ``--list FILE``
+with one path per line); one process predicts in this process through ``Predictor`` (no engine
+start-up), ``--devices N [--num-nodes M]`` (or a reduced ``--precision``) runs Lightning's
+prediction loop over DDP processes (torchrun / SLURM detected), with byte-identical outputs.
+Rerunning the same command into the same ``--out`` resumes: complete images are skipped; other
+settings are refused unless ``--overwrite``.
 
 ``--dicom-seg`` adds ``DIR/seg/<image_id>.dcm`` (DICOM Segmentation) per DICOM input with a
 non-empty mask (``--dicom-seg-empty``: every DICOM input). ``--backend onnx`` runs exported
 networks with onnxruntime: ``--onnx FILE[,FILE2]``, else ``RUN/model.onnx`` (``pneumoseg export
-RUN``) or RUN itself when it is a ``.onnx`` file.
+RUN``) or RUN itself when it is a ``.onnx`` file. The default, ``--backend auto``, uses
+``RUN/model.onnx`` on CPU when it was exported from the checkpoint asked for (fingerprint), else
+PyTorch; the line ``backend: ...`` says which and why.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def predict(
                                   "Report (TID 1500: presence, score, area in mm²), for DICOM inputs."),
     dicom_sc: bool = typer.Option(False, "--dicom-sc", help="Write OUT/sc/<image_id>.dcm, a Secondary Capture of "
                                   "the overlay for viewers that cannot show SEG."),
-    backend: str = typer.Option("torch", "--backend", help="torch | onnx (onnxruntime; see --onnx)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime on CPU when RUN/model.onnx matches "
+                                "the checkpoint, else torch) | torch | onnx (onnxruntime; see --onnx)."),
     onnx: str | None = typer.Option(None, "--onnx", help="ONNX file(s) FILE[,FILE2] for --backend onnx "
                                     "(default: RUN/model.onnx of each run)."),
     list_file: Path | None = typer.Option(None, "--list", help="A text file of input paths, one per line "
@@ -69,8 +74,9 @@ def predict(
     """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
     from pneumoseg.errors import ConfigError
     from pneumoseg.inference.archive import first_input, folder_source, list_source, predict_archive
+    from pneumoseg.inference.archive.loop import needs_engine
     from pneumoseg.util.paths import check_output_dir, check_output_file
-    from pneumoseg.inference.predictor import Predictor
+    from pneumoseg.inference.predictor import BACKENDS, Predictor
 
     if dicomweb is not None:
         from pneumoseg.cli.listen import dicomweb as dicomweb_command
@@ -86,6 +92,8 @@ def predict(
         raise ConfigError("--out DIR is required (or --dicomweb URL --study UID)")
     if rle_format not in ("relative", "absolute"):
         raise ConfigError(f"--rle-format {rle_format!r} unknown (valid: relative, absolute)")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} unknown (valid: {', '.join(BACKENDS)})")
     if onnx and backend != "onnx":
         raise ConfigError("--onnx needs --backend onnx")
     if (input is None) == (list_file is None):
@@ -102,8 +110,19 @@ def predict(
     if submission is not None:
         check_output_file(submission, [given], "--submission")
     onnx_files = [Path(f) for f in onnx.split(",") if f] if onnx else None
-    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device="cpu", batch_size=batch_size,
-                          backend=backend, onnx=onnx_files)
+    engine = needs_engine(devices, num_nodes, precision)
+    reason = None
+    if engine:  # Lightning places the networks on each rank's device: built on the CPU
+        import torch
+
+        target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if backend == "auto" and target != "cpu":
+            backend, reason = "torch", f"torch (device {target}; onnxruntime is the default on CPU only)"
+    else:  # one process: built where it runs; one file is decoded here, not in a worker
+        if input is not None and input.is_file():
+            workers = 0
+    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device="cpu" if engine else device,
+                          batch_size=batch_size, backend=backend, onnx=onnx_files)
     if input is not None:
         source, spec = folder_source(input), f"folder:{input.resolve()}"
         first_input(source, f"{input}: no .dcm, .png or .jpg files found")
@@ -115,10 +134,12 @@ def predict(
                              rle_format=rle_format,  # type: ignore[arg-type]
                              dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
                              dicom_sc=dicom_sc, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
-                             precision=precision, workers=workers, overwrite=overwrite, progress=progress)
+                             precision=precision, workers=workers, overwrite=overwrite, progress=progress,
+                             engine=engine)
     if result is None:  # another rank: rank 0 merges and reports
         return
-    what = predictor.model_name + (", TTA" if tta else "") + (", onnxruntime" if backend == "onnx" else "")
+    console.print(f"backend: {reason or predictor.backend_reason}", highlight=False, soft_wrap=True)
+    what = predictor.model_name + (", TTA" if tta else "") + (", onnxruntime" if predictor.backend == "onnx" else "")
     table = Table(title=f"Predictions ({what})", show_header=False)
     table.add_row("images", str(result.n_images))
     table.add_row("with pneumothorax", str(result.n_positive))

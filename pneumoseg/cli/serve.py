@@ -66,6 +66,8 @@ def serve(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
+    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime on CPU when RUN/model.onnx matches "
+                                "the checkpoint, else torch) | torch | onnx."),
     browse: str | None = typer.Option(None, "--browse", metavar="DIR",
                                       help="Step through the DICOM / PNG files under DIR in the viewer "
                                            "(predicted on demand; DIR/masks/<stem>.png is their ground truth)."),
@@ -102,7 +104,7 @@ def serve(
     settings = ServiceSettings(max_upload_mb=max_upload_mb, max_pixels=max_pixels,  # type: ignore[arg-type]
                                result_store_mb=result_store_mb, cache_size=cache_size,  # type: ignore[arg-type]
                                max_concurrent=max_concurrent, token=token or None,  # type: ignore[arg-type]
-                               checkpoint=checkpoint, device=device, tta=tta, browse_dir=browse,
+                               checkpoint=checkpoint, device=device, tta=tta, backend=backend, browse_dir=browse,
                                truth=truth, browse_max_files=browse_max_files,  # type: ignore[arg-type]
                                bind_host=host, allowed_hosts=(*allowed_hosts_from_env(), *(allowed_host or ())),
                                header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
@@ -120,6 +122,7 @@ def serve(
                       "in the temporary directory", highlight=False)
     console.print(f"model [bold]{described['model']}[/] at {described['size']} px on {described['device']} "
                   f"(post-processing {described['postprocess']})", highlight=False)
+    console.print(f"backend: {app.state.model.predictor.backend_reason}", highlight=False, soft_wrap=True)
     folder = app.state.browse
     if folder is not None:
         more = f" (first {folder.max_files} only: --browse-max-files)" if folder.truncated else ""

@@ -18,11 +18,17 @@ head exports only its mask logits. Everything needed to use the file travels in 
                            this run and checkpoint without TTA (RUN/postprocess.json), else the config's
     pneumoseg.output       "logits": probabilities = sigmoid(logits), then the post-processing
     pneumoseg.checkpoint   the checkpoint exported (``best``, ``last``, ``snapshot-K`` or a path)
+    pneumoseg.checkpoint_sha256  the SHA-256 of that ``.ckpt`` file: the fingerprint ``--backend auto``
+                           compares with the checkpoint it would load (:func:`onnx_mismatch`)
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript), the default since
 torch 2.9; if it fails for a model, the TorchScript exporter (``dynamo=False``) is tried. After
 writing, one random batch goes through both runtimes and the export fails if their
 probabilities differ by more than ``1e-3`` (``verify=False`` skips that).
+
+``ONNX_NAME`` (``RUN/model.onnx``) is where ``pneumoseg export RUN`` writes by default and where
+``predict`` / ``evaluate`` / ``serve`` look: on CPU they use it instead of PyTorch when its
+fingerprint equals the checkpoint's (``Predictor(backend="auto")``).
 """
 
 from __future__ import annotations
@@ -45,20 +51,24 @@ from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.models.preprocessing import NORMALIZATIONS, Preprocessing, mean_std
 from pneumoseg.scoring.postprocess import PostProcess, find_tuned
-from pneumoseg.training.run import load_run
+from pneumoseg.training.run import load_run, resolve_checkpoint
+from pneumoseg.util.digest import file_sha256
 
 __all__ = [
     "INPUT_NAME",
+    "ONNX_NAME",
     "OUTPUT_NAME",
     "ExportError",
     "OnnxMetadata",
     "OnnxModel",
     "export_onnx",
     "exported_postprocess",
+    "onnx_mismatch",
     "onnx_providers",
     "read_onnx_metadata",
 ]
 
+ONNX_NAME = "model.onnx"  #: the export in a run folder (``pneumoseg export RUN`` writes it; predict looks there)
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 _PREFIX = "pneumoseg."
@@ -82,16 +92,18 @@ class OnnxMetadata:
     postprocess: dict[str, Any]
     version: str = pneumoseg.__version__
     checkpoint: str = "best"
+    checkpoint_sha256: str = ""  #: SHA-256 of the exported .ckpt file ("" in files exported before it was recorded)
     output: str = "logits"
     extra: dict[str, str] = field(default_factory=dict)  #: any other metadata_props
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig, postprocess: PostProcess, checkpoint: str) -> OnnxMetadata:
+    def from_config(cls, cfg: ExperimentConfig, postprocess: PostProcess, checkpoint: str,
+                    checkpoint_sha256: str = "") -> OnnxMetadata:
         prep = Preprocessing.from_config(cfg)
         mean, std = list(prep.mean), list(prep.std)
         return cls(model_name=cfg.model.name, size=cfg.data.size, in_channels=cfg.data.in_channels,
                    normalize=cfg.data.normalize, mean=mean, std=std, postprocess=postprocess.to_dict(),
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256)
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (key -> string)."""
@@ -100,6 +112,7 @@ class OnnxMetadata:
             "in_channels": str(self.in_channels), "normalize": self.normalize,
             "mean": json.dumps(self.mean), "std": json.dumps(self.std),
             "postprocess": json.dumps(self.postprocess), "output": self.output, "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
         }
         return {**self.extra, **{_PREFIX + k: v for k, v in props.items()}}
 
@@ -126,8 +139,9 @@ class OnnxMetadata:
         extra = {k: v for k, v in props.items() if not k.startswith(_PREFIX)}
         return cls(model_name=get("model"), size=size, in_channels=channels, normalize=normalize, mean=mean,
                    std=std, postprocess=postprocess, version=props.get(_PREFIX + "version", "?"),
-                   checkpoint=props.get(_PREFIX + "checkpoint", "?"), output=props.get(_PREFIX + "output", "logits"),
-                   extra=extra)
+                   checkpoint=props.get(_PREFIX + "checkpoint", "?"),
+                   checkpoint_sha256=props.get(_PREFIX + "checkpoint_sha256", ""),
+                   output=props.get(_PREFIX + "output", "logits"), extra=extra)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -222,7 +236,8 @@ def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], c
         proto = _to_proto(wrapped, example, opset)
     except ExportError as exc:
         raise ExportError(f"{run_dir}: model {cfg.model.name!r} could not be exported to ONNX ({exc})") from None
-    meta = OnnxMetadata.from_config(cfg, exported_postprocess(run_dir, checkpoint, cfg), checkpoint)
+    meta = OnnxMetadata.from_config(cfg, exported_postprocess(run_dir, checkpoint, cfg), checkpoint,
+                                    file_sha256(resolve_checkpoint(run_dir, checkpoint)))
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():
         proto.metadata_props.add(key=key, value=value)
@@ -234,6 +249,24 @@ def export_onnx(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], c
         if verify:
             _verify(wrapped, tmp, example.shape, run_dir)
     return path
+
+
+def onnx_mismatch(onnx_path: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str]) -> str | None:
+    """None when ``onnx_path`` was exported from ``checkpoint_path`` (same SHA-256), else why not (one clause).
+
+    Reads the ONNX metadata only (not the weights) and hashes the checkpoint file.
+    """
+    try:
+        meta = read_onnx_metadata(onnx_path)
+    except DataError as exc:
+        return str(exc)
+    if not meta.checkpoint_sha256:
+        return f"{onnx_path} records no checkpoint fingerprint (exported by pneumoseg {meta.version})"
+    current = file_sha256(checkpoint_path)
+    if meta.checkpoint_sha256 != current:
+        return (f"{onnx_path} was exported from another checkpoint than {checkpoint_path} "
+                f"(fingerprint sha256 {meta.checkpoint_sha256[:12]} there, {current[:12]} now)")
+    return None
 
 
 def _verify(net: nn.Module, onnx_path: Path, shape: torch.Size, run_dir: object) -> None:

@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from pneumoseg.util.atomic import atomic_write_text
-from pneumoseg.config import ExperimentConfig
+from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.io.dicom.read import DicomMeta, read_dicom, read_header
 from pneumoseg.io.dicom.sc import make_overlay_sc, write_sc
 from pneumoseg.io.dicom.seg import area_mm2, make_segmentation, write_segmentation
 from pneumoseg.io.dicom.sr import make_sr, write_sr
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
-from pneumoseg.inference.onnx import OnnxModel
+from pneumoseg.inference.onnx import ONNX_NAME, OnnxModel, onnx_mismatch
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, resize_image, write_png
 from pneumoseg.io.layouts import INPUT_SUFFIXES, iter_files
 from pneumoseg.models.preprocessing import Preprocessing
@@ -45,7 +45,7 @@ from pneumoseg.util.paths import check_output_dir, check_output_file, is_valid_u
 from pneumoseg.scoring.postprocess import PostProcess, find_tuned, legacy_rule_present
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import rle_encode, rle_encode_absolute
-from pneumoseg.training.run import list_checkpoints, load_run
+from pneumoseg.training.run import load_run, resolve_checkpoint
 
 __all__ = [
     "BACKENDS",
@@ -59,6 +59,7 @@ __all__ = [
     "PredictResult",
     "Prediction",
     "Predictor",
+    "choose_backend",
     "find_inputs",
     "image_score",
     "iter_inputs",
@@ -68,8 +69,7 @@ __all__ = [
     "write_tables",
 ]
 
-BACKENDS = ("torch", "onnx")
-ONNX_NAME = "model.onnx"  #: where ``--backend onnx`` looks in a run folder (``pneumoseg export`` default)
+BACKENDS = ("auto", "torch", "onnx")  #: auto: onnx on CPU where RUN/model.onnx matches the checkpoint (choose_backend)
 TOP_FRACTION = 0.001  #: share of an image's pixels averaged by :func:`image_score` (0.1 %)
 
 
@@ -171,16 +171,36 @@ def _onnx_file(run: str | os.PathLike[str]) -> Path:
                     f"`pneumoseg export {path} --onnx {path / ONNX_NAME}` or pass --onnx FILE")
 
 
-def _checkpoint_file(run: str | os.PathLike[str], checkpoint: str) -> Path:
-    """The ``.ckpt`` that ``load_run(run, checkpoint)`` read (a path, or a name in ``RUN/checkpoints``)."""
-    path = Path(checkpoint)
-    if path.suffix == ".ckpt" and path.is_file():
-        return path
-    return list_checkpoints(run)[checkpoint]
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_backend(runs: Sequence[str | os.PathLike[str]], checkpoint: str,
+                   device: str | torch.device) -> tuple[str, list[Path], str]:
+    """``backend="auto"``: ``("onnx", files, why)`` or ``("torch", [], why)``; ``why`` is one line for users.
+
+    ONNX (onnxruntime) is chosen on a CPU device when onnxruntime is installed and every run folder
+    holds ``model.onnx`` (``pneumoseg export RUN``) exported from the very checkpoint file that
+    ``checkpoint`` names (same SHA-256, :func:`pneumoseg.inference.onnx.onnx_mismatch`); its
+    probabilities equal PyTorch's within the export's parity tolerance (1e-3). Otherwise PyTorch.
+    """
+    import importlib.util
+
+    if torch.device(device).type != "cpu":
+        return "torch", [], f"torch (device {device}; onnxruntime is the default on CPU only)"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", [], "torch (onnxruntime is not installed: `pip install onnxruntime` to run exported models)"
+    files: list[Path] = []
+    for run in map(Path, runs):
+        path = run / ONNX_NAME
+        if not path.is_file():
+            return "torch", [], f"torch (no {path}; `pneumoseg export {run}` writes it)"
+        mismatch = onnx_mismatch(path, resolve_checkpoint(run, checkpoint))
+        if mismatch is not None:
+            return "torch", [], f"torch ({mismatch}; re-export with `pneumoseg export {run} --checkpoint {checkpoint}`)"
+        files.append(path)
+    shown = ", ".join(map(str, files))
+    return "onnx", files, f"onnx ({shown}: exported from checkpoint {checkpoint}, fingerprint matches)"
 
 
 class Predictor:
@@ -195,6 +215,10 @@ class Predictor:
     normalisation come from each file's metadata; the post-processing from the first run folder's
     ``postprocess.json`` when there is one, else from the first file's metadata.
 
+    ``backend="auto"``: onnx on CPU when every run holds a ``model.onnx`` exported from this
+    checkpoint (:func:`choose_backend`), with each run's own config (post-processing as torch), else torch;
+    ``backend`` is then the one chosen and ``backend_reason`` says why (one line).
+
     ``weight_files``: the checkpoint (or ONNX) file of each model, in order (hashed by archive manifests).
     """
 
@@ -207,18 +231,27 @@ class Predictor:
         if not runs and not (backend == "onnx" and onnx):
             raise DataError("no run folder given")
         self.device = torch.device(device) if device is not None else _default_device()
+        self.backend_reason = f"{backend} (asked for)"
+        matched: list[Path] = []  # model.onnx files standing in for these runs' checkpoints (auto)
+        if backend == "auto":
+            if onnx:
+                raise ConfigError("ONNX files are given with backend 'onnx', not 'auto'")
+            backend, matched, self.backend_reason = choose_backend(runs, checkpoint, self.device)
         self.backend = backend
         self.checkpoint = checkpoint
         if backend == "torch":
             loaded = [load_run(r, checkpoint) for r in runs]
             self.models: list[tuple[nn.Module | OnnxModel, ExperimentConfig, Preprocessing]] = [
                 (m.to(self.device), c, Preprocessing.from_config(c)) for m, c in loaded]
-            self.weight_files = [_checkpoint_file(r, checkpoint) for r in runs]
+            self.weight_files = [resolve_checkpoint(r, checkpoint) for r in runs]
         else:
-            files = [Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs]
+            files = matched or ([Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs])
             nets = [OnnxModel(f, device=self.device) for f in files]
             self.weight_files = files
-            self.models = [(net, net.config(), net.metadata.preprocessing) for net in nets]
+            configs = ([load_config(Path(r) / "config.yaml") for r in runs] if matched
+                       else [net.config() for net in nets])
+            self.models = [(net, c, net.metadata.preprocessing) for net, c in zip(nets, configs, strict=True)]
+        self._matched_onnx = bool(matched)
         self.cfg = self.models[0][1]
         self.size = self.models[0][2].size
         self.tta = tta
@@ -238,7 +271,7 @@ class Predictor:
                 return tuned.rule, (f"tuned on {tuned.split} ({tuned.n_images} images, dice_kaggle "
                                     f"{tuned.dice_kaggle:.4f} vs {tuned.default_dice_kaggle:.4f} untuned)")
         first = self.models[0][0]
-        if isinstance(first, OnnxModel) and len(self.models) == 1:
+        if isinstance(first, OnnxModel) and len(self.models) == 1 and not self._matched_onnx:
             return first.postprocess, "stored in the ONNX file"
         cfg = self.cfg.postprocess
         hint = ("an older pneumoseg tuned it at the model's size: re-run tune" if any(

@@ -36,7 +36,7 @@ def create_app(run_dirs: Sequence[str | os.PathLike[str]], settings: ServiceSett
     """Load the runs (an ensemble when several) into a Predictor and build the app around it.
 
     ``predictor`` may be passed pre-loaded (tests, benchmarks), else it is built from ``run_dirs``
-    with ``settings.checkpoint/device/tta``. Loading errors (missing run, bad checkpoint, a bad
+    with ``settings.checkpoint/device/tta/backend``. Loading errors (missing run, bad checkpoint, a bad
     ``--browse`` folder or ``--truth`` file) raise here, before any server starts. Upload folders left by older versions in the temporary
     directory are removed (``app.state.stale_uploads_removed`` says how many). ``app.state.model``
     is the ServiceModel, ``app.state.settings`` the settings, ``app.state.browse`` the BrowseFolder
@@ -46,7 +46,7 @@ def create_app(run_dirs: Sequence[str | os.PathLike[str]], settings: ServiceSett
     runs = [Path(r) for r in run_dirs]
     if predictor is None:
         predictor = Predictor(runs, checkpoint=settings.checkpoint, tta=settings.tta, device=settings.device,
-                              batch_size=1)
+                              batch_size=1, backend=settings.backend)
     browse = (BrowseFolder(settings.browse_dir, settings.truth, settings.browse_max_files)
               if settings.browse_dir is not None else None)
     # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, blank offline.

@@ -98,7 +98,8 @@ class ServiceModel:
     def describe(self, detailed: bool = True) -> dict[str, Any]:
         """What /health reports: the model; with ``detailed``, also run folders, post-processing, store use."""
         p = self.predictor
-        out: dict[str, Any] = {"model": p.model_name, "size": p.size, "device": str(p.device), "tta": p.tta}
+        out: dict[str, Any] = {"model": p.model_name, "size": p.size, "device": str(p.device), "tta": p.tta,
+                               "backend": p.backend}
         if detailed:
             out |= {"runs": self.runs, "postprocess": p.postprocess.to_dict(), "results_cached": len(self.store),
                     "cache_size": self.settings.cache_size, "result_store_bytes": self.store.nbytes,

@@ -65,7 +65,8 @@ class ServiceSettings:
     others wait their turn without holding a thread.
     ``token``: when set, every API route but ``/health`` and the page needs
     ``Authorization: Bearer <token>`` (never shown in ``repr``/``to_dict``).
-    ``checkpoint``/``device``/``tta``: passed to :class:`~pneumoseg.inference.predictor.Predictor`.
+    ``checkpoint``/``device``/``tta``/``backend``: passed to :class:`~pneumoseg.inference.predictor.Predictor`
+    (``backend`` auto: onnxruntime on CPU when ``RUN/model.onnx`` matches the checkpoint, else torch).
     ``browse_dir``: a folder whose DICOM / PNG files the viewer steps through (``--browse``), at most
     ``browse_max_files`` of them; ``truth``: a ``train-rle.csv`` with their ground truth (``--truth``).
     ``bind_host``: the address the server listens on; requests must name it, a loopback name, or one
@@ -86,6 +87,7 @@ class ServiceSettings:
     checkpoint: str = "best"
     device: str | None = "cpu"
     tta: bool = False
+    backend: str = "auto"
     title: str = "pneumoseg viewer"
     browse_dir: str | None = None
     truth: str | None = None
@@ -120,6 +122,8 @@ class ServiceSettings:
             raise ConfigError("--truth needs --browse DIR (the ground truth of the browsed files)")
         if self.token is not None:
             _check_token(self.token)
+        if self.backend not in ("auto", "torch", "onnx"):
+            raise ConfigError(f"--backend {self.backend!r} unknown (valid: auto, torch, onnx)")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"--device {self.device!r} unknown (valid: cpu, cuda, cuda:N, mps)")
 

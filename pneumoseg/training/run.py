@@ -128,6 +128,7 @@ __all__ = [
     "predicts_nothing",
     "recommended_steps",
     "require_cache",
+    "resolve_checkpoint",
     "save_preprocessing",
     "train",
 ]
@@ -621,6 +622,24 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.ckpt"))} if folder.is_dir() else {}
 
 
+def resolve_checkpoint(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Path:
+    """The ``.ckpt`` file ``load_run(run_dir, checkpoint)`` reads: a ``.ckpt`` path, or a name in RUN/checkpoints.
+
+    DataError for a folder without checkpoints; ConfigError for an unknown name (listing the available ones).
+    """
+    run_dir = Path(run_dir)
+    path = Path(checkpoint)
+    if path.suffix == ".ckpt" and path.is_file():
+        return path
+    available = list_checkpoints(run_dir)
+    if not available:
+        raise DataError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'} "
+                        "(training never finished an epoch?)")
+    if checkpoint not in available:
+        raise ConfigError(f"{run_dir}: no checkpoint {checkpoint!r} (available: {', '.join(available)})")
+    return available[checkpoint]
+
+
 def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> tuple[nn.Module, ExperimentConfig]:
     """The trained network (eval mode, CPU) and the config of a run folder.
 
@@ -632,15 +651,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> tuple
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir} is not a run folder (no config.yaml): train one with `pneumoseg train`")
     cfg = load_config(run_dir / "config.yaml")
-    available = list_checkpoints(run_dir)
-    path = Path(checkpoint)
-    if not (path.suffix == ".ckpt" and path.is_file()):
-        if not available:
-            raise DataError(f"{run_dir} has no checkpoint in {run_dir / 'checkpoints'} "
-                            "(training never finished an epoch?)")
-        if checkpoint not in available:
-            raise ConfigError(f"{run_dir}: no checkpoint {checkpoint!r} (available: {', '.join(available)})")
-        path = available[checkpoint]
+    path = resolve_checkpoint(run_dir, checkpoint)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as exc:

@@ -32,7 +32,7 @@ CLI = [sys.executable, "-m", "pneumoseg.cli.main"]
 def _tree_equal(a: Path, b: Path) -> None:
     """Same file names and bytes in ``a`` and ``b`` (recursive), the part files and manifest aside.
 
-    DICOM SEGs get new UIDs and times each time they are made: only their names are compared.
+    DICOM SEGs and SRs get new UIDs and times each time they are made: only their names are compared.
     """
     def names(root: Path) -> list[Path]:
         return sorted(p.relative_to(root) for p in root.rglob("*")
@@ -40,7 +40,7 @@ def _tree_equal(a: Path, b: Path) -> None:
 
     names_a = names(a)
     assert names_a == names(b)
-    same_bytes = [str(n) for n in names_a if n.parts[0] != "seg"]
+    same_bytes = [str(n) for n in names_a if n.parts[0] not in ("seg", "sr")]
     _, mismatch, errors = filecmp.cmpfiles(a, b, same_bytes, shallow=False)
     assert not mismatch and not errors, mismatch
 
@@ -92,6 +92,36 @@ def test_two_processes_equal_one_process_byte_for_byte(partial_run: Path, archiv
         assert "zz-copy.dcm: ImageId" in out and "already predicted from" in out and "broken.dcm" in out
     parts = list((tmp_path / "two" / PARTS).glob("*.jsonl"))
     assert len(parts) == 2  # one per rank, folded at the end
+
+
+def test_one_process_runs_without_the_engine_byte_identical_to_the_lightning_loop(
+        partial_run: Path, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumoseg.inference.archive import distributed
+
+    predictor = Predictor([partial_run], device="cpu", batch_size=2)
+    options = {"submission": None, "dicom_seg": True, "dicom_sr": True, "progress": False, "workers": 2}
+    engine = predict_archive(predictor, folder_source(archive), tmp_path / "engine", accelerator="cpu",
+                             engine=True, **options)  # Lightning's predict loop, one process
+    # The CLI's one-process predict never reaches the Lightning loop ...
+    def no_engine(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Lightning's predict loop was started for one process")
+
+    monkeypatch.setattr(distributed, "predict_distributed", no_engine)
+    cli = runner.invoke(app, ["predict", str(partial_run), str(archive), "--out", str(tmp_path / "cli"),
+                              "--no-progress", "--device", "cpu", "--batch-size", "2", "--dicom-seg", "--dicom-sr",
+                              "--workers", "2"])
+    assert cli.exit_code == 2, cli.output  # the corrupt file and the duplicate
+    assert "backend: torch (no " in cli.output  # the choice is printed: no model.onnx in the run
+    # ... and writes the same bytes: masks, overlays, SRs aside, predictions.csv, submission.csv.
+    _tree_equal(tmp_path / "engine", tmp_path / "cli")
+    assert engine is not None and len(engine.failures) == 2
+    assert {p.name for p in (tmp_path / "cli").iterdir()} >= {"masks", "overlays", "seg", "sr", "predictions.csv",
+                                                              "submission.csv"}
+    assert pd.read_csv(tmp_path / "cli" / "predictions.csv")["area_px"].nunique() > 3  # masks differ
+    # A rerun resumes in process too (nothing predicted again).
+    again = runner.invoke(app, ["predict", str(partial_run), str(archive), "--out", str(tmp_path / "cli"),
+                                "--no-progress", "--device", "cpu", "--batch-size", "2", "--dicom-seg", "--dicom-sr"])
+    assert "10 complete from an earlier run, 0 predicted now" in again.output
 
 
 @pytest.fixture()

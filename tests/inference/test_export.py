@@ -19,7 +19,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.inference.onnx import OnnxModel, export_onnx, read_onnx_metadata
 from pneumoseg.io.images import read_mask
 from pneumoseg.scoring.postprocess import PostProcess
-from pneumoseg.inference.predictor import Predictor, load_input
+from pneumoseg.inference.predictor import Predictor, choose_backend, load_input
 from pneumoseg.training.run import load_run
 from tests.shared_data import SIIM
 
@@ -99,7 +99,7 @@ def test_cli_export_then_predict_onnx_backend_matches_torch(trained_run: Path, s
         shutil.copy(p, inputs / p.name)
     common = ["predict", str(run), str(inputs), "--no-progress", "--device", "cpu", "--no-overlays"]
     outs = {}
-    for name, extra in {"torch": [], "onnx": ["--backend", "onnx"],
+    for name, extra in {"torch": ["--backend", "torch"], "onnx": ["--backend", "onnx"],
                         "onnx_file": ["--backend", "onnx", "--onnx", str(run / "model.onnx")]}.items():
         result = runner.invoke(app, [*common, "--out", str(tmp_path / name), *extra])
         assert result.exit_code == 0, result.output
@@ -108,6 +108,53 @@ def test_cli_export_then_predict_onnx_backend_matches_torch(trained_run: Path, s
         ref = read_mask(mask_file)
         for name in ("onnx", "onnx_file"):
             assert np.count_nonzero(read_mask(outs[name] / "masks" / mask_file.name) != ref) <= 5
+
+
+def test_default_backend_uses_a_matching_run_onnx_on_cpu_else_torch_with_the_reason(
+        trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    from pneumoseg.util.digest import file_sha256
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for p in sorted((synth_data / "dicom").glob("*.dcm"))[:3]:
+        shutil.copy(p, inputs / p.name)
+    common = ["predict", str(run), str(inputs), "--no-progress", "--device", "cpu", "--no-overlays"]
+
+    def predict(name: str, *extra: str) -> str:
+        result = runner.invoke(app, [*common, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert f"backend: torch (no {run / 'model.onnx'}; `pneumoseg export {run}` writes it)" in predict("none")
+    export_onnx(run, run / "model.onnx")
+    assert read_onnx_metadata(run / "model.onnx").checkpoint_sha256 == file_sha256(run / "checkpoints" / "best.ckpt")
+    out = predict("auto")
+    assert "backend: onnx (" in out and "fingerprint matches" in out and "onnxruntime" in out
+    predict("torch", "--backend", "torch")
+    for mask_file in sorted((tmp_path / "torch" / "masks").glob("*.png")):  # within the export's parity
+        assert np.count_nonzero(read_mask(tmp_path / "auto" / "masks" / mask_file.name) != read_mask(mask_file)) <= 5
+    # Same post-processing as torch (the run's config, not the copy in the ONNX metadata).
+    assert (Predictor([run], device="cpu", backend="auto").postprocess
+            == Predictor([run], device="cpu").postprocess)
+    # The checkpoint changes after the export (training resumed): torch, and the reason printed.
+    best = run / "checkpoints" / "best.ckpt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    torch.save({**state, "resumed": True}, best)
+    out = predict("stale")
+    assert "backend: torch (" in out and "was exported from another checkpoint" in out and "fingerprint" in out
+    assert "re-export with `pneumoseg export" in out
+    # Not on CPU: torch, said so (the choice only; no GPU needed).
+    backend, files, why = choose_backend([run], "best", "cuda")
+    assert (backend, files) == ("torch", []) and "CPU only" in why
+    # Without onnxruntime: torch, and why.
+    with pytest.MonkeyPatch.context() as mp:
+        import importlib.util
+
+        real = importlib.util.find_spec
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+        assert "onnxruntime is not installed" in choose_backend([run], "best", "cpu")[2]
 
 
 def test_bad_onnx_inputs_fail_cleanly(trained_run: Path, tmp_path: Path) -> None:

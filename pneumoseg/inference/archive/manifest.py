@@ -9,7 +9,6 @@ A rerun whose settings differ is refused (one line naming the first difference) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoseg.util.atomic import atomic_write_text
+from pneumoseg.util.digest import file_sha256
 from pneumoseg.errors import DataError
 from pneumoseg.inference.predictor import Predictor
 
@@ -30,15 +30,6 @@ FORMAT = 1
 #: Everything an archive prediction writes inside OUT (``--overwrite`` removes exactly these).
 OUTPUT_DIRS = ("masks", "overlays", "seg", "sr", "sc", ".parts")
 OUTPUT_FILES = ("predictions.csv", "submission.csv", MANIFEST)
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_settings(predictor: Predictor, input_spec: str, precision: str, overlays: bool, rle_format: str,
