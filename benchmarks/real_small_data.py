@@ -275,14 +275,18 @@ def main(argv: list[str] | None = None) -> int:
                 if (name, seed, fold) in done:
                     continue
                 run = args.work / "runs" / f"{name}-s{seed}-f{fold}"
-                if run.exists():
-                    shutil.rmtree(run)
-                cfg = load_config(base, [*overrides, f"data.cache={cache}", f"data.fold={fold}",
-                                         f"data.size={args.size}", "data.num_workers=0", "train.accelerator=cpu",
-                                         f"train.seed={seed}", *args.overrides])
                 start = time.perf_counter()
-                train(cfg, run, progress=False)
-                train_s = time.perf_counter() - start
+                if (run / "train_summary.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file():
+                    # trained to the end, stopped before its row was written: score it, do not train again
+                    train_s = float(pd.read_csv(run / "history.csv")["epoch_time_s"].sum())
+                else:
+                    if run.exists():
+                        shutil.rmtree(run)
+                    cfg = load_config(base, [*overrides, f"data.cache={cache}", f"data.fold={fold}",
+                                             f"data.size={args.size}", "data.num_workers=0",
+                                             "train.accelerator=cpu", f"train.seed={seed}", *args.overrides])
+                    train(cfg, run, progress=False)
+                    train_s = time.perf_counter() - start
                 summary = json.loads((run / "train_summary.json").read_text())
                 ids = split_ids(cache, "val", fold)
                 dice, predicted, area = oof_predict(run, cache, ids)
