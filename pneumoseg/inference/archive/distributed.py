@@ -31,7 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pneumoseg.errors import PneumosegError
-from pneumoseg.inference.archive.manifest import OUTPUT_DIRS, check_manifest, clear_outputs, record_invocation, run_settings
+from pneumoseg.inference.archive.manifest import (
+    OUTPUT_DIRS,
+    check_manifest,
+    clear_outputs,
+    record_invocation,
+    run_settings,
+    training_data,
+)
 from pneumoseg.inference.archive.sources import InputSource
 from pneumoseg.inference.archive.writers import (
     ArchiveItem,
@@ -220,7 +227,7 @@ def merge_outputs(predictor: Predictor, source: InputSource, out: str | os.PathL
         result.n_resumed += rec["run"] != token
         rows.append(row)
         sub_rows.append((image_id, rec["rle"]))
-    write_tables(result, rows, sub_rows, submission)
+    write_tables(result, rows, sub_rows, submission, predictor.notice)
     return result
 
 
@@ -257,7 +264,8 @@ def predict_archive(predictor: Predictor, source: InputSource, out_dir: str | os
             sweep_temporaries(out, OUTPUT_DIRS)
             record_invocation(out, settings, previous, {"devices": devices, "num_nodes": num_nodes,
                                                         "world_size": trainer.world_size, "workers": workers,
-                                                        "batch_size": predictor.batch_size})
+                                                        "batch_size": predictor.batch_size},
+                              training_data(predictor))
         dataset = ArchiveDataset(source, out)
         loader = DataLoader(dataset, batch_size=predictor.batch_size, num_workers=workers, collate_fn=_collate)
         with progress_bar(progress and rank == 0) as bar:
