@@ -73,7 +73,7 @@ def test_a_cache_prepared_before_the_flag_is_told_by_its_source_folder(synth_cac
     del meta["synthetic"]
     (cache / "cache.json").write_text(json.dumps(meta))
     cfg = load_config("seed_unet", [f"data.cache={cache}"])
-    assert build_provenance(cfg).synthetic is True  # its source folder still holds synth.json
+    assert build_provenance(cfg).synthetic is True  # its source folder's README.txt says so
     meta["source_dir"] = str(tmp_path / "gone")
     (cache / "cache.json").write_text(json.dumps(meta))
     gone = build_provenance(cfg)
