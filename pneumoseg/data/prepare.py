@@ -13,7 +13,8 @@ Layout written (see docs/architecture.md)::
     CACHE/index.csv               one row per prepared image, sorted by image_id (INDEX_COLUMNS);
                                   pixel_spacing_mm: mm per source pixel (``pixel_spacing_of``), empty
                                   when unknown (PNG layout, no spacing in the header, older records)
-    CACHE/cache.json              {"size", "layout", "mask_rule", "created_by", ...}: marks a pneumoseg cache
+    CACHE/cache.json              {"size", "layout", "mask_rule", "created_by", ...}: marks a pneumoseg cache;
+                                  "synthetic": true when the source was written by ``pneumoseg synth``
     CACHE/.parts/rec-*.json       records (index row + input fingerprint) of done items, to resume
 
 Image ids (they name files, so they are checked: ``pneumoseg.util.paths``): DICOM files are matched to
@@ -582,10 +583,13 @@ class _Run:
         n_positive = sum(int(r["has_pneumothorax"]) for r in rows.values())
         if self.layout == "dicom":
             info = {**info, "image_decode": _decode_note(self.exact_decode, rows.values())}
+        from pneumoseg.data.synth import is_synthetic_source  # here: synth imports pydicom
+
         cache_meta = {"size": self.size, "layout": self.layout, "mask_rule": self.rule,
                       "created_by": f"pneumoseg {__version__}", "n_images": len(rows), "n_positive": n_positive,
                       "n_failed": len(self.failures), "image_interpolation": "area", **_mask_note(self.rule),
-                      "truth": "truth/<image_id>.png: 1-bit PNG at orig_height x orig_width", **info}
+                      "truth": "truth/<image_id>.png: 1-bit PNG at orig_height x orig_width",
+                      "synthetic": is_synthetic_source(info["source_dir"]), **info}
         atomic_write_text(self.out / "cache.json", json.dumps(cache_meta, indent=2, sort_keys=True) + "\n")
         return PrepareResult(n_done=len(rows) - n_skipped, n_skipped=n_skipped, n_failed=len(self.failures),
                              failures=[one_line(f) for f in self.failures],

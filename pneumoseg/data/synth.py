@@ -6,7 +6,9 @@
   (Explicit VR Little Endian), PatientID/Age ("045Y")/Sex, ViewPosition PA|AP, 1-4 images a patient;
 * ``out/train-rle.csv``: header ``ImageId, EncodedPixels``, one row per annotation, `` -1`` when
   there is none, the challenge's relative column-major RLE (``pneumoseg.io.rle.rle_encode``);
-* ``out/README.txt``: says that the data is synthetic.
+* ``out/README.txt``: says that the data is synthetic, in its first words (``SYNTH_MARKER``):
+  ``pneumoseg prepare`` records it in ``cache.json`` (``is_synthetic_source``), and a run trained on
+  that cache in its ``provenance.json``.
 
 The pixels come from ``pneumoseg.data.phantom``. Image ``i`` draws from
 ``SeedSequence(seed, spawn_key=(0, i))`` and patient ``j`` from ``(1, j)``, so an image does not
@@ -16,6 +18,7 @@ depend on ``n``.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,9 +42,10 @@ from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import rle_encode
 
-__all__ = ["POSITIVE_RATE", "Anatomy", "Phantom", "SynthSummary", "generate_dataset", "make_phantom",
-           "render_phantom", "sample_anatomy"]
+__all__ = ["POSITIVE_RATE", "SYNTH_MARKER", "Anatomy", "Phantom", "SynthSummary", "generate_dataset",
+           "is_synthetic_source", "make_phantom", "render_phantom", "sample_anatomy"]
 
+SYNTH_MARKER = "SYNTHETIC DATA:"  #: the first words of README.txt, beside dicom/: the data set is synthetic
 
 
 @dataclass
@@ -57,7 +61,7 @@ class SynthSummary:
     paths: list[Path] = field(default_factory=list)
 
 
-_README = """SYNTHETIC DATA: procedural phantoms, not patients; no clinical or research conclusions.
+_README = SYNTH_MARKER + """ procedural phantoms, not patients; no clinical or research conclusions.
 
 Written by `pneumoseg synth` (seed {seed}): {n} chest-radiograph phantoms of {size}x{size} px for
 {patients} made-up patients; {pos} show a simulated pneumothorax (a dark crescent along the chest
@@ -150,3 +154,17 @@ def generate_dataset(out_dir: str | Path, n: int = 200, size: int = 512, seed: i
     atomic_write_text(out / "README.txt", _README.format(seed=seed, n=n, size=size, patients=len(patients),
                                                          pos=n_positive))
     return SynthSummary(n, n_positive, len(patients), len(rows) - 1, out, csv_path, paths)
+
+
+def is_synthetic_source(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` (a data folder, e.g. ``OUT/dicom``) or its parent was written by ``generate_dataset``:
+    it holds a ``README.txt`` that starts with ``SYNTH_MARKER``. False otherwise (no error)."""
+    folder = Path(path)
+    for where in (folder, folder.parent):
+        try:
+            with open(where / "README.txt", encoding="utf-8", errors="replace") as fh:
+                if fh.read(len(SYNTH_MARKER)) == SYNTH_MARKER:
+                    return True
+        except OSError:
+            continue
+    return False

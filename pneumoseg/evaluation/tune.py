@@ -3,7 +3,11 @@
 ``tune_runs`` scores every rule of a grid at the source resolution on the probabilities that
 ``predict`` would produce with the same runs, checkpoint and TTA (an ensemble is tuned on its
 averaged probabilities), and stores the best rule in each run's ``postprocess.json`` keyed by
-those settings (``pneumoseg.scoring.postprocess.TunedRule``); ``predict`` with the same settings uses it.
+the content of those settings (``pneumoseg.scoring.postprocess.TunedRule``: the SHA-256 of each
+checkpoint, and TTA), so ``predict`` with the same weights and TTA uses it from wherever the run
+folders are copied or moved. Every rule scored goes to ``RUN/tune.csv`` for a single run and to
+``RUN/tune-ensembles/<id>.csv`` for an ensemble: a run's own sweep is never replaced by an
+ensemble's.
 
 Out-of-fold (``oof=True``, the recommended way for K-fold runs): each fold's model predicts its
 own validation fold, the K folds are pooled, and the rule is stored for the K-run ensemble. No
@@ -15,7 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,14 @@ from pneumoseg.config import load_config
 from pneumoseg.data.split import small_set_warning
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import SplitItem, iter_split
-from pneumoseg.scoring.postprocess import GridScorer, PostProcess, TunedRule, default_grid, save_tuned
+from pneumoseg.scoring.postprocess import (
+    GridScorer,
+    PostProcess,
+    TunedRule,
+    checkpoint_digests,
+    default_grid,
+    save_tuned,
+)
 from pneumoseg.inference.predictor import Predictor
 
 __all__ = ["TuneResult", "tune_runs"]
@@ -73,9 +84,10 @@ def tune_runs(runs: Sequence[str | os.PathLike[str]], *, split: str = "val", oof
               progress: bool = True) -> TuneResult:
     """Grid-search post-processing by ``dice_kaggle`` for the ensemble ``runs`` (+ ``tta``).
 
-    Writes, in every run folder, ``postprocess.json`` (the rule for these runs, checkpoint and TTA,
-    alongside rules tuned for other settings) and ``tune.csv`` (every rule, best first; ``min_area``
-    in source pixels). ``grid=None``: ``pneumoseg.scoring.postprocess.default_grid`` at the source width.
+    Writes, in every run folder, ``postprocess.json`` (the rule for these weights and TTA,
+    alongside rules tuned for other settings) and the table of every rule, best first (``min_area``
+    in source pixels): ``tune.csv`` for one run, ``tune-ensembles/<id>.csv`` for an ensemble
+    (``TunedRule.table``). ``grid=None``: ``pneumoseg.scoring.postprocess.default_grid`` at the source width.
     The untuned default (the first run's config threshold / min_area) is scored on the same images.
     """
     dirs = [Path(r) for r in runs]
@@ -96,14 +108,19 @@ def tune_runs(runs: Sequence[str | os.PathLike[str]], *, split: str = "val", oof
         n_positive += bool(item.truth.any())
     best, table = scorer.result()
     _, base_table = baseline.result()
-    record = TunedRule(best, TunedRule.key_of(dirs, checkpoint, tta)[0], checkpoint, tta,
-                       "oof" if oof else split, len(scorer), float(table["dice_kaggle"].iloc[0]),
-                       float(base_table["dice_kaggle"].iloc[0]))
-    files = save_tuned(record)
-    for run in record.runs:
-        with atomic_path(Path(run) / "tune.csv") as tmp:
+    weights = checkpoint_digests(dirs, checkpoint)
+    if not weights:
+        raise DataError(f"{', '.join(map(str, dirs))}: no checkpoint {checkpoint!r} file to key the tuned rule by")
+    record = TunedRule(best, TunedRule.key_of(dirs, checkpoint, tta)[0], checkpoint, tta, "oof" if oof else split,
+                       len(scorer), float(table["dice_kaggle"].iloc[0]), float(base_table["dice_kaggle"].iloc[0]),
+                       tuple(sorted(weights)))
+    record = replace(record, table=record.table_name())
+    files = []
+    for run in dirs:
+        with atomic_path(run / record.table) as tmp:
             table.to_csv(tmp, index=False)
-        files.append(Path(run) / "tune.csv")
+        files.append(run / record.table)
+    files[:0] = save_tuned(record, dirs)
     warning = small_set_warning("tuned on", [("", len(scorer), n_positive)])
     warnings = [f"{warning}; the tuned rule may fit these few images and not generalise"] if warning else []
     return TuneResult(record, table, files, warnings)

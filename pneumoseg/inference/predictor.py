@@ -7,9 +7,13 @@ ensemble (several runs, flip TTA) are averaged at the first run's size; they are
 (threshold, ``min_area`` in source pixels, triplet rule) is applied there. So masks, areas and
 every metric are at the resolution the challenge scores (1024 x 1024 for its images).
 
-The post-processing is the rule ``pneumoseg tune`` stored for exactly these runs, checkpoint and
-TTA setting; without one, the first run's config default (``Predictor.postprocess_source``
-says which was used).
+The post-processing is the rule ``pneumoseg tune`` stored for exactly these weights (SHA-256 of
+each checkpoint, wherever the run folders now lie) and TTA setting; without one, the first run's
+config default (``Predictor.postprocess_source`` says which was used).
+
+Every output says what the model was trained on (``RUN/provenance.json``,
+``pneumoseg.training.provenance``) and that it is not for clinical use: ``predictions.csv``'s
+``training_data`` column and the SeriesDescription of SEG, SR and SC.
 """
 
 from __future__ import annotations
@@ -45,7 +49,15 @@ from pneumoseg.util.paths import check_output_dir, check_output_file, is_valid_u
 from pneumoseg.scoring.postprocess import PostProcess, find_tuned, legacy_rule_present
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import rle_encode, rle_encode_absolute
+from pneumoseg.training.provenance import (
+    Provenance,
+    describe_training,
+    read_provenance,
+    series_description,
+    short_notice,
+)
 from pneumoseg.training.run import load_run, resolve_checkpoint
+from pneumoseg.util.digest import file_sha256
 
 __all__ = [
     "BACKENDS",
@@ -219,7 +231,10 @@ class Predictor:
     checkpoint (:func:`choose_backend`), with each run's own config (post-processing as torch), else torch;
     ``backend`` is then the one chosen and ``backend_reason`` says why (one line).
 
-    ``weight_files``: the checkpoint (or ONNX) file of each model, in order (hashed by archive manifests).
+    ``weight_files``: the checkpoint (or ONNX) file of each model, in order; ``weight_digests``
+    their SHA-256 (archive manifests; with PyTorch, also the key of tuned rules).
+    ``provenance``: each run's training data (``RUN/provenance.json``; unknown without one),
+    ``training_data`` the line that says it, ``notice`` the short form with "not for clinical use".
     """
 
     def __init__(self, runs: Sequence[str | os.PathLike[str]], checkpoint: str = "best", tta: bool = False,
@@ -257,8 +272,26 @@ class Predictor:
         self.tta = tta
         self.batch_size = batch_size
         self.runs = [Path(r) for r in runs]
+        self.weight_digests = [file_sha256(f) for f in self.weight_files]
         self.postprocess, self.postprocess_source = self._choose_postprocess(postprocess)
         self.model_name = "+".join(c.model.name for _, c, _ in self.models)
+        self.provenance: list[Provenance] = [read_provenance(r) for r in self.runs]
+        self.training_data = describe_training(self.provenance)
+        self.notice = short_notice(self.provenance)
+
+    def series_description(self, what: str) -> str:
+        """SeriesDescription of an output (``SEG``, ``SR``, ``SC``): the training data's kind,
+        "not for clinical use"; at most 64 characters."""
+        return series_description(what, self.provenance)
+
+    def seg_parameters(self) -> dict[str, str]:
+        """The SEG's AlgorithmParameters: backend, TTA, rule, checkpoint (PyTorch) and training data."""
+        params = {"backend": self.backend, "tta": str(self.tta).lower(),
+                  "postprocess": json.dumps(self.postprocess.to_dict())}
+        if self.backend == "torch":
+            params["checkpoint"] = self.checkpoint
+        params["training_data"] = self.training_data
+        return params
 
     def _choose_postprocess(self, given: PostProcess | None) -> tuple[PostProcess, str]:
         """The rule and where it came from: given > tuned for these runs/flags > ONNX metadata > config."""
@@ -266,7 +299,9 @@ class Predictor:
             return given, "given"
         dirs = [r for r in self.runs if r.is_dir()]
         if dirs and len(dirs) == len(self.runs):
-            tuned = find_tuned(dirs, self.checkpoint, self.tta)
+            # PyTorch: the digests of the files loaded; ONNX: of the checkpoints the files came from.
+            weights = self.weight_digests if self.backend == "torch" else None
+            tuned = find_tuned(dirs, self.checkpoint, self.tta, weights)
             if tuned is not None:
                 return tuned.rule, (f"tuned on {tuned.split} ({tuned.n_images} images, dice_kaggle "
                                     f"{tuned.dice_kaggle:.4f} vs {tuned.default_dice_kaggle:.4f} untuned)")
@@ -275,7 +310,7 @@ class Predictor:
             return first.postprocess, "stored in the ONNX file"
         cfg = self.cfg.postprocess
         hint = ("an older pneumoseg tuned it at the model's size: re-run tune" if any(
-            legacy_rule_present(r) for r in dirs) else "none tuned for these runs and flags")
+            legacy_rule_present(r) for r in dirs) else "none tuned for these weights and flags")
         flags = " --tta" if self.tta else ""
         return (PostProcess(threshold=cfg.threshold, min_area=cfg.min_area),
                 f"config default ({hint}; `pneumoseg tune {','.join(map(str, self.runs))}{flags}`)")
@@ -338,7 +373,7 @@ class Predictor:
 class ImageOutputs:
     """What ``write_outputs`` wrote for one image (paths relative to the output folder).
 
-    ``row``: its ``predictions.csv`` row (``PREDICTIONS_HEADER``); ``rle``: its submission cell;
+    ``row``: its ``predictions.csv`` row (``PREDICTIONS_HEADER`` but ``training_data``); ``rle``: its submission cell;
     ``seg``: ``"written"``, ``"empty"`` (no SEG for an empty mask), ``"not_dicom"`` or ``""`` (not
     asked); ``failure``: one line when a DICOM output could not be made (the mask was written).
     """
@@ -382,9 +417,10 @@ class PredictResult:
 
 
 #: ``probability``: largest pixel probability (compatibility); ``score``: :func:`image_score`, the
-#: image-level score that ranks images (evaluate's ``image_auc`` uses it).
+#: image-level score that ranks images (evaluate's ``image_auc`` uses it); ``training_data``:
+#: ``Predictor.notice`` (e.g. ``synthetic training data; not for clinical use``), the same on every row.
 PREDICTIONS_HEADER = ("image_id", "source", "probability", "score", "has_pneumothorax", "area_px", "area_mm2",
-                      "height", "width")
+                      "height", "width", "training_data")
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels")
 
 
@@ -397,16 +433,19 @@ def _csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def write_tables(result: PredictResult, rows: Sequence[Sequence[object]], sub_rows: Sequence[tuple[str, str]],
-                 submission: str | os.PathLike[str] | None = None) -> None:
+                 submission: str | os.PathLike[str] | None = None, training_data: str = "") -> None:
     """``predictions.csv`` and the submission (default ``out_dir/submission.csv``), atomically; counts.
 
-    Nothing is written when ``rows`` is empty. Sets ``n_images``, ``n_positive`` and the two paths.
+    ``rows``: ``ImageOutputs.row`` of each image; ``training_data`` (``Predictor.notice``) fills the
+    last column. Nothing is written when ``rows`` is empty. Sets ``n_images``, ``n_positive`` and
+    the two paths.
     """
     result.n_images = len(rows)
     result.n_positive = sum(1 for _, rle in sub_rows if rle != "-1")
     if rows:
         result.predictions_csv = result.out_dir / "predictions.csv"
-        atomic_write_text(result.predictions_csv, _csv_text(PREDICTIONS_HEADER, rows))
+        table = [(*r, training_data) for r in rows]
+        atomic_write_text(result.predictions_csv, _csv_text(PREDICTIONS_HEADER, table))
         result.submission_csv = Path(submission) if submission else result.out_dir / "submission.csv"
         atomic_write_text(result.submission_csv, _csv_text(SUBMISSION_HEADER, sub_rows))
 
@@ -428,11 +467,9 @@ def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Predicti
     seg_ds = None
     status = ""
     if seg and (pred.mask.any() or seg_empty):
-        params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
-                  "postprocess": json.dumps(predictor.postprocess.to_dict())}
-        if predictor.backend == "torch":
-            params["checkpoint"] = predictor.checkpoint
-        seg_ds = make_segmentation(source, pred.mask, model_name=predictor.model_name, algorithm_parameters=params)
+        seg_ds = make_segmentation(source, pred.mask, model_name=predictor.model_name,
+                                   algorithm_parameters=predictor.seg_parameters(),
+                                   series_description=predictor.series_description("SEG"))
         write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg_ds)
         files.append(f"seg/{pred.image_id}.dcm")
         status = "written"
@@ -440,12 +477,14 @@ def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Predicti
         status = "empty"
     if sr:
         report = make_sr(source, seg_ds, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
-                         area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source), model_name=predictor.model_name)
+                         area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source), model_name=predictor.model_name,
+                         series_description=predictor.series_description("SR"))
         write_sr(out / "sr" / f"{pred.image_id}.dcm", report)
         files.append(f"sr/{pred.image_id}.dcm")
     if sc:
         write_sc(out / "sc" / f"{pred.image_id}.dcm",
-                 make_overlay_sc(source, image.pixels, pred.mask, model_name=predictor.model_name))
+                 make_overlay_sc(source, image.pixels, pred.mask, model_name=predictor.model_name,
+                                 series_description=predictor.series_description("SC")))
         files.append(f"sc/{pred.image_id}.dcm")
     return status, sr, sc
 
@@ -548,5 +587,5 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
                 if callable(on_prediction):
                     on_prediction(image, pred)
             bar.advance(task, len(paths[start:start + predictor.batch_size]))
-    write_tables(result, rows, sub_rows, submission)
+    write_tables(result, rows, sub_rows, submission, predictor.notice)
     return result

@@ -133,16 +133,17 @@ def make_outputs(predictor: Predictor, image: InputImage, pred: Prediction, sour
     out: dict[str, Dataset] = {}
     seg = None
     if pred.mask.any() or options.seg_empty:
-        params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
-                  "postprocess": json.dumps(predictor.postprocess.to_dict())}
-        if predictor.backend == "torch":
-            params["checkpoint"] = predictor.checkpoint
-        seg = make_segmentation(source, pred.mask, algorithm_parameters=params, **numbers("seg"))  # type: ignore[arg-type]
+        seg = make_segmentation(source, pred.mask, algorithm_parameters=predictor.seg_parameters(),
+                                series_description=predictor.series_description("SEG"),
+                                **numbers("seg"))  # type: ignore[arg-type]
         out["seg"] = seg
     if options.sr:
         out["sr"] = make_sr(source, seg, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
                             area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source),
+                            series_description=predictor.series_description("SR"),
                             **numbers("sr"))  # type: ignore[arg-type]
     if options.sc:
-        out["sc"] = make_overlay_sc(source, image.pixels, pred.mask, **numbers("sc"))  # type: ignore[arg-type]
+        out["sc"] = make_overlay_sc(source, image.pixels, pred.mask,
+                                    series_description=predictor.series_description("SC"),
+                                    **numbers("sc"))  # type: ignore[arg-type]
     return out

@@ -66,6 +66,7 @@ from pneumoseg.scoring.stats import (
     predict_nothing_dice,
     wilcoxon_p,
 )
+from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, describe_training, read_provenance
 
 __all__ = ["CASE_KINDS", "REQUIRED_COLUMNS", "Comparison", "RunEval", "compare_runs", "find_eval_dir",
            "load_run_eval", "metric_header", "metric_rows", "render_html", "render_markdown", "write_comparison"]
@@ -546,7 +547,9 @@ def render_html(c: Comparison) -> str:
                 f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by pneumoseg {__version__}")
     template = string.Template(resources.files("pneumoseg.reporting").joinpath("report_template.html").read_text("utf-8"))
     title = "pneumoseg compare: " + " vs ".join(r.run.resolve().name for r in c.runs)
-    return template.substitute(title=html.escape(title), subtitle=html.escape(subtitle), nav=nav, body=body)
+    trained = describe_training([read_provenance(r.run) for r in c.runs])
+    return template.substitute(title=html.escape(title), subtitle=html.escape(subtitle), nav=nav, body=body,
+                               provenance=html.escape(f"{trained}. {NOT_FOR_CLINICAL_USE}."))
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:

@@ -5,7 +5,9 @@ Reads ``RUN/config.yaml``, ``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv`
 ``RUN/eval/<split>/`` (``metrics.json`` with the post-processing rule it applied,
 ``per_image.csv``, ``cases.csv`` + ``cases/``; the split, or the external data set, is named in the
 report) and ``RUN/train_summary.json`` when training wrote one (its predicts-nothing flag and
-warnings are shown at the top). Figures: ROC and precision-recall curves of the image score, the
+warnings are shown at the top). The header says what the model was trained on
+(``RUN/provenance.json``; "training data unknown" without one) and that it is not for clinical use.
+Figures: ROC and precision-recall curves of the image score, the
 per-image Dice histogram, Dice against pneumothorax size and tune's threshold sweep. No model is loaded. Figures are embedded as base64 data URLs and
 the page has no external CSS/JS, so it opens offline; the per-image table sorts by clicking a
 header; a thumbnail enlarges on click. Overlays: prediction red, truth blue.
@@ -37,6 +39,7 @@ from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import CASE_CATEGORIES
+from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, Provenance, describe_training, read_provenance
 
 __all__ = ["METRICS", "ReportData", "ReportFiles", "curve_points", "load_report_data", "render_html",
            "render_markdown", "write_report"]
@@ -77,6 +80,13 @@ class ReportData:
     tune: pd.DataFrame | None = None
     cases: pd.DataFrame | None = None
     train_summary: dict[str, Any] | None = None
+    provenance: Provenance | None = None
+
+    @property
+    def provenance_line(self) -> str:
+        """What the model was trained on, and "not for clinical use" (the header's line)."""
+        records = [self.provenance] if self.provenance is not None else []
+        return f"{describe_training(records)}. {NOT_FOR_CLINICAL_USE}."
 
     def count(self, outcome: str) -> int:
         """Images with outcome ``TP`` | ``TN`` | ``FP`` | ``FN`` (see :func:`_outcomes`)."""
@@ -163,6 +173,7 @@ def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLik
     except json.JSONDecodeError as exc:
         raise DataError(f"{ev / 'metrics.json'}: not valid JSON ({exc})") from None
     data = ReportData(run, ev, metrics, _read_csv(_need(ev / "per_image.csv", run)))
+    data.provenance = read_provenance(run)
     if (run / "config.yaml").is_file():
         data.config_text = (run / "config.yaml").read_text()
         data.config = yaml.safe_load(data.config_text) or {}
@@ -448,7 +459,7 @@ def render_html(d: ReportData) -> str:
                 f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by pneumoseg {__version__}")
     template = string.Template(resources.files("pneumoseg.reporting").joinpath("report_template.html").read_text("utf-8"))
     return template.substitute(title=html.escape(f"pneumoseg report: {d.run.resolve().name} ({_what(m)})"),
-                               subtitle=html.escape(subtitle), nav=nav,
+                               subtitle=html.escape(subtitle), provenance=html.escape(d.provenance_line), nav=nav,
                                body="".join(_section(a, t, b) for a, t, b in sections))
 
 
@@ -497,7 +508,7 @@ def render_markdown(d: ReportData, html_path: str | os.PathLike[str]) -> str:
     n_empty = int((d.per_image["truth_area_px"] == 0).sum())
     rows = [(f"`{k}`", _with_ci(m, k)) for k in METRICS]
     pp = m.get("postprocess_text") or (json.dumps(d.postprocess) if d.postprocess is not None else "n/a")
-    lines = [f"# pneumoseg report: {d.run.resolve().name} ({_what(m)})", "",
+    lines = [f"# pneumoseg report: {d.run.resolve().name} ({_what(m)})", "", f"**{d.provenance_line}**", "",
              f"Full report (figures, galleries, sortable per-image table): `{Path(html_path).resolve()}`", "",
              f"{_what(m).capitalize()}: {m.get('n_images')} images, {m.get('n_positive')} with pneumothorax; "
              f"model `{m.get('model')}` at {m.get('model_size', m.get('size'))} px, TTA {'on' if m.get('tta') else 'off'}; "

@@ -22,13 +22,14 @@ at the source resolution.
 
 ``GridScorer`` scores every combination of a grid, one image at a time (native-resolution
 probability maps of a whole split never sit in memory together), with the challenge metric
-(``dice_kaggle``); ``grid_search`` is the same on arrays. ``TunedRule`` records which runs,
-checkpoint and TTA setting a rule was tuned for, so ``predict`` uses a rule only for the
-ensemble it was tuned on.
+(``dice_kaggle``); ``grid_search`` is the same on arrays. ``TunedRule`` records which weights
+(SHA-256 of each checkpoint) and TTA setting a rule was tuned for, so ``predict`` uses a rule only
+for the ensemble it was tuned on, wherever its run folders are copied or moved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -45,17 +46,21 @@ import torch
 from torchmetrics import Metric
 
 from pneumoseg.util.atomic import atomic_write_text
+from pneumoseg.util.digest import file_sha256
 from pneumoseg.errors import ConfigError
 from pneumoseg.scoring.metrics import dice_from_counts
 
 __all__ = [
     "AREA_UNIT",
     "TUNED_NAME",
+    "TUNE_ENSEMBLES",
+    "TUNE_TABLE",
     "VALIDATION_AREA_UNIT",
     "GridDice",
     "GridScorer",
     "PostProcess",
     "TunedRule",
+    "checkpoint_digests",
     "default_grid",
     "find_tuned",
     "grid_counts",
@@ -192,10 +197,15 @@ TUNED_NAME = "postprocess.json"  #: where ``pneumoseg tune`` stores its rules in
 class TunedRule:
     """A rule found by ``pneumoseg tune`` and what it was tuned for.
 
-    ``runs``: the ensemble's run folders (resolved paths, sorted); ``checkpoint`` and ``tta`` as
-    given to the predictor. ``predict`` uses the rule only for the same runs, checkpoint and TTA.
-    ``split``: ``val`` etc., or ``oof`` (each fold's model on its own validation fold, pooled).
-    ``dice_kaggle`` of the rule and ``default_dice_kaggle`` of the untuned default on the same images.
+    The key is the content: ``weights``, the SHA-256 of each member's weight file (sorted; one
+    entry per member, so a run folder copied or moved anywhere keeps its rule), and ``tta``.
+    ``predict`` uses the rule only for the same weights and TTA. ``runs`` (the folders as tuned,
+    resolved) and ``checkpoint`` (its name there) are for people. ``split``: ``val`` etc., or
+    ``oof`` (each fold's model on its own validation fold, pooled). ``dice_kaggle`` of the rule and
+    ``default_dice_kaggle`` of the untuned default on the same images. ``table``: the file, in each
+    run folder, with every rule scored (``tune.csv`` for one run, ``tune-ensembles/<id>.csv`` for
+    an ensemble, so an ensemble's sweep never replaces a run's own). Records written before
+    content keys (no ``weights``) still match by their resolved run paths, checkpoint and TTA.
     """
 
     rule: PostProcess
@@ -206,28 +216,55 @@ class TunedRule:
     n_images: int
     dice_kaggle: float
     default_dice_kaggle: float
+    weights: tuple[str, ...] = ()
+    table: str = ""
+
+    @staticmethod
+    def content_key(weights: Sequence[str], tta: bool) -> tuple[Any, ...]:
+        """The key of an ensemble: its members' weight digests (sorted) and TTA."""
+        return ("sha256", tuple(sorted(weights)), bool(tta))
 
     @staticmethod
     def key_of(runs: Sequence[str | os.PathLike[str]], checkpoint: str, tta: bool) -> tuple[Any, ...]:
+        """The key of a record without ``weights`` (written before content keys): resolved, sorted
+        run folders (``key_of(...)[0]``, what ``runs`` holds), checkpoint name and TTA."""
         return (tuple(sorted(str(Path(r).resolve()) for r in runs)), checkpoint, bool(tta))
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.runs, self.checkpoint, self.tta)
+        return (self.content_key(self.weights, self.tta) if self.weights
+                else (self.runs, self.checkpoint, self.tta))
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.weights or self.runs) > 1
+
+    def table_name(self) -> str:
+        """``tune.csv`` for one run, else ``tune-ensembles/<16 hex of the key>.csv``."""
+        if not self.ensemble:
+            return TUNE_TABLE
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{TUNE_ENSEMBLES}/{digest}.csv"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule.to_dict(), "runs": list(self.runs), "checkpoint": self.checkpoint,
-                "tta": self.tta, "split": self.split, "n_images": self.n_images,
-                "dice_kaggle": self.dice_kaggle, "default_dice_kaggle": self.default_dice_kaggle}
+        return {"rule": self.rule.to_dict(), "weights": list(self.weights), "tta": self.tta, "runs": list(self.runs),
+                "checkpoint": self.checkpoint, "split": self.split, "n_images": self.n_images,
+                "dice_kaggle": self.dice_kaggle, "default_dice_kaggle": self.default_dice_kaggle,
+                "table": self.table}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TunedRule:
         try:
             return cls(PostProcess.from_dict(data["rule"]), tuple(data["runs"]), str(data["checkpoint"]),
                        bool(data["tta"]), str(data["split"]), int(data["n_images"]), float(data["dice_kaggle"]),
-                       float(data["default_dice_kaggle"]))
+                       float(data["default_dice_kaggle"]), tuple(str(w) for w in data.get("weights", ())),
+                       str(data.get("table", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"tuned rule record is malformed ({exc})") from None
+
+
+TUNE_TABLE = "tune.csv"  #: every rule scored by a single run's tuning (the report's threshold sweep)
+TUNE_ENSEMBLES = "tune-ensembles"  #: ensembles' tables, one per key: never a member's own tune.csv
 
 
 def _read_tuned(run_dir: str | os.PathLike[str]) -> list[TunedRule]:
@@ -248,11 +285,24 @@ def _read_tuned(run_dir: str | os.PathLike[str]) -> list[TunedRule]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def save_tuned(record: TunedRule) -> list[Path]:
-    """Store ``record`` in ``postprocess.json`` of every run it names (replacing one with the same key)."""
+def checkpoint_digests(runs: Sequence[str | os.PathLike[str]], checkpoint: str) -> list[str]:
+    """Hex SHA-256 of each run's weights, in order: ``checkpoint`` itself when it is a ``.ckpt``
+    file, else ``RUN/checkpoints/<checkpoint>.ckpt``; [] when a run has no such file."""
+    files = [Path(checkpoint) if checkpoint.endswith(".ckpt") and Path(checkpoint).is_file()
+             else Path(r) / "checkpoints" / f"{checkpoint}.ckpt" for r in runs]
+    try:
+        return [file_sha256(f) for f in files]
+    except OSError:
+        return []
+
+
+def save_tuned(record: TunedRule, run_dirs: Sequence[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """Store ``record`` in ``postprocess.json`` of every run folder (default ``record.runs``),
+    replacing one with the same key (and a path-keyed one of the same runs, checkpoint and TTA)."""
     written = []
-    for run in record.runs:
-        kept = [r for r in _read_tuned(run) if r.key != record.key]
+    legacy = (record.runs, record.checkpoint, record.tta)
+    for run in record.runs if run_dirs is None else run_dirs:
+        kept = [r for r in _read_tuned(run) if r.key not in (record.key, legacy)]
         path = Path(run) / TUNED_NAME
         payload = {"tuned": [r.to_dict() for r in (*kept, record)]}
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
@@ -260,12 +310,22 @@ def save_tuned(record: TunedRule) -> list[Path]:
     return written
 
 
-def find_tuned(runs: Sequence[str | os.PathLike[str]], checkpoint: str, tta: bool) -> TunedRule | None:
-    """The rule tuned for exactly these runs, checkpoint and TTA setting, or None."""
+def find_tuned(runs: Sequence[str | os.PathLike[str]], checkpoint: str, tta: bool,
+               weights: Sequence[str] | None = None) -> TunedRule | None:
+    """The rule tuned for exactly these weights and TTA setting, or None.
+
+    ``weights``: the SHA-256 of each member's weight file (default: ``checkpoint_digests(runs,
+    checkpoint)``). Looked up in the first run folder's ``postprocess.json``, wherever the folder
+    lies now. A record from before content keys matches when it names these runs (resolved),
+    ``checkpoint`` and ``tta``.
+    """
     if not runs:
         return None
-    key = TunedRule.key_of(runs, checkpoint, tta)
-    return next((r for r in _read_tuned(runs[0]) if r.key == key), None)
+    digests = checkpoint_digests(runs, checkpoint) if weights is None else list(weights)
+    keys = [TunedRule.key_of(runs, checkpoint, tta)]
+    if digests:
+        keys.append(TunedRule.content_key(digests, tta))
+    return next((r for r in reversed(_read_tuned(runs[0])) if r.key in keys), None)
 
 
 def legacy_rule_present(run_dir: str | os.PathLike[str]) -> bool:

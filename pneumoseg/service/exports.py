@@ -8,7 +8,6 @@ twice gives the same SOP instance, and ``sr.dcm`` references exactly that SEG.
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 from pneumoseg.inference.predictor import Predictor
@@ -33,13 +32,11 @@ def _segmentation(stored: StoredResult, predictor: Predictor) -> Any:
     from pneumoseg.io.dicom.seg import make_segmentation
 
     uids = stored.summary["dicom_outputs"]
-    params = {"backend": predictor.backend, "tta": str(predictor.tta).lower(),
-              "postprocess": json.dumps(predictor.postprocess.to_dict())}
-    if predictor.backend == "torch":
-        params["checkpoint"] = predictor.checkpoint
     mask = decode_png_gray(stored.mask_png) > 127
     return make_segmentation(read_header(stored.header_dcm), mask, model_name=predictor.model_name,
-                             algorithm_parameters=params, series_instance_uid=uids["seg_series_uid"],
+                             algorithm_parameters=predictor.seg_parameters(),
+                             series_description=predictor.series_description("SEG"),
+                             series_instance_uid=uids["seg_series_uid"],
                              sop_instance_uid=uids["seg_sop_uid"])
 
 
@@ -61,5 +58,6 @@ def sr_bytes(stored: StoredResult, predictor: Predictor) -> bytes:
     report = make_sr(source, seg, has_pneumothorax=bool(summary["has_pneumothorax"]),
                      score=float(summary["probability"]), area_px=int(summary["area_px"]),
                      area_mm2=area_mm2(mask, source), model_name=predictor.model_name,
+                     series_description=predictor.series_description("SR"),
                      series_instance_uid=uids["sr_series_uid"], sop_instance_uid=uids["sr_sop_uid"])
     return _dataset_bytes(report)

@@ -36,6 +36,7 @@ from pneumoseg.service.decode import (
 from pneumoseg.service.intensity import Intensities, dicom_header_bytes, dicom_intensities, display_intensities
 from pneumoseg.service.settings import ServiceSettings
 from pneumoseg.service.store import ResultStore, StoredResult
+from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, training_kind
 
 __all__ = [
     "RESULT_ID_PATTERN",
@@ -96,12 +97,17 @@ class ServiceModel:
         return self.predictor.model_name
 
     def describe(self, detailed: bool = True) -> dict[str, Any]:
-        """What /health reports: the model; with ``detailed``, also run folders, post-processing, store use."""
+        """What /health reports: the model, the kind of its training data (``synthetic``, ``not
+        synthetic`` or ``unknown``) and the notice "... not for clinical use"; with ``detailed``, also
+        run folders, each run's training data record, post-processing, store use."""
         p = self.predictor
         out: dict[str, Any] = {"model": p.model_name, "size": p.size, "device": str(p.device), "tta": p.tta,
-                               "backend": p.backend}
+                               "backend": p.backend, "training_data": training_kind(p.provenance), "notice": p.notice,
+                               "clinical_use": NOT_FOR_CLINICAL_USE}
         if detailed:
-            out |= {"runs": self.runs, "postprocess": p.postprocess.to_dict(), "results_cached": len(self.store),
+            out |= {"runs": self.runs, "training_data_detail": p.training_data,
+                    "provenance": [r.to_dict() for r in p.provenance],
+                    "postprocess": p.postprocess.to_dict(), "results_cached": len(self.store),
                     "cache_size": self.settings.cache_size, "result_store_bytes": self.store.nbytes,
                     "result_store_mb": self.settings.result_store_mb, "max_pixels": self.settings.max_pixels,
                     "max_upload_mb": self.settings.max_upload_mb}
@@ -198,6 +204,7 @@ class ServiceModel:
             "width": w,
             "height": h,
             "model": self.predictor.model_name,
+            "notice": self.predictor.notice,
             "meta": image.meta.as_dict() if image.meta is not None else None,
             "intensity": intensities.describe(),
             "truth": truth_info,

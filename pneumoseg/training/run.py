@@ -8,6 +8,8 @@ Lightning Trainer, then calls ``fit``. The run folder (docs/architecture.md)::
     RUN/config.yaml                       the resolved config (reload with load_config(RUN))
     RUN/preprocessing.json                the model's input rule (load_preprocessing(RUN)); also in
                                           every checkpoint under "preprocessing"
+    RUN/provenance.json                   the training data: source, synthetic or not, counts, split sizes
+                                          (``pneumoseg.training.provenance``)
     RUN/checkpoints/best.ckpt             best by val/<train.monitor> (max; min for "loss")
     RUN/checkpoints/last.ckpt             end of the last finished epoch, for resume
     RUN/checkpoints/snapshot-K.ckpt       schedule "snapshot": end of cycle K
@@ -86,6 +88,7 @@ from pneumoseg.training.callbacks import (
     ThroughputMonitor,
 )
 from pneumoseg.training.module import SegmentationModule
+from pneumoseg.training.provenance import build_provenance, save_provenance
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_factory, scheduler_factory
 
 class _DropNoise(logging.Filter):
@@ -493,6 +496,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
     if rank0:
         dump_config(cfg, run_dir / "config.yaml")
         save_preprocessing(module.preprocessing, run_dir)
+        save_provenance(build_provenance(cfg), run_dir)
         if progress:
             per = sorted(set(plan.steps_per_epoch))
             spread = f"{per[0]}" if len(per) == 1 else f"{per[0]}-{per[-1]}"
@@ -581,6 +585,7 @@ def init_run(cfg: ExperimentConfig, run_dir: str | os.PathLike[str]) -> Path:
     dump_config(cfg, run / "config.yaml")
     preprocessing = Preprocessing.from_config(cfg)
     save_preprocessing(preprocessing, run)
+    save_provenance(build_provenance(cfg), run)
     state = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
              "preprocessing": preprocessing.to_dict()}
     with atomic_path(run / "checkpoints" / "best.ckpt") as tmp:

@@ -1,4 +1,5 @@
-"""File fingerprints: the SHA-256 that archive manifests and ONNX exports record for weight files."""
+"""File fingerprints (SHA-256): what identifies a checkpoint wherever its run folder lies (tuned-rule keys),
+and what archive manifests and ONNX exports record for weight files."""
 
 from __future__ import annotations
 

@@ -137,7 +137,8 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
         "report": report.html, "report summary": report.markdown,
     }
     res.next_steps = [
-        f"pneumoseg serve {run}    # the viewer: upload a radiograph, see the mask (http://127.0.0.1:8000/)",
+        f"pneumoseg serve {run}    # the viewer (http://127.0.0.1:8000/): open one of {data / 'dicom'}; the model "
+        "knows only synthetic phantoms, its output on a real radiograph means nothing",
         f"pneumoseg report {run}    # rebuild the HTML report after another evaluate",
         f"pneumoseg evaluate {run} --split val    # the same metrics on the validation split",
         f"pneumoseg predict {run} {data / 'dicom'} --out {out / 'predict-all'}    # every synthetic DICOM",

@@ -17,13 +17,16 @@ from typer.testing import CliRunner
 from pneumoseg.cli.synth import register
 from pneumoseg.data.synth import (
     POSITIVE_RATE,
+    SYNTH_MARKER,
     SynthSummary,
     generate_dataset,
+    is_synthetic_source,
     make_phantom,
     render_phantom,
 )
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.io.rle import read_annotations, rle_decode
+from tests.shared_data import SIIM
 
 SIZE = 64  # the smallest size: enough for layout and label tests
 
@@ -235,3 +238,14 @@ def test_phantoms_are_learnable(seed: int) -> None:
     best = max(baselines.values())
     print(f"held-out Dice {score:.3f} vs trivial {baselines} after {seconds:.0f} s")
     assert score > 0.3 and score > 2 * best, (score, baselines)
+
+
+def test_the_output_is_marked_synthetic_and_real_data_is_not(tmp_path: Path) -> None:
+    out = generate_dataset(tmp_path / "out", n=2, size=SIZE, seed=0, progress=False).out_dir
+    assert (out / "README.txt").read_text().startswith(SYNTH_MARKER)
+    assert is_synthetic_source(out / "dicom") and is_synthetic_source(out)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.txt").write_text("Radiographs from our department, SYNTHETIC DATA: none\n")
+    assert not is_synthetic_source(tmp_path / "mine") and not is_synthetic_source(tmp_path / "absent")
+    if (SIIM / "dicom").is_dir():
+        assert not is_synthetic_source(SIIM / "dicom")

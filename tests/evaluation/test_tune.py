@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pneumoseg.data.prepare import read_truth
 from pneumoseg.data.split import write_splits
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import iter_split
-from pneumoseg.scoring.postprocess import find_tuned, grid_search
+from pneumoseg.scoring.postprocess import PostProcess, find_tuned, grid_search
 from pneumoseg.inference.predictor import Predictor
 from pneumoseg.training.run import init_run
 from pneumoseg.evaluation.tune import tune_runs
@@ -85,3 +86,41 @@ def test_out_of_fold_tuning_pools_each_folds_validation(synth_cache: Path, tmp_p
     assert Predictor(runs, device="cpu").postprocess == result.rule
     with pytest.raises(DataError, match="share a fold"):
         tune_runs([runs[0], runs[0]], oof=True, device="cpu", grid=GRID, progress=False)
+
+
+# A grid without the config default (0.5, 0): a tuned rule is never mistaken for the fallback.
+NOT_DEFAULT = [{"threshold": [0.3, 0.7], "min_area": [0, 50]}]
+
+
+def test_a_moved_run_keeps_its_tuned_rule(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "here" / "run"
+    shutil.copytree(trained_run, run)
+    result = tune_runs([run], device="cpu", grid=NOT_DEFAULT, progress=False)
+    assert result.rule != PostProcess(0.5, 0)
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(run, moved)
+    shutil.rmtree(tmp_path / "here")  # moved: the folder it was tuned in is gone
+    predictor = Predictor([moved], device="cpu")
+    assert predictor.postprocess == result.rule and predictor.postprocess_source.startswith("tuned on val")
+    out = runner.invoke(app, ["evaluate", str(moved), "--split", "val", "--no-progress", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    metrics = json.loads((moved / "eval" / "val" / "metrics.json").read_text())
+    assert metrics["postprocess"] == result.rule.to_dict()
+    # Other weights in the same folder are another model: the rule is not theirs.
+    untrained = init_run(load_config("seed_unet", ["data.size=64", "model.name=unet"]), tmp_path / "untrained")
+    shutil.copy(untrained / "checkpoints" / "best.ckpt", moved / "checkpoints" / "best.ckpt")
+    assert Predictor([moved], device="cpu").postprocess_source.startswith("config default")
+
+
+def test_ensemble_tuning_leaves_a_members_own_table_alone(two_runs: tuple[Path, Path]) -> None:
+    a, b = two_runs
+    single = tune_runs([a], device="cpu", grid=NOT_DEFAULT, progress=False)
+    before = (a / "tune.csv").read_bytes()
+    ensemble = tune_runs([a, b], device="cpu", grid=GRID, progress=False)
+    assert (a / "tune.csv").read_bytes() == before and not (b / "tune.csv").exists()
+    assert ensemble.record.table.startswith("tune-ensembles/") and ensemble.record.ensemble
+    for run in (a, b):
+        table = pd.read_csv(run / ensemble.record.table)
+        assert len(table) == len(ensemble.table) and table["dice_kaggle"].iloc[0] == ensemble.record.dice_kaggle
+    assert find_tuned([a], "best", tta=False) == single.record and single.record.table == "tune.csv"
+    assert find_tuned([b, a], "best", tta=False) == ensemble.record

@@ -200,6 +200,18 @@ def test_cli_prints_the_table_and_writes_the_page(study: dict[str, object], tmp_
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_page_header_says_the_training_data_is_unknown_without_a_record(study: dict[str, object],
+                                                                        tmp_path: Path) -> None:
+    truths = np.asarray(study["truths"])
+    a, b = make_run(study, "a", truths), make_run(study, "b", _shifted(truths, 1))  # no provenance.json
+    out = tmp_path / "ab.html"
+    result = CliRunner().invoke(app, ["compare", str(a), str(b), "--split", "test", "--out", str(out),
+                                      "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    header = out.read_text().split("</header>")[0]
+    assert "Training data unknown" in header and "not for clinical use" in header
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 

@@ -133,6 +133,18 @@ def test_markdown_summary_and_report_command(evaluated: Path, tmp_path: Path) ->
     assert 'alt="training curves" src="data:image/png;base64,' in out.read_text()
 
 
+def test_report_header_says_what_the_model_was_trained_on(evaluated: Path, tmp_path: Path) -> None:
+    header = (evaluated / "report.html").read_text().split("</header>")[0]
+    assert "Trained on synthetic data" in header and "not for clinical use" in header
+    assert "Trained on synthetic data" in (evaluated / "report.md").read_text().split("## Metrics")[0]
+    old = tmp_path / "old"  # a run trained before provenance.json: the report still renders, and says so
+    shutil.copytree(evaluated, old)
+    (old / "provenance.json").unlink()
+    write_report(old)
+    header = (old / "report.html").read_text().split("</header>")[0]
+    assert "Training data unknown" in header and "not for clinical use" in header
+
+
 def test_missing_eval_is_one_clear_error(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()

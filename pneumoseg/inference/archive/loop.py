@@ -26,7 +26,14 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pneumoseg.errors import PneumosegError
-from pneumoseg.inference.archive.manifest import OUTPUT_DIRS, check_manifest, clear_outputs, record_invocation, run_settings
+from pneumoseg.inference.archive.manifest import (
+    OUTPUT_DIRS,
+    check_manifest,
+    clear_outputs,
+    record_invocation,
+    run_settings,
+    training_data,
+)
 from pneumoseg.inference.archive.sources import InputSource
 from pneumoseg.inference.archive.writers import (
     ArchiveItem,
@@ -108,7 +115,7 @@ def start_invocation(predictor: Predictor, out: Path, input_spec: str, precision
         if overwrite:
             clear_outputs(out)
         sweep_temporaries(out, OUTPUT_DIRS)
-        record_invocation(out, settings, previous, invocation)
+        record_invocation(out, settings, previous, invocation, training_data(predictor))
 
 
 def merge_outputs(predictor: Predictor, source: InputSource, out: str | os.PathLike[str],
@@ -164,7 +171,7 @@ def merge_outputs(predictor: Predictor, source: InputSource, out: str | os.PathL
         result.n_resumed += rec["run"] != token
         rows.append(row)
         sub_rows.append((image_id, rec["rle"]))
-    write_tables(result, rows, sub_rows, submission)
+    write_tables(result, rows, sub_rows, submission, predictor.notice)
     return result
 
 

@@ -2,7 +2,8 @@
 
 ``settings`` is everything that changes an output file: the models (checkpoint name and the
 SHA-256 of each weight file), backend, TTA, precision, the post-processing rule, the RLE format,
-which outputs are written and the input. ``history`` lists every invocation (time, processes).
+which outputs are written and the input. ``history`` lists every invocation (time, processes);
+``training_data`` says what the models were trained on and that they are not for clinical use.
 A rerun whose settings differ is refused (one line naming the first difference) unless
 ``--overwrite``, which removes the folder's previous outputs first.
 """
@@ -23,7 +24,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.inference.predictor import Predictor
 
 __all__ = ["MANIFEST", "OUTPUT_DIRS", "check_manifest", "clear_outputs", "file_sha256", "record_invocation",
-           "run_settings"]
+           "run_settings", "training_data"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -36,7 +37,8 @@ def run_settings(predictor: Predictor, input_spec: str, precision: str, overlays
                  dicom_seg: bool, dicom_seg_empty: bool, dicom_sr: bool, dicom_sc: bool) -> dict[str, Any]:
     """The settings that determine every output file (JSON-ready; compared key by key on a rerun)."""
     return {
-        "models": [{"file": str(Path(f).resolve()), "sha256": file_sha256(f)} for f in predictor.weight_files],
+        "models": [{"file": str(Path(f).resolve()), "sha256": digest}
+                   for f, digest in zip(predictor.weight_files, predictor.weight_digests, strict=True)],
         "checkpoint": predictor.checkpoint if predictor.backend == "torch" else None,
         "backend": predictor.backend,
         "tta": predictor.tta,
@@ -106,10 +108,18 @@ def clear_outputs(out: str | os.PathLike[str]) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def training_data(predictor: Predictor) -> dict[str, Any]:
+    """The manifest's ``training_data``: the notice ("... not for clinical use"), the summary line and
+    each run's ``provenance.json`` record (``pneumoseg.training.provenance``)."""
+    return {"notice": predictor.notice, "summary": predictor.training_data,
+            "runs": [p.to_dict() for p in predictor.provenance]}
+
+
 def record_invocation(out: str | os.PathLike[str], settings: Mapping[str, Any], previous: Mapping[str, Any] | None,
-                      invocation: Mapping[str, Any]) -> None:
-    """Write the manifest: ``settings`` and the history so far plus ``invocation`` (atomically, fsync'd)."""
+                      invocation: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> None:
+    """Write the manifest: ``settings``, ``training`` (``training_data(predictor)``; not a setting: a
+    moved cache does not change an output) and the history so far plus ``invocation`` (atomically, fsync'd)."""
     history = list(previous.get("history", [])) if previous else []
     history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **invocation})
-    data = {"format": FORMAT, "settings": dict(settings), "history": history}
+    data = {"format": FORMAT, "settings": dict(settings), "training_data": dict(training or {}), "history": history}
     atomic_write_text(Path(out) / MANIFEST, json.dumps(data, indent=2) + "\n", durable=True)

@@ -49,6 +49,7 @@ def make_overlay_sc(
     model_name: str,
     series_number: int = 101,
     instance_number: int = 1,
+    series_description: str = SERIES_DESCRIPTION,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> hd.sc.SCImage:
@@ -57,7 +58,8 @@ def make_overlay_sc(
     ``source``: the source image's header (``stop_before_pixels`` is enough); ``pixels`` and
     ``mask`` are on its pixel grid (Rows x Columns). ``model_name`` goes to
     ManufacturerModelName, the area (``pneumoseg.io.dicom.seg.area_description``) to
-    DerivationDescription. Raises DicomError when the shapes differ from the source.
+    DerivationDescription; ``series_description`` (LO: at most 64 characters) to SeriesDescription.
+    Raises DicomError when the shapes differ from the source.
     """
     where = getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>")
     missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns") if k not in source]
@@ -94,7 +96,7 @@ def make_overlay_sc(
         # General Series Laterality is Type 2C for paired body parts: the source's body part says which.
         if source.get(keyword):
             setattr(sc, keyword, source.get(keyword))
-    sc.SeriesDescription = SERIES_DESCRIPTION
+    sc.SeriesDescription = series_description[:64]
     sc.ManufacturerModelName = model_name[:64]
     sc.SoftwareVersions = [f"pneumoseg {pneumoseg.__version__}", f"highdicom {hd.__version__}"]  # type: ignore[assignment]
     sc.DerivationDescription = (f"pneumoseg prediction burned in (red tint and outline); "

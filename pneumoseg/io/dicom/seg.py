@@ -160,7 +160,8 @@ def make_segmentation(
 
     ``source``: the source image's pydicom Dataset (a header read with ``stop_before_pixels``
     is enough). ``model_name`` goes to ManufacturerModelName (cut to 64 characters) and, with
-    ``algorithm_parameters``, to the segment's AlgorithmParameters. New series and SOP instance
+    ``algorithm_parameters``, to the segment's AlgorithmParameters; ``series_description`` (LO: at
+    most 64 characters) to SeriesDescription. New series and SOP instance
     UIDs are generated unless given. An empty mask gives a SEG with one empty frame. Without a
     Frame of Reference the source's PixelSpacing goes to a Pixel Measures item (module docstring);
     the area goes to ContentDescription (``area_description``).
@@ -193,7 +194,7 @@ def make_segmentation(
                 sop_instance_uid=sop_instance_uid or hd.UID(), instance_number=instance_number,
                 manufacturer="pneumoseg", manufacturer_model_name=model_name[:64],
                 software_versions=[f"pneumoseg {pneumoseg.__version__}", f"highdicom {hd.__version__}"],  # type: ignore[arg-type]
-                device_serial_number="none", series_description=series_description,
+                device_serial_number="none", series_description=series_description[:64],
                 content_label="PNEUMOTHORAX", content_description=description,
                 omit_empty_frames=False, pixel_measures=pixel_measures,
             )

@@ -78,6 +78,7 @@ def make_sr(
     model_name: str,
     series_number: int = 100,
     instance_number: int = 1,
+    series_description: str = SERIES_DESCRIPTION,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
@@ -85,7 +86,8 @@ def make_sr(
 
     ``source``: the source image's header (``stop_before_pixels`` is enough); ``seg``: the SEG made
     from it (``pneumoseg.io.dicom.seg.make_segmentation``, or one read back) or None when none was
-    written. ``score`` in [0, 1]; ``area_px`` >= 0 pixels; ``area_mm2`` None without a spacing.
+    written. ``score`` in [0, 1]; ``area_px`` >= 0 pixels; ``area_mm2`` None without a spacing;
+    ``series_description``: SeriesDescription (LO: at most 64 characters).
     Raises DicomError on values out of range or a source / SEG highdicom cannot reference.
     """
     where = getattr(source, "filename", None) or source.get("SOPInstanceUID", "<dataset>")
@@ -134,7 +136,7 @@ def make_sr(
                 instance_number=instance_number, manufacturer="pneumoseg", is_complete=True)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DicomError(f"{where}: cannot build a DICOM SR ({type(exc).__name__}: {exc})") from None
-    sr.SeriesDescription = SERIES_DESCRIPTION
+    sr.SeriesDescription = series_description[:64]
     # SOP Common, Type 1C: a coding scheme not in PS3.16 is identified in the instance.
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCORE.scheme_designator
