@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pandas as pd
 import pytest
 import torch
@@ -177,6 +178,25 @@ def test_headless_browser_sorts_the_per_image_table(evaluated: Path, tmp_path: P
     per_image = pd.read_csv(evaluated / "eval" / "val" / "per_image.csv")
     assert len(dice) == len(per_image)
     assert dice == sorted(dice) and np.allclose(sorted(dice), np.sort(per_image["dice"]), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless chromium")
+def test_headless_browser_shows_the_training_data_in_the_header(evaluated: Path, tmp_path: Path) -> None:
+    """Chromium renders the report: the header says what the model was trained on and "not for clinical
+    use"; a screenshot of the first screen is kept (tmp_path/report-header.png)."""
+    shot = tmp_path / "report-header.png"
+    with tempfile.TemporaryDirectory() as profile:
+        common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}"]
+        dom = subprocess.run([*common, "--dump-dom", (evaluated / "report.html").as_uri()], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
+        subprocess.run([*common, "--window-size=1400,900", f"--screenshot={shot}", (evaluated / "report.html").as_uri()],
+                       capture_output=True, timeout=120, check=True)
+    header = dom.split("</header>")[0]
+    assert "Trained on synthetic data" in header and "not for clinical use" in header
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (900, 1400) and pixels.std() > 5  # a rendered page, not a blank one
 
 
 def test_curve_points_match_sklearn() -> None:

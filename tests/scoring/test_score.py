@@ -61,8 +61,9 @@ def test_hand_worked_scores(files: tuple[Path, Path]) -> None:
     assert (m["sensitivity"], m["specificity"], m["fpr_empty"]) == (0.5, 0.5, 0.5)
     assert m["predict_nothing"] == 0.5
     assert (m["n_images"], m["n_positive"], m["n_missing"], m["n_extra"]) == (4, 2, 1, 1)
-    ci = res.dice_kaggle
-    assert ci.low <= 0.45 <= ci.high and 0 <= ci.low and ci.high <= 1
+    ci = res.dice_kaggle  # 4 images: no interval, and the reason instead of a degenerate one
+    assert ci.value == pytest.approx(0.45) and np.isnan(ci.low) and np.isnan(ci.high)
+    assert ci.note.startswith("n too small") and "n too small" in str(ci)
 
 
 def test_explicit_format_that_does_not_fit_names_the_row(files: tuple[Path, Path]) -> None:

@@ -144,6 +144,12 @@ def test_browse_dicom_folder_with_truth_keys_side_by_side_and_seg_download(brows
     assert find(By.ID, "browse-list").get_attribute("value") == "0"
     first = find(By.ID, "result").get_attribute("data-id")
     _assert_whole_image_visible(drv)
+    banner = find(By.ID, "banner")  # issue 21: what the model is, in the screenshot's first screen
+    assert banner.is_displayed() and "not for clinical use" in banner.text
+    assert "trained on" in banner.text.lower() and "synthetic" in banner.text.lower()  # the run's provenance
+    box = drv.execute_script("const r = document.getElementById('banner').getBoundingClientRect();"  # type: ignore[attr-defined]
+                             "return [r.top, r.bottom, window.innerHeight];")
+    assert 0 <= box[0] < box[1] <= box[2], f"the banner is outside the first screen: {box}"
     _screenshot(drv, tmp_path, "viewer-browse-1400x1000.png")
 
     find(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)  # next image
