@@ -325,8 +325,10 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
         sets = "".join(f" --set {o}" for o in args.overrides)
         cmd = (f"python benchmarks/real_small_data.py --work /tmp/rsd --size {args.size} --folds {args.folds} "
                f"--recipes {','.join(names)} --seeds {args.seeds}{sets} --reference {args.reference} --docs")
-        update_section("small-data", (
-            "## Learning from few real images (cross-validation)\n\n"
+        # the 256 px table keeps its section; a screen at another size gets its own beside it
+        name, title = ("small-data", "") if args.size == 256 else (f"small-data-{args.size}", f", {args.size} px screen")
+        update_section(name, (
+            f"## Learning from few real images (cross-validation{title})\n\n"
             f"The 42 shared real SIIM images (12 DICOM + 30 PNG, 37 positive) at {args.size} px, "
             f"{args.folds} patient-grouped folds, every recipe trained on the CPU (2 cores) once per fold and "
             f"training seed (seeds {', '.join(map(str, seeds))}); out-of-fold per-image Dice of each fold model's "
