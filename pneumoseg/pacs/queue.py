@@ -221,7 +221,7 @@ class InstanceQueue:
             entry = Entry(uid, "received", time.time(), calling_ae=calling_ae, sha256=digest)
             if known is not None:
                 earlier = {k: getattr(known, k) for k in ("sha256", "state", "received_at", "sent_at", "error")}
-                entry.history = (known.history + [earlier])[-_HISTORY:]
+                entry.history = [*known.history, earlier][-_HISTORY:]
                 if known.state not in PENDING_STATES:  # nobody works on it: clear its old results
                     shutil.rmtree(self.root / "outputs" / uid, ignore_errors=True)
                 if uid in self._failed_kept:

@@ -19,7 +19,7 @@ def _loaded(argv: list[str]) -> set[str]:
             "print('MODS', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))") % (["pneumoseg", *argv],)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"COLUMNS": "250", "NO_COLOR": "1", "PATH": "", "HF_HUB_OFFLINE": "1"}).stdout
-    line = next(l for l in out.splitlines() if l.startswith("MODS "))
+    line = next(row for row in out.splitlines() if row.startswith("MODS "))
     return set(line.split()[1:])
 
 

@@ -482,9 +482,9 @@ def test_unlabelled_sets_say_unlabelled_and_count_no_negatives(tmp_path: Path,
     assert "unlabelled (no --rle)" in result.output
     meta = pd.read_csv(out / "metadata.csv", keep_default_na=False)
     assert (meta["has_pneumothorax"] == "").all() and (meta["mask_area_px"] == "").all()
-    dist = [t for k, t in texts.items() if "distributions" in k][0]
+    dist = next(t for k, t in texts.items() if "distributions" in k)
     assert "6 images, unlabelled (no annotation CSV)" in dist and "axes=4" in dist
-    samples = [t for k, t in texts.items() if "samples" in k][0]
+    samples = next(t for k, t in texts.items() if "samples" in k)
     assert "Samples (unlabelled)" in samples
     for figure in texts.values():
         assert not any("pneumothorax" in t or "positive" in t for t in figure), figure
@@ -501,7 +501,7 @@ def test_unlabelled_sets_say_unlabelled_and_count_no_negatives(tmp_path: Path,
     assert summary["n_positive"] is None and summary["n_without_mask"] is None and summary["image_size"] == {"16x20": 3}
     assert "pneumothorax" not in json.dumps(summary) and "pneumothorax" not in result.output
     assert "unlabelled (no masks/ folder)" in result.output
-    dist = [t for k, t in texts.items() if "distributions" in k][0]
+    dist = next(t for k, t in texts.items() if "distributions" in k)
     assert "3 images, unlabelled (no masks/ folder)" in dist and "axes=1" in dist
     for figure in texts.values():
         assert not any("pneumothorax" in t or "positive" in t for t in figure), figure

@@ -45,7 +45,7 @@ def test_walk_is_sorted_like_rglob_and_refuses_a_missing_folder(dicom_names: tup
     root, uids = dicom_names
     expected = sorted(root / n for n in uids)
     assert list(iter_files(root, DICOM_SUFFIXES)) == find_dicoms(root) == expected
-    with pytest.raises(DataError, match="no .dcm files or .dicom files found"):
+    with pytest.raises(DataError, match=r"no \.dcm files or \.dicom files found"):
         find_dicoms(_empty(tmp_path))
     with pytest.raises(DataError, match="DICOM folder not found"):
         find_dicoms(tmp_path / "missing")

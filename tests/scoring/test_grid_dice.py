@@ -28,7 +28,7 @@ def _data(seed: int, n: int = 14, size: int = 64) -> tuple[np.ndarray, np.ndarra
     probs = rng.random((n, size, size)).astype(np.float32) * 0.45  # background noise under 0.45
     for i in range(n):
         if i % 2 == 0:  # positives: a square lesion, probabilities high inside
-            y, x, s = rng.integers(0, size - 20, 2).tolist() + [int(rng.integers(6, 20))]
+            y, x, s = [*rng.integers(0, size - 20, 2).tolist(), int(rng.integers(6, 20))]
             truths[i, y:y + s, x:x + s] = True
             probs[i, y:y + s, x:x + s] = rng.uniform(0.3, 1.0)
         elif i % 3 == 0:  # some negatives get a false-positive blob
@@ -54,7 +54,7 @@ def test_grid_dice_equals_numpy_reference(seed: int) -> None:
                      bottom_threshold=r["bottom_threshold"])
     masks = pp.apply_batch(probs)
     pos = truths.reshape(len(truths), -1).any(1)
-    dice = [1.0 if (m.sum() + t.sum()) == 0 else 2 * (m & t).sum() / (m.sum() + t.sum()) for m, t in zip(masks, truths)]
+    dice = [1.0 if (m.sum() + t.sum()) == 0 else 2 * (m & t).sum() / (m.sum() + t.sum()) for m, t in zip(masks, truths, strict=True)]
     assert float(out["dice_positive"]) == pytest.approx(np.mean(np.asarray(dice)[pos]), abs=1e-9)
     assert float(out["pred_positive"]) == pytest.approx(masks.reshape(len(masks), -1).any(1).mean())
 

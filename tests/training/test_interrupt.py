@@ -63,7 +63,7 @@ def test_sigterm_exits_nonzero_with_a_resume_line_and_resumes_exactly(small: Pat
         if line.startswith("SLOW"):
             break
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err  # not 0: `train && tune` stops here
     lines = [line for line in err.splitlines() if line.strip()]
     hint = [line for line in lines if line.startswith("interrupted:")]

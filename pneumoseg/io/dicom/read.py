@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import os
@@ -618,7 +619,7 @@ def _check_rle(frame: bytes, segments: int) -> None:
     if header[0] != segments:
         raise FrameError(f"RLE frame has {header[0]} segments, the header's samples x bytes need {segments}")
     offsets = header[1: 1 + segments]
-    if offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:])) or offsets[-1] >= len(frame):
+    if offsets[0] != 64 or any(b <= a for a, b in itertools.pairwise(offsets)) or offsets[-1] >= len(frame):
         raise FrameError(f"RLE frame has invalid segment offsets {offsets} ({len(frame)} bytes)")
 
 

@@ -59,7 +59,7 @@ def test_read_header_refuses_bad_files_with_one_line_naming_them(tmp_path: Path)
         assert str(info.value).startswith(f"{tmp_path / 'cut.dcm'}: ") and "\n" not in str(info.value)
     # A bare stream (no preamble, no DICM) reads only with force, as uploads are sniffed.
     bare = raw[132:]
-    with pytest.raises(DicomError, match="^<upload>: not a DICOM file"):
+    with pytest.raises(DicomError, match=r"^<upload>: not a DICOM file"):
         read_header(bare)
     assert read_header(bare, force=True, name="bare").PatientID == "P1"
 
