@@ -19,6 +19,7 @@ Every output says what the model was trained on (``RUN/provenance.json``,
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -272,12 +273,17 @@ class Predictor:
         self.tta = tta
         self.batch_size = batch_size
         self.runs = [Path(r) for r in runs]
-        self.weight_digests = [file_sha256(f) for f in self.weight_files]
         self.postprocess, self.postprocess_source = self._choose_postprocess(postprocess)
         self.model_name = "+".join(c.model.name for _, c, _ in self.models)
         self.provenance: list[Provenance] = [read_provenance(r) for r in self.runs]
         self.training_data = describe_training(self.provenance)
         self.notice = short_notice(self.provenance)
+
+    @functools.cached_property
+    def weight_digests(self) -> list[str]:
+        """SHA-256 of each weight file, hashed on first use only (a checkpoint is ~100 MB): tuned-rule keys
+        with PyTorch, archive manifests."""
+        return [file_sha256(f) for f in self.weight_files]
 
     def series_description(self, what: str) -> str:
         """SeriesDescription of an output (``SEG``, ``SR``, ``SC``): the training data's kind,
