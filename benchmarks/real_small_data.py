@@ -324,7 +324,8 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
     if args.docs:
         sets = "".join(f" --set {o}" for o in args.overrides)
         cmd = (f"python benchmarks/real_small_data.py --work /tmp/rsd --size {args.size} --folds {args.folds} "
-               f"--recipes {','.join(names)} --seeds {args.seeds}{sets} --reference {args.reference} --docs")
+               f"--recipes {','.join(names)} --seeds {args.seeds}{sets} --threads {args.threads} --reference {args.reference} "
+               "--docs")
         # the 256 px table keeps its section; a screen at another size gets its own beside it
         name, title = ("small-data", "") if args.size == 256 else (f"small-data-{args.size}", f", {args.size} px screen")
         update_section(name, (
