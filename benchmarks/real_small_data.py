@@ -268,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         oof = _with_seed(pd.read_csv(args.work / "oof.csv", dtype={"image_id": str})).to_dict("records")
         print(f"resuming: {len(results)} finished (recipe, seed, fold) runs in {args.work} (--fresh to start over)")
     done = {(r["recipe"], int(r["seed"]), int(r["fold"])) for r in results}
-    for name in names:
-        base, overrides, _ = RECIPES[name]
-        for seed in seeds:
+    # seed-major: a run stopped part-way has the same seeds for every recipe it reached
+    for seed in seeds:
+        for name in names:
+            base, overrides, _ = RECIPES[name]
             for fold in range(args.folds):
                 if (name, seed, fold) in done:
                     continue
