@@ -9,7 +9,8 @@
 # It prints (a) training throughput, fp32 vs bf16 + channels_last, through the real training code
 # (rows: the default config, and the fastest settings), plus the training-Dice cost per batch,
 # (b) the default recipe trained <= 5 min on the 42 real images with a held-out part, and its
-# dice_positive, (c) peak GPU and host memory. Outputs land in $OUT (or bench-out/gpu).
+# dice_positive, (c) peak GPU and host memory, (d) archive predict images/s (decode- or compute-bound).
+# Outputs land in $OUT (or bench-out/gpu).
 set -euo pipefail
 OUT=${OUT:-bench-out/gpu}
 mkdir -p "$OUT"
@@ -48,3 +49,25 @@ timeout 300 /usr/bin/time -v python3 -m pneumoseg.cli.main train default --cache
 grep -E "Maximum resident|Elapsed" "$OUT/time.txt"
 python3 -m pneumoseg.cli.main tune "$OUT/run" --no-progress | tail -3
 python3 -m pneumoseg.cli.main evaluate "$OUT/run" --split test --no-progress | tee "$OUT/eval.txt"
+
+# (d) archive prediction on the GPU with the run from (b): 4,000 symlinks of the 12 real DICOMs (1024 px JPEG),
+# `pneumoseg predict` as a user runs it (default backend: torch on CUDA), with 4 and 12 decode workers.
+# If images/s grows with the workers, the run is decode-bound (CPU JPEG decoding), else compute-bound.
+python3 - <<'PY'
+from pathlib import Path
+src = sorted(Path("../shared/data/siim/dicom").glob("*.dcm")) or sorted(Path("bench-out/synth/dicom").rglob("*.dcm"))
+for i in range(4000):
+    link = Path("bench-out/archive") / f"{i // 1000:03d}" / f"img{i:06d}.dcm"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(src[i % len(src)].resolve())
+PY
+for w in 4 12; do
+  start=$(date +%s.%N)
+  python3 -m pneumoseg.cli.main predict "$OUT/run" bench-out/archive --out "bench-out/pred-w$w" --device cuda \
+      --workers "$w" --batch-size 32 --no-progress >/dev/null
+  end=$(date +%s.%N)
+  python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'archive predict, {sys.argv[3]} workers: 4000 images in {s:.1f} s = {4000/s:.0f} images/s (start-up included)')" \
+      "$start" "$end" "$w" | tee -a "$OUT/archive.txt"
+done
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$OUT/archive.txt"
