@@ -68,9 +68,11 @@ def display_name(filename: str | None) -> str:
 
 
 def _image_id_from_name(name: str) -> str:
-    """A PNG/JPEG's ImageId: the name's stem mapped to ``[A-Za-z0-9._-]`` (``upload`` if nothing is left)."""
+    """A PNG/JPEG's ImageId: the name's stem, as ``pneumoseg predict`` names the same file (``case_.png`` ->
+    ``case_``); runs of characters outside ``[A-Za-z0-9._-]`` become ``_`` and a leading ``.`` or ``-`` is
+    dropped, as ``safe_name`` requires (``upload`` if nothing is left)."""
     stem = PurePosixPath(name).stem
-    return _UNSAFE_STEM.sub("_", stem).strip("._-") or "upload"
+    return _UNSAFE_STEM.sub("_", stem).lstrip(".-") or "upload"
 
 
 def _looks_like_bare_dicom(data: bytes) -> bool:

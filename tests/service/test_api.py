@@ -235,3 +235,17 @@ def test_serve_cli_reports_a_missing_run_and_a_busy_port_on_one_line(tmp_path: P
         busy.listen()
         result = runner.invoke(cli_app, ["serve", str(trained_run), "--port", str(busy.getsockname()[1])])
     assert result.exit_code == 2 and "cannot listen on" in result.output
+
+
+@pytest.mark.parametrize(("filename", "image_id"), [
+    ("case_.png", "case_"), ("case_7_.jpg", "case_7_"), ("a b.png", "a_b"), ("-x.png", "x"), (".hidden.png", "hidden"),
+    ("éé.png", "_"), ("....png", "upload"),
+])
+def test_upload_image_id_is_predicts_file_stem(filename: str, image_id: str) -> None:
+    """The viewer's ImageId of an upload is the one `pneumoseg predict` gives the same file (a trailing
+    underscore stays), and always a name `safe_name` accepts."""
+    from pneumoseg.service.decode import _image_id_from_name
+    from pneumoseg.util.paths import safe_name
+
+    assert _image_id_from_name(filename) == image_id
+    assert safe_name(image_id) == image_id
