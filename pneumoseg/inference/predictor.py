@@ -36,12 +36,11 @@ from torch import nn
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig, load_config
-from pneumoseg.io.dicom.read import DicomMeta, read_dicom, read_header
-from pneumoseg.io.dicom.sc import make_overlay_sc, write_sc
-from pneumoseg.io.dicom.seg import area_mm2, make_segmentation, write_segmentation
-from pneumoseg.io.dicom.sr import make_sr, write_sr
+from pneumoseg.io.dicom.read import DicomMeta, read_dicom, read_header, write_dicom
+from pneumoseg.io.dicom.seg import area_mm2
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.inference.onnx import ONNX_NAME, OnnxModel, onnx_mismatch
+from pneumoseg.inference.outputs import TOP_FRACTION, OutputMeta, build_dicom_outputs, image_score, reported_score
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, resize_image, write_png
 from pneumoseg.io.layouts import INPUT_SUFFIXES, iter_files
 from pneumoseg.models.preprocessing import Preprocessing
@@ -83,21 +82,6 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "onnx")  #: auto: onnx on CPU where RUN/model.onnx matches the checkpoint (choose_backend)
-TOP_FRACTION = 0.001  #: share of an image's pixels averaged by :func:`image_score` (0.1 %)
-
-
-def image_score(prob: np.ndarray, fraction: float = TOP_FRACTION) -> float:
-    """Image-level pneumothorax score in [0, 1]: the mean of the top ``fraction`` pixel probabilities.
-
-    ``prob``: float (H, W) probabilities at the source resolution; k = max(1, round(fraction * H * W)).
-    The largest pixel probability (``Prediction.probability``) saturates near 1.0 on almost every
-    radiograph, so it ranks images poorly; this score is what ``image_auc`` is computed from.
-    """
-    flat = np.asarray(prob, dtype=np.float32).ravel()
-    if flat.size == 0:
-        return 0.0
-    k = min(flat.size, max(1, round(fraction * flat.size)))
-    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
 
 
 @dataclass(frozen=True)
@@ -299,6 +283,12 @@ class Predictor:
         params["training_data"] = self.training_data
         return params
 
+    def output_meta(self) -> OutputMeta:
+        """What the DICOM outputs say about this predictor (``pneumoseg.inference.outputs``): model name,
+        the SEG's AlgorithmParameters (``seg_parameters``), each kind's SeriesDescription."""
+        return OutputMeta(self.model_name, self.seg_parameters(),
+                          {kind: self.series_description(kind.upper()) for kind in ("seg", "sr", "sc")})
+
     def _choose_postprocess(self, given: PostProcess | None) -> tuple[PostProcess, str]:
         """The rule and where it came from: given > tuned for these runs/flags > ONNX metadata > config."""
         if given is not None:
@@ -464,34 +454,19 @@ def _read_header(image: InputImage) -> pydicom.Dataset | None:
 
 
 def _write_dicom_outputs(predictor: Predictor, image: InputImage, pred: Prediction, source: pydicom.Dataset,
-                         out: Path, seg: bool, seg_empty: bool, sr: bool, sc: bool,
+                         out: Path, score: float, seg: bool, seg_empty: bool, sr: bool, sc: bool,
                          files: list[str]) -> tuple[str, bool, bool]:
-    """``out/seg``, ``out/sr``, ``out/sc`` ``/<image_id>.dcm`` for a DICOM input (see ``predict_to_folder``).
+    """``out/seg``, ``out/sr``, ``out/sc`` ``/<image_id>.dcm`` for a DICOM input (see ``predict_to_folder``),
+    built by ``pneumoseg.inference.outputs.build_dicom_outputs`` with ``score``, the CSV row's score.
 
     Returns ``(seg status, sr written, sc written)``; appends each written file to ``files``.
     """
-    seg_ds = None
-    status = ""
-    if seg and (pred.mask.any() or seg_empty):
-        seg_ds = make_segmentation(source, pred.mask, model_name=predictor.model_name,
-                                   algorithm_parameters=predictor.seg_parameters(),
-                                   series_description=predictor.series_description("SEG"))
-        write_segmentation(out / "seg" / f"{pred.image_id}.dcm", seg_ds)
-        files.append(f"seg/{pred.image_id}.dcm")
-        status = "written"
-    elif seg:
-        status = "empty"
-    if sr:
-        report = make_sr(source, seg_ds, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
-                         area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source), model_name=predictor.model_name,
-                         series_description=predictor.series_description("SR"))
-        write_sr(out / "sr" / f"{pred.image_id}.dcm", report)
-        files.append(f"sr/{pred.image_id}.dcm")
-    if sc:
-        write_sc(out / "sc" / f"{pred.image_id}.dcm",
-                 make_overlay_sc(source, image.pixels, pred.mask, model_name=predictor.model_name,
-                                 series_description=predictor.series_description("SC")))
-        files.append(f"sc/{pred.image_id}.dcm")
+    built = build_dicom_outputs(source, pred.mask, predictor.output_meta(), score=score, pixels=image.pixels,
+                                seg=seg, seg_empty=seg_empty, sr=sr, sc=sc)
+    for kind, ds in built.datasets().items():
+        write_dicom(out / kind / f"{pred.image_id}.dcm", ds)
+        files.append(f"{kind}/{pred.image_id}.dcm")
+    status = "" if not seg else "written" if built.seg is not None else "empty"
     return status, sr, sc
 
 
@@ -508,7 +483,7 @@ def write_outputs(predictor: Predictor, image: InputImage, pred: Prediction, out
     encode = rle_encode if rle_format == "relative" else rle_encode_absolute
     write_png(out / "masks" / f"{pred.image_id}.png", pred.mask.astype(np.uint8) * 255)
     files = [f"masks/{pred.image_id}.png"]
-    score = pred.score
+    score = reported_score(pred.prob)  # the CSV's score, the SR's too
     if overlays:
         view = annotate(overlay(image.pixels, pred.mask), f"{pred.image_id}  score {score:.3f}")
         write_rgb_png(out / "overlays" / f"{pred.image_id}.png", view)
@@ -522,12 +497,12 @@ def write_outputs(predictor: Predictor, image: InputImage, pred: Prediction, out
             if source is None:
                 status = "not_dicom"
             else:
-                status, sr, sc = _write_dicom_outputs(predictor, image, pred, source, out, dicom_seg,
+                status, sr, sc = _write_dicom_outputs(predictor, image, pred, source, out, score, dicom_seg,
                                                       dicom_seg_empty, dicom_sr, dicom_sc, files)
     except PneumosegError as exc:
         failure = f"{exc} (mask written; DICOM outputs not)"
         mm2 = None
-    row = (pred.image_id, str(image.path), round(pred.probability, 6), round(score, 6), int(pred.area_px > 0), pred.area_px,
+    row = (pred.image_id, str(image.path), round(pred.probability, 6), score, int(pred.area_px > 0), pred.area_px,
            "" if mm2 is None else round(mm2, 2), h, w)
     return ImageOutputs(row, encode(pred.mask), tuple(files), status, sr, sc, failure)
 
@@ -546,10 +521,11 @@ def predict_to_folder(predictor: Predictor, inputs: Sequence[str | os.PathLike[s
     ``on_prediction(input_image, prediction)`` is called for each prediction when given.
 
     ``dicom_seg``: also write ``seg/<image_id>.dcm``, a DICOM Segmentation of the mask referencing
-    the source DICOM (``pneumoseg.io.dicom.seg.make_segmentation``), for each DICOM input whose mask
-    is not empty (``dicom_seg_empty``: for empty ones too). ``dicom_sr``: ``sr/<image_id>.dcm``, a
-    TID 1500 measurement report (presence, score, area in mm² when the source has a pixel spacing,
-    referencing the SEG when one was written); ``dicom_sc``: ``sc/<image_id>.dcm``, an RGB Secondary
+    the source DICOM, for each DICOM input whose mask is not empty (``dicom_seg_empty``: for empty
+    ones too); all three kinds are built by ``pneumoseg.inference.outputs.build_dicom_outputs``, as
+    the PACS node and the service build them. ``dicom_sr``: ``sr/<image_id>.dcm``, a TID 1500
+    measurement report (presence, the score of ``predictions.csv``, area in mm² when the source has
+    a pixel spacing, referencing the SEG when one was written); ``dicom_sc``: ``sc/<image_id>.dcm``, an RGB Secondary
     Capture of the overlay for viewers without SEG support. PNG / JPEG inputs get none (counted in
     ``seg_skipped_not_dicom``). An output that cannot be made is reported in ``failures``.
     ``predictions.csv`` has ``area_mm2`` for DICOM inputs with a pixel spacing (else empty).

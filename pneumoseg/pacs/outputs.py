@@ -24,10 +24,8 @@ from pydicom.uid import generate_uid
 
 import pneumoseg
 from pneumoseg.io.dicom.read import DEFAULT_MAX_PIXELS, RADIOGRAPH_MODALITIES
-from pneumoseg.io.dicom.sc import make_overlay_sc
-from pneumoseg.io.dicom.seg import area_mm2, make_segmentation
-from pneumoseg.io.dicom.sr import make_sr
 from pneumoseg.util.paths import is_valid_uid
+from pneumoseg.inference.outputs import KINDS, Placement, build_dicom_outputs
 from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
 
 __all__ = [
@@ -52,10 +50,9 @@ INPUT_SOP_CLASSES = {
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: SOP classes of the outputs: SEG, Comprehensive 3D SR (highdicom's TID 1500), Secondary Capture.
 OUTPUT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", _SECONDARY_CAPTURE)
-OUTPUT_KINDS = ("seg", "sr", "sc")
+OUTPUT_KINDS = KINDS
 #: Manufacturer of every instance pneumoseg writes (SEG, SR and SC alike).
 MANUFACTURER = "pneumoseg"
-_SERIES_NUMBERS = {"seg": 99, "sr": 100, "sc": 101}
 
 
 @dataclass(frozen=True)
@@ -118,32 +115,16 @@ def make_outputs(predictor: Predictor, image: InputImage, pred: Prediction, sour
     """``{kind: dataset}`` for one prediction (module docstring), in sending order.
 
     ``source``: the source image's header (``stop_before_pixels`` is enough); ``image`` / ``pred``
-    at its resolution. Raises DicomError (from the writers) when an output cannot be made.
+    at its resolution. Built by ``pneumoseg.inference.outputs.build_dicom_outputs`` (the SR's score is
+    the image-level score of ``predictions.csv``), with this node's series UIDs and the source's
+    InstanceNumber. Raises DicomError (from the writers) when an output cannot be made.
     """
     fingerprint = fingerprint or predictor_fingerprint(predictor)
     series = str(source.get("SeriesInstanceUID", ""))
     number = source.get("InstanceNumber")
     instance_number = int(number) if isinstance(number, int | pydicom.valuerep.IS) and int(number) > 0 else 1
-    common = {"instance_number": instance_number, "model_name": predictor.model_name}
-
-    def numbers(kind: str) -> dict[str, object]:
-        return {"series_number": _SERIES_NUMBERS[kind],
-                "series_instance_uid": output_series_uid(series, kind, fingerprint), **common}
-
-    out: dict[str, Dataset] = {}
-    seg = None
-    if pred.mask.any() or options.seg_empty:
-        seg = make_segmentation(source, pred.mask, algorithm_parameters=predictor.seg_parameters(),
-                                series_description=predictor.series_description("SEG"),
-                                **numbers("seg"))  # type: ignore[arg-type]
-        out["seg"] = seg
-    if options.sr:
-        out["sr"] = make_sr(source, seg, has_pneumothorax=bool(pred.mask.any()), score=pred.probability,
-                            area_px=pred.area_px, area_mm2=area_mm2(pred.mask, source),
-                            series_description=predictor.series_description("SR"),
-                            **numbers("sr"))  # type: ignore[arg-type]
-    if options.sc:
-        out["sc"] = make_overlay_sc(source, image.pixels, pred.mask,
-                                    series_description=predictor.series_description("SC"),
-                                    **numbers("sc"))  # type: ignore[arg-type]
-    return out
+    placements = {kind: Placement(series_instance_uid=output_series_uid(series, kind, fingerprint),
+                                  instance_number=instance_number) for kind in OUTPUT_KINDS}
+    return build_dicom_outputs(source, pred.mask, predictor.output_meta(), prob=pred.prob, pixels=image.pixels,
+                               seg_empty=options.seg_empty, sr=options.sr, sc=options.sc,
+                               placements=placements).datasets()

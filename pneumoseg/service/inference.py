@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pneumoseg.io.images import encode_png, resize_image
 from pneumoseg.scoring.metrics import dice_from_counts
+from pneumoseg.inference.outputs import reported_score
 from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
 from pneumoseg.io.rle import rle_encode
 from pneumoseg.service.decode import (
@@ -191,6 +192,7 @@ class ServiceModel:
             "format": "dicom" if kind.startswith("dicom") else kind,
             "has_pneumothorax": pred.area_px > 0,
             "probability": round(pred.probability, 6),
+            "score": reported_score(pred.prob),
             "area_px": pred.area_px,
             "area_percent": round(100.0 * pred.area_px / (h * w), 4),
             "area_mm2": None if mm2 is None else round(mm2, 2),

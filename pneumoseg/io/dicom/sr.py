@@ -7,7 +7,9 @@ SCT 399208008 *Plain chest X-ray*. Its Imaging Measurements hold:
 * one image-level group (TID 1501) for the source image (Source Image For Measurement Group):
   - qualitative evaluation SCT 36118008 *Pneumothorax* = SCT 52101004 *Present* or
     SCT 272519000 *Absent* (the decision after post-processing: the mask is not empty);
-  - ``SCORE`` = the image-level score, largest pixel probability, UCUM ``1`` (no units). No
+  - ``SCORE`` = the image-level score, UCUM ``1`` (no units): what the caller gives; pneumoseg's
+    outputs give the score of ``predictions.csv`` (mean of the top 0.1 % pixel probabilities,
+    ``pneumoseg.inference.outputs.reported_score``), not the saturating largest probability. No
     standard concept names an uncalibrated model score, so it is a private code (scheme
     ``99PNEUMOSEG``, PS3.16 8.2: coding scheme designators beginning "99" are local);
 * when a SEG is given, one planar ROI group (TID 1410) referencing the SEG's segment 1 frame 1
@@ -35,7 +37,7 @@ __all__ = ["AREA_PIXELS_UNIT", "PLAIN_CHEST_XRAY", "SCORE", "SERIES_DESCRIPTION"
 SERIES_DESCRIPTION = "pneumoseg pneumothorax measurement report"
 #: Procedure reported: SNOMED CT 399208008 "Plain chest X-ray".
 PLAIN_CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray")
-#: The image-level score (largest pixel probability); a local code, see the module docstring.
+#: The image-level score (predictions.csv's ``score``); a local code, see the module docstring.
 SCORE = hd.sr.CodedConcept("SCORE", "99PNEUMOSEG", "Pneumothorax image-level score")
 #: UCUM annotation unit for areas counted in pixels (no pixel spacing in the source).
 AREA_PIXELS_UNIT = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
