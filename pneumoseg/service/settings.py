@@ -1,4 +1,5 @@
-"""Typed settings of the viewer service (``pneumoseg serve``), validated before any model loads."""
+"""Typed settings of the viewer service (``pneumoseg serve``): a pydantic dataclass (strict types), checked before
+any model loads; a bad value raises ConfigError in one line naming the option."""
 
 from __future__ import annotations
 
