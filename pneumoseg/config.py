@@ -14,9 +14,16 @@ each merged over the one before (mappings key by key; ``loss``, lists and ``null
    (a loss given by name becomes ``{NAME: W}``); ``sampler.KEY=V`` on an absent sampler starts
    from the sampler defaults.
 
-Unknown keys and bad values raise ConfigError naming the file (or the override), the dotted key
-and the valid choices. The resolved config (``dump_config``) has no ``base`` and every key, so
-``RUN/config.yaml`` reloads to the same experiment.
+The sections are pydantic v2 dataclasses: real ``dataclasses`` (``dataclasses.replace``, ``asdict``
+and ``fields`` work, and construction validates), with the rules on the fields (types, choices,
+ranges) and the cross-field rules in ``model_validator``\\ s. Types are strict: an integer key takes
+an integer (or a whole float such as ``3.0``), never ``true`` or ``2.5`` or ``"3"``; a number key
+takes an int, a float or a numeric string (YAML reads ``1e-4`` as a string); a string key a
+non-empty string; a switch ``true`` / ``false`` only. Unknown keys and bad values raise ConfigError
+in ONE line naming the file (or the override), the dotted key and the valid choices: pydantic's
+multi-line ValidationError is turned into that line by ``load_config`` (the first problem, an
+unknown key first, and how many more there are). The resolved config (``dump_config``) has no
+``base`` and every key, so ``RUN/config.yaml`` reloads to the same experiment.
 
 Normalisation (``data.normalize``): ``gray`` is ``(x / 255 - 0.5) / 0.25``; ``imagenet`` divides by
 255 then subtracts the ImageNet mean and divides by its std per channel (the grayscale image is
@@ -37,19 +44,19 @@ Mixed precision: ``train.precision`` ``bf16-mixed`` / ``16-mixed`` are accepted;
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, PlainValidator, TypeAdapter, \
+    ValidationError, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import ConfigError
@@ -78,100 +85,271 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
-@dataclass
+# ---------------------------------------------------------------------------- field types and rules
+class _Problem(ValueError):
+    """A rule broken at ``key`` (dotted, relative to where the validator runs; "" = right there)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _strict_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _strict_float(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"expected a number, got {value!r}")
+
+
+def _strict_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _strict_str(value: Any) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise ValueError(f"expected a non-empty string, got {value!r}")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        return {str(k): copy.deepcopy(v) for k, v in value.items()}
+    raise ValueError(f"expected a non-empty mapping, got {value!r}")
+
+
+def _loss(value: Any) -> str | dict[str, float]:
+    """A loss name, or ``{name: weight}`` with numeric weights >= 0."""
+    if isinstance(value, str):
+        return _strict_str(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a loss name or a non-empty mapping {{name: weight}}, got {value!r}")
+    weights = {}
+    for name, weight in _mapping(value).items():
+        try:
+            weights[name] = _strict_float(weight)
+        except ValueError as exc:
+            raise _Problem(name, str(exc)) from None
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"weights must be >= 0, got {weights}")
+    return weights
+
+
+def _rule(test: Callable[[Any], bool], message: str) -> AfterValidator:
+    """A value rule; ``message`` is formatted with the value as ``{v}``."""
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise ValueError(message.format(v=value))
+        return value
+    return AfterValidator(check)
+
+
+def _choice(key: str) -> AfterValidator:
+    return _rule(lambda v: v in CHOICES[key], f"invalid value {{v!r}} (valid: {', '.join(map(str, CHOICES[key]))})")
+
+
+def _open_unit(note: str = "") -> AfterValidator:
+    return _rule(lambda v: 0 < v < 1, f"must be in (0, 1){note}, got {{v}}")
+
+
+def _not_half(value: str) -> str:
+    if value in HALF_PRECISIONS:
+        raise ValueError(f"{value!r} keeps the weights and Adam's state in half precision, which loses small "
+                         "updates; use bf16-mixed (or 16-mixed, or 32-true)")
+    return value
+
+
+def _size(value: int) -> int:
+    if value < 32 or value % 32:
+        lo, hi = max(32, value // 32 * 32), (value // 32 + 1) * 32
+        raise ValueError(f"{value} is not divisible by 32 (5 downsamplings); use {lo} or {hi}")
+    return value
+
+
+def _sampler_mode(value: str) -> str:
+    from pneumoseg.data.sampler import SAMPLER_MODES  # torch: imported only when a sampler is set
+
+    if value not in SAMPLER_MODES:
+        raise ValueError(f"invalid value {value!r} (valid: {', '.join(SAMPLER_MODES)})")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_strict_int)]
+Float = Annotated[float, BeforeValidator(_strict_float)]
+Bool = Annotated[bool, PlainValidator(_strict_bool)]
+Str = Annotated[str, BeforeValidator(_strict_str)]
+Count = Annotated[Int, Field(ge=1)]       #: >= 1
+Natural = Annotated[Int, Field(ge=0)]     #: >= 0
+Share = Annotated[Float, _rule(lambda v: 0 <= v <= 1, "must be in [0, 1], got {v}")]
+Limit = Annotated[Float, _rule(lambda v: 0 < v <= 1 or (v > 1 and v.is_integer()),
+                               "must be a fraction in (0, 1] or a whole number of batches, got {v}")]
+
+#: the sections: unknown keys are refused (the error lists the valid ones)
+_SECTION = ConfigDict(extra="forbid")
+
+
+@dataclass(config=_SECTION)
 class DataConfig:
-    cache: str | None = None          #: the prepared cache folder (``pneumoseg prepare``)
-    fold: int | None = None           #: None: splits.csv's train/val; k: fold k is validation
-    size: int = 512                   #: training size (divisible by 32); cache resized on the fly
-    in_channels: int = 1              #: 1 (grayscale) or 3 (replicated; the default with imagenet weights)
-    normalize: str = "auto"           #: gray | imagenet | auto (see module docstring)
-    num_workers: int | None = None    #: loader workers; None = min(8, CPU count)
+    cache: Str | None = None          #: the prepared cache folder (``pneumoseg prepare``)
+    fold: Natural | None = None       #: None: splits.csv's train/val; k: fold k is validation
+    size: Annotated[Int, AfterValidator(_size)] = 512  #: training size (divisible by 32); cache resized on the fly
+    in_channels: Annotated[Int, _choice("data.in_channels")] = 1  #: 1 (grayscale) or 3 (replicated)
+    normalize: Annotated[Str, _choice("data.normalize")] = "auto"  #: gray | imagenet | auto (module docstring)
+    num_workers: Natural | None = None  #: loader workers; None = min(8, CPU count)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ModelConfig:
-    name: str = "unet-resnet34"       #: a name from ``pneumoseg.models.list_models()``
-    encoder_weights: str | None = None  #: None, "imagenet" (needs internet) or a local file
-    aux_classifier: bool = False      #: image-level head; trained with BCE on "any pneumothorax"
-    aux_weight: float = 0.1           #: weight of that BCE in the loss
+    name: Str = "unet-resnet34"       #: a name from ``pneumoseg.models.list_models()``
+    encoder_weights: Str | None = None  #: None, "imagenet" (needs internet) or a local file
+    aux_classifier: Bool = False      #: image-level head; trained with BCE on "any pneumothorax"
+    aux_weight: Float = 0.1           #: weight of that BCE in the loss
     #: initial foreground probability of the mask head: its bias starts at log(p / (1 - p)) (RetinaNet's
     #: prior), so the first steps do not spend themselves pushing p = 0.5 everywhere down; None: PyTorch's init
-    output_prior: float | None = 0.01
+    output_prior: Annotated[Float, _open_unit(" (a foreground share such as 0.01) or null")] | None = 0.01
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class OptimConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9             #: sgd only
+    name: Annotated[Str, _choice("optim.name")] = "adam"
+    lr: Annotated[Float, Field(gt=0)] = 1e-3
+    weight_decay: Float = 0.0
+    momentum: Float = 0.9             #: sgd only
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ScheduleConfig:
-    name: str = "snapshot"
-    snapshots: int = 1                #: snapshot: M cycles over train.epochs
-    min_lr: float = 0.0               #: cosine: eta_min; plateau: lowest lr
-    factor: float = 0.5               #: plateau: lr multiplier
-    patience: int = 2                 #: plateau: epochs without improvement
-    warmup_steps: int = 0             #: linear warm-up over the first N optimizer steps (step schedules)
+    name: Annotated[Str, _choice("schedule.name")] = "snapshot"
+    snapshots: Count = 1              #: snapshot: M cycles over train.epochs
+    min_lr: Float = 0.0               #: cosine: eta_min; plateau: lowest lr
+    factor: Annotated[Float, _open_unit()] = 0.5  #: plateau: lr multiplier
+    patience: Natural = 2             #: plateau: epochs without improvement
+    warmup_steps: Natural = 0         #: linear warm-up over the first N optimizer steps (step schedules)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class SamplerConfig:
-    pos_start: float = 0.8            #: share of positives in the first epoch
-    pos_end: float = 0.4              #: ... in the last epoch (linear in between)
-    mode: str = "positives_once"      #: positives_once (winner: each positive once) | fixed_length
-    epoch_length: int | None = None   #: fixed_length only: images per epoch; None = train split size
+    pos_start: Share = 0.8            #: share of positives in the first epoch
+    pos_end: Share = 0.4              #: ... in the last epoch (linear in between)
+    #: positives_once (winner: each positive once) | fixed_length (pneumoseg.data.sampler.SAMPLER_MODES)
+    mode: Annotated[Str, AfterValidator(_sampler_mode)] = "positives_once"
+    epoch_length: Count | None = None  #: fixed_length only: images per epoch; None = train split size
+
+    @model_validator(mode="after")
+    def _positives_once(self) -> SamplerConfig:
+        if self.mode == "positives_once":
+            if self.epoch_length is not None:
+                raise _Problem("epoch_length", "applies to sampler.mode fixed_length only "
+                               "(positives_once: each positive once per epoch, the length follows from the share)")
+            for key in ("pos_start", "pos_end"):
+                if getattr(self, key) == 0:
+                    raise _Problem(key, "must be > 0 in sampler.mode positives_once (use fixed_length for 0)")
+        return self
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class AugmentConfig:
-    preset: str = "seed"              #: seed | light | winner | none; "custom" when transforms are given
-    transforms: list[dict[str, Any]] | None = None  #: [{name: HorizontalFlip, p: 0.5}, ...]
+    #: seed | light | winner | none; "custom" when transforms are given
+    preset: Annotated[Str, _choice("augment.preset")] = "seed"
+    #: [{name: HorizontalFlip, p: 0.5}, ...]
+    transforms: list[Annotated[dict[str, Any], PlainValidator(_mapping)]] | None = None
+
+    @model_validator(mode="after")
+    def _custom(self) -> AugmentConfig:
+        if self.transforms is not None:
+            self.preset = "custom"
+        elif self.preset == "custom":
+            raise _Problem("preset", "'custom' needs augment.transforms (a list of {name: ..., params})")
+        return self
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class TrainConfig:
-    epochs: int = 30                  #: the budget in epochs, unless max_steps / min_steps decide
-    max_steps: int | None = None      #: the budget in optimizer steps, whatever the data size
-    min_steps: int | None = None      #: at least this many optimizer steps (more epochs on small data)
-    batch_size: int = 8
-    precision: str = "32-true"        #: "bf16-mixed" / "16-mixed" on GPU ("*-true" half: refused)
-    accumulate: int = 1               #: gradient accumulation (batches)
-    seed: int = 42
-    devices: int = 1                  #: GPUs per node; > 1: DDP
-    num_nodes: int = 1                #: nodes (torchrun / SLURM; see pneumoseg.training.run)
-    accelerator: str = "auto"
-    channels_last: bool = True        #: applied on CUDA only
-    monitor: str = "dice_kaggle_tuned"  #: val metric for best.ckpt (max; "loss": min); see training.module
-    deterministic: bool = True        #: deterministic algorithms; false: cuDNN autotuning (faster)
-    train_dice: bool = True           #: Dice of training batches (counted on the device, no host sync)
-    grad_clip: float | None = None
-    limit_train_batches: float | None = None  #: < 1: fraction; >= 1: number of batches
-    limit_val_batches: float | None = None
-    ema: float | None = None          #: EMA of the weights (decay, e.g. 0.99): validated and saved
-    logger: str = "csv"               #: csv (RUN/logs) | tensorboard | mlflow | wandb | none
-    strict_size: bool = False         #: refuse (not only warn) when the cache size differs from data.size
+    epochs: Count = 30                #: the budget in epochs, unless max_steps / min_steps decide
+    max_steps: Count | None = None    #: the budget in optimizer steps, whatever the data size
+    min_steps: Count | None = None    #: at least this many optimizer steps (more epochs on small data)
+    batch_size: Count = 8
+    #: "bf16-mixed" / "16-mixed" on GPU ("*-true" half: refused)
+    precision: Annotated[Str, AfterValidator(_not_half), _choice("train.precision")] = "32-true"
+    accumulate: Count = 1             #: gradient accumulation (batches)
+    seed: Int = 42
+    devices: Count = 1                #: GPUs per node; > 1: DDP
+    num_nodes: Count = 1              #: nodes (torchrun / SLURM; see pneumoseg.training.run)
+    accelerator: Annotated[Str, _choice("train.accelerator")] = "auto"
+    channels_last: Bool = True        #: applied on CUDA only
+    #: val metric for best.ckpt (max; "loss": min); see training.module
+    monitor: Annotated[Str, _choice("train.monitor")] = "dice_kaggle_tuned"
+    deterministic: Bool = True        #: deterministic algorithms; false: cuDNN autotuning (faster)
+    train_dice: Bool = True           #: Dice of training batches (counted on the device, no host sync)
+    grad_clip: Float | None = None
+    limit_train_batches: Limit | None = None  #: < 1: fraction; >= 1: number of batches
+    limit_val_batches: Limit | None = None
+    #: EMA of the weights (decay, e.g. 0.99): validated and saved
+    ema: Annotated[Float, _open_unit(" (an EMA decay such as 0.99)")] | None = None
+    logger: Annotated[Str, _choice("train.logger")] = "csv"  #: csv (RUN/logs) | tensorboard | mlflow | wandb | none
+    strict_size: Bool = False         #: refuse (not only warn) when the cache size differs from data.size
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainConfig:
+        if self.max_steps is not None and self.min_steps is not None and self.min_steps > self.max_steps:
+            raise _Problem("min_steps", f"{self.min_steps} is more than train.max_steps={self.max_steps}")
+        return self
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class PostprocessConfig:
-    threshold: float = 0.5            #: probability threshold used in validation
-    min_area: int = 0                 #: drop predicted masks smaller than this (pixels)
+    threshold: Annotated[Float, _open_unit()] = 0.5  #: probability threshold used in validation
+    min_area: Natural = 0             #: drop predicted masks smaller than this (pixels)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: str | dict[str, float] = "bce_dice"  #: a loss name or {name: weight}
+    loss: Annotated[str | dict[str, float], PlainValidator(_loss)] = "bce_dice"  #: a loss name or {name: weight}
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     sampler: SamplerConfig | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    @model_validator(mode="after")
+    def _across_sections(self, info: ValidationInfo) -> ExperimentConfig:
+        """Rules between sections; ``info.context["origin"]`` (from load_config) says who set each key."""
+        d, t = self.data, self.train
+        origin = (info.context or {}).get("origin")
+        if origin is not None and self.model.encoder_weights == "imagenet" and \
+                Path(origin.get("data.in_channels", "default.yaml")).name == "default.yaml":  # not the user's
+            d.in_channels = 3  # ImageNet weights see 3 channels (gray replicated) with ImageNet mean/std
+        if d.normalize == "auto":
+            d.normalize = "gray" if d.in_channels == 1 else "imagenet"
+        if d.normalize == "imagenet" and d.in_channels != 3:
+            raise _Problem("data.normalize", "imagenet normalisation needs data.in_channels: 3")
+        if self.schedule.name == "snapshot" and t.max_steps is None and t.min_steps is None \
+                and self.schedule.snapshots > t.epochs:
+            raise _Problem("schedule.snapshots",
+                           f"{self.schedule.snapshots} snapshots need as many epochs (train.epochs={t.epochs})")
+        return self
+
+
+#: the section class of each dotted prefix (unknown-key messages list its keys)
+_SECTIONS: dict[str, type] = {"": ExperimentConfig, "data": DataConfig, "model": ModelConfig,
+                              "optim": OptimConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
+                              "augment": AugmentConfig, "train": TrainConfig, "postprocess": PostprocessConfig}
 
 
 # ---------------------------------------------------------------------------- files and layers
@@ -274,177 +452,61 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------- typed conversion
-def _fail(origin: Mapping[str, str], key: str, message: str) -> ConfigError:
-    return ConfigError(f"{origin.get(key, '<defaults>')}: {key}: {message}")
+# ---------------------------------------------------------------------------- pydantic errors -> one line
+def _dotted(loc: Sequence[str | int]) -> str:
+    """``("augment", "transforms", 0, "p")`` -> ``"augment.transforms[0].p"``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _coerce(tp: Any, value: Any, key: str, origin: Mapping[str, str]) -> Any:
-    """Check/convert ``value`` to the annotated type ``tp``; ConfigError names the key."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _coerce(option, value, key, origin)
-            except ConfigError as exc:
-                errors.append(str(exc).split(": ", 2)[-1])
-        raise _fail(origin, key, " or ".join(errors))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, origin)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _fail(origin, key, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _fail(origin, key, f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise _fail(origin, key, f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str) and value:
-            return value
-        raise _fail(origin, key, f"expected a non-empty string, got {value!r}")
-    if typing.get_origin(tp) is dict:
-        if not isinstance(value, Mapping) or not value:
-            raise _fail(origin, key, f"expected a non-empty mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}", origin) for k, v in value.items()}
-    if typing.get_origin(tp) is list:
-        if not isinstance(value, Sequence) or isinstance(value, str):
-            raise _fail(origin, key, f"expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]", origin) for i, v in enumerate(value)]
-    if tp is Any:
-        return copy.deepcopy(value)
-    raise TypeError(f"unsupported annotation {tp!r}")  # pragma: no cover - schema bug
+def _source(origin: Mapping[str, str], loc: Sequence[str | int], default: str = "<defaults>") -> str:
+    """Who set ``loc``: the file or override of the key, else of the nearest enclosing key."""
+    for n in range(len(loc), 0, -1):
+        key = _dotted(loc[:n])
+        if key in origin:
+            return origin[key]
+    return default
 
 
-def _build(cls: Any, raw: Any, prefix: str, origin: Mapping[str, str]) -> Any:
-    where = f"{prefix}." if prefix else ""
-    if not isinstance(raw, Mapping):
-        raise _fail(origin, prefix, f"expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            section = f"in {prefix!r}" if prefix else "at top level"
-            raise ConfigError(
-                f"{origin.get(where + str(key), '<config>')}: unknown key {where + str(key)!r} "
-                f"(valid keys {section}: {', '.join(names)})"
-            )
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], where + name, origin)
-    return cls(**kwargs)
-
-
-def _check(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
-    """Value rules beyond types: choices, ranges, cross-field constraints."""
-    def bad(key: str, message: str) -> ConfigError:
-        return _fail(origin, key, message)
-
-    if cfg.train.precision in HALF_PRECISIONS:
-        raise bad("train.precision", f"{cfg.train.precision!r} keeps the weights and Adam's state in half "
-                  "precision, which loses small updates; use bf16-mixed (or 16-mixed, or 32-true)")
-    for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise bad(key, f"invalid value {value!r} (valid: {', '.join(map(str, choices))})")
-    d, t = cfg.data, cfg.train
-    if d.size < 32 or d.size % 32:
-        lo, hi = max(32, d.size // 32 * 32), (d.size // 32 + 1) * 32
-        raise bad("data.size", f"{d.size} is not divisible by 32 (5 downsamplings); use {lo} or {hi}")
-    if cfg.model.encoder_weights == "imagenet" and \
-            Path(origin.get("data.in_channels", "default.yaml")).name == "default.yaml":  # not chosen by the user
-        d.in_channels = 3  # ImageNet weights see 3 channels (gray replicated) with ImageNet mean/std
-    if d.normalize == "auto":
-        d.normalize = "gray" if d.in_channels == 1 else "imagenet"
-    if d.normalize == "imagenet" and d.in_channels != 3:
-        raise bad("data.normalize", "imagenet normalisation needs data.in_channels: 3")
-    positive = {"data.num_workers": (d.num_workers, 0), "data.fold": (d.fold, 0),
-                "train.epochs": (t.epochs, 1), "train.batch_size": (t.batch_size, 1),
-                "train.accumulate": (t.accumulate, 1), "train.devices": (t.devices, 1),
-                "train.num_nodes": (t.num_nodes, 1),
-                "train.max_steps": (t.max_steps, 1), "train.min_steps": (t.min_steps, 1),
-                "schedule.warmup_steps": (cfg.schedule.warmup_steps, 0),
-                "schedule.snapshots": (cfg.schedule.snapshots, 1),
-                "schedule.patience": (cfg.schedule.patience, 0),
-                "postprocess.min_area": (cfg.postprocess.min_area, 0)}
-    for key, (value, lo) in positive.items():
-        if value is not None and value < lo:
-            raise bad(key, f"must be >= {lo}, got {value}")
-    if cfg.optim.lr <= 0:
-        raise bad("optim.lr", f"must be > 0, got {cfg.optim.lr}")
-    if t.ema is not None and not 0 < t.ema < 1:
-        raise bad("train.ema", f"must be in (0, 1) (an EMA decay such as 0.99), got {t.ema}")
-    if t.max_steps is not None and t.min_steps is not None and t.min_steps > t.max_steps:
-        raise bad("train.min_steps", f"{t.min_steps} is more than train.max_steps={t.max_steps}")
-    if cfg.model.output_prior is not None and not 0 < cfg.model.output_prior < 1:
-        raise bad("model.output_prior", f"must be in (0, 1) (a foreground share such as 0.01) or null, "
-                  f"got {cfg.model.output_prior}")
-    if not 0 < cfg.schedule.factor < 1:
-        raise bad("schedule.factor", f"must be in (0, 1), got {cfg.schedule.factor}")
-    if not 0 < cfg.postprocess.threshold < 1:
-        raise bad("postprocess.threshold", f"must be in (0, 1), got {cfg.postprocess.threshold}")
-    if cfg.schedule.name == "snapshot" and t.max_steps is None and t.min_steps is None \
-            and cfg.schedule.snapshots > t.epochs:
-        raise bad("schedule.snapshots",
-                  f"{cfg.schedule.snapshots} snapshots need as many epochs (train.epochs={t.epochs})")
-    for key in ("train.limit_train_batches", "train.limit_val_batches"):
-        value = getattr(t, key.split(".")[1])
-        if value is not None and (value <= 0 or (value > 1 and not float(value).is_integer())):
-            raise bad(key, f"must be a fraction in (0, 1] or a whole number of batches, got {value}")
-    if cfg.sampler is not None:
-        s = cfg.sampler
-        for key, value in (("sampler.pos_start", s.pos_start), ("sampler.pos_end", s.pos_end)):
-            if not 0 <= value <= 1:
-                raise bad(key, f"must be in [0, 1], got {value}")
-        from pneumoseg.data.sampler import SAMPLER_MODES  # torch: imported only when a sampler is set
-
-        if s.mode not in SAMPLER_MODES:
-            raise bad("sampler.mode", f"invalid value {s.mode!r} (valid: {', '.join(SAMPLER_MODES)})")
-        if s.epoch_length is not None and s.epoch_length < 1:
-            raise bad("sampler.epoch_length", f"must be >= 1, got {s.epoch_length}")
-        if s.mode == "positives_once":
-            if s.epoch_length is not None:
-                raise bad("sampler.epoch_length", "applies to sampler.mode fixed_length only "
-                          "(positives_once: each positive once per epoch, the length follows from the share)")
-            for key, value in (("sampler.pos_start", s.pos_start), ("sampler.pos_end", s.pos_end)):
-                if value == 0:
-                    raise bad(key, "must be > 0 in sampler.mode positives_once (use fixed_length for 0)")
-    if isinstance(cfg.loss, dict) and any(w < 0 for w in cfg.loss.values()):
-        raise bad("loss", f"weights must be >= 0, got {cfg.loss}")
-    _check_augment(cfg, origin)
+def _one_line(exc: ValidationError, origin: Mapping[str, str]) -> ConfigError:
+    """The first problem of a ValidationError (an unknown key first) as ``SOURCE: KEY: what is wrong``."""
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] in ("unexpected_keyword_argument", "extra_forbidden")]
+    error = (unknown or errors)[0]
+    more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+    loc, value, ctx = list(error["loc"]), error["input"], error.get("ctx", {})
+    if error in unknown:
+        key, prefix = _dotted(loc), _dotted(loc[:-1])
+        section = f"in {prefix!r}" if prefix else "at top level"
+        names = ", ".join(_SECTIONS[prefix].__dataclass_fields__)
+        return ConfigError(f"{origin.get(key, '<config>')}: unknown key {key!r} (valid keys {section}: {names}){more}")
+    if isinstance(ctx.get("error"), _Problem):
+        loc += [p for p in ctx["error"].key.split(".") if p]
+    message = {
+        "value_error": lambda: str(ctx.get("error")),
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}, got {value}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}, got {value}",
+        "dataclass_type": lambda: f"expected a mapping of keys, got {value!r}",
+        "list_type": lambda: f"expected a list, got {value!r}",
+    }.get(error["type"], lambda: f"{error['msg']}, got {value!r}")()
+    return ConfigError(f"{_source(origin, loc)}: {_dotted(loc)}: {message}{more}")
 
 
 def _check_augment(cfg: ExperimentConfig, origin: Mapping[str, str]) -> None:
+    """Can albumentations build the augmentation (names and parameters of custom transforms)?"""
     from pneumoseg.data.augment import build_transform  # albumentations: imported only here
 
     aug = cfg.augment
-    if aug.transforms is not None:
-        aug.preset = "custom"
-    elif aug.preset == "custom":
-        raise _fail(origin, "augment.preset",
-                    "'custom' needs augment.transforms (a list of {name: ..., params})")
     try:
         build_transform(aug.preset, cfg.data.size, aug.transforms)
     except ConfigError as exc:
         key = "augment.transforms" if aug.transforms is not None else "augment.preset"
         raise ConfigError(f"{origin.get(key, '<defaults>')}: {exc}") from None
+
+
+_EXPERIMENT = TypeAdapter(ExperimentConfig)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -453,8 +515,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     """Load an experiment: defaults, ``base`` chain, the file, then ``overrides`` (``"a.b=value"``).
 
     ``path`` is a YAML file, a run folder (its ``config.yaml``), a packaged config name
-    (``"winner"``) or None for the packaged default. Raises ConfigError naming the file or the
-    override, the key and the valid choices.
+    (``"winner"``) or None for the packaged default. Raises ConfigError (one line) naming the file
+    or the override, the key and the valid choices.
     """
     default = packaged_config("default.yaml")
     origin: dict[str, str] = {}
@@ -477,14 +539,17 @@ def load_config(path: str | os.PathLike[str] | None = None,
             origin["loss"] = source
             continue
         _merge(merged, _nest(key, value), origin, source)
-    cfg = _build(ExperimentConfig, merged, "", origin)
-    _check(cfg, origin)
+    try:
+        cfg = _EXPERIMENT.validate_python(merged, context={"origin": origin})
+    except ValidationError as exc:
+        raise _one_line(exc, origin) from None
+    _check_augment(cfg, origin)
     return cfg
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as plain data (every key; nothing elided)."""
-    return dataclasses.asdict(cfg)
+    return asdict(cfg)
 
 
 def dump_config(cfg: ExperimentConfig, path: str | os.PathLike[str] | None = None) -> str:

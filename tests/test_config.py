@@ -169,3 +169,110 @@ def test_imagenet_weights_default_to_three_channels_with_imagenet_statistics() -
     cfg = load_config("small_data", ["model.encoder_weights=imagenet", "data.in_channels=1", "data.normalize=gray"])
     assert (cfg.data.in_channels, cfg.data.normalize) == (1, "gray")  # the user's choice stands
     assert load_config("small_data").data.in_channels == 1
+
+
+# ---------------------------------------------------------------------------- pydantic-backed messages
+def config_error(path: Path | str | None, overrides: list[str] = ()) -> str:  # type: ignore[assignment]
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message and "validation error" not in message and "pydantic" not in message, message
+    return message
+
+
+def test_error_names_the_layer_that_set_the_key(tmp_path: Path) -> None:
+    """A bad value is blamed on the file of the base chain, or the override, that set it."""
+    write(tmp_path / "base.yaml", "train:\n  batch_size: 2.5\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\noptim:\n  lr: 0.01\n")
+    assert config_error(child).startswith(f"{tmp_path / 'base.yaml'}: train.batch_size: expected an integer, got 2.5")
+    fixed = write(tmp_path / "fixed.yaml", "base: base.yaml\ntrain:\n  batch_size: 4\n")
+    assert load_config(fixed).train.batch_size == 4
+    assert config_error(fixed, ["train.batch_size=0"]) == \
+        "override 'train.batch_size=0': train.batch_size: must be >= 1, got 0"
+    # a key inside a list or a loss mapping is blamed on whoever set the enclosing key
+    bad = write(tmp_path / "bad.yaml", "augment:\n  transforms: [3]\n")
+    assert config_error(bad) == f"{bad}: augment.transforms[0]: expected a non-empty mapping, got 3"
+    weights = write(tmp_path / "weights.yaml", "loss: {bce: x}\n")
+    assert config_error(weights) == f"{weights}: loss.bce: expected a number, got 'x'"
+    assert config_error(None, ["loss={bce: 1, dice: x}"]) == \
+        "override 'loss={bce: 1, dice: x}': loss.dice: expected a number, got 'x'"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
+        ("train.epochs=true", "train.epochs: expected an integer, got True"),
+        ("train.seed='3'", "train.seed: expected an integer, got '3'"),
+        ("data.fold=[1]", "data.fold: expected an integer, got [1]"),
+        ("train.deterministic=1", "train.deterministic: expected true or false, got 1"),
+        ("optim.lr=true", "optim.lr: expected a number, got True"),
+        ("optim.lr=.inf", "optim.lr: expected a number, got inf"),
+        ("model.name=3", "model.name: expected a non-empty string, got 3"),
+        ("model.name=''", "model.name: expected a non-empty string, got ''"),
+        ("loss=3", "loss: expected a loss name or a non-empty mapping {name: weight}, got 3"),
+        ("augment.transforms=HorizontalFlip", "augment.transforms: expected a list, got 'HorizontalFlip'"),
+        ("train=3", "train: expected a mapping of keys, got 3"),
+    ],
+)
+def test_strict_types(override: str, expected: str) -> None:
+    """No silent coercion: a float or a bool is not an integer, 1 is not true, 3 is not a name."""
+    assert config_error(None, [override]) == f"override {override!r}: {expected}"
+
+
+def test_whole_floats_and_numeric_strings_are_accepted() -> None:
+    """As before: 3.0 is the integer 3, and a number key takes YAML's string reading of 1e-4."""
+    cfg = load_config(None, ["train.epochs=3.0", "optim.lr=1e-4", "loss={bce: 2, dice: '1e0'}"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.optim.lr == pytest.approx(1e-4) and cfg.loss == {"bce": 2.0, "dice": 1.0}
+
+
+def test_unknown_key_is_reported_first_with_the_valid_keys(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yaml", "train:\n  batch_size: 2.5\n  epoch: 3\noptim:\n  lr: -1\n")
+    message = config_error(bad)
+    assert message.startswith(f"{bad}: unknown key 'train.epoch' (valid keys in 'train': epochs, max_steps,")
+    assert message.endswith("strict_size) (and 2 more problems)")
+    assert config_error(None, ["sampler.pos_startt=0.5"]).startswith(
+        "override 'sampler.pos_startt=0.5': unknown key 'sampler.pos_startt' (valid keys in 'sampler': pos_start,")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.epochs=2", "schedule.snapshots=3"],
+         "override 'schedule.snapshots=3': schedule.snapshots: 3 snapshots need as many epochs (train.epochs=2)"),
+        (["data.in_channels=1", "data.normalize=imagenet"],
+         "override 'data.normalize=imagenet': data.normalize: imagenet normalisation needs data.in_channels: 3"),
+        (["train.max_steps=10", "train.min_steps=20"],
+         "override 'train.min_steps=20': train.min_steps: 20 is more than train.max_steps=10"),
+        (["sampler.mode=fixed_length", "sampler.mode=positives_once", "sampler.pos_start=0"],
+         "override 'sampler.pos_start=0': sampler.pos_start: must be > 0 in sampler.mode positives_once "
+         "(use fixed_length for 0)"),
+        (["augment.preset=custom"],
+         "override 'augment.preset=custom': augment.preset: 'custom' needs augment.transforms "
+         "(a list of {name: ..., params})"),
+        (["loss={bce: 1, dice: -1}"], "override 'loss={bce: 1, dice: -1}': loss: weights must be >= 0, "
+                                      "got {'bce': 1.0, 'dice': -1.0}"),
+        (["train.limit_val_batches=2.5"], "override 'train.limit_val_batches=2.5': train.limit_val_batches: "
+                                          "must be a fraction in (0, 1] or a whole number of batches, got 2.5"),
+    ],
+)
+def test_cross_field_rules(overrides: list[str], expected: str) -> None:
+    assert config_error(None, overrides) == expected
+
+
+def test_sections_stay_dataclasses() -> None:
+    """Callers use dataclasses.replace / asdict / fields; replace validates the new values."""
+    import dataclasses
+    import pickle
+
+    from pydantic import ValidationError
+
+    cfg = load_config("winner")
+    moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fold=2))
+    assert moved.data.fold == 2 and moved.data.in_channels == 3 and moved.train == cfg.train
+    assert dataclasses.asdict(moved)["data"]["fold"] == 2
+    assert "max_steps" in [f.name for f in dataclasses.fields(cfg.train)]
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    with pytest.raises(ValidationError):
+        dataclasses.replace(cfg.data, fold=-1)

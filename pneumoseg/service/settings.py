@@ -1,11 +1,16 @@
-"""Typed settings of the viewer service (``pneumoseg serve``), validated before any model loads."""
+"""Typed settings of the viewer service (``pneumoseg serve``): a pydantic dataclass (strict types), checked before
+any model loads; a bad value raises ConfigError in one line naming the option."""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import asdict, field
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, ConfigDict, PlainValidator, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from pneumoseg.errors import ConfigError
 from pneumoseg.util.limits import MAX_PIXELS
@@ -19,23 +24,27 @@ MIN_TOKEN_LEN = 16
 """Shortest bearer token accepted (``secrets.token_urlsafe(32)`` gives 43 characters)."""
 
 
-def _check_number(name: str, value: object, *, integer: bool = False, maximum: float | None = None) -> None:
-    """ConfigError unless ``value`` is a finite number > 0 (an integer when asked), <= ``maximum``."""
+def _positive(name: str, maximum: float, *, integer: bool = False) -> PlainValidator:
+    """A finite number > 0 (an integer, or a whole float made int, when asked), <= ``maximum``."""
     option = "--" + name.replace("_", "-")
     kind = "an integer" if integer else "a number"
-    ok = False
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-        ok = (not integer or float(value).is_integer()) and (maximum is None or value <= maximum)
-    if not ok:
-        upper = f" and <= {maximum:g}" if maximum is not None else ""
-        raise ConfigError(f"{option} must be {kind} > 0{upper} (finite), got {value!r}")
+
+    def check(value: Any) -> int | float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and \
+                0 < value <= maximum and (not integer or float(value).is_integer()):
+            return int(value) if integer else value
+        raise ValueError(f"{option} must be {kind} > 0 and <= {maximum:g} (finite), got {value!r}")
+    return PlainValidator(check)
 
 
-def _check_token(token: str) -> None:
-    if len(token) < MIN_TOKEN_LEN or not token.isascii() or not token.isprintable() or " " in token:
-        raise ConfigError(f"--token / PNEUMOSEG_TOKEN must be at least {MIN_TOKEN_LEN} printable ASCII characters "
-                          f"without spaces (got {len(token)} characters); make one with "
-                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+def _token(token: str | None) -> str | None:
+    if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LEN or not token.isascii()
+                              or not token.isprintable() or " " in token):
+        length = len(token) if isinstance(token, str) else 0
+        raise ValueError(f"--token / PNEUMOSEG_TOKEN must be at least {MIN_TOKEN_LEN} printable ASCII characters "
+                         f"without spaces (got {length} characters); make one with "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
 
 
 def allowed_hosts_from_env() -> tuple[str, ...]:
@@ -43,15 +52,68 @@ def allowed_hosts_from_env() -> tuple[str, ...]:
     return tuple(h for h in os.environ.get(ALLOWED_HOSTS_ENV, "").replace(",", " ").split() if h)
 
 
-def _check_host(name: str) -> None:
-    bad = not name or len(name) > 260 or not name.isascii() or not name.isprintable() or any(
-        c in name for c in " /\\@?#,")
+def _host(name: Any) -> str:
+    bad = not isinstance(name, str) or not name or len(name) > 260 or not name.isascii() or \
+        not name.isprintable() or any(c in name for c in " /\\@?#,")
     if bad:
-        raise ConfigError(f"--allowed-host must be a host name or address, optionally with :PORT, got {name!r}")
+        raise ValueError(f"--allowed-host must be a host name or address, optionally with :PORT, got {name!r}")
+    return name
 
 
-@dataclass(frozen=True)
-class ServiceSettings:
+def _hosts(names: Any) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise ValueError(f"--allowed-host must be a list of host names, got {names!r}")
+    return tuple(_host(name) for name in names)
+
+
+def _backend(name: str) -> str:
+    if name not in ("auto", "torch", "onnx"):
+        raise ValueError(f"--backend {name!r} unknown (valid: auto, torch, onnx)")
+    return name
+
+
+def _device(name: str | None) -> str | None:
+    if name is not None and name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r} unknown (valid: cpu, cuda, cuda:N, mps)")
+    return name
+
+
+Host = Annotated[str, PlainValidator(_host)]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(strict=True))
+class _Fields:
+    """The settings' fields and their rules (pydantic); :class:`ServiceSettings` adds the one-line errors."""
+
+    max_upload_mb: Annotated[float, _positive("max_upload_mb", 100_000)] = 50.0
+    max_pixels: Annotated[int, _positive("max_pixels", 2**31 - 1, integer=True)] = MAX_PIXELS
+    result_store_mb: Annotated[float, _positive("result_store_mb", 1_000_000)] = 512.0
+    cache_size: Annotated[int, _positive("cache_size", 1_000_000, integer=True)] = 64
+    max_concurrent: Annotated[int, _positive("max_concurrent", 256, integer=True)] = 2
+    token: Annotated[str | None, PlainValidator(_token)] = field(default=None, repr=False)
+    checkpoint: str = "best"
+    device: Annotated[str | None, AfterValidator(_device)] = "cpu"
+    tta: bool = False
+    backend: Annotated[str, AfterValidator(_backend)] = "auto"
+    title: str = "pneumoseg viewer"
+    browse_dir: str | None = None
+    truth: str | None = None
+    browse_max_files: Annotated[int, _positive("browse_max_files", 10_000_000, integer=True)] = 10_000
+    bind_host: Host = "127.0.0.1"
+    allowed_hosts: Annotated[tuple[str, ...], PlainValidator(_hosts)] = field(default_factory=allowed_hosts_from_env)
+    header_timeout_s: Annotated[float, _positive("header_timeout_s", 3600)] = 10.0
+    body_timeout_s: Annotated[float, _positive("body_timeout_s", 86_400)] = 120.0
+    keep_alive_s: Annotated[float, _positive("keep_alive_s", 3600)] = 5.0
+    max_connections: Annotated[int, _positive("max_connections", 100_000, integer=True)] = 100
+
+    @model_validator(mode="after")
+    def _truth_needs_browse(self) -> _Fields:
+        if self.truth is not None and self.browse_dir is None:
+            raise ValueError("--truth needs --browse DIR (the ground truth of the browsed files)")
+        return self
+
+
+class ServiceSettings(_Fields):
     """What ``create_app`` needs besides the run folders. Every number must be finite and > 0.
 
     ``max_upload_mb``: largest accepted upload (MB = 10**6 bytes; larger -> HTTP 413).
@@ -78,54 +140,18 @@ class ServiceSettings:
     many open ones are answered 503 and closed (see :mod:`pneumoseg.service.connections`).
     """
 
-    max_upload_mb: float = 50.0
-    max_pixels: int = MAX_PIXELS
-    result_store_mb: float = 512.0
-    cache_size: int = 64
-    max_concurrent: int = 2
-    token: str | None = field(default=None, repr=False)
-    checkpoint: str = "best"
-    device: str | None = "cpu"
-    tta: bool = False
-    backend: str = "auto"
-    title: str = "pneumoseg viewer"
-    browse_dir: str | None = None
-    truth: str | None = None
-    browse_max_files: int = 10_000
-    bind_host: str = "127.0.0.1"
-    allowed_hosts: tuple[str, ...] = field(default_factory=allowed_hosts_from_env)
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 120.0
-    keep_alive_s: float = 5.0
-    max_connections: int = 100
-
-    def __post_init__(self) -> None:
-        _check_number("max_upload_mb", self.max_upload_mb, maximum=100_000)
-        _check_number("max_pixels", self.max_pixels, integer=True, maximum=2**31 - 1)
-        _check_number("result_store_mb", self.result_store_mb, maximum=1_000_000)
-        _check_number("cache_size", self.cache_size, integer=True, maximum=1_000_000)
-        _check_number("max_concurrent", self.max_concurrent, integer=True, maximum=256)
-        object.__setattr__(self, "max_pixels", int(self.max_pixels))
-        object.__setattr__(self, "cache_size", int(self.cache_size))
-        _check_number("browse_max_files", self.browse_max_files, integer=True, maximum=10_000_000)
-        object.__setattr__(self, "max_concurrent", int(self.max_concurrent))
-        object.__setattr__(self, "browse_max_files", int(self.browse_max_files))
-        _check_number("header_timeout_s", self.header_timeout_s, maximum=3600)
-        _check_number("body_timeout_s", self.body_timeout_s, maximum=86_400)
-        _check_number("keep_alive_s", self.keep_alive_s, maximum=3600)
-        _check_number("max_connections", self.max_connections, integer=True, maximum=100_000)
-        object.__setattr__(self, "max_connections", int(self.max_connections))
-        object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
-        for name in (self.bind_host, *self.allowed_hosts):
-            _check_host(name)
-        if self.truth is not None and self.browse_dir is None:
-            raise ConfigError("--truth needs --browse DIR (the ground truth of the browsed files)")
-        if self.token is not None:
-            _check_token(self.token)
-        if self.backend not in ("auto", "torch", "onnx"):
-            raise ConfigError(f"--backend {self.backend!r} unknown (valid: auto, torch, onnx)")
-        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"--device {self.device!r} unknown (valid: cpu, cuda, cuda:N, mps)")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Validate (pydantic); ConfigError in one line: the first problem, naming the option."""
+        try:
+            super().__init__(*args, **kwargs)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if error["type"] == "value_error":
+                message = str(error["ctx"]["error"])
+            else:  # a pydantic type error (strict: no coercion), e.g. checkpoint=3
+                option = "--" + "-".join(str(p) for p in error["loc"]).replace("_", "-")
+                message = f"{option}: {error['msg'].lower()}, got {error['input']!r}"
+            raise ConfigError(message) from None
 
     @property
     def max_upload_bytes(self) -> int:
