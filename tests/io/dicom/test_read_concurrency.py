@@ -63,6 +63,29 @@ def test_two_threads_inside_reads_at_once_each_get_their_own_warnings(monkeypatc
         assert tuple(w for w in got[path] if "marker" not in w) == solo[path]
 
 
+def test_the_service_decodes_two_dicom_uploads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``decode_upload`` (the service's worker-thread step) holds no lock around the DICOM read: two
+    uploads meet inside their reads, and each keeps its own warnings."""
+    from pneumoseg.service.decode import decode_upload
+
+    barrier = threading.Barrier(2, timeout=20)
+    original = read_module._check_image_header
+
+    def meet_inside_the_read(ds: object, label: str, notes: list[str]) -> None:
+        original(ds, label, notes)
+        barrier.wait()
+
+    monkeypatch.setattr(read_module, "_check_image_header", meet_inside_the_read)
+    uploads = {path: Path(path).read_bytes() for path in (PADDED, IMPLICIT)}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {path: pool.submit(decode_upload, data, Path(path).name, 10**7) for path, data in uploads.items()}
+        got = {path: future.result(timeout=60) for path, future in futures.items()}
+    monkeypatch.undo()
+    for path, (image, kind) in got.items():
+        assert kind == "dicom"
+        assert image.meta is not None and image.meta.warnings == _solo(path)
+
+
 def test_many_concurrent_reads_equal_the_same_reads_one_at_a_time() -> None:
     paths = [PADDED, IMPLICIT, PADDED, IMPLICIT] * 6
     solo = {path: _solo(path) for path in set(paths)}
