@@ -6,6 +6,11 @@ IOD tags). Nothing is written to disk. The image size is read from the header fi
 PNG/JPEG, ``read_dicom(max_pixels=...)`` for DICOM) and an image of more than ``max_pixels``
 pixels is refused with ImageTooLargeError before any pixel is decoded. Pixels then go through
 the same conversions as ``pneumoseg predict`` (``read_image``, ``read_dicom``).
+
+Uploads decode concurrently, each on its own worker thread: the DICOM reader keeps each read's
+warnings to itself without a lock (``pneumoseg.io.dicom.capture``), and the one process-wide
+setting touched here, Pillow's ``MAX_IMAGE_PIXELS``, is only held under ``_pillow_lock`` while it
+is changed, never while anything decodes (benchmarks/bench_service_decode.py measures the gain).
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ def sniff(data: bytes) -> Kind:
 # above it, refuse above twice it). While any upload decodes it is lowered so that Pillow itself
 # refuses more than the smallest active ``max_pixels`` (it also decodes DICOM JPEG frames, whose
 # size the DICOM header may misstate); the original value is restored when the last one ends.
+# The lock covers these updates only: decodes themselves run concurrently.
 _pillow_lock = threading.Lock()
 _pillow_active: list[int] = []
 _pillow_saved: list[int | None] = []

@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from pneumoseg.io.dicom.read import DEFAULT_MAX_PIXELS, PERCENTILES, _scale, _voi, read_dicom
+from pneumoseg.io.dicom.display import PERCENTILES, _scale, _voi
+from pneumoseg.io.dicom.read import DEFAULT_MAX_PIXELS, read_dicom
 from pneumoseg.util.limits import MAX_PIXELS
 
 

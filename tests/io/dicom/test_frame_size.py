@@ -25,7 +25,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, SecondaryCaptureImageStorage
 
 from pneumoseg.errors import DicomError
-from pneumoseg.io.dicom.read import FrameError, frame_size, read_dicom
+from pneumoseg.io.dicom.frames import FrameError, frame_size
+from pneumoseg.io.dicom.read import read_dicom
 
 N_EXAMPLES = int(os.environ.get("PNEUMOSEG_FUZZ_EXAMPLES", "60"))
 SEED = int(os.environ.get("PNEUMOSEG_FUZZ_SEED", "0"))

@@ -18,9 +18,10 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
-import pneumoseg.io.dicom.read as read_module
+import pneumoseg.io.dicom.decode as decode_module
 from pneumoseg.errors import DicomError
-from pneumoseg.io.dicom.read import _first_frame, read_dicom
+from pneumoseg.io.dicom.frames import _first_frame
+from pneumoseg.io.dicom.read import read_dicom
 from tests.io.dicom.test_dicom import _dataset, _save
 from tests.io.dicom.test_frame_size import _dicom, _jpeg, _one_line, _sof
 from tests.shared_data import SIIM, require_siim
@@ -101,7 +102,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a decoder was reached")
 
     monkeypatch.setattr(Dataset, "pixel_array", property(refuse))
-    monkeypatch.setattr(read_module.PIL.Image, "open", refuse)
+    monkeypatch.setattr(decode_module.PIL.Image, "open", refuse)
 
 
 @pytest.mark.parametrize("declared", [(128, 128), (20000, 20000)])
@@ -132,7 +133,7 @@ def test_pillow_refusal_is_not_retried(tmp_path: Path, monkeypatch: pytest.Monke
     def other_decoder(self: Dataset) -> None:
         raise AssertionError("another decoder was tried after Pillow's refusal")
 
-    monkeypatch.setattr(read_module.PIL.Image, "open", pillow_refuses)
+    monkeypatch.setattr(decode_module.PIL.Image, "open", pillow_refuses)
     monkeypatch.setattr(Dataset, "pixel_array", property(other_decoder))
     with pytest.raises(DicomError) as info:
         read_dicom(path, min_size=64)
@@ -152,7 +153,7 @@ def test_frame_pillow_cannot_open_goes_to_the_full_decode(tmp_path: Path, monkey
     def cannot_identify(*args: object, **kwargs: object) -> None:  # not a refusal: the full decode tries
         raise OSError("cannot identify image file <_io.BytesIO object>")
 
-    monkeypatch.setattr(read_module.PIL.Image, "open", cannot_identify)
+    monkeypatch.setattr(decode_module.PIL.Image, "open", cannot_identify)
     image = read_dicom(path, min_size=64)  # Pillow fails again inside pydicom; the default plugin decodes
     assert image.decode_scale == 1 and image.pixels.shape == (256, 256)
     assert np.abs(image.pixels.astype(int) - full.pixels).max() <= 1  # libjpeg-turbo vs pylibjpeg
