@@ -50,6 +50,8 @@ __all__ = [
     "OhifServer",
     "Orthanc",
     "PacsBox",
+    "demo_inputs",
+    "demo_run",
     "find_ohif",
     "find_orthanc",
     "free_port",
@@ -71,6 +73,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def demo_run(out: str | os.PathLike[str] = "demo-out", log: Any = print) -> Path:
+    """The built-in demo's trained run ``OUT/run``; the demo (``pneumoseg demo --out OUT``) is run first when
+    its best checkpoint is absent (a few minutes on a CPU; finished steps are reused)."""
+    run = Path(out) / "run"
+    if not (run / "checkpoints" / "best.ckpt").is_file():
+        from pneumoseg.workflows.demo import run_demo
+
+        log(f"no trained run in {run}: running the demo first (a few minutes on a CPU)")
+        run_demo(out, progress=False, log=log)
+    return run
+
+
+def demo_inputs(folder: str | os.PathLike[str], limit: int, annotations: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Up to ``limit`` DICOM files of ``folder`` (sorted walk); with ``annotations`` (an RLE CSV: the
+    demo's ``train-rle.csv``) those with a pneumothorax come first, so the viewer has something to show."""
+    from pneumoseg.io.layouts import find_dicoms
+
+    files = find_dicoms(folder)
+    if annotations is not None and Path(annotations).is_file():
+        from pneumoseg.io.rle import read_annotations
+
+        labels = read_annotations(annotations)
+        positive = {k for k, rles in labels.items() if any(r.strip() != "-1" for r in rles)}
+        files.sort(key=lambda f: f.stem not in positive)  # stable: positives first, each group sorted
+    return files[:limit]
 
 
 def find_ohif(path: str | os.PathLike[str] | None = None) -> Path:
@@ -122,6 +151,17 @@ class Orthanc:
     def upload(self, files: Iterable[Path]) -> list[dict[str, Any]]:
         """POST each file to /instances; Orthanc's answers (ID, ParentStudy, ...), one per file."""
         return [self.rest("POST", "/instances", data=Path(f).read_bytes()) for f in files]
+
+    def file(self, orthanc_id: str) -> bytes:
+        """The stored DICOM file of an instance (Orthanc's id)."""
+        import requests
+
+        try:
+            response = requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=120)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise PacsError(f"Orthanc GET /instances/{orthanc_id}/file: {exc}") from None
+        return response.content
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM (Orthanc flushes its index), SIGKILL after ``timeout`` s."""
@@ -208,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: OhifServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the box prints what matters
 
     def _send(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
@@ -251,15 +291,15 @@ class _Handler(BaseHTTPRequestHandler):
             content_type = "application/wasm"
         self._send(200, target.read_bytes(), content_type)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path.startswith("/dicom-web/"):
             self._proxy()
         else:
             self._static()
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if self.path.startswith("/dicom-web/"):
             self._proxy()
         else:
@@ -332,7 +372,7 @@ class PacsBox:
     def listen_log(self) -> Path:
         return self.workdir / "listen.log"
 
-    def start(self, timeout: float = 120) -> PacsBox:
+    def start(self, timeout: float = 300) -> PacsBox:
         """Start Orthanc, OHIF's server and the listener; return once the listener listens.
 
         Raises ConfigError when OHIF or Orthanc is missing, PacsError when a part does not start
