@@ -23,7 +23,7 @@ import pydicom
 import pytest
 
 from pneumoseg.errors import ConfigError
-from pneumoseg.pacs.box import PacsBox, find_ohif, find_orthanc
+from pneumoseg.pacs.box import OhifServer, PacsBox, find_ohif, find_orthanc
 from tests.shared_data import SIIM, require_siim
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,8 +45,7 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [require_siim, pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+needs_browser_orthanc_ohif = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 # The viewport showing the radiograph: where image pixel (0, 0) and (columns, rows) land in the page (CSS px).
 IMAGE_RECT = """
@@ -107,6 +106,7 @@ def box(ohif_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -143,6 +143,63 @@ def _wait(drv: object, what: str, condition: object, timeout: float = 45) -> obj
     return WebDriverWait(drv, timeout, poll_frequency=0.25).until(condition, message=f"OHIF: no {what}")
 
 
+def test_ohif_server_serves_dist_routes_config_and_dicomweb(tmp_path: Path) -> None:
+    """Without Orthanc or OHIF: files of dist/, index.html for client routes, nothing outside dist/, the
+    generated app-config.js naming the box's DICOMweb root, and /dicom-web/ passed to the upstream as is."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    import requests
+
+    dist = tmp_path / "dist"
+    (dist / "sub").mkdir(parents=True)
+    (dist / "index.html").write_text("<html>ohif</html>")
+    (dist / "sub" / "a.js").write_text("var a = 1;")
+    (dist / "app-config.js").write_text("window.config = {dataSources: ['aws']};")
+    (tmp_path / "secret.txt").write_text("secret")
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Upstream(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.command, self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        do_GET = do_POST = _answer
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    Thread(target=upstream.serve_forever, daemon=True).start()
+    server = OhifServer(dist, upstream.server_address[1]).start()
+    try:
+        get = lambda path: requests.get(server.url + path, timeout=10)  # noqa: E731
+        assert get("/sub/a.js").text == "var a = 1;"
+        assert get("/viewer?StudyInstanceUIDs=1.2.3").text == "<html>ohif</html>"  # SPA fallback
+        assert get("/../secret.txt").text == "<html>ohif</html>"
+        assert get("/%2e%2e/secret.txt").text == "<html>ohif</html>"
+        config = get("/app-config.js").text
+        assert f'"wadoRoot": "{server.url}/dicom-web"' in config and "aws" not in config
+        answer = get("/dicom-web/studies?PatientID=x")
+        assert answer.status_code == 200 and answer.json() == []
+        assert answer.headers["Content-Type"] == "application/dicom+json"
+        assert requests.post(server.url + "/dicom-web/studies", data=b"abc", timeout=10).status_code == 200
+        assert seen == [("GET", "/dicom-web/studies?PatientID=x", b""), ("POST", "/dicom-web/studies", b"abc")]
+        assert requests.post(server.url + "/viewer", timeout=10).status_code == 405
+    finally:
+        server.stop()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+@require_siim
+@pytest.mark.slow
+@needs_browser_orthanc_ohif
 def test_ohif_draws_the_seg_over_the_radiograph(box: PacsBox, driver: object, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
