@@ -247,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: OhifServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection is closed after this many seconds
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the box prints what matters
@@ -313,6 +314,7 @@ class OhifServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    block_on_close = False  # stop() does not wait for browsers' idle keep-alive connections
 
     def __init__(self, dist: Path, orthanc_port: int, port: int = 0, host: str = "127.0.0.1") -> None:
         super().__init__((host, port), _Handler)
@@ -461,15 +463,25 @@ class PacsBox:
         return f"{self.web.url}/viewer?StudyInstanceUIDs={quote(study)}"
 
     def close(self) -> None:
-        """Stop the listener (SIGTERM, then SIGKILL after 20 s), the web server and Orthanc. Idempotent."""
+        """Stop the listener, the web server and Orthanc. Idempotent.
+
+        The listener gets SIGTERM; once its status says it no longer listens (its queue closed, durable
+        on disk) it is given 3 s to exit, and SIGKILL after that (an idle ``pneumoseg listen`` can
+        linger at interpreter exit), or after 30 s in any case.
+        """
         if self.listener is not None:
             if self.listener.poll() is None:
                 self.listener.send_signal(signal.SIGTERM)
-                try:
-                    self.listener.wait(20)
-                except subprocess.TimeoutExpired:
+                deadline, closed_at = time.monotonic() + 30, None
+                while self.listener.poll() is None and time.monotonic() < deadline:
+                    if closed_at is None and _read_status(self.queue).get("listening") is False:
+                        closed_at = time.monotonic()
+                    if closed_at is not None and time.monotonic() - closed_at > 3:
+                        break
+                    time.sleep(0.1)
+                if self.listener.poll() is None:
                     self.listener.kill()
-                    self.listener.wait()
+                self.listener.wait()
             self.listener = None
         if self.web is not None:
             self.web.stop()

@@ -10,6 +10,7 @@ OHIF's files (``make install`` fetches them into .ohif/dist).
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import shutil
@@ -191,8 +192,13 @@ def test_ohif_server_serves_dist_routes_config_and_dicomweb(tmp_path: Path) -> N
         assert requests.post(server.url + "/dicom-web/studies", data=b"abc", timeout=10).status_code == 200
         assert seen == [("GET", "/dicom-web/studies?PatientID=x", b""), ("POST", "/dicom-web/studies", b"abc")]
         assert requests.post(server.url + "/viewer", timeout=10).status_code == 405
+        idle = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        idle.request("GET", "/sub/a.js")
+        assert idle.getresponse().read() == b"var a = 1;"  # the connection stays open (HTTP/1.1 keep-alive)
     finally:
+        start = time.monotonic()
         server.stop()
+        assert time.monotonic() - start < 5, "stop() waits for an idle keep-alive connection"
         upstream.shutdown()
         upstream.server_close()
 
