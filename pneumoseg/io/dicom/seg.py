@@ -21,8 +21,8 @@ pixel to the source image), as PS3.3 A.51 allows, and carries:
 * Patient Orientation (General Image module, Type 2C: required when the image has no Image
   Orientation (Patient)), copied from the source or empty, as the source's own value may be.
 * the segmented area (``area_mm2``, or in pixels without a spacing) in its ContentDescription.
-* a shared Plane Orientation (Patient) item (PS3.3 A.51.5.1: required with a Frame of Reference, may be
-  present otherwise) holding ``STACK_ORIENTATION`` (1, 0, 0, 0, 1, 0), the orientation cornerstone3D assumes for
+* a shared Plane Orientation (Patient) item (conditional in the Segmentation IOD, required with a Frame
+  of Reference; dciodvfy reports nothing about it without one) holding ``STACK_ORIENTATION`` (1, 0, 0, 0, 1, 0), the orientation cornerstone3D assumes for
   an image without Image Orientation (Patient). OHIF 3.13's SEG loader (@cornerstonejs/adapters,
   ``createLabelmapsFromSegImageIds`` -> ``checkOrientation``) reads the SEG's orientation from this
   item and fails ("Cannot read properties of undefined (reading 'ImageOrientationPatient')") without
