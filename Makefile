@@ -8,7 +8,13 @@ STAMP := $(VENV)/.pneumoseg-installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test fuzz bench lint clean
+.PHONY: install ohif demo test fuzz bench lint clean
+
+# OHIF's prebuilt viewer (npm @ohif/app, its dist/ folder) for `pneumoseg pacs-demo` and the OHIF browser test,
+# pinned by version and sha512 (npm's integrity of the tarball); skipped, with a reason, without npm or the registry.
+OHIF_VERSION := 3.13.2
+OHIF_SHA512 := WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIR := .ohif
 
 $(STAMP): pyproject.toml
 	# Debian's Chromium + ChromeDriver for the viewer's browser test (skipped, with a reason, where
@@ -30,7 +36,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) ohif
+
+ohif: $(OHIF_DIR)/dist/index.html
+
+$(OHIF_DIR)/dist/index.html:
+	@command -v npm >/dev/null || { echo "note: npm not found; OHIF not installed (pacs-demo and the OHIF test need it)"; exit 0; }; \
+	  set -e; rm -rf $(OHIF_DIR)/tmp; mkdir -p $(OHIF_DIR)/tmp; \
+	  if ! (cd $(OHIF_DIR)/tmp && npm pack -q @ohif/app@$(OHIF_VERSION) >/dev/null 2>&1); then \
+	    echo "note: npm could not fetch @ohif/app@$(OHIF_VERSION); OHIF not installed (pacs-demo and the OHIF test need it)"; \
+	    rm -rf $(OHIF_DIR)/tmp; exit 0; fi; \
+	  got=$$(openssl dgst -sha512 -binary $(OHIF_DIR)/tmp/ohif-app-$(OHIF_VERSION).tgz | base64 -w0); \
+	  if [ "$$got" != "$(OHIF_SHA512)" ]; then echo "error: @ohif/app@$(OHIF_VERSION) tarball sha512 $$got is not the pinned one"; \
+	    rm -rf $(OHIF_DIR)/tmp; exit 1; fi; \
+	  tar -xzf $(OHIF_DIR)/tmp/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR)/tmp package/dist; \
+	  rm -rf $(OHIF_DIR)/dist; mv $(OHIF_DIR)/tmp/package/dist $(OHIF_DIR)/dist; rm -rf $(OHIF_DIR)/tmp; \
+	  echo "OHIF $(OHIF_VERSION) viewer in $(OHIF_DIR)/dist"
 
 demo: install
 	$(VENV)/bin/pneumoseg demo --out demo-out

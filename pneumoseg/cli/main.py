@@ -22,7 +22,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "demo", "synth", "explore", "prepare", "split", "models", "train", "evaluate", "compare", "study", "score",
     "predict",
-    "report", "export", "serve", "listen",
+    "report", "export", "serve", "listen", "pacs_demo",
 ]
 
 

@@ -21,6 +21,14 @@ pixel to the source image), as PS3.3 A.51 allows, and carries:
 * Patient Orientation (General Image module, Type 2C: required when the image has no Image
   Orientation (Patient)), copied from the source or empty, as the source's own value may be.
 * the segmented area (``area_mm2``, or in pixels without a spacing) in its ContentDescription.
+* a shared Plane Orientation (Patient) item (conditional in the Segmentation IOD, required with a Frame
+  of Reference; dciodvfy reports nothing about it without one) holding ``STACK_ORIENTATION`` (1, 0, 0, 0, 1, 0), the orientation cornerstone3D assumes for
+  an image without Image Orientation (Patient). OHIF 3.13's SEG loader (@cornerstonejs/adapters,
+  ``createLabelmapsFromSegImageIds`` -> ``checkOrientation``) reads the SEG's orientation from this
+  item and fails ("Cannot read properties of undefined (reading 'ImageOrientationPatient')") without
+  it; it then matches the frame to the source image through SourceImageSequence, not by position.
+  No Frame of Reference, position or Slice Thickness is invented, and the orientation says nothing
+  about the patient (Patient Orientation, copied from the source, does).
 
 Sources with a full Frame of Reference geometry keep highdicom's geometry.
 """
@@ -47,6 +55,7 @@ __all__ = [
     "SEGMENT_CATEGORY",
     "SERIES_DESCRIPTION",
     "SOURCE_UIDS",
+    "STACK_ORIENTATION",
     "area_description",
     "area_mm2",
     "check_source_uids",
@@ -72,6 +81,10 @@ _GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "SpacingBe
 _FULL_GEOMETRY = ("FrameOfReferenceUID", "PixelSpacing", "SliceThickness", "ImagePositionPatient",
                   "ImageOrientationPatient")
 
+
+#: Image Orientation (Patient) of a SEG over a projection image without one (module docstring): rows along +x,
+#: columns along +y, as cornerstone3D (OHIF) lays out an image that has no orientation.
+STACK_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 #: UIDs of the source that its SEG / SR / SC carry (to the PACS, with the node).
 SOURCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
@@ -200,35 +213,43 @@ def make_segmentation(
             )
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise DicomError(f"{header.SOPInstanceUID}: cannot build a DICOM SEG ({type(exc).__name__}: {exc})") from None
-    if "ImageOrientationPatient" not in seg and "PlaneOrientationSequence" not in seg.SharedFunctionalGroupsSequence[0]:
+    if not full_geometry:
         # General Image module, Type 2C: required without Image Orientation (Patient); may be empty.
         seg.PatientOrientation = source.get("PatientOrientation", "")
+        # What viewers built on cornerstone3D (OHIF 3.x) need to place the frame (module docstring).
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = list(STACK_ORIENTATION)
+        seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [orientation]
     return seg
 
 
 def read_segmentation(path: str | os.PathLike[str]) -> hd.seg.Segmentation:
     """Read a DICOM SEG with highdicom, including one whose Pixel Measures lack Slice Thickness.
 
-    highdicom's ``segread`` rejects a Pixel Measures item without Slice Thickness, which the
-    standard allows in a SEG without a Frame of Reference (module docstring). Such an item is set
-    aside while highdicom parses the file and put back unchanged afterwards.
+    highdicom's ``segread`` rejects a Pixel Measures item without Slice Thickness, and a Plane
+    Orientation item without a Frame of Reference, both of which the standard allows in a SEG
+    without a Frame of Reference (module docstring). Such items are set aside while highdicom
+    parses the file and put back unchanged afterwards.
     Raises DicomError when the file is not a SEG highdicom can read.
     """
     ds = read_header(path, pixels=True)
-    set_aside: list[tuple[Dataset, Sequence]] = []
+    set_aside: list[tuple[Dataset, str, Sequence]] = []
     if "FrameOfReferenceUID" not in ds:
         groups = [*ds.get("SharedFunctionalGroupsSequence", []), *ds.get("PerFrameFunctionalGroupsSequence", [])]
         for group in groups:
             measures = group.get("PixelMeasuresSequence")
             if measures is not None and len(measures) == 1 and "SliceThickness" not in measures[0]:
-                set_aside.append((group, measures))
-                del group.PixelMeasuresSequence
+                set_aside.append((group, "PixelMeasuresSequence", measures))
+            if "PlaneOrientationSequence" in group:  # highdicom wants a Frame of Reference with it
+                set_aside.append((group, "PlaneOrientationSequence", group.PlaneOrientationSequence))
+        for group, keyword, _ in set_aside:
+            delattr(group, keyword)
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise DicomError(f"{path}: not a DICOM SEG highdicom can read ({type(exc).__name__}: {exc})") from None
-    for group, measures in set_aside:
-        group.PixelMeasuresSequence = measures
+    for group, keyword, value in set_aside:
+        setattr(group, keyword, value)
     return seg
 
 

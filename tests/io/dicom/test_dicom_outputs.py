@@ -119,6 +119,10 @@ def test_seg_carries_spacing_patient_orientation_and_area(synth_dicom: Path, tmp
     assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in source.PixelSpacing]
     assert "SliceThickness" not in measures  # Type 1C only with a Frame of Reference: none invented
     assert "PatientOrientation" in raw and raw.PatientOrientation == source.PatientOrientation == ""
+    # OHIF 3.13 (cornerstone3D) reads the frame's orientation here; no position or frame of reference invented
+    orientation = raw.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in orientation] == [1, 0, 0, 0, 1, 0]
+    assert "PlanePositionSequence" not in raw.PerFrameFunctionalGroupsSequence[0]
     expected = mask.sum() * float(source.PixelSpacing[0]) * float(source.PixelSpacing[1])
     assert f"area {expected:.1f} mm2" in raw.ContentDescription
     assert not list(tmp_path.glob(".*tmp*"))  # atomic write: no temporary left behind
@@ -238,10 +242,12 @@ def test_dciodvfy_finds_no_new_error_in_outputs_of_a_synthetic_dicom(synth_dicom
 
 @require_dciodvfy
 def test_dciodvfy_reports_what_pneumoseg_breaks(synth_dicom: Path, tmp_path: Path) -> None:
-    """The check has teeth: a SEG stripped of Patient Orientation (the old bug) fails it."""
+    """The check has teeth: a SEG stripped of Patient Orientation (the old bug) fails it. (dciodvfy asks for it
+    only without an Image Orientation: the Plane Orientation item OHIF needs goes too.)"""
     source = pydicom.dcmread(synth_dicom, stop_before_pixels=True)
     seg = make_segmentation(source, np.zeros((source.Rows, source.Columns), bool), model_name="unet")
     del seg.PatientOrientation
+    del seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
     path = write_segmentation(tmp_path / "broken.dcm", seg)
     assert any("PatientOrientation" in e for e in dciodvfy_errors(path) - dciodvfy_errors(synth_dicom))
 
