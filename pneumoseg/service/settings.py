@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pneumoseg.errors import ConfigError
+from pneumoseg.util.devices import parse_device
 from pneumoseg.util.limits import MAX_PIXELS
 
 __all__ = ["ALLOWED_HOSTS_ENV", "MIN_TOKEN_LEN", "ServiceSettings", "allowed_hosts_from_env"]
@@ -124,8 +125,7 @@ class ServiceSettings:
             _check_token(self.token)
         if self.backend not in ("auto", "torch", "onnx"):
             raise ConfigError(f"--backend {self.backend!r} unknown (valid: auto, torch, onnx)")
-        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"--device {self.device!r} unknown (valid: cpu, cuda, cuda:N, mps)")
+        object.__setattr__(self, "device", parse_device(self.device))
 
     @property
     def max_upload_bytes(self) -> int:
