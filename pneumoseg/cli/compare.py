@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
+from pneumoseg.cli._common import cli_errors, console
 from pneumoseg.errors import DataError
 
 __all__ = ["compare", "register"]
@@ -27,18 +28,21 @@ def _edges(text: str | None) -> tuple[float, float] | None:
 
 @cli_errors
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Two or more run folders, each evaluated on --split; the first "
-                                      "is the reference A."),
-    split: str = typer.Option("test", "--split", help="Split the runs were evaluated on."),
-    out: Path = typer.Option(Path("compare.html"), "--out", help="HTML page to write; the Markdown goes beside "
-                             "it (.md)."),
-    allow_different_sets: bool = typer.Option(False, "--allow-different-sets", help="Compare on the common "
-                                              "images when the runs were evaluated on different image sets."),
-    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    cases: int = typer.Option(6, "--cases", min=0, help="Images shown per case kind (disagree, best, worst)."),
-    size_edges: str | None = typer.Option(None, "--size-edges", help="Size bucket edges SMALL,LARGE in mm² "
-                                          "(px without Pixel Spacing); default: tertiles of the positives."),
+    runs: Annotated[list[Path], typer.Argument(
+        metavar="RUNS", help="Two or more run folders, each evaluated on --split; the first is the reference A.")],
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Split the runs were evaluated on.")] = "test",
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="HTML", help="HTML page to write; the Markdown goes beside it (.md).")] = Path("compare.html"),
+    allow_different_sets: Annotated[bool, typer.Option(
+        "--allow-different-sets",
+        help="Compare on the common images when the runs were evaluated on different image sets.")] = False,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, metavar="N", help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Bootstrap seed.")] = 0,
+    cases: Annotated[int, typer.Option(
+        "--cases", min=0, metavar="N", help="Images shown per case kind (disagree, best, worst).")] = 6,
+    size_edges: Annotated[str | None, typer.Option(
+        "--size-edges", metavar="SMALL,LARGE",
+        help="Size bucket edges in mm² (px without Pixel Spacing); default: tertiles of the positives.")] = None,
 ) -> None:
     """Every metric per run with a 95 % CI, paired differences to the first run, curves, cases, size buckets."""
     from pneumoseg.reporting.compare import compare_runs, metric_header, metric_rows, write_comparison
@@ -72,4 +76,4 @@ def compare(
 
 def register(app: typer.Typer) -> None:
     """Add ``compare`` to ``app``."""
-    app.command("compare", cls=PneumosegCommand)(compare)
+    app.command("compare")(compare)

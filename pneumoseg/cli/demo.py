@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
+from pneumoseg.cli._common import Overrides, Progress, cli_errors, console, err_console
 
 __all__ = ["demo", "register"]
 
@@ -24,17 +25,16 @@ def _log(message: str) -> None:
 
 @cli_errors
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder for every step."),
-    n: int = typer.Option(400, "--n", min=10, help="Number of synthetic images."),
-    size: int = typer.Option(256, "--size", help="Phantom and cache size in pixels: a multiple of 32 from 128 "
-                             "to 1024."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the phantoms and of the split; the same seed gives the "
-                             "same data."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
-                                   help="Config override (repeatable), e.g. --set train.epochs=2."),
-    fresh: bool = typer.Option(False, "--fresh/--no-fresh", help="Delete OUT first instead of reusing finished "
-                               "steps."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    out: Annotated[Path, typer.Option("--out", help="Output folder for every step.")] = Path("demo-out"),
+    n: Annotated[int, typer.Option("--n", min=10, help="Number of synthetic images.")] = 400,
+    size: Annotated[int, typer.Option("--size", help="Phantom and cache size in pixels: a multiple of 32 from 128 "
+                                                     "to 1024.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the phantoms and of the split; the same seed gives "
+                                                     "the same data.")] = 0,
+    set_: Overrides = None,
+    fresh: Annotated[bool, typer.Option("--fresh/--no-fresh", help="Delete OUT first instead of reusing finished "
+                                                                   "steps.")] = False,
+    progress: Progress = True,
 ) -> None:
     """synth -> prepare -> split -> train -> tune -> evaluate -> report -> predict, printing where every output is.
 
@@ -43,7 +43,7 @@ def demo(
     from pneumoseg.workflows.demo import run_demo
 
     start = time.perf_counter()
-    res = run_demo(out, n=n, size=size, seed=seed, overrides=set_, progress=progress, fresh=fresh,
+    res = run_demo(out, n=n, size=size, seed=seed, overrides=set_ or [], progress=progress, fresh=fresh,
                    log=_log)
     metrics = Table(title="Test split (synthetic)", show_header=False)
     for key in ("dice_kaggle", "dice_positive", "image_auc", "sensitivity", "specificity", "fpr_empty",
@@ -65,4 +65,4 @@ def demo(
 
 def register(app: typer.Typer) -> None:
     """Add ``demo`` to ``app``."""
-    app.command("demo", cls=PneumosegCommand)(demo)
+    app.command("demo")(demo)

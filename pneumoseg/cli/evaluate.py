@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console
-
-if TYPE_CHECKING:
-    from pneumoseg.inference.predictor import Predictor
+from pneumoseg.cli._common import (
+    Backend,
+    BatchSize,
+    Checkpoint,
+    Device,
+    Progress,
+    Runs,
+    Tta,
+    cli_errors,
+    console,
+    err_console,
+    load_predictor,
+    parse_runs,
+)
 
 __all__ = ["evaluate", "register", "tune"]
-
-
-def _runs(text: str) -> list[Path]:
-    return [Path(r) for r in text.split(",") if r]
-
-
-def _predictor(runs: list[Path], checkpoint: str, tta: bool, device: str | None, batch_size: int,
-               backend: str = "torch") -> Predictor:
-    from pneumoseg.inference.predictor import Predictor
-
-    return Predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size, backend=backend)
 
 
 def _warn(lines: list[str]) -> None:
@@ -41,21 +40,26 @@ def _fmt(value: object) -> str:
 
 @cli_errors
 def tune(
-    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (the ensemble `predict` will use)."),
-    split: str = typer.Option("val", "--split", help="Split to tune on (train | val | test)."),
-    oof: bool = typer.Option(False, "--oof", help="Out-of-fold: each K-fold run on its own validation fold, "
-                             "pooled (recommended for K-fold runs)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
-    tta: bool = typer.Option(False, "--tta", help="Tune for horizontal-flip TTA (as `predict --tta`)."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    run: Runs,
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT",
+                                       help="Split to tune on (train | val | test).")] = "val",
+    oof: Annotated[bool, typer.Option("--oof", help="Out-of-fold: each K-fold run on its own validation fold, "
+                                                    "pooled (recommended for K-fold runs).")] = False,
+    checkpoint: Checkpoint = "best",
+    tta: Tta = False,
+    device: Device = None,
+    batch_size: BatchSize = 4,
+    progress: Progress = True,
 ) -> None:
-    """Grid-search threshold / min-area / triplet rule at the source resolution; store it for these runs + flags."""
-    from pneumoseg.evaluation.tune import tune_runs
+    """Grid-search threshold / min-area / triplet rule at the source resolution; store it for these runs + flags.
 
-    runs = _runs(run)
-    result = tune_runs(runs, split=split, oof=oof, checkpoint=checkpoint, tta=tta, device=device,
+    The rule is stored for exactly these runs, --checkpoint and --tta: `predict` with the same ones uses it.
+    """
+    from pneumoseg.evaluation.tune import tune_runs
+    from pneumoseg.util.devices import parse_device
+
+    runs = parse_runs(run)
+    result = tune_runs(runs, split=split, oof=oof, checkpoint=checkpoint, tta=tta, device=parse_device(device),
                        batch_size=batch_size, progress=progress)
     table = result.table
     columns = ("mode", "threshold", "top_threshold", "min_area", "bottom_threshold", "dice_kaggle", "dice_positive")
@@ -76,41 +80,47 @@ def tune(
 
 @cli_errors
 def evaluate(
-    run: str = typer.Argument(..., help="Run folder, or an ensemble RUN,RUN2,... (results go to the first)."),
-    split: str = typer.Option("test", "--split", help="Split of the run's cache to evaluate (train | val | test)."),
-    data: Path | None = typer.Option(None, "--data", help="External validation: a folder (or file) of labelled "
-                                     "DICOM / PNG / JPEG images instead of a split; needs --rle or --png-dir."),
-    rle: Path | None = typer.Option(None, "--rle", help="Labels of --data: challenge RLE CSV (ImageId = "
-                                    "SOPInstanceUID, else the file stem)."),
-    png_dir: Path | None = typer.Option(None, "--png-dir", help="Labels of --data: folder of <ImageId>.png "
-                                        "masks (0/255) at each image's size."),
-    name: str | None = typer.Option(None, "--name", help="With --data: results go to RUN/eval/<name>/ "
-                                    "(default: the data folder's name)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K | a .ckpt path."),
-    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    report: bool = typer.Option(False, "--report", help="Also write RUN/report.html (+ .md), as `pneumoseg report`."),
-    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime on CPU when RUN/model.onnx matches "
-                                "the checkpoint, else torch) | torch | onnx (RUN/model.onnx)."),
+    run: Runs,
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT",
+                                       help="Split of the run's cache to evaluate (train | val | test).")] = "test",
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="External validation: a folder (or file) of labelled DICOM / PNG / JPEG images instead of a "
+                       "split; needs --rle or --png-dir.")] = None,
+    rle: Annotated[Path | None, typer.Option(
+        "--rle", metavar="CSV", help="Labels of --data: challenge RLE CSV (ImageId = SOPInstanceUID, else the file "
+                                     "stem).")] = None,
+    png_dir: Annotated[Path | None, typer.Option(
+        "--png-dir", metavar="DIR", help="Labels of --data: folder of <ImageId>.png masks (0/255) at each image's "
+                                         "size.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", metavar="NAME", help="With --data: results go to RUN/eval/<name>/ (default: the data folder's "
+                                       "name).")] = None,
+    checkpoint: Checkpoint = "best",
+    tta: Tta = False,
+    device: Device = None,
+    batch_size: BatchSize = 4,
+    progress: Progress = True,
+    report: Annotated[bool, typer.Option(
+        "--report", help="Also write RUN/report.html (+ .md), as `pneumoseg report`.")] = False,
+    backend: Backend = "auto",
 ) -> None:
     """Challenge metric (dice_kaggle) at the source resolution, dice_positive and image-level detection.
 
     A split of the run's cache (--split), or any labelled image set (--data DIR --rle CSV | --png-dir DIR):
-    same metrics, CIs and files, in RUN/eval/<split or data name>/. Files that cannot be scored are
+    same metrics, CIs and files, in RUN/eval/<split or data name>/ of the first RUN. Files that cannot be scored are
     listed one per line; the rest is scored and the exit code is 2.
     """
     from pneumoseg.errors import ConfigError
     from pneumoseg.evaluation.evaluate import eval_dir, evaluate_external, evaluate_run, external_name
 
-    runs = _runs(run)
+    runs = parse_runs(run)
     failures: list[str] = []
     if data is None and (rle is not None or png_dir is not None or name is not None):
         raise ConfigError("--rle, --png-dir and --name go with --data DIR (external validation)")
     if data is not None:
         where = external_name(data, name)
-        predictor = _predictor(runs, checkpoint, tta, device, batch_size, backend)
+        predictor = load_predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+                                   backend=backend)
         console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
         result = evaluate_external(predictor, runs[0], data, rle, png_dir, name=where, progress=progress)
         metrics, failures = result.metrics, result.failures
@@ -118,7 +128,8 @@ def evaluate(
         title = f"{runs[0].name}: external set {where} ({data}) at its native resolution ({metrics['source_size']})"
     else:
         where = split
-        predictor = _predictor(runs, checkpoint, tta, device, batch_size, backend)
+        predictor = load_predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+                                   backend=backend)
         console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
         metrics = evaluate_run(predictor, runs[0], split, progress=progress)
         title = f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})"

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
+from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail
 
 __all__ = ["explore", "register"]
 
@@ -120,7 +120,7 @@ def explore(
                                                                    "and optional DIR/masks/ (0/255), as prepare "
                                                                    "--png-dir reads.")] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Images in the sample grid (0: none).")] = 16,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: Progress = True,
     full_header: Annotated[bool, typer.Option("--full-header/--short-header", help="Print every element of the "
                                                                                   "first file's header (pixel "
                                                                                   "data left out), not a "
@@ -181,4 +181,4 @@ def explore(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explore", cls=PneumosegCommand)(explore)
+    app.command("explore")(explore)

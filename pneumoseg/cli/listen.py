@@ -13,50 +13,64 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
+from pneumoseg.cli._common import (
+    BatchSize,
+    Checkpoint,
+    Device,
+    Runs,
+    Tta,
+    cli_errors,
+    console,
+    err_console,
+    fail,
+    load_predictor,
+)
 from pneumoseg.util.limits import MAX_INSTANCE_MB, MAX_PIXELS
 
 __all__ = ["dicomweb", "listen", "register"]
 
 
-def _predictor(run: str, checkpoint: str, tta: bool, device: str | None, batch_size: int) -> object:
-    from pneumoseg.inference.predictor import Predictor
-
-    return Predictor([Path(r) for r in run.split(",") if r], checkpoint=checkpoint, tta=tta, device=device,
-                     batch_size=batch_size)
-
-
 @cli_errors
 def listen(
-    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
-    forward: str = typer.Option(..., "--forward", help="Where results go: AE@HOST:PORT (e.g. PACS@10.0.0.5:104)."),
-    ae_title: str = typer.Option("PNEUMOSEG", "--ae-title", help="This node's AE title (callers must use it)."),
-    port: int = typer.Option(11112, "--port", min=0, max=65535, help="DICOM port to listen on (0: any free one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    queue: Path = typer.Option(Path("pneumoseg-queue"), "--queue", help="Queue folder (resumed on restart)."),
-    max_pending: int = typer.Option(64, "--max-pending", min=1,
-                                    help="Instances waiting before C-STORE is answered Out of Resources."),
-    sr: bool = typer.Option(False, "--sr", help="Also send a DICOM SR (TID 1500: presence, score, area)."),
-    sc: bool = typer.Option(False, "--sc", help="Also send a Secondary Capture of the overlay."),
-    seg_empty: bool = typer.Option(True, "--seg-empty/--no-seg-empty", help="Send a SEG for empty predictions too."),
-    calling_ae: str | None = typer.Option(
-        None, "--calling-ae",
+    run: Runs,
+    forward: Annotated[str, typer.Option(
+        "--forward", metavar="AE@HOST:PORT", help="Where results go: AE@HOST:PORT (e.g. PACS@10.0.0.5:104).")],
+    ae_title: Annotated[str, typer.Option(
+        "--ae-title", metavar="AE", help="This node's AE title (callers must use it).")] = "PNEUMOSEG",
+    port: Annotated[int, typer.Option(
+        "--port", min=0, max=65535, metavar="PORT", help="DICOM port to listen on (0: any free one).")] = 11112,
+    host: Annotated[str, typer.Option(
+        "--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    queue: Annotated[Path, typer.Option(
+        "--queue", metavar="DIR", help="Queue folder (resumed on restart).")] = Path("pneumoseg-queue"),
+    max_pending: Annotated[int, typer.Option(
+        "--max-pending", min=1, metavar="N",
+        help="Instances waiting before C-STORE is answered Out of Resources.")] = 64,
+    sr: Annotated[bool, typer.Option("--sr", help="Also send a DICOM SR (TID 1500: presence, score, area).")] = False,
+    sc: Annotated[bool, typer.Option("--sc", help="Also send a Secondary Capture of the overlay.")] = False,
+    seg_empty: Annotated[bool, typer.Option(
+        "--seg-empty/--no-seg-empty", help="Send a SEG for empty predictions too.")] = True,
+    calling_ae: Annotated[str | None, typer.Option(
+        "--calling-ae", metavar="AE[,AE2]",
         help="Accept associations only from these calling AE titles (A,B,...). Without it ANY caller that can "
-             "reach the port may store images; required with a non-loopback --host ('*' accepts any caller)."),
-    max_instance_mb: float = typer.Option(MAX_INSTANCE_MB, "--max-instance-mb", min=1.0,
-                                          help="Largest instance accepted (MB); a larger one aborts its association."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1, max=MAX_PIXELS,
-                                   help="Largest image (Rows x Columns x frames) accepted; larger ones are refused "
-                                        "before they are stored (at most the default, the reader's own limit)."),
-    keep: bool = typer.Option(False, "--keep", help="Keep sent instances and results in the queue folder."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
-    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Instances per forward pass."),
+             "reach the port may store images; required with a non-loopback --host ('*' accepts any caller).")] = None,
+    max_instance_mb: Annotated[float, typer.Option(
+        "--max-instance-mb", min=1.0, metavar="MB",
+        help="Largest instance accepted (MB); a larger one aborts its association.")] = MAX_INSTANCE_MB,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", min=1, max=MAX_PIXELS, metavar="N",
+        help="Largest image (Rows x Columns x frames) accepted; larger ones are refused before they are stored "
+             "(at most the default, the reader's own limit).")] = MAX_PIXELS,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep sent instances and results in the queue folder.")] = False,
+    checkpoint: Checkpoint = "best",
+    tta: Tta = False,
+    device: Device = None,
+    batch_size: BatchSize = 4,
 ) -> None:
     """Run a DICOM node: receive radiographs, predict, send the SEG (+ SR / SC) to --forward."""
     from pneumoseg.pacs.listen import Destination, Listener
@@ -70,7 +84,7 @@ def listen(
         raise fail(f"--host {host} is reachable from other machines: give --calling-ae A,B,... (the AE titles "
                    f"allowed to store images), or --calling-ae '*' to accept any caller")
     callers = None if calling_ae is None or calling_ae.strip() == "*" else [t for t in calling_ae.split(",") if t]
-    predictor = _predictor(run, checkpoint, tta, device, batch_size)
+    predictor = load_predictor(run, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
     options = OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pneumoseg.listen").setLevel(logging.INFO)  # one line per instance
@@ -97,24 +111,28 @@ def listen(
 
 @cli_errors
 def dicomweb(
-    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
-    url: str = typer.Option(..., "--url", help="DICOMweb root, e.g. http://orthanc:8042/dicom-web."),
-    study: str = typer.Option(..., "--study", help="StudyInstanceUID to predict."),
-    series: str | None = typer.Option(None, "--series", help="Only this SeriesInstanceUID of the study."),
-    sr: bool = typer.Option(False, "--sr", help="Also store a DICOM SR (TID 1500: presence, score, area)."),
-    sc: bool = typer.Option(False, "--sc", help="Also store a Secondary Capture of the overlay."),
-    seg_empty: bool = typer.Option(True, "--seg-empty/--no-seg-empty", help="Store a SEG for empty predictions too."),
-    redo: bool = typer.Option(False, "--redo", help="Predict instances that already have this model's SEG again."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
-    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Instances per forward pass."),
+    run: Runs,
+    url: Annotated[str, typer.Option(
+        "--url", metavar="URL", help="DICOMweb root, e.g. http://orthanc:8042/dicom-web.")],
+    study: Annotated[str, typer.Option("--study", metavar="UID", help="StudyInstanceUID to predict.")],
+    series: Annotated[str | None, typer.Option(
+        "--series", metavar="UID", help="Only this SeriesInstanceUID of the study.")] = None,
+    sr: Annotated[bool, typer.Option("--sr", help="Also store a DICOM SR (TID 1500: presence, score, area).")] = False,
+    sc: Annotated[bool, typer.Option("--sc", help="Also store a Secondary Capture of the overlay.")] = False,
+    seg_empty: Annotated[bool, typer.Option(
+        "--seg-empty/--no-seg-empty", help="Store a SEG for empty predictions too.")] = True,
+    redo: Annotated[bool, typer.Option(
+        "--redo", help="Predict instances that already have this model's SEG again.")] = False,
+    checkpoint: Checkpoint = "best",
+    tta: Tta = False,
+    device: Device = None,
+    batch_size: BatchSize = 4,
 ) -> None:
     """Predict a study on a DICOMweb server (WADO-RS) and store the SEG (+ SR / SC) there (STOW-RS)."""
     from pneumoseg.pacs.dicomweb import predict_dicomweb
     from pneumoseg.pacs.outputs import OutputOptions
 
-    predictor = _predictor(run, checkpoint, tta, device, batch_size)
+    predictor = load_predictor(run, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
     result = predict_dicomweb(predictor, url, study=study, series=series,  # type: ignore[arg-type]
                               options=OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty), redo=redo)
     table = Table(title=f"DICOMweb {url}", show_header=False)
@@ -133,5 +151,5 @@ def dicomweb(
 
 def register(app: typer.Typer) -> None:
     """Add ``listen`` and ``dicomweb`` to ``app``."""
-    app.command("listen", cls=PneumosegCommand)(listen)
-    app.command("dicomweb", cls=PneumosegCommand)(dicomweb)
+    app.command("listen")(listen)
+    app.command("dicomweb")(dicomweb)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
 from typer.core import TyperCommand
 
 from pneumoseg import __version__
-from pneumoseg.cli._common import PneumosegCommand
+from pneumoseg.cli._common import PneumosegCommand, PneumosegGroup
 
 app = typer.Typer(
     name="pneumoseg",
+    cls=PneumosegGroup,
     help="Pneumothorax segmentation on chest radiographs (SIIM-ACR): explore, prepare, train, evaluate, predict.",
     no_args_is_help=True,
     add_completion=False,
@@ -34,14 +36,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version.")] = False,
 ) -> None:
     """Pneumothorax segmentation on chest radiographs (SIIM-ACR)."""
 
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"pneumoseg.cli.{_name}").register(app)
-for _command in app.registered_commands:  # one help style everywhere (no <bool> metavars, RUN not {run})
+for _command in app.registered_commands:  # one help style everywhere (readable metavars, RUN not {run})
     if _command.cls in (None, TyperCommand):
         _command.cls = PneumosegCommand
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
+from pneumoseg.cli._common import cli_errors, console
 from pneumoseg.errors import ConfigError
 
 __all__ = ["count_parameters", "models", "register"]
@@ -64,4 +64,4 @@ def models(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("models", cls=PneumosegCommand)(models)
+    app.command("models")(models)

@@ -18,11 +18,26 @@ PyTorch; the line ``backend: ...`` says which and why.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
+from pneumoseg.cli._common import (
+    Backend,
+    BatchSize,
+    Checkpoint,
+    Device,
+    Progress,
+    Runs,
+    Tta,
+    cli_errors,
+    console,
+    err_console,
+    fail,
+    load_predictor,
+    no_new_empty_folders,
+)
 
 __all__ = ["PRECISIONS", "predict", "register"]
 
@@ -31,52 +46,67 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 @cli_errors
 def predict(
-    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
-    input: Path | None = typer.Argument(None, help="A DICOM, a PNG/JPEG, or a folder of them (recursive); "
-                                        "or give --list."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder (required, except with --dicomweb)."),
-    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
-    submission: Path | None = typer.Option(None, "--submission", help="Submission CSV path (default OUT/submission.csv)."),
-    rle_format: str = typer.Option("relative", "--rle-format",
-                                   help="relative (the challenge's train-rle.csv and submission format) | "
-                                        "absolute (standard 1-based Kaggle RLE, for other tools)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
-    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write OUT/overlays/<image_id>.png."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    dicom_seg: bool = typer.Option(False, "--dicom-seg/--no-dicom-seg",
-                                   help="Write OUT/seg/<image_id>.dcm, a DICOM SEG, for DICOM inputs with a finding."),
-    dicom_seg_empty: bool = typer.Option(False, "--dicom-seg-empty",
-                                         help="With --dicom-seg: a SEG for empty predictions too."),
-    dicom_sr: bool = typer.Option(False, "--dicom-sr", help="Write OUT/sr/<image_id>.dcm, a DICOM Structured "
-                                  "Report (TID 1500: presence, score, area in mm²), for DICOM inputs."),
-    dicom_sc: bool = typer.Option(False, "--dicom-sc", help="Write OUT/sc/<image_id>.dcm, a Secondary Capture of "
-                                  "the overlay for viewers that cannot show SEG."),
-    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime on CPU when RUN/model.onnx matches "
-                                "the checkpoint, else torch) | torch | onnx (onnxruntime; see --onnx)."),
-    onnx: str | None = typer.Option(None, "--onnx", help="ONNX file(s) FILE[,FILE2] for --backend onnx "
-                                    "(default: RUN/model.onnx of each run)."),
-    list_file: Path | None = typer.Option(None, "--list", help="A text file of input paths, one per line "
-                                          "(instead of INPUT; relative to the current folder)."),
-    devices: int = typer.Option(1, "--devices", min=1, help="Processes per node (GPUs, or CPU processes)."),
-    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Machines (torchrun / SLURM); --out shared."),
-    precision: str = typer.Option("32-true", "--precision", help="32-true | bf16-mixed | 16-mixed (GPU)."),
-    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader processes decoding inputs per device."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the predictions in --out made with other "
-                                   "settings (default: resume when the settings match, else refuse)."),
-    dicomweb: str | None = typer.Option(None, "--dicomweb", help="Instead of INPUT: a DICOMweb root URL; fetch "
-                                        "--study (WADO-RS) and store the SEG (+ --dicom-sr/--dicom-sc) there "
-                                        "(STOW-RS), as `pneumoseg dicomweb`."),
-    study: str | None = typer.Option(None, "--study", help="With --dicomweb: the StudyInstanceUID."),
-    series: str | None = typer.Option(None, "--series", help="With --dicomweb: only this SeriesInstanceUID."),
+    run: Runs,
+    input: Annotated[Path | None, typer.Argument(
+        help="A DICOM, a PNG/JPEG, or a folder of them (recursive); or give --list.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (required, except with --dicomweb).")] = None,
+    tta: Tta = False,
+    submission: Annotated[Path | None, typer.Option(
+        "--submission", help="Submission CSV path (default OUT/submission.csv).")] = None,
+    rle_format: Annotated[str, typer.Option(
+        "--rle-format", metavar="FORMAT", help="relative (the challenge's train-rle.csv and submission format) | "
+                                               "absolute (standard 1-based Kaggle RLE, for other tools).")] = "relative",
+    checkpoint: Checkpoint = "best",
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays",
+                                           help="Write OUT/overlays/<image_id>.png.")] = True,
+    device: Device = None,
+    batch_size: BatchSize = 4,
+    progress: Progress = True,
+    dicom_seg: Annotated[bool, typer.Option(
+        "--dicom-seg/--no-dicom-seg",
+        help="Write OUT/seg/<image_id>.dcm, a DICOM SEG, for DICOM inputs with a finding.")] = False,
+    dicom_seg_empty: Annotated[bool, typer.Option(
+        "--dicom-seg-empty", help="With --dicom-seg: a SEG for empty predictions too.")] = False,
+    dicom_sr: Annotated[bool, typer.Option(
+        "--dicom-sr", help="Write OUT/sr/<image_id>.dcm, a DICOM Structured Report (TID 1500: presence, score, "
+                           "area in mm²), for DICOM inputs.")] = False,
+    dicom_sc: Annotated[bool, typer.Option(
+        "--dicom-sc", help="Write OUT/sc/<image_id>.dcm, a Secondary Capture of the overlay for viewers that "
+                           "cannot show SEG.")] = False,
+    backend: Backend = "auto",
+    onnx: Annotated[str | None, typer.Option(
+        "--onnx", metavar="FILE[,FILE2]",
+        help="ONNX file(s) for --backend onnx (default: RUN/model.onnx of each run).")] = None,
+    list_file: Annotated[Path | None, typer.Option(
+        "--list", metavar="FILE",
+        help="A text file of input paths, one per line (instead of INPUT; relative to the current folder).")] = None,
+    devices: Annotated[int, typer.Option("--devices", min=1, metavar="N",
+                                         help="Processes per node (GPUs, or CPU processes).")] = 1,
+    num_nodes: Annotated[int, typer.Option("--num-nodes", min=1, metavar="N",
+                                           help="Machines (torchrun / SLURM); --out shared.")] = 1,
+    precision: Annotated[str, typer.Option("--precision", metavar="PRECISION",
+                                           help="32-true | bf16-mixed | 16-mixed (GPU).")] = "32-true",
+    workers: Annotated[int, typer.Option("--workers", min=0, metavar="N",
+                                         help="DataLoader processes decoding inputs per device.")] = 2,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the predictions in --out made with other settings (default: resume when the "
+                            "settings match, else refuse).")] = False,
+    dicomweb: Annotated[str | None, typer.Option(
+        "--dicomweb", metavar="URL", help="Instead of INPUT: a DICOMweb root URL; fetch --study (WADO-RS) and store "
+                                          "the SEG (+ --dicom-sr/--dicom-sc) there (STOW-RS), as `pneumoseg "
+                                          "dicomweb`.")] = None,
+    study: Annotated[str | None, typer.Option("--study", metavar="UID",
+                                              help="With --dicomweb: the StudyInstanceUID.")] = None,
+    series: Annotated[str | None, typer.Option("--series", metavar="UID",
+                                               help="With --dicomweb: only this SeriesInstanceUID.")] = None,
 ) -> None:
-    """Predict pneumothorax masks; the submission's rows decode back to the written masks."""
+    """Predict pneumothorax masks; the submission's rows decode back to the written masks.
+
+    A failed call (bad input, run or options; no readable image) leaves no new empty output folder behind.
+    """
     from pneumoseg.errors import ConfigError
-    from pneumoseg.inference.archive import first_input, folder_source, list_source, predict_archive
-    from pneumoseg.inference.archive.loop import needs_engine
-    from pneumoseg.util.paths import check_output_dir, check_output_file
-    from pneumoseg.inference.predictor import BACKENDS, Predictor
+    from pneumoseg.inference.predictor import BACKENDS
+    from pneumoseg.util.devices import parse_device
 
     if dicomweb is not None:
         from pneumoseg.cli.listen import dicomweb as dicomweb_command
@@ -100,11 +130,29 @@ def predict(
         raise ConfigError("give either INPUT (a file or folder) or --list FILE, not both or neither")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} unknown (valid: {', '.join(PRECISIONS)})")
-    if device not in (None, "cpu", "cuda"):
-        raise ConfigError(f"--device {device!r} unknown (valid: cpu, cuda)")
-    runs = [Path(r) for r in run.split(",") if r]
+    device = parse_device(device)
     given = input if input is not None else list_file
     assert given is not None
+    with no_new_empty_folders(out, *([submission.parent] if submission is not None else [])):
+        _predict(run, input, given, out, submission=submission, rle_format=rle_format, checkpoint=checkpoint,
+                 tta=tta, overlays=overlays, device=device, batch_size=batch_size, progress=progress,
+                 dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr, dicom_sc=dicom_sc,
+                 backend=backend, onnx=onnx, devices=devices, num_nodes=num_nodes, precision=precision,
+                 workers=workers, overwrite=overwrite)
+
+
+def _predict(run: str, input: Path | None, given: Path, out: Path, *, submission: Path | None, rle_format: str,
+             checkpoint: str, tta: bool, overlays: bool, device: str | None, batch_size: int, progress: bool,
+             dicom_seg: bool, dicom_seg_empty: bool, dicom_sr: bool, dicom_sc: bool, backend: str,
+             onnx: str | None, devices: int, num_nodes: int, precision: str, workers: int,
+             overwrite: bool) -> None:
+    """``predict`` once its options are checked: INPUT (a file or folder) or --list FILE (``given``) into OUT."""
+    from pneumoseg.errors import ConfigError
+    from pneumoseg.inference.archive import first_input, folder_source, list_source, predict_archive
+    from pneumoseg.inference.archive.loop import needs_engine
+    from pneumoseg.util.devices import accelerator_of
+    from pneumoseg.util.paths import check_output_dir, check_output_file
+
     # Before any work: outputs never inside, or around, the inputs, and writable.
     check_output_dir(out, [given])
     if submission is not None:
@@ -115,27 +163,29 @@ def predict(
     if engine:  # Lightning places the networks on each rank's device: built on the CPU
         import torch
 
+        if device is not None and ":" in device:
+            raise ConfigError(f"--device {device} names one GPU; with --devices, --num-nodes or --precision "
+                              f"{precision} give --device cuda (Lightning places each process)")
         target = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if backend == "auto" and target != "cpu":
             backend, reason = "torch", f"torch (device {target}; onnxruntime is the default on CPU only)"
     else:  # one process: built where it runs; one file is decoded here, not in a worker
         if input is not None and input.is_file():
             workers = 0
-    predictor = Predictor(runs, checkpoint=checkpoint, tta=tta, device="cpu" if engine else device,
-                          batch_size=batch_size, backend=backend, onnx=onnx_files)
+    predictor = load_predictor(run, checkpoint=checkpoint, tta=tta, device="cpu" if engine else device,
+                               batch_size=batch_size, backend=backend, onnx=onnx_files)
     if input is not None:
         source, spec = folder_source(input), f"folder:{input.resolve()}"
         first_input(source, f"{input}: no .dcm, .png or .jpg files found")
     else:
         source, spec = list_source(given), f"list:{given.resolve()}"
         first_input(source, f"--list {given}: no input paths in it")
-    accelerator = {"cpu": "cpu", "cuda": "gpu"}.get(device or "", "auto")
     result = predict_archive(predictor, source, out, input_spec=spec, submission=submission, overlays=overlays,
                              rle_format=rle_format,  # type: ignore[arg-type]
                              dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,
-                             dicom_sc=dicom_sc, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
-                             precision=precision, workers=workers, overwrite=overwrite, progress=progress,
-                             engine=engine)
+                             dicom_sc=dicom_sc, devices=devices, num_nodes=num_nodes,
+                             accelerator=accelerator_of(device), precision=precision, workers=workers,
+                             overwrite=overwrite, progress=progress, engine=engine)
     if result is None:  # another rank: rank 0 merges and reports
         return
     console.print(f"backend: {reason or predictor.backend_reason}", highlight=False, soft_wrap=True)
@@ -174,4 +224,4 @@ def predict(
 
 def register(app: typer.Typer) -> None:
     """Add ``predict`` to ``app``."""
-    app.command("predict", cls=PneumosegCommand)(predict)
+    app.command("predict")(predict)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console, fail
+from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def prepare(
                                             "fraction 0..255).")] = DEFAULT_MASK_RULE,
     overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Rebuild a cache of another size, layout or "
                                                                 "mask rule (deletes only its own files).")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: Progress = True,
     exact_decode: Annotated[bool, typer.Option(
         "--exact-decode", help="--dicom-dir: decode every image in full before resizing (PNGs always "
                                "are). By default 8-bit JPEG images at least twice --size are decoded at a "
@@ -96,4 +96,4 @@ def prepare(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prepare", cls=PneumosegCommand)(prepare)
+    app.command("prepare")(prepare)

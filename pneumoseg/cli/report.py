@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,12 +14,15 @@ __all__ = ["register", "report"]
 
 @cli_errors
 def report(
-    run: Path = typer.Argument(..., help="Run folder, after `pneumoseg evaluate RUN`."),
-    out: Path | None = typer.Option(None, "--out", help="HTML file to write (default: RUN/report.html); "
-                                    "the Markdown summary goes beside it (.md)."),
-    split: str | None = typer.Option(None, "--split", help="Evaluated split or external data set to show: "
-                                     "RUN/eval/<split>/ (default: test, else the only one evaluated)."),
-    eval_dir: Path | None = typer.Option(None, "--eval-dir", help="Evaluation folder (overrides --split)."),
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder, after `pneumoseg evaluate RUN`.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", metavar="HTML", help="HTML file to write (default: RUN/report.html); the Markdown summary goes "
+                                      "beside it (.md).")] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", metavar="NAME", help="Evaluated split or external data set to show: RUN/eval/<split>/ (default: "
+                                        "test, else the only one evaluated).")] = None,
+    eval_dir: Annotated[Path | None, typer.Option(
+        "--eval-dir", metavar="DIR", help="Evaluation folder (overrides --split).")] = None,
 ) -> None:
     """Config, data, curves, metrics, threshold search, per-image table and case galleries in one HTML file."""
     from pneumoseg.reporting.report import default_eval_dir, write_report

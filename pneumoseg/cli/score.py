@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
+from pneumoseg.cli._common import cli_errors, console
 
 __all__ = ["register", "score"]
 
@@ -28,19 +29,26 @@ def _ids(ids: list[str]) -> str:
 
 @cli_errors
 def score(
-    submission: Path = typer.Argument(..., help="Submission CSV (ImageId,EncodedPixels; several rows per image "
-                                      "are united)."),
-    truth: Path = typer.Option(..., "--truth", help="Truth CSV in the same form (e.g. train-rle.csv)."),
-    rle_format: str = typer.Option("auto", "--rle-format", help="Submission RLE: auto | relative (train-rle.csv "
-                                   "form) | absolute (standard Kaggle, 1-based, column-major)."),
-    truth_format: str = typer.Option("auto", "--truth-rle-format", help="Truth RLE: auto | relative | absolute."),
-    height: int = typer.Option(1024, "--height", help="Image height in pixels (all images)."),
-    width: int = typer.Option(1024, "--width", help="Image width in pixels (all images)."),
-    out: Path | None = typer.Option(None, "--out", help="Write the per-image table (CSV) here."),
-    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples for the CIs."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    strict: bool = typer.Option(False, "--strict", help="Refuse a submission that lacks truth ImageIds, as "
-                                "Kaggle did (default: score them as empty predictions)."),
+    submission: Annotated[Path, typer.Argument(
+        metavar="SUBMISSION",
+        help="Submission CSV (ImageId,EncodedPixels; several rows per image are united).")],
+    truth: Annotated[Path, typer.Option(
+        "--truth", metavar="CSV", help="Truth CSV in the same form (e.g. train-rle.csv).")],
+    rle_format: Annotated[str, typer.Option(
+        "--rle-format", metavar="FORMAT", help="Submission RLE: auto | relative (train-rle.csv form) | absolute "
+                                               "(standard Kaggle, 1-based, column-major).")] = "auto",
+    truth_format: Annotated[str, typer.Option(
+        "--truth-rle-format", metavar="FORMAT", help="Truth RLE: auto | relative | absolute.")] = "auto",
+    height: Annotated[int, typer.Option("--height", metavar="PX", help="Image height in pixels (all images).")] = 1024,
+    width: Annotated[int, typer.Option("--width", metavar="PX", help="Image width in pixels (all images).")] = 1024,
+    out: Annotated[Path | None, typer.Option(
+        "--out", metavar="CSV", help="Write the per-image table (CSV) here.")] = None,
+    n_boot: Annotated[int, typer.Option(
+        "--n-boot", min=1, metavar="N", help="Bootstrap resamples for the CIs.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Bootstrap seed.")] = 0,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse a submission that lacks truth ImageIds, as Kaggle did (default: score them as "
+                         "empty predictions).")] = False,
 ) -> None:
     """Per-image Dice (empty/empty = 1) averaged over the truth's images, with a 95 % bootstrap CI."""
     from pneumoseg.util.paths import check_output_file
@@ -75,4 +83,4 @@ def score(
 
 def register(app: typer.Typer) -> None:
     """Add ``score`` to ``app``."""
-    app.command("score", cls=PneumosegCommand)(score)
+    app.command("score")(score)

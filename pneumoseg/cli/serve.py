@@ -6,11 +6,22 @@ The viewer (``/``) and the JSON API over HTTP; with ``--browse`` the viewer step
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
+from pneumoseg.cli._common import (
+    Backend,
+    Checkpoint,
+    Device,
+    Runs,
+    Tta,
+    cli_errors,
+    console,
+    err_console,
+    parse_runs,
+)
 from pneumoseg.errors import ConfigError
 from pneumoseg.util.limits import MAX_PIXELS
 
@@ -46,48 +57,52 @@ def _warn_exposed(host: str, has_token: bool) -> None:
 
 @cli_errors
 def serve(
-    run: str = typer.Argument(..., help="Run folder, or several as RUN,RUN2,... (ensembled by averaging)."),
-    host: str = typer.Option("127.0.0.1", "--host",
-                             help="Interface to listen on (0.0.0.0: every interface; warns when not loopback)."),
-    port: float = typer.Option(8000, "--port", metavar="INTEGER", help="TCP port (1-65535)."),
-    max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest upload accepted (larger: HTTP 413)."),
-    max_pixels: float = typer.Option(MAX_PIXELS, "--max-pixels", metavar="INTEGER",
-                                     help="Largest image in pixels, read from its header before decoding "
-                                          "(larger: HTTP 413)."),
-    result_store_mb: float = typer.Option(512.0, "--result-store-mb",
-                                          help="Memory for recent results served by the image routes (LRU)."),
-    cache_size: float = typer.Option(64, "--cache-size", metavar="INTEGER",
-                                     help="At most this many results kept besides."),
-    max_concurrent: float = typer.Option(2, "--max-concurrent", metavar="INTEGER",
-                                         help="Uploads decoded / post-processed at once."),
-    token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True,
-                                     help="Require 'Authorization: Bearer TOKEN' on the API (prefer the "
-                                          "environment variable: a command line is visible to other users)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | snapshot-K in every run."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    tta: bool = typer.Option(False, "--tta", help="Horizontal-flip test-time augmentation."),
-    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime on CPU when RUN/model.onnx matches "
-                                "the checkpoint, else torch) | torch | onnx."),
-    browse: str | None = typer.Option(None, "--browse", metavar="DIR",
-                                      help="Step through the DICOM / PNG files under DIR in the viewer "
-                                           "(predicted on demand; DIR/masks/<stem>.png is their ground truth)."),
-    truth: str | None = typer.Option(None, "--truth", metavar="CSV",
-                                     help="Ground truth of the --browse files: a train-rle.csv (by ImageId)."),
-    browse_max_files: float = typer.Option(10_000, "--browse-max-files", metavar="INTEGER",
-                                           help="List at most this many files of --browse DIR."),
-    allowed_host: list[str] | None = typer.Option(None, "--allowed-host", metavar="NAME[:PORT]",
-                                                  help="Also accept this Host / Origin (repeatable; also "
-                                                       "$PNEUMOSEG_ALLOWED_HOSTS). Always accepted: localhost, "
-                                                       "127.0.0.1, [::1] and --host; others get 400."),
-    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s",
-                                           help="Close a connection whose request headers are not complete "
-                                                "within this many seconds (408; slow clients)."),
-    body_timeout_s: float = typer.Option(120.0, "--body-timeout-s",
-                                         help="Close a connection whose request body is not complete this "
-                                              "many seconds after its headers."),
-    keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Close idle kept-alive connections after this."),
-    max_connections: float = typer.Option(100, "--max-connections", metavar="INTEGER",
-                                          help="Open connections at most; more are answered 503 and closed."),
+    run: Runs,
+    host: Annotated[str, typer.Option(
+        "--host", metavar="ADDRESS",
+        help="Interface to listen on (0.0.0.0: every interface; warns when not loopback).")] = "127.0.0.1",
+    port: Annotated[float, typer.Option("--port", metavar="PORT", help="TCP port (1-65535).")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", metavar="MB", help="Largest upload accepted (larger: HTTP 413).")] = 50.0,
+    max_pixels: Annotated[float, typer.Option(
+        "--max-pixels", metavar="N",
+        help="Largest image in pixels, read from its header before decoding (larger: HTTP 413).")] = MAX_PIXELS,
+    result_store_mb: Annotated[float, typer.Option(
+        "--result-store-mb", metavar="MB", help="Memory for recent results served by the image routes (LRU).")] = 512.0,
+    cache_size: Annotated[float, typer.Option(
+        "--cache-size", metavar="N", help="At most this many results kept besides.")] = 64,
+    max_concurrent: Annotated[float, typer.Option(
+        "--max-concurrent", metavar="N", help="Uploads decoded / post-processed at once.")] = 2,
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar=TOKEN_ENV, show_envvar=True, metavar="TOKEN",
+        help="Require 'Authorization: Bearer TOKEN' on the API (prefer the environment variable: a command line is "
+             "visible to other users).")] = None,
+    checkpoint: Checkpoint = "best",
+    device: Device = None,
+    tta: Tta = False,
+    backend: Backend = "auto",
+    browse: Annotated[str | None, typer.Option(
+        "--browse", metavar="DIR", help="Step through the DICOM / PNG files under DIR in the viewer (predicted on "
+                                        "demand; DIR/masks/<stem>.png is their ground truth).")] = None,
+    truth: Annotated[str | None, typer.Option(
+        "--truth", metavar="CSV", help="Ground truth of the --browse files: a train-rle.csv (by ImageId).")] = None,
+    browse_max_files: Annotated[float, typer.Option(
+        "--browse-max-files", metavar="N", help="List at most this many files of --browse DIR.")] = 10_000,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", metavar="NAME[:PORT]",
+        help="Also accept this Host / Origin (repeatable; also $PNEUMOSEG_ALLOWED_HOSTS). Always accepted: "
+             "localhost, 127.0.0.1, [::1] and --host; others get 400.")] = None,
+    header_timeout_s: Annotated[float, typer.Option(
+        "--header-timeout-s", metavar="SECONDS",
+        help="Close a connection whose request headers are not complete within this many seconds (408; slow "
+             "clients).")] = 10.0,
+    body_timeout_s: Annotated[float, typer.Option(
+        "--body-timeout-s", metavar="SECONDS",
+        help="Close a connection whose request body is not complete this many seconds after its headers.")] = 120.0,
+    keep_alive_s: Annotated[float, typer.Option(
+        "--keep-alive-s", metavar="SECONDS", help="Close idle kept-alive connections after this.")] = 5.0,
+    max_connections: Annotated[float, typer.Option(
+        "--max-connections", metavar="N", help="Open connections at most; more are answered 503 and closed.")] = 100,
 ) -> None:
     """Serve the viewer (/) and the API (POST /predict, GET /health); the model is loaded once."""
     import uvicorn
@@ -112,17 +127,19 @@ def serve(
     _check_port_free(host, port_number)
     _warn_exposed(host, settings.token is not None)
 
-    runs = [Path(r) for r in run.split(",") if r]
+    runs = parse_runs(run)
     with console.status("loading the model"):
         app = create_app(runs, settings)
     described = app.state.model.describe()
+    predictor = app.state.model.predictor
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     if app.state.stale_uploads_removed:
         console.print(f"removed {app.state.stale_uploads_removed} upload folder(s) left by an older pneumoseg "
                       "in the temporary directory", highlight=False)
     console.print(f"model [bold]{described['model']}[/] at {described['size']} px on {described['device']} "
-                  f"(post-processing {described['postprocess']})", highlight=False)
-    console.print(f"backend: {app.state.model.predictor.backend_reason}", highlight=False, soft_wrap=True)
+                  f"(post-processing: {escape(predictor.postprocess.describe())}; {escape(predictor.postprocess_source)})",
+                  highlight=False, soft_wrap=True)
+    console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
     folder = app.state.browse
     if folder is not None:
         more = f" (first {folder.max_files} only: --browse-max-files)" if folder.truncated else ""
@@ -135,4 +152,4 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to ``app``."""
-    app.command("serve", cls=PneumosegCommand)(serve)
+    app.command("serve")(serve)

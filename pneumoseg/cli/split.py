@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
+from pneumoseg.cli._common import cli_errors, console, err_console
 
 __all__ = ["register", "split"]
 
@@ -55,4 +55,4 @@ def split(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("split", cls=PneumosegCommand)(split)
+    app.command("split")(split)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console
+from pneumoseg.cli._common import Device, Overrides, Progress, cli_errors, console
 
 __all__ = ["register", "study"]
 
@@ -19,39 +20,35 @@ def _fmt(value: object) -> str:
 
 @cli_errors
 def study(
-    spec: str = typer.Argument(..., help="Study YAML (experiments = config + overrides), or a packaged study: "
-                               "seed_study."),
-    out: Path = typer.Option(..., "--out", "-o", help="Study folder: one run folder per experiment, "
-                             "study.json, compare.html. Run again to resume."),
-    cache: Path | None = typer.Option(None, "--cache", help="Shared prepared cache (overrides the study's cache)."),
-    folds: int | None = typer.Option(None, "--folds", help="K >= 2: train K folds per experiment (overrides "
-                                     "the study's folds; needs `pneumoseg split CACHE --folds K`)."),
-    set_: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
-                                   help="Override a config key of every experiment (repeatable)."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda for tune/evaluate (default: cuda "
-                                      "when available)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    spec: Annotated[str, typer.Argument(
+        metavar="STUDY", help="Study YAML (experiments = config + overrides), or a packaged study: seed_study.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Study folder: one run folder per experiment, study.json, compare.html. Run again "
+                            "to resume.")],
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Shared prepared cache (overrides the study's cache).")] = None,
+    folds: Annotated[int | None, typer.Option(
+        "--folds", metavar="K", help="K >= 2: train K folds per experiment (overrides the study's folds; needs "
+                                     "`pneumoseg split CACHE --folds K`).")] = None,
+    set_: Overrides = None,
+    device: Device = None,
+    progress: Progress = True,
 ) -> None:
     """Train, tune (val; out of fold with --folds) and evaluate every experiment, then compare them all.
 
-    Finished stages are skipped when the command is run again (killed trainings resume).
+    --set applies to every experiment; --device to tuning and evaluation. Finished stages are skipped
+    when the command is run again (killed trainings resume).
     """
-    import dataclasses
-
-    from pneumoseg.errors import ConfigError
+    from pneumoseg.util.devices import parse_device
     from pneumoseg.workflows.study import load_study, run_study
 
-    spec_ = load_study(spec)
-    if cache is not None:
-        spec_ = dataclasses.replace(spec_, cache=str(cache))
-    if folds is not None:
-        if folds < 0 or folds == 1:
-            raise ConfigError(f"--folds {folds}: 0 (train/val/test) or K >= 2")
-        spec_ = dataclasses.replace(spec_, folds=folds)
-    console.print(f"[bold]study[/] {spec_.name}: {len(spec_.experiments)} experiments on {spec_.cache or '(config cache)'}"
-                  f", split {spec_.split}{f', {spec_.folds} folds' if spec_.folds else ''} -> {out}",
-                  highlight=False, soft_wrap=True)
-    result = run_study(spec_, out, set_, progress=progress, device=device,
+    spec_ = load_study(spec).with_options(cache=cache, folds=folds)
+    device = parse_device(device)
+    caches = spec_.caches(set_ or [])  # what the experiments really use (their configs, --set, --cache)
+    console.print(f"[bold]study[/] {spec_.name}: {len(spec_.experiments)} experiments on "
+                  f"{', '.join(caches)}, split {spec_.split}"
+                  f"{f', {spec_.folds} folds' if spec_.folds else ''} -> {out}", highlight=False, soft_wrap=True)
+    result = run_study(spec_, out, set_ or [], progress=progress, device=device,
                        log=lambda line: console.print(line, highlight=False))
     table = Table("experiment", "dice_kaggle [95 % CI]", "dice_positive", "image_auc", "done before",
                   title=f"{spec_.name}: {spec_.split} split at the source resolution")
@@ -65,11 +62,8 @@ def study(
         mean, sd = summary.mean_sd("oof_dice_kaggle")
         console.print(f"{name}: {len(summary.runs)} folds, dice_kaggle per fold {_fmt(mean)} +/- {_fmt(sd)} (sd); "
                       f"out-of-fold {_fmt(summary.oof['dice_kaggle'])} with {summary.rule}", highlight=False)
-    from pneumoseg.reporting.report import write_report
-
     for name, run in result.runs.items():
-        files = write_report(run, eval_dir=run / "eval" / spec_.split)
-        console.print(f"{name}: {run} (report: {files.html})", highlight=False)
+        console.print(f"{name}: {run} (report: {result.reports[name].html})", highlight=False)
     if result.compare_html is not None:
         console.print(f"comparison: {result.compare_html} (summary: {result.compare_html.with_suffix('.md')})",
                       highlight=False)

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console
+from pneumoseg.cli._common import Progress, cli_errors, console
 
 __all__ = ["register", "synth"]
 
 
 @cli_errors
 def synth(
-    out: Path = typer.Argument(..., help="Output folder: gets dicom/, train-rle.csv and README.txt."),
-    n: int = typer.Option(200, "--n", help="Number of images."),
-    size: int = typer.Option(512, "--size", help="Image height and width in pixels (>= 64)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace .dcm files already in OUT/dicom."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    out: Annotated[Path, typer.Argument(
+        metavar="OUT", help="Output folder: gets dicom/, train-rle.csv and README.txt.")],
+    n: Annotated[int, typer.Option("--n", metavar="N", help="Number of images.")] = 200,
+    size: Annotated[int, typer.Option("--size", metavar="PX", help="Image height and width in pixels (>= 64).")] = 512,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Random seed; the same seed gives the same files.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace .dcm files already in OUT/dicom.")] = False,
+    progress: Progress = True,
 ) -> None:
     """Write synthetic chest radiographs (DICOM) with pneumothorax annotations (train-rle.csv)."""
     from pneumoseg.data.synth import generate_dataset  # keeps `pneumoseg --help` fast
@@ -38,4 +41,4 @@ def synth(
 
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command to ``app``."""
-    app.command("synth", cls=PneumosegCommand)(synth)
+    app.command("synth")(synth)

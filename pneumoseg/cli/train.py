@@ -8,13 +8,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rich.markup import escape
 
-from pneumoseg.cli._common import cli_errors, console, err_console, one_line_warnings
+from pneumoseg.cli._common import Overrides, Progress, cli_errors, console, err_console, one_line_warnings
 from pneumoseg.errors import ConfigError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from pneumoseg.config import ExperimentConfig
 
 __all__ = ["best_line", "experiment_configs", "register"]
 
@@ -74,34 +78,36 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @cli_errors
     def train_command(
-        config: str | None = typer.Argument(
-            None, help=f"Experiment YAML, a packaged config name ({', '.join(experiment_configs())}) "
-                       "or a run folder; default: the packaged default.yaml."),
-        set_: list[str] = typer.Option(
-            [], "--set", "-s", metavar="KEY=VALUE",
-            help="Override a config key (repeatable), e.g. --set model.name=unet --set train.epochs=3."),
-        cache: Path | None = typer.Option(None, "--cache", help="Prepared cache folder (data.cache)."),
-        out: Path | None = typer.Option(None, "--out", "-o",
-                                        help="Run folder; default runs/<config name>-<timestamp>."),
-        resume: Path | None = typer.Option(None, "--resume",
-                                           help="Continue the run in this folder from last.ckpt."),
-        devices: int | None = typer.Option(None, "--devices", help="Devices (train.devices); > 1 uses DDP."),
-        epochs: int | None = typer.Option(None, "--epochs", help="Epochs (train.epochs)."),
-        max_steps: int | None = typer.Option(None, "--max-steps", min=1,
-                                             help="Exactly this many optimizer steps (train.max_steps)."),
-        strict: bool = typer.Option(False, "--strict", help="Refuse a cache whose size differs from data.size "
-                                    "(train.strict_size; default: a warning)."),
-        batch_size: int | None = typer.Option(None, "--batch-size",
-                                              help="Batch size per device (train.batch_size)."),
-        precision: str | None = typer.Option(None, "--precision", help="e.g. bf16-mixed (train.precision)."),
-        accelerator: str | None = typer.Option(None, "--accelerator",
-                                               help="auto, cpu or gpu (train.accelerator)."),
-        fold: int | None = typer.Option(None, "--fold", help="Validation fold (data.fold)."),
-        folds: int | None = typer.Option(
-            None, "--folds", min=2, help="Train every fold 0..K-1 into OUT/fold-k (needs `pneumoseg split CACHE "
-            "--folds K`), tune out of fold, summarise: mean +/- sd across folds and the out-of-fold score. "
-            "Run again to resume."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+        config: Annotated[str | None, typer.Argument(
+            metavar="CONFIG", show_default=False,
+            help=f"Experiment YAML, a packaged config name ({', '.join(experiment_configs())}) or a run folder; "
+                 "default: the packaged default.yaml.")] = None,
+        set_: Overrides = None,
+        cache: Annotated[Path | None, typer.Option("--cache", help="Prepared cache folder (data.cache).")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Run folder; default runs/<config name>-<timestamp>.")] = None,
+        resume: Annotated[Path | None, typer.Option(
+            "--resume", metavar="RUN", help="Continue the run in this folder from last.ckpt.")] = None,
+        devices: Annotated[int | None, typer.Option(
+            "--devices", metavar="N", help="Devices (train.devices); > 1 uses DDP.")] = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", metavar="N", help="Epochs (train.epochs).")] = None,
+        max_steps: Annotated[int | None, typer.Option(
+            "--max-steps", min=1, metavar="N", help="Exactly this many optimizer steps (train.max_steps).")] = None,
+        strict: Annotated[bool, typer.Option(
+            "--strict", help="Refuse a cache whose size differs from data.size (train.strict_size; default: a "
+                             "warning).")] = False,
+        batch_size: Annotated[int | None, typer.Option(
+            "--batch-size", metavar="N", help="Batch size per device (train.batch_size).")] = None,
+        precision: Annotated[str | None, typer.Option(
+            "--precision", metavar="PRECISION", help="e.g. bf16-mixed (train.precision).")] = None,
+        accelerator: Annotated[str | None, typer.Option(
+            "--accelerator", metavar="NAME", help="auto, cpu or gpu (train.accelerator).")] = None,
+        fold: Annotated[int | None, typer.Option("--fold", metavar="K", help="Validation fold (data.fold).")] = None,
+        folds: Annotated[int | None, typer.Option(
+            "--folds", min=2, metavar="K",
+            help="Train every fold 0..K-1 into OUT/fold-k (needs `pneumoseg split CACHE --folds K`), tune out of "
+                 "fold, summarise: mean +/- sd across folds and the out-of-fold score. Run again to resume.")] = None,
+        progress: Progress = True,
     ) -> None:
         """Train a model into a run folder: config.yaml, checkpoints/, history.csv, curves.png.
 
@@ -115,7 +121,7 @@ def register(app: typer.Typer) -> None:
         from pneumoseg.config import load_config
         from pneumoseg.training.run import RUN_DIR_ENV, default_run_dir, require_cache, train
 
-        overrides = list(set_)
+        overrides = list(set_ or [])
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,
                  "train.batch_size": batch_size, "train.precision": precision,
                  "train.accelerator": accelerator, "data.fold": fold, "train.max_steps": max_steps,
@@ -165,27 +171,17 @@ def register(app: typer.Typer) -> None:
             console.print(line, highlight=False, soft_wrap=True)
 
 
-def _train_folds(cfg: object, out: Path, folds: int, progress: bool) -> None:
-    """``train --folds K``: every fold, out-of-fold tuning and scoring; a summary table."""
-    import math
-
+def _train_folds(cfg: ExperimentConfig, out: Path, folds: int, progress: bool) -> None:
+    """``train --folds K``: every fold (resumed past ``OUT/fold-k/.fold-trained``), out-of-fold tuning and
+    scoring; a summary table."""
     from rich.table import Table
 
-    from pneumoseg.workflows.study import fold_dirs, train_folds
+    from pneumoseg.training.kfold import FoldMarkers
+    from pneumoseg.workflows.study import train_folds
 
-    def done(stage: str) -> bool:
-        k = int(stage.split("-")[1])
-        return (fold_dirs(out, folds)[k] / ".fold-trained").is_file()
-
-    def mark(stage: str) -> None:
-        from pneumoseg.util.atomic import atomic_write_text
-
-        k = int(stage.split("-")[1])
-        atomic_write_text(fold_dirs(out, folds)[k] / ".fold-trained", "trained\n")
-        console.print(f"fold {k}: trained", highlight=False)
-
+    markers = FoldMarkers(out, on_mark=lambda k: console.print(f"fold {k}: trained", highlight=False))
     console.print(f"[bold]training {folds} folds[/] -> {out}/fold-0 .. fold-{folds - 1}", highlight=False)
-    summary = train_folds(cfg, out, folds, progress, done, mark)  # type: ignore[arg-type]
+    summary = train_folds(cfg, out, folds, progress, markers.done, markers.mark)
     table = Table(*summary.per_fold.columns, title=f"{folds} folds: each fold's model on its own validation fold")
     for row in summary.per_fold.itertuples(index=False):
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))

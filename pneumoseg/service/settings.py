@@ -13,6 +13,7 @@ from pydantic import AfterValidator, ConfigDict, PlainValidator, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from pneumoseg.errors import ConfigError
+from pneumoseg.util.devices import parse_device
 from pneumoseg.util.limits import MAX_PIXELS
 
 __all__ = ["ALLOWED_HOSTS_ENV", "MIN_TOKEN_LEN", "ServiceSettings", "allowed_hosts_from_env"]
@@ -73,9 +74,10 @@ def _backend(name: str) -> str:
 
 
 def _device(name: str | None) -> str | None:
-    if name is not None and name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name!r} unknown (valid: cpu, cuda, cuda:N, mps)")
-    return name
+    try:
+        return parse_device(name)  # the one device rule (pneumoseg.util.devices)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 Host = Annotated[str, PlainValidator(_host)]

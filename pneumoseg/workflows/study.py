@@ -19,7 +19,7 @@ Layout of ``STUDY/`` (``run_study``)::
     STUDY/<name>/folds.json           (K folds) per-fold scores, mean +/- sd, the out-of-fold metrics
     STUDY/<name>/eval/oof/            (K folds) the pooled out-of-fold predictions, scored like a split
     STUDY/<name>/eval/<split>/        the evaluation of ``split`` (K folds: the K-fold ensemble)
-    STUDY/<name>/report.html          the run's report (written by the ``study`` command)
+    STUDY/<name>/report.html          the run's report of ``split`` (+ .md; rewritten by every run)
     STUDY/compare.html, compare.md    `pneumoseg compare` of every experiment on ``split``
 
 Resumable: a finished stage (train, tune, evaluate) of an experiment is skipped; a killed training
@@ -44,7 +44,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -52,10 +52,14 @@ import yaml
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig, config_to_dict, dump_config, load_config, packaged_config
-from pneumoseg.data.dataset import SPLITS, read_splits
+from pneumoseg.data.dataset import SPLITS
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.evaluation.evaluate import cache_loader, evaluate_items, evaluate_run, iter_split
+from pneumoseg.training.kfold import best_val, fold_dirs, train_all_folds, train_once, with_fold
 from pneumoseg.util.paths import safe_name
+
+if TYPE_CHECKING:
+    from pneumoseg.reporting.report import ReportFiles
 
 __all__ = [
     "Experiment",
@@ -96,10 +100,37 @@ class StudySpec:
     folds: int = 0
     overrides: tuple[str, ...] = ()
 
+    def with_options(self, cache: str | os.PathLike[str] | None = None, folds: int | None = None) -> StudySpec:
+        """This study with another shared cache and / or folds (the command line's ``--cache`` / ``--folds``).
+
+        ConfigError for folds other than 0 (train/val/test) or K >= 2.
+        """
+        spec = self
+        if cache is not None:
+            spec = dataclasses.replace(spec, cache=str(cache))
+        if folds is not None:
+            if folds < 0 or folds == 1:
+                raise ConfigError(f"--folds {folds}: 0 (train/val/test) or K >= 2")
+            spec = dataclasses.replace(spec, folds=folds)
+        return spec
+
     def config(self, exp: Experiment, extra: Sequence[str] = ()) -> ExperimentConfig:
         """The experiment's resolved config: its file, the study's ``set``, its own ``set``, ``extra``."""
         cache = [f"data.cache={json.dumps(self.cache)}"] if self.cache else []
         return load_config(exp.config, [*cache, *self.overrides, *exp.overrides, *extra])
+
+    def configs(self, extra: Sequence[str] = ()) -> dict[str, ExperimentConfig]:
+        """Every experiment's resolved config (``config``), by name; ConfigError naming one without a cache."""
+        cfgs = {exp.name: self.config(exp, extra) for exp in self.experiments}
+        for name, cfg in cfgs.items():
+            if not cfg.data.cache:
+                raise ConfigError(f"{self.source}: experiment {name!r} has no data.cache (set cache: in the study "
+                                  "file or pass --cache)")
+        return cfgs
+
+    def caches(self, extra: Sequence[str] = ()) -> list[str]:
+        """The caches the experiments really train on (resolved configs, ``extra`` applied), each once, in order."""
+        return list(dict.fromkeys(str(cfg.data.cache) for cfg in self.configs(extra).values()))
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
@@ -205,43 +236,6 @@ def _fingerprint(cfgs: Sequence[ExperimentConfig]) -> str:
 # ---------------------------------------------------------------- training
 
 
-def train_once(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> None:
-    """Train ``cfg`` into ``run_dir``, resuming from ``last.ckpt`` when a killed training left one."""
-    from pneumoseg.training.run import train
-
-    train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").is_file(), progress=progress)
-
-
-def fold_dirs(out: str | os.PathLike[str], folds: int) -> list[Path]:
-    """``OUT/fold-0 .. OUT/fold-<K-1>``."""
-    return [Path(out) / f"fold-{k}" for k in range(folds)]
-
-
-def _check_folds(cfg: ExperimentConfig, folds: int) -> None:
-    if not cfg.data.cache:
-        raise ConfigError("K-fold training needs data.cache (--cache or the study's cache:)")
-    df = read_splits(cfg.data.cache)
-    path = Path(cfg.data.cache) / "splits.csv"
-    if "fold" not in df.columns:
-        raise DataError(f"{path} has no fold column: run `pneumoseg split {cfg.data.cache} --folds {folds}` first")
-    found = sorted({int(f) for f in pd.to_numeric(df["fold"], errors="coerce").dropna() if int(f) >= 0})
-    if found != list(range(folds)):
-        raise DataError(f"{path} has folds {found}, not 0..{folds - 1}: run `pneumoseg split "
-                        f"{cfg.data.cache} --folds {folds}` or choose --folds {len(found)}")
-
-
-def _best_val(run: Path, monitor: str) -> float:
-    """Best ``val_<monitor>`` of ``RUN/history.csv`` (max; min for loss); NaN when absent."""
-    path = run / "history.csv"
-    if not path.is_file():
-        return math.nan
-    values = pd.to_numeric(pd.read_csv(path).get(f"val_{monitor}", pd.Series(dtype=float)), errors="coerce")
-    values = values.dropna()
-    if values.empty:
-        return math.nan
-    return float(values.min() if monitor == "loss" else values.max())
-
-
 @dataclass(frozen=True)
 class FoldSummary:
     """K-fold results: per-fold scores, their mean and sd (ddof 1), the out-of-fold metrics and rule."""
@@ -271,20 +265,16 @@ def train_folds(cfg: ExperimentConfig, out: str | os.PathLike[str], folds: int, 
 
     Writes ``OUT/config.yaml`` (fold 0's), ``OUT/eval/oof/`` (the split files) and ``OUT/folds.json``.
     Folds whose training finished (a ``history.csv`` and no ``is_done``: see ``run_study``) are
-    resumed or skipped as ``train_once`` / ``is_done`` say. Per fold: ``val_<monitor>`` (best epoch,
-    training resolution) and ``oof_dice_kaggle`` (native resolution, the out-of-fold rule).
+    resumed or skipped as ``train_once`` / ``is_done`` say (``pneumoseg.training.kfold``; ``FoldMarkers``
+    are ``train --folds K``'s). Per fold: ``val_<monitor>`` (best epoch, training resolution) and
+    ``oof_dice_kaggle`` (native resolution, the out-of-fold rule).
     """
     from pneumoseg.inference.predictor import Predictor
     from pneumoseg.evaluation.tune import tune_runs
 
-    _check_folds(cfg, folds)
     out = Path(out)
-    runs = fold_dirs(out, folds)
-    for k, run in enumerate(runs):
-        if not is_done(f"train-{k}"):
-            train_once(_with_fold(cfg, k), run, progress)
-            mark(f"train-{k}")
-    dump_config(_with_fold(cfg, 0), out / "config.yaml")
+    runs = train_all_folds(cfg, out, folds, progress, is_done, mark)
+    dump_config(with_fold(cfg, 0), out / "config.yaml")
     result = tune_runs(runs, oof=True, device=device, progress=progress)
     rule = result.rule
     predictors = [Predictor([run], postprocess=rule, device=device) for run in runs]
@@ -298,15 +288,11 @@ def train_folds(cfg: ExperimentConfig, out: str | os.PathLike[str], folds: int, 
     for k, predictor in enumerate(predictors):
         ids = set(_val_ids(predictor))
         dice = per_image.loc[per_image["image_id"].isin(ids), "dice"]
-        rows.append({"fold": k, f"val_{cfg.train.monitor}": _best_val(runs[k], cfg.train.monitor),
+        rows.append({"fold": k, f"val_{cfg.train.monitor}": best_val(runs[k], cfg.train.monitor),
                      "oof_dice_kaggle": float(dice.mean()) if len(dice) else math.nan, "n_images": len(dice)})
     summary = FoldSummary(runs, pd.DataFrame(rows), oof, rule.describe())
     atomic_write_text(out / FOLDS_FILE, json.dumps(summary.to_dict(), indent=2, allow_nan=True) + "\n")
     return summary
-
-
-def _with_fold(cfg: ExperimentConfig, fold: int) -> ExperimentConfig:
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fold=fold))
 
 
 def _val_ids(predictor: Any) -> list[str]:
@@ -327,31 +313,31 @@ class StudyResult:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     folds: dict[str, FoldSummary] = field(default_factory=dict)
+    reports: dict[str, ReportFiles] = field(default_factory=dict)
     compare_html: Path | None = None
 
 
 def run_study(spec: StudySpec, out_dir: str | os.PathLike[str], overrides: Sequence[str] = (),
               progress: bool = True, device: str | None = None,
-              log: Callable[[str], None] = lambda line: None) -> StudyResult:
+              log: Callable[[str], None] = lambda line: None, reports: bool = True) -> StudyResult:
     """Train, tune and evaluate every experiment of ``spec`` into ``OUT/<name>/``, then compare them.
 
     ``overrides`` apply to every experiment after the study's own. Finished stages are skipped (see
-    the module docstring); ``log`` receives one line per stage.
+    the module docstring); ``log`` receives one line per stage. With ``reports`` each experiment's
+    report of ``spec.split`` is (re)written, ``OUT/<name>/report.html`` + ``.md`` (``result.reports``).
     """
     from pneumoseg.reporting.compare import compare_runs, write_comparison
+    from pneumoseg.reporting.report import write_report
     from pneumoseg.inference.predictor import Predictor
     from pneumoseg.evaluation.tune import tune_runs
 
     out = Path(out_dir)
     state = _State.open(out / STATE_FILE)
     result = StudyResult(out)
-    cfgs = {exp.name: spec.config(exp, overrides) for exp in spec.experiments}
+    cfgs = spec.configs(overrides)
     for exp in spec.experiments:
         cfg, member = cfgs[exp.name], out / exp.name
-        if not cfg.data.cache:
-            raise ConfigError(f"{spec.source}: experiment {exp.name!r} has no data.cache (set cache: in the study "
-                              "file or pass --cache)")
-        folds = [_with_fold(cfg, k) for k in range(spec.folds)] if spec.folds else [cfg]
+        folds = [with_fold(cfg, k) for k in range(spec.folds)] if spec.folds else [cfg]
         state.member(exp.name, _fingerprint(folds), member)
         skipped = result.skipped.setdefault(exp.name, [])
 
@@ -388,4 +374,7 @@ def run_study(spec: StudySpec, out_dir: str | os.PathLike[str], overrides: Seque
     if len(result.runs) >= 2:
         comparison = compare_runs(list(result.runs.values()), spec.split)
         result.compare_html, _ = write_comparison(comparison, out / "compare.html")
+    if reports:
+        for name, run in result.runs.items():
+            result.reports[name] = write_report(run, eval_dir=run / "eval" / spec.split)
     return result
