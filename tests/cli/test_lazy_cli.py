@@ -15,8 +15,8 @@ FORBIDDEN = ("torch", "lightning", "pandas", "cv2", "fastapi", "numpy", "matplot
 
 
 def _loaded(argv: list[str]) -> set[str]:
-    code = ("import sys; sys.argv=%r\nfrom pneumoseg.cli.main import app\ntry:\n    app()\nexcept SystemExit:\n    pass\n"
-            "print('MODS', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))") % (["pneumoseg", *argv],)
+    code = (f"import sys; sys.argv={['pneumoseg', *argv]!r}\nfrom pneumoseg.cli.main import app\ntry:\n    app()\n"
+            "except SystemExit:\n    pass\nprint('MODS', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"COLUMNS": "250", "NO_COLOR": "1", "PATH": "", "HF_HUB_OFFLINE": "1"}).stdout
     line = next(row for row in out.splitlines() if row.startswith("MODS "))
