@@ -76,9 +76,10 @@ class Workers:
     """Worker processes, started on first use (a rerun with nothing to do starts none).
 
     Forked from a ``forkserver``, not plain ``fork``: forking a process whose native thread pools
-    (OpenCV, OpenMP) hold locks deadlocks the child. The server imports this module, ``preload`` (the
-    modules of the work functions) and ``__main__`` once; each worker is then a cheap fork of it. ``spawn`` where there is no
-    forkserver (Windows). Each worker exits when this process dies (``_die_with``).
+    (OpenCV, OpenMP) hold locks deadlocks the child. The server imports this module, ``preload``
+    (the modules of the work functions) and ``__main__`` once; each worker is then a cheap fork of
+    it. ``spawn`` where there is no forkserver (Windows). Each worker exits when this process dies
+    (``_die_with``).
     """
 
     def __init__(self, workers: int, n_max: int, preload: tuple[str, ...] = ()) -> None:

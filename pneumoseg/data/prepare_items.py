@@ -28,6 +28,7 @@ from pneumoseg.util.paths import os_error_line
 
 __all__ = ["Item", "Result", "pixel_spacing_of", "prepare_chunk", "prepare_one", "scan_headers"]
 
+
 @dataclass(frozen=True)
 class Item:
     """One image to prepare; small and picklable (sent to a worker)."""
