@@ -390,8 +390,14 @@ def prepare_markdown(p: dict, mem: list[dict], dd: list[dict], args: argparse.Na
       "instead of pydicom's default plugin (pylibjpeg), and by default at libjpeg's DCT scale 1/4 for a "
       "256 px cache (1/2 for 512 px): the scaled inverse DCT makes 2 x 2 pixels per 8 x 8 block and there "
       "are 16x fewer pixels to copy and resize (the entropy decoding is unchanged); two worker processes "
-      "share the cores, minus the pool's start (a new forkserver: ~0.35 s CPU to import pydicom, OpenCV "
-      "and numpy).")
+      "share the cores, minus the pool's start (a new forkserver: ~0.35-0.5 s CPU to import pydicom, OpenCV "
+      "and numpy, 2-3 ms per image at this count). The PNG writes cost ~1.3 ms less per image than "
+      "before: the cache image and soft mask are written with the PNG \"up\" filter and zlib's RLE "
+      "strategy at level 1 (~1.8x faster than libpng's adaptive filters, ~10% smaller), the 1-bit "
+      "truth by `np.packbits` + zlib (~3x faster than OpenCV's bit packing), and `resize_mask` no longer "
+      "makes an unused full-size 0/255 copy (~1 ms per positive image at 1024 px). The bytes of those "
+      "PNGs changed, their decoded pixels did not: tests/io/test_images.py decodes both with OpenCV "
+      "and Pillow and compares them array for array.")
     if p["ours2_s"] > p["ours1_s"]:
         w(" In this run 2 workers were slower than 1: with the load average above the number of cores, "
           "the forkserver's start and the second process cost more than the second share of CPU brought.")
@@ -411,7 +417,7 @@ def prepare_markdown(p: dict, mem: list[dict], dd: list[dict], args: argparse.Na
       "level (JPEG baseline is lossy to begin with: the full decodes of libjpeg-turbo and pylibjpeg "
       "differ by up to 1 level). tests/data/test_prepare.py asserts mean < 0.1 and max <= 3 per image at "
       "256 px. The Dice of a trained model on both caches was not measured (no trained checkpoint on the "
-      "machine); `--exact-decode` gives the previous images byte for byte.\n\n")
+      "machine); `--exact-decode` gives the previous images pixel for pixel.\n\n")
     w("### prepare: peak memory (parent + 2 workers, summed RSS, polled every 10 ms)\n\n")
     w("| files | peak RSS | wall time (incl. start) | images/s |\n|---:|---:|---:|---:|\n")
     for m in mem:

@@ -29,7 +29,8 @@ from _docs import update_section  # type: ignore[import-not-found]  # benchmarks
 
 from pneumoseg.config import load_config
 from pneumoseg.data.dataset import split_ids
-from pneumoseg.data.prepare import prepare_dicom, read_truth
+from pneumoseg.data.cache import read_truth
+from pneumoseg.data.prepare import prepare_dicom
 from pneumoseg.data.split import write_splits
 from pneumoseg.data.synth import generate_dataset
 from pneumoseg.evaluation.evaluate import evaluate_run

@@ -10,7 +10,8 @@ import pneumoseg
 # Top to bottom; modules inside one entry (a sub-package) may import each other.
 LAYERS = [
     "pneumoseg.errors", "pneumoseg.util", "pneumoseg.io",
-    "pneumoseg.data.phantom", "pneumoseg.data.synth", "pneumoseg.data.explore", "pneumoseg.data.prepare", "pneumoseg.data.split",
+    "pneumoseg.data.phantom", "pneumoseg.data.synth", "pneumoseg.data.explore", "pneumoseg.data.cache",
+    "pneumoseg.data.pool", "pneumoseg.data.prepare_items", "pneumoseg.data.prepare", "pneumoseg.data.split",
     "pneumoseg.data.augment", "pneumoseg.data.dataset", "pneumoseg.data.sampler", "pneumoseg.data.datamodule",
     "pneumoseg.config", "pneumoseg.models", "pneumoseg.scoring", "pneumoseg.training", "pneumoseg.inference",
     "pneumoseg.evaluation", "pneumoseg.reporting", "pneumoseg.workflows", "pneumoseg.pacs", "pneumoseg.service",

@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
 from pneumoseg.data.dataset import SPLITS, split_ids
-from pneumoseg.data.prepare import read_truth
+from pneumoseg.data.cache import read_truth
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.io.images import read_image, read_mask, resize_image, write_png
 from pneumoseg.io.layouts import match_label, read_layout_mask

@@ -18,15 +18,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pneumoseg.data.prepare import (
-    DEFAULT_MASK_RULE,
-    INDEX_COLUMNS,
-    SIZES,
-    pixel_spacing_of,
-    prepare_dicom,
-    prepare_png,
-    read_truth,
-)
+from pneumoseg.data.cache import INDEX_COLUMNS, read_truth
+from pneumoseg.data.prepare import DEFAULT_MASK_RULE, SIZES, prepare_dicom, prepare_png
+from pneumoseg.data.prepare_items import pixel_spacing_of
 from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom
 from pneumoseg.errors import DataError
 from pneumoseg.io.images import encode_png, read_image, read_mask, resize_image, resize_mask, write_png

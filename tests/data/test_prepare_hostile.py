@@ -20,7 +20,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pneumoseg.data.prepare import prepare_dicom, prepare_png, read_truth
+from pneumoseg.data.cache import read_truth
+from pneumoseg.data.prepare import prepare_dicom, prepare_png
 from pneumoseg.errors import DataError
 from pneumoseg.io.images import read_image, read_mask, resize_mask, write_png
 from pneumoseg.io.rle import rle_encode
@@ -185,7 +186,7 @@ def test_write_failures_are_one_line_before_or_during_the_run(tmp_path, monkeypa
     (tmp_path / "afile").write_text("x")
     code, lines = _invoke("--png-dir", str(src), "--out", str(tmp_path / "afile" / "cache"))
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "afile" in lines[0]
-    import pneumoseg.data.prepare as prep
+    import pneumoseg.data.prepare_items as prep
 
     def disk_full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pneumoseg.cli.main import app
 from pneumoseg.config import load_config
 from pneumoseg.data.dataset import split_ids
-from pneumoseg.data.prepare import read_truth
+from pneumoseg.data.cache import read_truth
 from pneumoseg.data.split import write_splits
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import iter_split

@@ -55,6 +55,40 @@ def test_bilevel_png_roundtrip_and_pillow_agrees(tmp_path):
         encode_bilevel_png(np.zeros((2, 2, 2), bool))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (37, 53), (64, 64), (257, 255)])
+def test_fast_png_settings_decode_to_the_same_pixels_as_before(shape):
+    """encode_png's filter/strategy and the numpy bilevel writer change the bytes, never the pixels:
+    OpenCV and Pillow decode them to exactly the array OpenCV's former level-1 PNGs gave."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(shape))
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    img[: shape[0] // 2] = np.minimum(img[: shape[0] // 2], 3)  # long runs too, as in masks and borders
+    mask = rng.random(shape) > 0.8
+    mask[:, : shape[1] // 3] = False
+    old_params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    cases = [(encode_png(img), cv2.imencode(".png", img, old_params)[1], img),
+             (encode_png(np.asfortranarray(img)), cv2.imencode(".png", img, old_params)[1], img),
+             (encode_bilevel_png(mask), cv2.imencode(".png", mask.view(np.uint8), [*old_params, cv2.IMWRITE_PNG_BILEVEL, 1])[1],
+              mask.view(np.uint8) * np.uint8(255)),
+             (encode_bilevel_png(np.asfortranarray(mask)), None, mask.view(np.uint8) * np.uint8(255))]
+    for new, old, want in cases:
+        got = cv2.imdecode(np.frombuffer(new, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert got.dtype == np.uint8 and got.shape == shape and np.array_equal(got, want)
+        if old is not None:
+            assert np.array_equal(got, cv2.imdecode(old, cv2.IMREAD_UNCHANGED))
+        with Image.open(io.BytesIO(new)) as im:
+            pil = np.asarray(im)
+            assert np.array_equal(pil.astype(np.uint8) * np.uint8(255) if im.mode == "1" else pil, want)
+
+
+def test_bilevel_png_refuses_an_empty_mask():
+    with pytest.raises(DataError, match="non-empty 2-D"):
+        encode_bilevel_png(np.zeros((0, 4), bool))
+
+
 def test_read_mask_accepts_0_1_masks(tmp_path):
     mask = np.zeros((5, 5), dtype=np.uint8)
     mask[1, 1] = 1
