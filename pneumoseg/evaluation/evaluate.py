@@ -17,6 +17,8 @@ the same way into ``RUN/eval/<data name>/``.
 
 Everything goes to ``RUN/eval/<split>/`` (one folder per split; none overwrites another):
 ``metrics.json``, ``per_image.csv``, ``pred_masks/<id>.png`` (0/255 at the source size),
+``images.csv`` (``pneumoseg.runs.EVAL_IMAGES_FILE``: each image's source file and pixel spacing in mm,
+so compare can read an external set's cases back and give sizes in mm²),
 ``best.png`` / ``worst.png`` and overlay thumbnails of four kinds of case under
 ``cases/<category>/<image_id>.png`` with an index in ``cases.csv``: ``best`` and ``worst`` Dice,
 ``false_positive`` (empty truth, non-empty prediction) and ``false_negative`` (pneumothorax, empty
@@ -332,7 +334,8 @@ def evaluate_items(predictor: Predictor, items: Iterable[SplitItem], out_dir: st
     """Score streamed ``items`` with ``postprocess`` (default: the predictor's rule); write ``out_dir``.
 
     The one scoring loop of splits, out-of-fold pools and external sets: ``metrics.json`` (``split``
-    = ``name``, plus ``extra``), ``per_image.csv``, ``pred_masks/``, ``best.png`` / ``worst.png``,
+    = ``name``, plus ``extra``), ``per_image.csv``, ``images.csv`` (image_id, source, pixel_spacing_mm
+    of each item), ``pred_masks/``, ``best.png`` / ``worst.png``,
     ``cases.csv`` + ``cases/``. ``load_case`` reads a case back for the thumbnails. Returns the metrics.
     """
     pp = postprocess or predictor.postprocess

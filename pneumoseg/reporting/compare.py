@@ -1,12 +1,15 @@
 """Compare evaluated runs on one split: metrics with bootstrap CIs, paired differences, cases.
 
-Works from what ``pneumoseg evaluate RUN --split S`` wrote (nothing is predicted again):
-``RUN/eval/S/metrics.json``, ``per_image.csv`` (``image_id, has_truth, truth_area_px,
-pred_area_px, probability, dice`` [, ``pixel_spacing_mm``, ``truth_area_mm2``]) and
-``pred_masks/<id>.png``; plus ``RUN/config.yaml`` (model, cache), ``RUN/history.csv`` (curves,
-training time, throughput) and the cache's ``images/<id>.png`` and ``truth/<id>.png`` (or
-``masks/``) for the case thumbnails. An older ``RUN/eval/`` whose ``metrics.json`` names the
-split is read too.
+Works from what ``pneumoseg evaluate RUN --split S`` (or ``--data DIR``: S is the data set's name)
+wrote, found by ``pneumoseg.runs.find_eval_dir`` (nothing is predicted again): ``RUN/eval/S/metrics.json``,
+``per_image.csv`` (``image_id, has_truth, truth_area_px, pred_area_px, probability, dice``
+[, older ``pixel_spacing_mm``, ``truth_area_mm2``]), ``images.csv`` (source file, pixel spacing)
+and ``pred_masks/<id>.png``; plus ``RUN/config.yaml`` (the typed config: ``pneumoseg.runs.read_run_config``),
+``RUN/history.csv`` (curves, training time, throughput). Case thumbnails read each image and its
+truth back the way the evaluation did (``pneumoseg.evaluation.evaluate.eval_case_loader``): the
+cache's ``images/`` + ``truth/`` for a split, the recorded files and labels for an external set; a
+case without an image says why ("no image: cache ... not found from here"). An older ``RUN/eval/``
+whose ``metrics.json`` names the split is read too.
 
 Statistics (``pneumoseg.scoring.stats``): images are resampled with replacement within the strata
 pneumothorax / empty; each run's metric gets a percentile CI; each later run is compared with
@@ -18,8 +21,9 @@ size bucket), no interval is shown ("n too small"), and a p-value is the exact p
 permutation test's (marked "exact") wherever at most 16 images differ between the runs; a set
 below 20 images or without a positive adds a note.
 
-Size buckets: positive images split by truth area (mm² when every positive image has one,
-else pixels) at ``size_edges`` (default: the tertiles of the positive images' areas).
+Size buckets: positive images split by truth area (``pneumoseg.runs.truth_areas``: mm² when every
+positive image has a pixel spacing, else source pixels; the header says which) at ``size_edges``
+(default: the tertiles of the positive images' areas).
 """
 
 from __future__ import annotations

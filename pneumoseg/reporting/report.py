@@ -1,14 +1,19 @@
 """One self-contained HTML report of a run (plus a Markdown summary), from its files only.
 
-Reads ``RUN/config.yaml``, ``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv``, the cache's
-``splits.csv`` + ``index.csv`` (when reachable) and what ``pneumoseg evaluate`` wrote in
-``RUN/eval/<split>/`` (``metrics.json`` with the post-processing rule it applied,
-``per_image.csv``, ``cases.csv`` + ``cases/``; the split, or the external data set, is named in the
-report) and ``RUN/train_summary.json`` when training wrote one (its predicts-nothing flag and
+Reads ``RUN/config.yaml`` (typed: ``pneumoseg.runs.read_run_config``; shown as written),
+``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv``, the cache's ``splits.csv`` + ``index.csv``
+(when reachable) and what ``pneumoseg evaluate`` wrote in ``RUN/eval/<split>/``
+(``pneumoseg.runs.find_eval_dir``: ``metrics.json`` with the post-processing rule it applied,
+``per_image.csv``, ``images.csv``, ``cases.csv`` + ``cases/``; the split, or the external data set,
+is named in the report) and ``RUN/train_summary.json`` when training wrote one (its predicts-nothing flag and
 warnings are shown at the top). The header says what the model was trained on
 (``RUN/provenance.json``; "training data unknown" without one) and that it is not for clinical use.
 Figures: ROC and precision-recall curves of the image score, the
-per-image Dice histogram, Dice against pneumothorax size and tune's threshold sweep. No model is loaded. Figures are embedded as base64 data URLs and
+per-image Dice histogram (whole-number counts), Dice against pneumothorax size (mm² when every
+positive image has a pixel spacing, else source px: ``pneumoseg.runs.truth_areas``; plain-number
+log ticks that never crowd) and tune's threshold sweep. Wide tables scroll inside their own box and
+images shrink to the page, so the page fits a 1400 px window; case captions show ids shortened at a
+token boundary (``short_id``) with the full id as a tooltip. No model is loaded. Figures are embedded as base64 data URLs and
 the page has no external CSS/JS, so it opens offline; the per-image table sorts by clicking a
 header; a thumbnail enlarges on click. Overlays: prediction red, truth blue.
 """
