@@ -13,7 +13,7 @@ LAYERS = [
     "pneumoseg.data.phantom", "pneumoseg.data.synth", "pneumoseg.data.explore", "pneumoseg.data.cache",
     "pneumoseg.data.pool", "pneumoseg.data.prepare_items", "pneumoseg.data.prepare", "pneumoseg.data.split",
     "pneumoseg.data.augment", "pneumoseg.data.dataset", "pneumoseg.data.sampler", "pneumoseg.data.datamodule",
-    "pneumoseg.config", "pneumoseg.models", "pneumoseg.scoring", "pneumoseg.training", "pneumoseg.inference",
+    "pneumoseg.config", "pneumoseg.runs", "pneumoseg.models", "pneumoseg.scoring", "pneumoseg.training", "pneumoseg.inference",
     "pneumoseg.evaluation", "pneumoseg.reporting", "pneumoseg.workflows", "pneumoseg.pacs", "pneumoseg.service",
     "pneumoseg.cli",
 ]

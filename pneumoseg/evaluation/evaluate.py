@@ -17,6 +17,8 @@ the same way into ``RUN/eval/<data name>/``.
 
 Everything goes to ``RUN/eval/<split>/`` (one folder per split; none overwrites another):
 ``metrics.json``, ``per_image.csv``, ``pred_masks/<id>.png`` (0/255 at the source size),
+``images.csv`` (``pneumoseg.runs.EVAL_IMAGES_FILE``: each image's source file and pixel spacing in mm,
+so compare can read an external set's cases back and give sizes in mm²),
 ``best.png`` / ``worst.png`` and overlay thumbnails of four kinds of case under
 ``cases/<category>/<image_id>.png`` with an index in ``cases.csv``: ``best`` and ``worst`` Dice,
 ``false_positive`` (empty truth, non-empty prediction) and ``false_negative`` (pneumothorax, empty
@@ -52,7 +54,8 @@ from pneumoseg.io.rle import Annotations, read_annotations
 from pneumoseg.util.paths import safe_name
 from pneumoseg.inference.predictor import InputImage, Predictor, find_inputs, image_score, load_input
 from pneumoseg.util.progress import progress_bar
-from pneumoseg.data.split import small_set_warning
+from pneumoseg.data.split import read_index, small_set_warning
+from pneumoseg.runs import EVAL_IMAGES_FILE, eval_dir, read_eval_images
 from pneumoseg.scoring.stats import (
     METRIC_NAMES,
     PerImage,
@@ -71,6 +74,7 @@ __all__ = [
     "SplitItem",
     "cache_loader",
     "case_order",
+    "eval_case_loader",
     "eval_dir",
     "evaluate_external",
     "evaluate_items",
@@ -78,9 +82,11 @@ __all__ = [
     "external_name",
     "iter_labelled",
     "iter_split",
+    "labelled_loader",
     "plot_cases",
     "read_labelled_set",
     "save_cases",
+    "short_id",
     "summarize_per_image",
 ]
 
@@ -97,11 +103,20 @@ class SplitItem:
     image: np.ndarray
     prob: np.ndarray
     truth: np.ndarray
+    source: str = ""                       #: the file the image was read from (the cache's source for a split)
+    pixel_spacing_mm: float | None = None  #: mm per source pixel (areas in mm²); None when unknown
 
 
-def eval_dir(run_dir: str | os.PathLike[str], split: str) -> Path:
-    """``RUN/eval/<split>``: where ``evaluate`` writes a split's results."""
-    return Path(run_dir) / "eval" / split
+def _cache_sources(cache: Path) -> dict[str, tuple[str, float | None]]:
+    """image_id -> (source file, pixel spacing in mm or None) from ``CACHE/index.csv`` (empty when absent)."""
+    if not (cache / "index.csv").is_file():
+        return {}
+    index = read_index(cache)
+    sources = index["source"].astype(str) if "source" in index else pd.Series("", index=index.index)
+    spacing = (pd.to_numeric(index["pixel_spacing_mm"], errors="coerce") if "pixel_spacing_mm" in index
+               else pd.Series(math.nan, index=index.index))
+    return {i: (s, None if math.isnan(v) else float(v))
+            for i, s, v in zip(index["image_id"], sources, spacing, strict=True)}
 
 
 def iter_split(predictor: Predictor, split: str = "test", progress: bool = True,
@@ -119,6 +134,7 @@ def iter_split(predictor: Predictor, split: str = "test", progress: bool = True,
     ids = list(image_ids) if image_ids is not None else split_ids(cache, split, cfg.data.fold)
     if not ids:
         raise DataError(f"split {split!r} of {cache} is empty")
+    sources = _cache_sources(cache)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"predict {split}", total=len(ids))
         for start in range(0, len(ids), predictor.batch_size):
@@ -129,7 +145,8 @@ def iter_split(predictor: Predictor, split: str = "test", progress: bool = True,
             probs = predictor.probs_at_model_size(images)
             for image_id, image, prob in zip(chunk, images, probs, strict=True):
                 truth = read_truth(cache, image_id)
-                yield SplitItem(image_id, image, predictor.native_prob(prob, truth.shape), truth)
+                source, spacing = sources.get(image_id, ("", None))
+                yield SplitItem(image_id, image, predictor.native_prob(prob, truth.shape), truth, source, spacing)
             bar.advance(task, len(chunk))
 
 
@@ -155,6 +172,21 @@ def _view(case: _Case, size: int) -> np.ndarray:
     return overlay(image, pred, truth)
 
 
+ID_SEPARATORS = "._-"
+
+
+def short_id(image_id: str, keep: int = 18) -> str:
+    """``image_id`` for a caption of about ``keep`` characters: whole when it fits, else ``…`` and its
+    end cut at a token boundary (after a '.', '_' or '-': ``…5797.1517875162.895`` of a SOPInstanceUID),
+    never mid-token (a last token longer than ``keep`` is kept whole). Show the full id in a tooltip."""
+    if len(image_id) <= keep:
+        return image_id
+    cuts = [k + 1 for k, ch in enumerate(image_id) if ch in ID_SEPARATORS and k + 1 < len(image_id)]
+    fitting = [k for k in cuts if len(image_id) - k <= keep - 1]
+    start = fitting[0] if fitting else (cuts[-1] if cuts else 0)
+    return image_id if start == 0 else "…" + image_id[start:]
+
+
 def plot_cases(cases: Sequence[_Case], title: str, path: str | os.PathLike[str], ncols: int = 4) -> None:
     """Grid of overlays (prediction red, truth blue) with each image's Dice in its title."""
     nrows = max(1, math.ceil(len(cases) / ncols))
@@ -166,7 +198,7 @@ def plot_cases(cases: Sequence[_Case], title: str, path: str | os.PathLike[str],
         ax.axis("off")
         if k < len(cases):
             ax.imshow(_view(cases[k], 512))
-            ax.set_title(f"{cases[k].image_id[-14:]}\nDice {cases[k].dice:.3f}", fontsize=8)
+            ax.set_title(f"{short_id(cases[k].image_id)}\nDice {cases[k].dice:.3f}", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -302,23 +334,27 @@ def evaluate_items(predictor: Predictor, items: Iterable[SplitItem], out_dir: st
     """Score streamed ``items`` with ``postprocess`` (default: the predictor's rule); write ``out_dir``.
 
     The one scoring loop of splits, out-of-fold pools and external sets: ``metrics.json`` (``split``
-    = ``name``, plus ``extra``), ``per_image.csv``, ``pred_masks/``, ``best.png`` / ``worst.png``,
+    = ``name``, plus ``extra``), ``per_image.csv``, ``images.csv`` (image_id, source, pixel_spacing_mm
+    of each item), ``pred_masks/``, ``best.png`` / ``worst.png``,
     ``cases.csv`` + ``cases/``. ``load_case`` reads a case back for the thumbnails. Returns the metrics.
     """
     pp = postprocess or predictor.postprocess
     out = Path(out_dir)
-    records = []
+    records, sources = [], []
     started = time.perf_counter()
     for item in items:
         mask = pp(item.prob)
         write_png(out / "pred_masks" / f"{item.image_id}.png", mask.astype(np.uint8) * 255)
         records.append(_record(item, mask))
+        sources.append({"image_id": item.image_id, "source": item.source, "pixel_spacing_mm": item.pixel_spacing_mm})
     seconds = time.perf_counter() - started
     if not records:
         raise DataError(f"{name}: no image could be evaluated")
     per_image = pd.DataFrame(records)
     with atomic_path(out / "per_image.csv") as tmp:
         per_image.to_csv(tmp, index=False)
+    with atomic_path(out / EVAL_IMAGES_FILE) as tmp:
+        pd.DataFrame(sources, columns=["image_id", "source", "pixel_spacing_mm"]).to_csv(tmp, index=False)
     order = case_order(per_image, n_cases)
     for category in ("best", "worst"):
         cases = [_case(load_case, out, per_image.iloc[i]) for i in order[category]]
@@ -390,13 +426,13 @@ class LabelledSet:
 
 
 def read_labelled_set(data: str | os.PathLike[str], rle: str | os.PathLike[str] | None = None,
-                      png_dir: str | os.PathLike[str] | None = None) -> LabelledSet:
-    """The inputs under ``data`` (``pneumoseg.inference.predictor.find_inputs``) and exactly one label source:
-    ``rle`` (challenge CSV, relative RLE, masks at each image's size) or ``png_dir`` (``<ImageId>.png``
-    masks, 0/255, at each image's size)."""
+                      png_dir: str | os.PathLike[str] | None = None, find: bool = True) -> LabelledSet:
+    """The inputs under ``data`` (``pneumoseg.inference.predictor.find_inputs``; none when ``find`` is
+    False: the labels only) and exactly one label source: ``rle`` (challenge CSV, relative RLE, masks at
+    each image's size) or ``png_dir`` (``<ImageId>.png`` masks, 0/255, at each image's size)."""
     if (rle is None) == (png_dir is None):
         raise DataError("external evaluation needs exactly one label source: --rle CSV or --png-dir DIR")
-    files = find_inputs(data)
+    files = find_inputs(data) if find else []
     if rle is not None:
         annotations = read_annotations(rle)
         return LabelledSet(Path(data), Path(rle), files, set(annotations), annotations)
@@ -429,8 +465,54 @@ def iter_labelled(predictor: Predictor, labelled: LabelledSet, progress: bool = 
                     labelled.failures.append(str(exc))
             preds = predictor.predict_batch([im for im, _ in batch]) if batch else []
             for (image, truth), pred in zip(batch, preds, strict=True):
-                yield SplitItem(image.image_id, resize_image(image.pixels, predictor.size), pred.prob, truth)
+                spacing = image.meta.pixel_spacing_mm if image.meta is not None else None
+                yield SplitItem(image.image_id, resize_image(image.pixels, predictor.size), pred.prob, truth,
+                                str(image.path), spacing)
             bar.advance(task, len(files[start:start + predictor.batch_size]))
+
+
+def labelled_loader(labelled: LabelledSet, size: int) -> CaseLoader:
+    """The ``CaseLoader`` of an external set: the file ``labelled.sources[image_id]`` read again (image at
+    ``size``) and its label; DataError naming the file when it is unknown or gone."""
+    def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        path = labelled.sources.get(image_id)
+        if path is None:
+            raise DataError(f"ImageId {image_id}: no source file recorded for it in {labelled.data}")
+        if not path.is_file():
+            raise DataError(f"{path} (ImageId {image_id}) not found: moved or deleted since the evaluation")
+        image = labelled.load(path, count=False)
+        return resize_image(image.pixels, size), labelled.truth(image.image_id, image.pixels.shape)
+
+    return load
+
+
+def eval_case_loader(ev: str | os.PathLike[str], metrics: Mapping[str, object], cache: str | None,
+                     size: int) -> CaseLoader:
+    """The ``CaseLoader`` of an existing evaluation folder ``ev`` (images at ``size``, truth at the source size).
+
+    An external set (``metrics["source"] == "external"``) is read again from the files ``ev/images.csv``
+    recorded, with the labels ``metrics["labels"]`` names (an RLE CSV or a folder of PNG masks); a split
+    from the run's ``cache``. DataError (one line: why the cases have no image) when they are not
+    reachable from here; the loader itself raises DataError naming a file that has gone.
+    """
+    ev = Path(ev)
+    if metrics.get("source") != "external":
+        if not cache:
+            raise DataError("the run's config names no data.cache: the split's images cannot be found")
+        if not Path(cache).is_dir():
+            raise DataError(f"cache {cache} (the run's data.cache) not found from here")
+        return cache_loader(Path(cache), size)
+    data, labels = Path(str(metrics.get("data", ""))), Path(str(metrics.get("labels", "")))
+    if not labels.exists():
+        raise DataError(f"labels {labels} (recorded in {ev / 'metrics.json'}) not found from here")
+    images = read_eval_images(ev)
+    if images is None:
+        raise DataError(f"{ev / EVAL_IMAGES_FILE} not found (evaluated by an older pneumoseg): re-run "
+                        f"`pneumoseg evaluate RUN --data {data} ...` to record where each image came from")
+    labelled = read_labelled_set(data, rle=None if labels.is_dir() else labels,
+                                 png_dir=labels if labels.is_dir() else None, find=False)
+    labelled.sources = {i: Path(s) for i, s in zip(images["image_id"], images["source"], strict=True) if s}
+    return labelled_loader(labelled, size)
 
 
 @dataclass(frozen=True)
@@ -465,11 +547,7 @@ def evaluate_external(predictor: Predictor, run_dir: str | os.PathLike[str], dat
     """
     chosen = external_name(data, name)
     labelled = read_labelled_set(data, rle, png_dir)
-
-    def load_case(image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        image = labelled.load(labelled.sources[image_id], count=False)
-        return resize_image(image.pixels, predictor.size), labelled.truth(image.image_id, image.pixels.shape)
-
+    load_case = labelled_loader(labelled, predictor.size)
     out = eval_dir(run_dir, chosen)
     extra = {"source": "external", "data": str(labelled.data), "labels": str(labelled.labels),
              "matched_by": labelled.matched_by, "failures": labelled.failures}

@@ -1,12 +1,15 @@
 """Compare evaluated runs on one split: metrics with bootstrap CIs, paired differences, cases.
 
-Works from what ``pneumoseg evaluate RUN --split S`` wrote (nothing is predicted again):
-``RUN/eval/S/metrics.json``, ``per_image.csv`` (``image_id, has_truth, truth_area_px,
-pred_area_px, probability, dice`` [, ``pixel_spacing_mm``, ``truth_area_mm2``]) and
-``pred_masks/<id>.png``; plus ``RUN/config.yaml`` (model, cache), ``RUN/history.csv`` (curves,
-training time, throughput) and the cache's ``images/<id>.png`` and ``truth/<id>.png`` (or
-``masks/``) for the case thumbnails. An older ``RUN/eval/`` whose ``metrics.json`` names the
-split is read too.
+Works from what ``pneumoseg evaluate RUN --split S`` (or ``--data DIR``: S is the data set's name)
+wrote, found by ``pneumoseg.runs.find_eval_dir`` (nothing is predicted again): ``RUN/eval/S/metrics.json``,
+``per_image.csv`` (``image_id, has_truth, truth_area_px, pred_area_px, probability, dice``
+[, older ``pixel_spacing_mm``, ``truth_area_mm2``]), ``images.csv`` (source file, pixel spacing)
+and ``pred_masks/<id>.png``; plus ``RUN/config.yaml`` (the typed config: ``pneumoseg.runs.read_run_config``),
+``RUN/history.csv`` (curves, training time, throughput). Case thumbnails read each image and its
+truth back the way the evaluation did (``pneumoseg.evaluation.evaluate.eval_case_loader``): the
+cache's ``images/`` + ``truth/`` for a split, the recorded files and labels for an external set; a
+case without an image says why ("no image: cache ... not found from here"). An older ``RUN/eval/``
+whose ``metrics.json`` names the split is read too.
 
 Statistics (``pneumoseg.scoring.stats``): images are resampled with replacement within the strata
 pneumothorax / empty; each run's metric gets a percentile CI; each later run is compared with
@@ -18,8 +21,9 @@ size bucket), no interval is shown ("n too small"), and a p-value is the exact p
 permutation test's (marked "exact") wherever at most 16 images differ between the runs; a set
 below 20 images or without a positive adds a note.
 
-Size buckets: positive images split by truth area (mm² when every positive image has one,
-else pixels) at ``size_edges`` (default: the tertiles of the positive images' areas).
+Size buckets: positive images split by truth area (``pneumoseg.runs.truth_areas``: mm² when every
+positive image has a pixel spacing, else source pixels; the header says which) at ``size_edges``
+(default: the tertiles of the positive images' areas).
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.io.images import read_image, read_mask, resize_image, resize_mask
+from pneumoseg.config import ExperimentConfig
+from pneumoseg.evaluation.evaluate import CaseLoader, eval_case_loader, short_id
+from pneumoseg.io.images import read_mask, resize_image, resize_mask
+from pneumoseg.runs import find_eval_dir, read_eval_images, read_run_config, truth_areas, unit_text
 from pneumoseg.io.overlay import encode_rgb_png, overlay
 from pneumoseg.util.paths import safe_name
 from pneumoseg.data.split import small_set_warning
@@ -87,8 +93,9 @@ class RunEval:
     eval_dir: Path
     metrics: dict[str, Any]
     per_image: pd.DataFrame
-    config: dict[str, Any] = field(default_factory=dict)
+    config: ExperimentConfig | None = None
     history: pd.DataFrame | None = None
+    images: pd.DataFrame | None = None  # EV/images.csv: source file and pixel spacing of each image
 
     @property
     def name(self) -> str:
@@ -97,7 +104,7 @@ class RunEval:
     def facts(self) -> dict[str, Any]:
         """Model, parameter count, epochs, training time and throughput, inference latency (NaN: unknown)."""
         m, h = self.metrics, self.history
-        model = m.get("model") or (self.config.get("model") or {}).get("name") or "n/a"
+        model = m.get("model") or (self.config.model.name if self.config else None) or "n/a"
         params = m.get("n_params", m.get("parameters"))
         if params is None:
             params = _count_parameters(self.config)
@@ -114,10 +121,9 @@ class RunEval:
                 "train_img_per_s": img_s, "latency_ms": float(latency)}
 
 
-def _count_parameters(config: dict[str, Any]) -> int | None:
+def _count_parameters(config: ExperimentConfig | None) -> int | None:
     """Parameters of the config's model, built on torch's meta device (no memory); None if unknown."""
-    model = config.get("model") or {}
-    if not model.get("name"):
+    if config is None:
         return None
     try:
         import torch
@@ -125,26 +131,11 @@ def _count_parameters(config: dict[str, Any]) -> int | None:
         from pneumoseg.models import create_model
 
         with torch.device("meta"):
-            net = create_model(model["name"], in_channels=int((config.get("data") or {}).get("in_channels", 1)),
-                               aux_classifier=bool(model.get("aux_classifier", False)))
+            net = create_model(config.model.name, in_channels=config.data.in_channels,
+                               aux_classifier=config.model.aux_classifier)
         return int(sum(p.numel() for p in net.parameters()))
     except (PneumosegError, ImportError, RuntimeError, TypeError, ValueError):
         return None
-
-
-def find_eval_dir(run: Path, split: str) -> Path:
-    """``RUN/eval/<split>/``, or an older ``RUN/eval/`` whose metrics.json names ``split``."""
-    if (run / "eval" / split / "per_image.csv").is_file():
-        return run / "eval" / split
-    legacy = run / "eval" / "metrics.json"
-    if legacy.is_file() and (run / "eval" / "per_image.csv").is_file():
-        try:
-            if json.loads(legacy.read_text()).get("split") == split:
-                return run / "eval"
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    raise DataError(f"{run}: no evaluation of split {split!r} ({run / 'eval' / split / 'per_image.csv'} not "
-                    f"found): run `pneumoseg evaluate {run} --split {split}` first")
 
 
 def _read_per_image(path: Path) -> pd.DataFrame:
@@ -173,8 +164,6 @@ def _read_per_image(path: Path) -> pd.DataFrame:
 def load_run_eval(run: str | os.PathLike[str], split: str, label: str = "A") -> RunEval:
     """Read a run's evaluation of ``split``; DataError naming what is missing."""
     path = Path(run)
-    if not path.is_dir():
-        raise DataError(f"run folder {path} does not exist")
     ev = find_eval_dir(path, split)
     try:
         metrics = json.loads((ev / "metrics.json").read_text()) if (ev / "metrics.json").is_file() else {}
@@ -182,9 +171,8 @@ def load_run_eval(run: str | os.PathLike[str], split: str, label: str = "A") -> 
         raise DataError(f"{ev / 'metrics.json'}: not valid JSON ({exc})") from None
     if metrics.get("split", split) != split:
         raise DataError(f"{ev / 'metrics.json'}: split is {metrics.get('split')!r}, expected {split!r}")
-    out = RunEval(label, path, ev, metrics, _read_per_image(ev / "per_image.csv"))
-    if (path / "config.yaml").is_file():
-        out.config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    out = RunEval(label, path, ev, metrics, _read_per_image(ev / "per_image.csv"),
+                  read_run_config(path, required=False), images=read_eval_images(ev))
     if (path / "history.csv").is_file():
         try:
             out.history = pd.read_csv(path / "history.csv")
@@ -250,22 +238,8 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
 
-def _area(run: RunEval, ids: list[str]) -> tuple[np.ndarray, str]:
-    """Truth areas of ``ids`` in mm² when every positive image has one, else in pixels."""
-    df = run.per_image.loc[ids]
-    px = df["truth_area_px"].to_numpy(np.float64)
-    mm2 = None
-    if "truth_area_mm2" in df:
-        mm2 = pd.to_numeric(df["truth_area_mm2"], errors="coerce").to_numpy(np.float64)
-    elif "pixel_spacing_mm" in df:
-        mm2 = px * pd.to_numeric(df["pixel_spacing_mm"], errors="coerce").to_numpy(np.float64) ** 2
-    if mm2 is not None and not np.isnan(mm2[px > 0]).any():
-        return mm2, "mm²"
-    return px, "px"
-
-
 def _buckets(c: Comparison, edges: tuple[float, float] | None) -> pd.DataFrame:
-    area, c.bucket_unit = _area(c.runs[0], c.image_ids)
+    area, c.bucket_unit = truth_areas(c.runs[0].per_image.loc[c.image_ids], c.runs[0].images)
     pos = c.has_truth
     if edges is None:
         edges = tuple(np.quantile(area[pos], [1 / 3, 2 / 3])) if pos.any() else (math.nan, math.nan)
@@ -373,23 +347,29 @@ def _mask_or_empty(path: Path, shape: tuple[int, int], area: float) -> np.ndarra
     return np.zeros(shape, bool) if area == 0 else None
 
 
-def _thumbnail(run: RunEval, image_id: str, size: int = 200) -> bytes | None:
-    """PNG of the image with the run's prediction (red) and the truth (blue); None if files are missing."""
-    cache = Path(str((run.config.get("data") or {}).get("cache") or ""))
-    image_path = cache / "images" / f"{image_id}.png"
-    truth_path = next((p for p in (cache / "truth" / f"{image_id}.png", cache / "masks" / f"{image_id}.png")
-                       if p.is_file()), None)
-    if not cache.parts or not image_path.is_file() or truth_path is None:
-        return None
-    truth = read_mask(truth_path)
-    pred = _mask_or_empty(run.eval_dir / "pred_masks" / f"{image_id}.png", truth.shape,
-                          float(run.per_image.loc[image_id, "pred_area_px"]))
+THUMBNAIL = 200  # px, longest side of a case thumbnail
+
+
+def _case_loader(run: RunEval) -> CaseLoader:
+    """How the cases of ``run``'s evaluation are read back: the cache of a split, the recorded files and
+    labels of an external set (``pneumoseg.evaluation.evaluate.eval_case_loader``); PneumosegError: why not."""
+    cache = run.config.data.cache if run.config is not None else None
+    if run.config is None and run.metrics.get("source") != "external":
+        raise DataError(f"{run.run / 'config.yaml'} not found: the run's cache (the split's images) is unknown")
+    return eval_case_loader(run.eval_dir, run.metrics, cache, THUMBNAIL)
+
+
+def _thumbnail(run: RunEval, image_id: str, load: CaseLoader, size: int = THUMBNAIL) -> bytes:
+    """PNG of the image with the run's prediction (red) and the truth (blue); PneumosegError saying why not."""
+    image, truth = load(image_id)
+    pred_path = run.eval_dir / "pred_masks" / f"{image_id}.png"
+    pred = _mask_or_empty(pred_path, truth.shape, float(run.per_image.loc[image_id, "pred_area_px"]))
     if pred is None:
-        return None
+        raise DataError(f"{pred_path} not found")
     h, w = truth.shape
     scale = size / max(h, w)
     shape = (max(1, round(h * scale)), max(1, round(w * scale)))
-    rgb = overlay(resize_image(read_image(image_path), shape), resize_mask(pred, shape), resize_mask(truth, shape))
+    rgb = overlay(resize_image(image, shape), resize_mask(pred, shape), resize_mask(truth, shape))
     return encode_rgb_png(rgb)
 
 
@@ -467,7 +447,8 @@ def _cell(text: str) -> str:
 def _html_table(head: list[str], rows: list[list[str]], sortable: bool = False) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return f'<table{" class=sortable" if sortable else ""}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div class="tablewrap"><table{" class=sortable" if sortable else ""}><thead><tr>{th}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _facts_rows(c: Comparison) -> list[list[str]]:
@@ -480,6 +461,10 @@ def _facts_rows(c: Comparison) -> list[list[str]]:
 
 FACT_HEAD = ["run", "folder", "model", "parameters", "epochs", "training time", "train img/s",
              "inference ms/img"]
+
+
+def _bucket_head(c: Comparison) -> list[str]:
+    return [f"bucket (truth area, {c.bucket_unit})", "images"] + [r.label for r in c.runs]
 
 
 def _bucket_rows(c: Comparison) -> list[list[str]]:
@@ -503,6 +488,12 @@ def _cases_html(c: Comparison) -> str:
     out = ['<p class="legend"><span style="background:#ff2828"></span>prediction'
            '<span style="background:#286eff"></span>truth</p>']
     dice = {r.label: dict(zip(c.image_ids, c.per[r.label].dice, strict=True)) for r in c.runs}
+    loaders: dict[str, CaseLoader | str] = {}
+    for r in c.runs:
+        try:
+            loaders[r.label] = _case_loader(r)
+        except PneumosegError as exc:
+            loaders[r.label] = str(exc)
     for kind, title in CASE_KINDS.items():
         out.append(f'<h3 id="cases-{kind}">{html.escape(title)}</h3>')
         if not c.cases[kind]:
@@ -513,15 +504,23 @@ def _cases_html(c: Comparison) -> str:
         for image_id in c.cases[kind]:
             cells = []
             for r in c.runs:
-                png = _thumbnail(r, image_id)
-                img = (f'<img alt="{html.escape(image_id)} {r.label}" src="data:image/png;base64,'
-                       f'{base64.b64encode(png).decode("ascii")}">' if png else '<p class="note">image not found</p>')
+                load = loaders[r.label]
+                try:
+                    if isinstance(load, str):
+                        raise DataError(load)
+                    png = _thumbnail(r, image_id, load)
+                    img = (f'<img alt="{html.escape(image_id)} {r.label}" src="data:image/png;base64,'
+                           f'{base64.b64encode(png).decode("ascii")}">')
+                except PneumosegError as exc:
+                    img = f'<p class="note missing">no image: {html.escape(str(exc))}</p>'
+
                 cells.append(f"<td><figure>{img}<figcaption><b>Dice {dice[r.label][image_id]:.3f}</b> · "
                              f"pred {int(r.per_image.loc[image_id, 'pred_area_px'])} px</figcaption></figure></td>")
             truth = int(c.runs[0].per_image.loc[image_id, "truth_area_px"])
-            rows.append(f'<tr><td class="id">{html.escape(image_id)}<br>truth {truth} px</td>{"".join(cells)}</tr>')
-        out.append(f'<table class="cases"><thead><tr><th>ImageId</th>{head}</tr></thead>'
-                   f"<tbody>{''.join(rows)}</tbody></table>")
+            rows.append(f'<tr><td class="id"><span title="{html.escape(image_id)}">{html.escape(short_id(image_id))}'
+                        f'</span><br>truth {truth} px</td>{"".join(cells)}</tr>')
+        out.append(f'<div class="tablewrap"><table class="cases"><thead><tr><th>ImageId</th>{head}</tr></thead>'
+                   f"<tbody>{''.join(rows)}</tbody></table></div>")
     return "\n".join(out)
 
 
@@ -535,11 +534,12 @@ def render_html(c: Comparison) -> str:
     curves_html = (f'<img class="curves" alt="learning curves" src="data:image/png;base64,'
                    f'{base64.b64encode(curves).decode("ascii")}">' if curves else
                    '<p class="note">no history.csv in the runs</p>')
-    buckets = (_html_table(["bucket", "images"] + [r.label for r in c.runs], _bucket_rows(c)) +
-               f'<p class="note">mean per-image Dice [{c.level:.0%} CI]; areas in {html.escape(c.bucket_unit)}</p>')
+    buckets = (_html_table(_bucket_head(c), _bucket_rows(c)) +
+               f'<p class="note">mean per-image Dice [{c.level:.0%} CI]; truth areas in '
+               f"{html.escape(unit_text(c.bucket_unit))}</p>")
     notes = "".join(f'<p class="note warn">{html.escape(n)}</p>' for n in c.notes)
     sections = [("runs", "Runs", _html_table(FACT_HEAD, _facts_rows(c)) + notes),
-                ("metrics", "Metrics", metrics), ("sizes", "Dice by pneumothorax size", buckets),
+                ("metrics", "Metrics", metrics), ("sizes", f"Dice by pneumothorax size ({c.bucket_unit})", buckets),
                 ("curves", "Learning curves", curves_html), ("cases", "Cases side by side", _cases_html(c))]
     nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     body = "".join(f'<section id="{a}"><h2>{html.escape(t)}</h2>\n{b}\n</section>\n' for a, t, b in sections)
@@ -566,7 +566,7 @@ def render_markdown(c: Comparison, html_path: str | os.PathLike[str]) -> str:
     lines += ["## Metrics", "", _md_table(metric_header(c), metric_rows(c)), ""]
     lines += [f"- {r.name} vs A: Wilcoxon p = {_p_text(c.wilcoxon[r.label])}" for r in c.runs[1:]]
     lines += ["", _method_text(c), "", f"## Dice by pneumothorax size ({c.bucket_unit})", "",
-              _md_table(["bucket", "images"] + [r.label for r in c.runs], _bucket_rows(c))]
+              _md_table(_bucket_head(c), _bucket_rows(c)), "", f"Truth areas in {unit_text(c.bucket_unit)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,14 +1,19 @@
 """One self-contained HTML report of a run (plus a Markdown summary), from its files only.
 
-Reads ``RUN/config.yaml``, ``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv``, the cache's
-``splits.csv`` + ``index.csv`` (when reachable) and what ``pneumoseg evaluate`` wrote in
-``RUN/eval/<split>/`` (``metrics.json`` with the post-processing rule it applied,
-``per_image.csv``, ``cases.csv`` + ``cases/``; the split, or the external data set, is named in the
-report) and ``RUN/train_summary.json`` when training wrote one (its predicts-nothing flag and
+Reads ``RUN/config.yaml`` (typed: ``pneumoseg.runs.read_run_config``; shown as written),
+``RUN/history.csv`` / ``curves.png``, ``RUN/tune.csv``, the cache's ``splits.csv`` + ``index.csv``
+(when reachable) and what ``pneumoseg evaluate`` wrote in ``RUN/eval/<split>/``
+(``pneumoseg.runs.find_eval_dir``: ``metrics.json`` with the post-processing rule it applied,
+``per_image.csv``, ``images.csv``, ``cases.csv`` + ``cases/``; the split, or the external data set,
+is named in the report) and ``RUN/train_summary.json`` when training wrote one (its predicts-nothing flag and
 warnings are shown at the top). The header says what the model was trained on
 (``RUN/provenance.json``; "training data unknown" without one) and that it is not for clinical use.
 Figures: ROC and precision-recall curves of the image score, the
-per-image Dice histogram, Dice against pneumothorax size and tune's threshold sweep. No model is loaded. Figures are embedded as base64 data URLs and
+per-image Dice histogram (whole-number counts), Dice against pneumothorax size (mm² when every
+positive image has a pixel spacing, else source px: ``pneumoseg.runs.truth_areas``; plain-number
+log ticks that never crowd) and tune's threshold sweep. Wide tables scroll inside their own box and
+images shrink to the page, so the page fits a 1400 px window; case captions show ids shortened at a
+token boundary (``short_id``) with the full id as a tooltip. No model is loaded. Figures are embedded as base64 data URLs and
 the page has no external CSS/JS, so it opens offline; the per-image table sorts by clicking a
 header; a thumbnail enlarges on click. Overlays: prediction red, truth blue.
 """
@@ -24,7 +29,7 @@ import math
 import os
 import string
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,9 @@ from matplotlib.figure import Figure
 from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError
-from pneumoseg.evaluation.evaluate import CASE_CATEGORIES
+from pneumoseg.config import ExperimentConfig
+from pneumoseg.evaluation.evaluate import CASE_CATEGORIES, short_id
+from pneumoseg.runs import CONFIG_FILE, find_eval_dir, read_eval_images, read_run_config, truth_areas, unit_text
 from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, Provenance, describe_training, read_provenance
 
 __all__ = ["METRICS", "ReportData", "ReportFiles", "curve_points", "load_report_data", "render_html",
@@ -71,7 +78,9 @@ class ReportData:
     metrics: dict[str, Any]
     per_image: pd.DataFrame
     config_text: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: ExperimentConfig | None = None
+    area: np.ndarray | None = None  # truth area of each per_image row, in ``area_unit``
+    area_unit: str = "px"           # "mm²" when every positive image has a pixel spacing, else "px"
     data_summary: pd.DataFrame | None = None
     data_note: str = ""
     history: pd.DataFrame | None = None
@@ -152,14 +161,8 @@ def _curves(run: Path, history: pd.DataFrame | None) -> bytes | None:
 
 
 def default_eval_dir(run: Path) -> Path:
-    """``RUN/eval/test`` when evaluated on test, else the only evaluated split; DataError otherwise."""
-    root = run / "eval"
-    done = sorted(p.parent.name for p in root.glob("*/metrics.json")) if root.is_dir() else []
-    if "test" in done or not done:
-        return root / "test"
-    if len(done) == 1:
-        return root / done[0]
-    raise DataError(f"{run}: evaluated on {', '.join(done)}; choose one with --eval-dir {root}/<split>")
+    """``RUN/eval/test`` when evaluated on test, else the only evaluation (``pneumoseg.runs.find_eval_dir``)."""
+    return find_eval_dir(run)
 
 
 def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str] | None = None) -> ReportData:
@@ -167,17 +170,18 @@ def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLik
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"run folder {run} does not exist")
-    ev = Path(eval_dir) if eval_dir else default_eval_dir(run)
+    ev = Path(eval_dir) if eval_dir else find_eval_dir(run)
     try:
         metrics = json.loads(_need(ev / "metrics.json", run).read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{ev / 'metrics.json'}: not valid JSON ({exc})") from None
     data = ReportData(run, ev, metrics, _read_csv(_need(ev / "per_image.csv", run)))
     data.provenance = read_provenance(run)
-    if (run / "config.yaml").is_file():
-        data.config_text = (run / "config.yaml").read_text()
-        data.config = yaml.safe_load(data.config_text) or {}
-    data.data_summary, data.data_note = _data_summary((data.config.get("data") or {}).get("cache"))
+    data.config = read_run_config(run, required=False)
+    if data.config is not None:
+        data.config_text = (run / CONFIG_FILE).read_text()
+    data.data_summary, data.data_note = _data_summary(data.config.data.cache if data.config else None)
+    data.area, data.area_unit = truth_areas(data.per_image, read_eval_images(ev))
     if (run / "history.csv").is_file():
         data.history = _read_csv(run / "history.csv")
     data.curves_png = _curves(run, data.history)
@@ -226,8 +230,50 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _figures_png(d: ReportData) -> bytes:
+def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
+    """Tick positions for a log axis over [``lo``, ``hi``] (> 0): the densest of the 1-2-3-5, 1-2-5, 1-3
+    and 1 (decades) sequences with at most ``max_ticks`` inside, else every k-th decade. Labelled as
+    plain numbers, no minor labels: the labels never crowd (matplotlib's own minor labels such as
+    3x10^2 and 4x10^2 overlapped on a range under a decade and a half)."""
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in ((1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
+        ticks = [m * 10.0**e for e in range(first, last + 1) for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) <= max_ticks:
+            return ticks
+    decades = [10.0**e for e in range(first, last + 1) if lo <= 10.0**e <= hi]
+    return decades[::math.ceil(len(decades) / max_ticks)]
+
+
+def _tick_text(value: float, _pos: int | None = None) -> str:
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def _size_axes(ax: Any, area: np.ndarray, dice: np.ndarray, unit: str) -> None:
+    """Dice against truth area (positive images) on a log x axis with uncrowded plain-number ticks."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set(title="Dice vs pneumothorax size (positive images)", xlabel=f"truth area ({unit}, log)",
+           ylabel="Dice", ylim=(-0.03, 1.03))
+    keep = area > 0
+    area, dice = area[keep], dice[keep]
+    if not area.size:
+        return
+    ax.scatter(area, dice, s=12, alpha=0.7, color="#286eff")
+    ax.set_xscale("log")
+    lo, hi = float(area.min()) / 1.4, float(area.max()) * 1.4
+    ax.set_xlim(lo, hi)
+    ticks = log_ticks(lo, hi)
+    if len(ticks) < 2:  # under one 1-2-3-5 step: the data's ends
+        ticks = sorted({float(f"{area.min():.2g}"), float(f"{area.max():.2g}")})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _figures(d: ReportData) -> Figure:
     """ROC, precision-recall, per-image Dice histogram and Dice vs truth area, in one 2 x 2 figure."""
+    from matplotlib.ticker import MaxNLocator
+
     df = d.per_image
     score, col = _score(df)
     positive = df["truth_area_px"].to_numpy() > 0
@@ -252,15 +298,12 @@ def _figures_png(d: ReportData) -> bytes:
     hist.hist([dice[positive], dice[~positive]], bins=bins, stacked=True, label=["pneumothorax", "empty truth"],
               color=["#286eff", "#9aa5af"])
     hist.set(title="Per-image Dice", xlabel="Dice", ylabel="images")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 images
     hist.legend(fontsize=8)
-    if positive.any():
-        area = df["truth_area_px"].to_numpy(float)[positive]
-        size.scatter(area, dice[positive], s=12, alpha=0.7, color="#286eff")
-        size.set_xscale("log")
-    size.set(title="Dice vs pneumothorax size (positive images)", xlabel="truth area (source px, log)",
-             ylabel="Dice", ylim=(-0.03, 1.03))
+    area, unit = (d.area, d.area_unit) if d.area is not None else truth_areas(df)
+    _size_axes(size, np.asarray(area, float)[positive], dice[positive], unit)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def _sweep_png(tune: pd.DataFrame) -> bytes | None:
@@ -316,8 +359,8 @@ def _table(df: pd.DataFrame, sortable: bool = False, row_class: pd.Series | None
                         for c, v in zip(df.columns, rec, strict=True))
         attr = f' class="{html.escape(str(row_class.iloc[k]))}"' if row_class is not None else ""
         rows.append(f"<tr{attr}>{cells}</tr>")
-    return (f'<table{" class=sortable" if sortable else ""}><thead><tr>{heads}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (f'<div class="tablewrap"><table{" class=sortable" if sortable else ""}><thead><tr>{heads}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def _section(anchor: str, title: str, body: str) -> str:
@@ -381,9 +424,10 @@ def _postprocess_html(d: ReportData, top: int = 10) -> str:
 def _figures_html(d: ReportData) -> str:
     _, col = _score(d.per_image)
     return (f'<img class="curves" alt="ROC, precision-recall, Dice histogram, Dice vs size" '
-            f'src="{_data_url(_figures_png(d))}"><p class="note">Image score: {html.escape(col)} '
+            f'src="{_data_url(_png(_figures(d)))}"><p class="note">Image score: {html.escape(col)} '
             f"({html.escape(str(d.metrics.get('image_score', 'largest pixel probability')))}). "
-            "Size: truth area in source pixels.</p>")
+            f"Size: truth area in {html.escape(unit_text(d.area_unit))}.</p>")
+
 
 
 def _warnings_html(d: ReportData) -> str:
@@ -409,6 +453,8 @@ def _per_image_html(d: ReportData) -> str:
     outcome = _outcomes(df)
     df.insert(1, "outcome", outcome)
     df = df.drop(columns=[c for c in ("has_truth",) if c in df])
+    if d.area_unit == "mm²" and d.area is not None and "truth_area_mm2" not in df:
+        df.insert(df.columns.get_loc("truth_area_px") + 1, "truth_area_mm2", np.round(d.area, 1))
     body = _table(df, sortable=True, row_class=outcome, cell_class={"image_id": "id", "outcome": "outcome"})
     return (f'<p class="note">{len(df)} images; click a header to sort. Outcome: TP/TN/FP/FN at image level '
             f"(non-empty truth / prediction).</p><div class=scroll>{body}</div>")
@@ -437,7 +483,7 @@ def _galleries_html(d: ReportData) -> str:
                         f'<figcaption><b>Dice {_fmt(float(r.dice), 3)}</b> · score '
                         f'{_fmt(float(getattr(r, "score", r.probability)), 3)}<br>'
                         f"truth {r.truth_area_px} px · pred {r.pred_area_px} px<br>"
-                        f'<span title="{html.escape(r.image_id)}">…{html.escape(r.image_id[-18:])}</span>'
+                        f'<span class="id" title="{html.escape(r.image_id)}">{html.escape(short_id(r.image_id))}</span>'
                         "</figcaption></figure>")
         out.append(f'<div class="grid">{"".join(figs)}</div>' if figs else '<p class="note">none</p>')
     return "\n".join(out)

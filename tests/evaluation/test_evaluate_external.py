@@ -117,3 +117,45 @@ def test_external_name_cannot_overwrite_a_split(trained_run: Path, external: tup
     assert result.exit_code == 2 and "--name" in result.output
     result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(data), "--device", "cpu"])
     assert result.exit_code == 2 and "--rle CSV or --png-dir DIR" in result.output
+
+
+def test_compare_gallery_shows_the_external_sets_images(trained_run: Path, external: tuple[Path, Path, dict],
+                                                        tmp_path: Path) -> None:
+    """Issue 21: `compare` of runs evaluated with --data showed "image not found" in every case (it looked
+    in the run's cache). The eval folder records where each image came from (images.csv) and its labels."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from pneumoseg.evaluation.evaluate import evaluate_external
+    from pneumoseg.reporting.compare import compare_runs, render_html
+
+    data, csv, truths = external
+    runs = []
+    for name, threshold in (("a", 0.05), ("b", 0.3)):
+        run = tmp_path / name
+        shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+        evaluate_external(Predictor([run], device="cpu", postprocess=PostProcess(threshold=threshold)), run, data,
+                          rle=csv, progress=False)
+        runs.append(run)
+    images = pd.read_csv(runs[0] / "eval" / "hospital_b" / "images.csv", dtype={"image_id": str})
+    assert sorted(images["image_id"]) == sorted(truths)
+    assert (images["pixel_spacing_mm"] > 0).all()  # the DICOMs' Pixel Spacing
+    c = compare_runs(runs, "hospital_b", n_boot=50, n_cases=3)
+    assert c.bucket_unit == "mm²"
+    cases = render_html(c).split('<section id="cases">')[1]
+    n_rows = cases.count('<td class="id">')
+    pngs = re.findall(r'<img alt="[^"]+" src="data:image/png;base64,([^"]+)"', cases)
+    assert n_rows > 0 and len(pngs) == 2 * n_rows
+    assert "image not found" not in cases and "no image" not in cases
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(pngs[0]))))
+    assert thumb.shape[:2] == (200, 200) and thumb.std() > 5  # the 256 px phantom, not a blank tile
+    # labels no longer reachable: every case says why it has no image
+    metrics_path = runs[1] / "eval" / "hospital_b" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["labels"] = str(tmp_path / "moved.csv")
+    metrics_path.write_text(json.dumps(metrics))
+    cases = render_html(compare_runs(runs, "hospital_b", n_boot=50, n_cases=3)).split('<section id="cases">')[1]
+    assert cases.count(f"no image: labels {tmp_path / 'moved.csv'} (recorded in {metrics_path}) not found") == n_rows

@@ -295,3 +295,51 @@ def test_twelve_images_no_degenerate_interval_and_an_exact_p(tmp_path: Path) -> 
     c = compare_runs([a, b], "test")
     assert c.paired["B"]["dice_kaggle"].exact and c.paired["B"]["dice_kaggle"].p_value == pytest.approx(c.wilcoxon["B"])
     assert all(np.isnan(c.ci[r][m].low) and c.ci[r][m].note for r in "AB" for m in METRIC_NAMES)
+
+
+def _with_images_csv(run: Path, spacing: list[float | None]) -> None:
+    """Replace per_image.csv's mm² columns by the images.csv evaluate writes (source, pixel spacing)."""
+    ev = run / "eval" / "test"
+    per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str})
+    per_image.drop(columns=["pixel_spacing_mm", "truth_area_mm2"], errors="ignore").to_csv(ev / "per_image.csv", index=False)
+    pd.DataFrame({"image_id": per_image["image_id"], "source": "x.dcm",
+                  "pixel_spacing_mm": spacing}).to_csv(ev / "images.csv", index=False)
+
+
+def test_size_buckets_in_mm2_from_the_recorded_pixel_spacing(study: dict[str, object], tmp_path: Path) -> None:
+    """Issue 21: buckets were in px although the DICOMs had Pixel Spacing (evaluate never recorded it)."""
+    truths = np.asarray(study["truths"])
+    a, b = make_run(study, "a", _shifted(truths, 2)), make_run(study, "b", truths)
+    _with_images_csv(a, [0.5] * N_IMAGES)
+    _with_images_csv(b, [0.5] * N_IMAGES)
+    c = compare_runs([a, b], "test", n_boot=50, size_edges=(100.0, 400.0))
+    assert c.bucket_unit == "mm²"
+    area = truths.reshape(N_IMAGES, -1).sum(1) * 0.25
+    assert c.buckets["images"].tolist() == [int((area == 0).sum()), int(((area > 0) & (area < 100)).sum()),
+                                            int(((area >= 100) & (area < 400)).sum()), int((area >= 400).sum())]
+    html_path, md_path = write_comparison(c, tmp_path / "cmp.html")
+    sizes = html_path.read_text().split('<section id="sizes">')[1].split("</section>")[0]
+    assert "Dice by pneumothorax size (mm²)" in sizes and "bucket (truth area, mm²)" in sizes
+    assert "mm² (from the images&#x27; Pixel Spacing)" in sizes
+    assert "## Dice by pneumothorax size (mm²)" in md_path.read_text()
+    spacing: list[float | None] = [0.5] * N_IMAGES
+    spacing[3] = None  # one positive without a spacing: px for all
+    _with_images_csv(a, spacing)
+    c = compare_runs([a, b], "test", n_boot=50)
+    assert c.bucket_unit == "px"
+    assert "source pixels (no Pixel Spacing known)" in write_comparison(c, tmp_path / "px.html")[0].read_text()
+
+
+def test_case_gallery_says_why_a_case_has_no_image(study: dict[str, object], tmp_path: Path) -> None:
+    """Issue 21: a case without an image said only "image not found"; now it names what is missing."""
+    truths = np.asarray(study["truths"])
+    a, b = make_run(study, "a", _shifted(truths, 2)), make_run(study, "b", truths)
+    c = compare_runs([a, b], "test", n_boot=50, n_cases=2)
+    page = write_comparison(c, tmp_path / "ok.html")[0].read_text()
+    assert "no image" not in page and "image not found" not in page
+    shutil.rmtree(Path(study["cache"]))
+    page = write_comparison(c, tmp_path / "gone.html")[0].read_text()
+    cases = page.split('<section id="cases">')[1]
+    n_cells = 2 * cases.count('<td class="id">')
+    assert n_cells and cases.count(f"no image: cache {study['cache']} (the run&#x27;s data.cache) not found from "
+                                   "here") == n_cells

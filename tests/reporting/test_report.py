@@ -258,3 +258,133 @@ def test_config_section_shows_the_applied_rule_in_unsplit_blocks(evaluated: Path
     (pp,) = [b for b in blocks if "postprocess:" in b]
     assert "applied by evaluate" in pp and "threshold: 0.3" in pp and "area_unit: source_px" in pp
     assert "break-inside: avoid" in page
+
+
+# ---------------------------------------------------------------- issue 21 item 8: defects found by users
+
+
+def _chromium_driver(tmp_path: Path, width: int = 1400, height: int = 1000) -> object:
+    """Headless Chromium (selenium) with a viewport of exactly ``width`` x ``height`` CSS px."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM_BIN)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--no-first-run", f"--window-size={width},{height}",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    return drv
+
+
+CHROMIUM_BIN, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM_BIN.exists() and CHROMEDRIVER.exists()),
+                    reason=f"needs {CHROMIUM_BIN} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)")
+def test_report_does_not_scroll_sideways_at_1400_px(evaluated: Path, tmp_path: Path) -> None:
+    """Users saw the report scroll sideways in a 1400 px window (wide tables, figures): wide tables now
+    scroll inside their own box, figures are at most the page's width."""
+    from pneumoseg.evaluation.tune import tune_runs
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    tune_runs([run], device="cpu", progress=False)  # tune.csv: the widest table
+    files = write_report(run, eval_dir=run / "eval" / "val")
+    drv = _chromium_driver(tmp_path)
+    try:
+        drv.set_page_load_timeout(60)
+        drv.get(files.html.as_uri())
+        state = drv.execute_script("""
+            const wide = Array.from(document.querySelectorAll('body *'))
+                .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5
+                             && !e.closest('.scroll, .tablewrap, #lightbox'))
+                .map(e => e.tagName + '.' + e.className);
+            return {inner: window.innerWidth, scroll: document.documentElement.scrollWidth, wide: wide.slice(0, 5),
+                    img: Math.max(...Array.from(document.images).filter(i => !i.closest('#lightbox'))
+                                  .map(i => i.getBoundingClientRect().right))};
+        """)
+        drv.save_screenshot(str(tmp_path / "report-1400.png"))
+    finally:
+        drv.quit()
+    assert state["inner"] == 1400
+    assert state["scroll"] <= 1400, state
+    assert state["img"] <= 1400
+
+
+def _overlapping_labels(fig: object, ax: object) -> tuple[list[str], list[tuple[str, str]]]:
+    """The x tick labels drawn inside the axes' range and the pairs whose boxes overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    shown = [(t.label1.get_text(), t.label1.get_window_extent(renderer))
+             for t in ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks()
+             if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi]
+    return [s for s, _ in shown], [(a, b) for k, (a, box) in enumerate(shown) for b, other in shown[k + 1:]
+                                   if box.overlaps(other)]
+
+
+@pytest.mark.parametrize("lo, hi", [(150, 1500), (300, 900), (2000, 3000), (12, 250_000), (40, 41)])
+def test_dice_vs_size_ticks_do_not_overlap_and_counts_are_whole(lo: float, hi: float) -> None:
+    """Users saw '3x10^2' over '4x10^2' on the Dice-vs-size log axis (areas 150..1500 px) and
+    '0.5 images' on the histogram of 3 images."""
+    from pneumoseg.reporting.report import ReportData, _figures
+
+    area = np.r_[np.geomspace(lo, hi, 3), 0.0]
+    per_image = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "truth_area_px": area.round(),
+                              "pred_area_px": [10, 0, 5, 0], "probability": 0.5, "score": 0.5,
+                              "dice": [0.2, 0.0, 0.9, 1.0], "has_truth": [1, 1, 1, 0]})
+    fig = _figures(ReportData(Path("run"), Path("run/eval/test"), {}, per_image))
+    hist, size = fig.axes[2:4]
+    labels, overlaps = _overlapping_labels(fig, size)
+    assert len(labels) >= 2 and not overlaps, labels
+    assert all("times" not in s and "^" not in s for s in labels)  # plain numbers
+    ylo, yhi = hist.get_ylim()
+    counts = [v for v in hist.get_yticks() if ylo <= v <= yhi]
+    assert counts and all(float(v).is_integer() for v in counts), counts
+
+
+def test_short_ids_end_at_token_boundaries() -> None:
+    from pneumoseg.evaluation.evaluate import short_id
+
+    uid = "1.2.276.0.7230010.3.1.4.8323329.5797.1517875162.895"
+    assert short_id(uid) == "…1517875162.895"  # not "…17875162.895" (cut mid-token)
+    assert short_id("patient_0042_followup_b") == "…0042_followup_b"
+    assert short_id("img00") == "img00"
+    assert short_id("x" * 30) == "x" * 30  # one token: never cut
+    for text in (uid, "patient_0042_followup_b", "ab.cd-ef_gh." * 8):
+        short = short_id(text)
+        tail = short.removeprefix("…")
+        assert short.startswith("…") and len(short) <= 18 and text.endswith(tail)
+        assert text[len(text) - len(tail) - 1] in "._-"  # the cut is at a separator
+
+
+def test_gallery_captions_are_short_ids_with_the_full_id_in_a_tooltip(evaluated: Path) -> None:
+    from pneumoseg.evaluation.evaluate import short_id
+
+    galleries = _section((evaluated / "report.html").read_text(), "galleries")
+    cases = pd.read_csv(evaluated / "eval" / "val" / "cases.csv", dtype={"image_id": str})
+    for image_id in cases["image_id"]:
+        assert f'title="{image_id}">{short_id(image_id)}</span>' in galleries
+
+
+def test_report_sizes_are_in_mm2_when_the_pixel_spacing_is_known(evaluated: Path) -> None:
+    """The synthetic DICOMs carry Pixel Spacing: evaluate records it (images.csv) and the report's
+    Dice-vs-size figure and per-image table give areas in mm² (they said source px)."""
+    ev = evaluated / "eval" / "val"
+    images = pd.read_csv(ev / "images.csv", dtype={"image_id": str}).set_index("image_id")
+    per_image = pd.read_csv(ev / "per_image.csv", dtype={"image_id": str}).set_index("image_id")
+    assert sorted(images.index) == sorted(per_image.index)
+    assert (images["pixel_spacing_mm"] > 0).all() and images["source"].str.endswith(".dcm").all()
+    page = (evaluated / "report.html").read_text()
+    assert "Size: truth area in mm² (from the images&#x27; Pixel Spacing)" in _section(page, "figures")
+    table = _section(page, "per-image")
+    assert "truth_area_mm2" in table
+    row = per_image[per_image["truth_area_px"] > 0].iloc[0]
+    mm2 = row["truth_area_px"] * images.loc[row.name, "pixel_spacing_mm"] ** 2
+    assert f"{round(mm2, 1):.4f}" in table
