@@ -12,12 +12,12 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from pneumoseg.cli._common import PneumosegCommand, cli_errors, console, err_console
+from pneumoseg.cli._common import Device, PneumosegCommand, cli_errors, console, err_console
 
 if TYPE_CHECKING:
     from pneumoseg.pacs.box import PacsBox
@@ -27,18 +27,24 @@ __all__ = ["pacs_demo", "register"]
 
 @cli_errors
 def pacs_demo(
-    run: str | None = typer.Option(None, "--run", help="Run folder(s) RUN[,RUN2] to predict with (default: the "
-                                   "demo's, DEMO/run, built with `pneumoseg demo` when absent)."),
-    input_: Path | None = typer.Option(None, "--input", help="A DICOM file or folder to send (default: the demo's "
-                                       "synthetic DICOMs, pneumothoraces first)."),
-    limit: int = typer.Option(4, "--limit", min=1, help="Send at most this many DICOM files."),
-    demo: Path = typer.Option(Path("demo-out"), "--demo", help="The demo's folder (its run and DICOMs)."),
-    out: Path = typer.Option(Path("pacs-demo-out"), "--out", help="Orthanc's storage, the listener's queue, logs."),
-    ohif: Path | None = typer.Option(None, "--ohif", help="OHIF's built dist/ folder (default: $PNEUMOSEG_OHIF_DIR "
-                                     "or .ohif/dist, where `make install` puts it)."),
-    sr: bool = typer.Option(False, "--sr", help="The listener also sends a DICOM SR (presence, score, area)."),
-    sc: bool = typer.Option(True, "--sc/--no-sc", help="The listener also sends the overlay as a Secondary Capture."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda for the listener."),
+    run: Annotated[str | None, typer.Option(
+        "--run", metavar="RUN[,RUN2]", help="Run folder(s) to predict with (default: the demo's, DEMO/run, built "
+                                            "with `pneumoseg demo` when absent).")] = None,
+    input_: Annotated[Path | None, typer.Option(
+        "--input", metavar="PATH", help="A DICOM file or folder to send (default: the demo's synthetic DICOMs, "
+                                        "pneumothoraces first).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Send at most this many DICOM files.")] = 4,
+    demo: Annotated[Path, typer.Option("--demo", metavar="DIR", help="The demo's folder (its run and DICOMs).")] = (
+        Path("demo-out")),
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="Orthanc's storage, the listener's queue, logs.")] = Path("pacs-demo-out"),
+    ohif: Annotated[Path | None, typer.Option(
+        "--ohif", metavar="DIR", help="OHIF's built dist/ folder (default: $PNEUMOSEG_OHIF_DIR or .ohif/dist, where "
+                                      "`make install` puts it).")] = None,
+    sr: Annotated[bool, typer.Option("--sr", help="The listener also sends a DICOM SR (presence, score, area).")] = False,
+    sc: Annotated[bool, typer.Option(
+        "--sc/--no-sc", help="The listener also sends the overlay as a Secondary Capture.")] = True,
+    device: Device = None,
 ) -> None:
     """Orthanc + OHIF + `pneumoseg listen` on 127.0.0.1: send DICOMs, print the OHIF links; Ctrl-C stops all."""
     from pneumoseg.pacs.box import PacsBox, demo_inputs, demo_run, find_ohif, find_orthanc

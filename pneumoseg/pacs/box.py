@@ -361,7 +361,7 @@ class PacsBox:
     workdir: Path
     ohif_dir: Path | None = None
     listen_args: Sequence[str] = ()
-    device: str = "cpu"
+    device: str | None = None  #: the listener's --device (None: cuda when available, else cpu)
     orthanc: Orthanc | None = field(default=None, init=False)
     web: OhifServer | None = field(default=None, init=False)
     listener: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -401,7 +401,8 @@ class PacsBox:
         command = [sys.executable, "-m", "pneumoseg.cli.main", "listen", self.run, "--forward",
                    f"{self.orthanc.aet}@127.0.0.1:{self.orthanc.dicom_port}", "--port", str(port),
                    "--host", "127.0.0.1", "--ae-title", _LISTENER_AET, "--queue", str(self.queue),
-                   "--calling-ae", self.orthanc.aet, "--device", self.device, "--batch-size", "1", *self.listen_args]
+                   "--calling-ae", self.orthanc.aet, *(["--device", self.device] if self.device else []), "--batch-size", "1",
+                   *self.listen_args]
         with self.listen_log.open("ab") as out:
             return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)
