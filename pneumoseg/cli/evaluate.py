@@ -111,7 +111,8 @@ def evaluate(
     listed one per line; the rest is scored and the exit code is 2.
     """
     from pneumoseg.errors import ConfigError
-    from pneumoseg.evaluation.evaluate import eval_dir, evaluate_external, evaluate_run, external_name
+    from pneumoseg.evaluation.evaluate import evaluate_external, evaluate_run, external_name
+    from pneumoseg.runs import eval_dir
 
     runs = parse_runs(run)
     failures: list[str] = []

@@ -25,9 +25,10 @@ def report(
         "--eval-dir", metavar="DIR", help="Evaluation folder (overrides --split).")] = None,
 ) -> None:
     """Config, data, curves, metrics, threshold search, per-image table and case galleries in one HTML file."""
-    from pneumoseg.reporting.report import default_eval_dir, write_report
+    from pneumoseg.reporting.report import write_report
+    from pneumoseg.runs import find_eval_dir
 
-    chosen = eval_dir or (run / "eval" / split if split else default_eval_dir(run))
+    chosen = eval_dir or find_eval_dir(run, split)
     files = write_report(run, out, chosen)
     console.print(f"report of {chosen.name} ({chosen}): {files.html} (self-contained, opens offline)\n"
                   f"summary: {files.markdown}", highlight=False)

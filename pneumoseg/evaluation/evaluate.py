@@ -75,7 +75,6 @@ __all__ = [
     "cache_loader",
     "case_order",
     "eval_case_loader",
-    "eval_dir",
     "evaluate_external",
     "evaluate_items",
     "evaluate_run",

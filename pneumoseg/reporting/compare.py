@@ -74,7 +74,7 @@ from pneumoseg.scoring.stats import (
 )
 from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, describe_training, read_provenance
 
-__all__ = ["CASE_KINDS", "REQUIRED_COLUMNS", "Comparison", "RunEval", "compare_runs", "find_eval_dir",
+__all__ = ["CASE_KINDS", "REQUIRED_COLUMNS", "Comparison", "RunEval", "compare_runs",
            "load_run_eval", "metric_header", "metric_rows", "render_html", "render_markdown", "write_comparison"]
 
 REQUIRED_COLUMNS = ("image_id", "has_truth", "truth_area_px", "pred_area_px", "probability", "dice")

@@ -160,11 +160,6 @@ def _curves(run: Path, history: pd.DataFrame | None) -> bytes | None:
         return (Path(tmp) / "curves.png").read_bytes()
 
 
-def default_eval_dir(run: Path) -> Path:
-    """``RUN/eval/test`` when evaluated on test, else the only evaluation (``pneumoseg.runs.find_eval_dir``)."""
-    return find_eval_dir(run)
-
-
 def load_report_data(run_dir: str | os.PathLike[str], eval_dir: str | os.PathLike[str] | None = None) -> ReportData:
     """Read a run's files; DataError naming the missing file when ``evaluate`` has not run."""
     run = Path(run_dir)

@@ -28,6 +28,7 @@ from pneumoseg.evaluation.evaluate import evaluate_run
 from pneumoseg.util.paths import one_line
 from pneumoseg.inference.predictor import Predictor, find_inputs, predict_to_folder
 from pneumoseg.reporting.report import write_report
+from pneumoseg.runs import eval_dir
 from pneumoseg.training.run import train
 from pneumoseg.evaluation.tune import tune_runs
 
@@ -127,12 +128,13 @@ def run_demo(out_dir: str | os.PathLike[str] = "demo-out", n: int = 400, size: i
     inputs = [p for p in find_inputs(data / "dicom") if p.stem in test_ids]
     with _quiet(log):
         result = predict_to_folder(predictor, inputs, pred, progress=progress)
+    ev = eval_dir(run, "test")
     res.paths = {
         "synthetic data": data, "cache": cache, "run": run, "config": run / "config.yaml",
         "curves": run / "curves.png", "history": run / "history.csv", "best checkpoint": run / "checkpoints" / "best.ckpt",
-        "post-processing": run / "postprocess.json", "metrics": run / "eval" / "test" / "metrics.json",
-        "per-image scores": run / "eval" / "test" / "per_image.csv", "best cases": run / "eval" / "test" / "best.png",
-        "worst cases": run / "eval" / "test" / "worst.png", "masks": pred / "masks", "overlays": pred / "overlays",
+        "post-processing": run / "postprocess.json", "metrics": ev / "metrics.json",
+        "per-image scores": ev / "per_image.csv", "best cases": ev / "best.png",
+        "worst cases": ev / "worst.png", "masks": pred / "masks", "overlays": pred / "overlays",
         "predictions": pred / "predictions.csv", "submission": result.submission_csv or pred / "submission.csv",
         "report": report.html, "report summary": report.markdown,
     }

@@ -55,6 +55,7 @@ from pneumoseg.config import ExperimentConfig, config_to_dict, dump_config, load
 from pneumoseg.data.dataset import SPLITS
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.evaluation.evaluate import cache_loader, evaluate_items, evaluate_run, iter_split
+from pneumoseg.runs import eval_dir
 from pneumoseg.training.kfold import best_val, fold_dirs, train_all_folds, train_once, with_fold
 from pneumoseg.util.paths import safe_name
 
@@ -370,11 +371,11 @@ def run_study(spec: StudySpec, out_dir: str | os.PathLike[str], overrides: Seque
             evaluate_run(predictor, member, spec.split, progress=progress)
             mark("evaluate")
         result.runs[exp.name] = member
-        result.metrics[exp.name] = json.loads((member / "eval" / spec.split / "metrics.json").read_text())
+        result.metrics[exp.name] = json.loads((eval_dir(member, spec.split) / "metrics.json").read_text())
     if len(result.runs) >= 2:
         comparison = compare_runs(list(result.runs.values()), spec.split)
         result.compare_html, _ = write_comparison(comparison, out / "compare.html")
     if reports:
         for name, run in result.runs.items():
-            result.reports[name] = write_report(run, eval_dir=run / "eval" / spec.split)
+            result.reports[name] = write_report(run, eval_dir=eval_dir(run, spec.split))
     return result
