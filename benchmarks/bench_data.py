@@ -358,14 +358,18 @@ def rle_markdown(r: dict, args: argparse.Namespace, marked: bool = False) -> str
 def prepare_markdown(p: dict, mem: list[dict], dd: list[dict], args: argparse.Namespace,
                      marked: bool = False) -> str:
     """The prepare subsections (their own markers, so ``--only prepare --update-docs`` rewrites just them)."""
-    cmd = ".venv/bin/python benchmarks/bench_data.py --only prepare" + (" --quick" if args.quick else "")
+    cmd = (".venv/bin/python benchmarks/bench_data.py --only prepare" + (" --quick" if args.quick else "")
+           + (f" --files {args.files}" if args.files else ""))
     buf = io.StringIO()
     w = buf.write
     if marked:
         w("<!-- data-prepare:start -->\n")
+    end = load()
+    busy = max(float(args.load_start.split("/")[0]), float(end.split("/")[0])) >= (os.cpu_count() or 1)
     w(f"### prepare: {p['n']} DICOMs at {args.size}px vs the seed's serial `get_data` loop\n\n")
     w(f"Machine: {machine()}. Load average (1/5/15 min) at the start: {args.load_start}, at the end: "
-      f"{load()} (the cores are shared with other jobs: wall times are inflated, the parallel ones most). "
+      f"{end}" + (" (the cores are shared with other jobs: wall times are inflated, the parallel ones most)"
+                  if busy else "") + ". "
       f"Reproduce: `{cmd}` (add `--update-docs` to rewrite this part).\n\n")
     w("The 12 real JPEG-baseline DICOMs (1024 x 1024), symlinked under new names with duplicated RLE rows. "
       "In one run, on the same files: the seed loop (pydicom read + `cv2.resize`, `rle2mask` per row, "
@@ -451,11 +455,15 @@ def main() -> None:
     ap.add_argument("--update-docs", action="store_true", help="rewrite the Data section of docs/benchmarks.md "
                     "(with --only rle: its RLE subsection)")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
+    ap.add_argument("--files", type=int, default=None,
+                    help="DICOMs in the speed comparison (default 204; 48 with --quick): with more files the worker "
+                         "pool's start weighs less, as on a real archive")
     args = ap.parse_args()
     args.load_start = load()
     if not (STAGE2.is_file() and DICOM.is_dir()):
         raise SystemExit(f"real SIIM sample not found at {SIIM} (set PNEUMOSEG_SIIM_DIR)")
     n_prep, n_mem = (48, (48, 240)) if args.quick else (204, (204, 2004))
+    n_prep = args.files or n_prep
     if args.only != "prepare":
         print("RLE ...", file=sys.stderr)
         r = bench_rle(2000 if args.quick else None, n_mask2rle=2 if args.quick else 5)
