@@ -119,7 +119,9 @@ def register(app: typer.Typer) -> None:
         the out-of-fold rule) and OUT/folds.json; finished folds are skipped when run again.
         """
         from pneumoseg.config import load_config
-        from pneumoseg.training.run import RUN_DIR_ENV, default_run_dir, require_cache, train
+        from pneumoseg.training.builders import require_cache
+        from pneumoseg.training.run import train
+        from pneumoseg.training.runs import RUN_DIR_ENV, default_run_dir
 
         overrides = list(set_ or [])
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,
@@ -142,7 +144,7 @@ def register(app: typer.Typer) -> None:
             if config is not None:
                 _check_config_name(config)
             cfg = load_config(config, overrides)
-            run_dir = out if out is not None else default_run_dir(config)
+            run_dir = out if out is not None else default_run_dir(config, inherited=os.environ.get(RUN_DIR_ENV))
         require_cache(cfg)  # before any line names it ("training ... on None")
         if folds is not None:
             if resume is not None or fold is not None:

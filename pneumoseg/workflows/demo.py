@@ -11,7 +11,6 @@ Lightning's own log lines and warnings are hidden; pneumoseg's warnings go to ``
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import warnings
@@ -26,6 +25,7 @@ from pneumoseg.data.synth import generate_dataset
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import evaluate_run
 from pneumoseg.util.paths import one_line
+from pneumoseg.util.quiet import quiet_lightning
 from pneumoseg.inference.predictor import Predictor, find_inputs, predict_to_folder
 from pneumoseg.reporting.report import write_report
 from pneumoseg.runs import eval_dir
@@ -47,23 +47,15 @@ class DemoResult:
 
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the pneumoseg package
-_LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 
 
 @contextlib.contextmanager
 def _quiet(log: Callable[[str], None]) -> Iterator[None]:
-    """Hide Lightning's log lines and every warning not raised by pneumoseg; log pneumoseg's once each."""
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    """Hide Lightning's log lines (``quiet_lightning``) and every warning not raised by pneumoseg; log
+    pneumoseg's once each."""
+    with quiet_lightning(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
     seen: set[str] = set()
     for w in caught:
         text = one_line(str(w.message))

@@ -14,10 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+import pneumoseg.training.builders as builders
 import pneumoseg.training.run as run_module
 from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.errors import ConfigError
-from pneumoseg.training.run import SUMMARY_FILE, build_datamodule, plan_steps, predicts_nothing, train
+from pneumoseg.training.budget import plan_steps
+from pneumoseg.training.builders import build_datamodule
+from pneumoseg.training.run import SUMMARY_FILE, predicts_nothing, train
 from pneumoseg.training.schedules import cosine_lr, snapshot_lr, step_lr
 
 INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
@@ -149,7 +152,7 @@ class Constant(nn.Module):
 
 def test_predicts_nothing_fires_on_constant_logits(small: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run_module, "build_model", lambda cfg, encoder_weights=True: Constant())
+    monkeypatch.setattr(builders, "build_model", lambda cfg, encoder_weights=True: Constant())
     with pytest.warns(UserWarning, match="predicts nothing on validation"):
         train(config(small, "train.max_steps=3"), tmp_path / "run", progress=False)
     s = summary(tmp_path / "run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import pneumoseg.training.run as run_module
+import pneumoseg.training.builders as builders
 from pneumoseg.config import load_config
 from pneumoseg.training.run import train
 from tests.training.test_budget import Constant, config, make_cache, one_thread  # noqa: F401 (fixture)
@@ -99,7 +100,7 @@ def test_console_one_line_warnings_and_the_baseline(small: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from pneumoseg.cli.train import best_line, register
 
-    monkeypatch.setattr(run_module, "build_model", lambda cfg, encoder_weights=True: Constant())
+    monkeypatch.setattr(builders, "build_model", lambda cfg, encoder_weights=True: Constant())
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)
@@ -119,3 +120,38 @@ def test_console_one_line_warnings_and_the_baseline(small: Path, tmp_path: Path,
         "(val/dice_kaggle = 0.7500; predicting nothing scores 0.5000)")
     assert best_line(Path("b.ckpt"), "loss", 0.25, 0.5).endswith("(val/loss = 0.2500)")
     assert load_config(tmp_path / "run").train.max_steps == 12
+
+
+def test_train_logs_no_lightning_line_and_leaves_logging_and_warnings_as_they_were(small: Path,
+                                                                                   tmp_path: Path) -> None:
+    import logging
+    import warnings
+
+    from pneumoseg.util.quiet import LIGHTNING_LOGGERS, NOISE_WARNINGS
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    loggers = [logging.getLogger(n) for n in LIGHTNING_LOGGERS]
+    keep = Keep()
+    for lg in loggers:
+        lg.addHandler(keep)
+    levels = [lg.level for lg in loggers]
+    filters = list(warnings.filters)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            train(config(small, "train.epochs=2"), tmp_path / "run", progress=False)
+            train(config(small, "train.epochs=3"), tmp_path / "run", resume=True, progress=False)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(keep)
+    assert [r.getMessage() for r in keep.records] == []  # device lines, tips, restore paths, stop reasons
+    noise = [str(w.message) for w in caught if any(re.match(p, str(w.message)) for p in NOISE_WARNINGS)]
+    assert noise == []
+    assert [lg.level for lg in loggers] == levels and list(warnings.filters) == filters

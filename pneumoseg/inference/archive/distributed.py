@@ -11,11 +11,8 @@ part files (``pneumoseg.inference.archive.writers``); rank 0 merges (``loop.merg
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from pneumoseg.inference.archive.sources import InputSource
 from pneumoseg.inference.archive.writers import ArchiveItem, BackgroundWriter, PartFiles, completed_keys, load_records
 from pneumoseg.inference.predictor import PredictResult, Predictor
 from pneumoseg.util.progress import progress_bar
+from pneumoseg.util.quiet import quiet_lightning
 
 __all__ = ["ArchiveDataset", "ArchiveModule", "ArchiveWriter", "merge_outputs", "predict_archive",
            "predict_distributed"]
@@ -103,29 +101,12 @@ class ArchiveWriter(BasePredictionWriter):
             self.writer.abort()
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Lightning's start-up chatter (GPU available..., worker hints) off; warnings and errors stay."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*(does not have many workers|IterableDataset|"
-                                    r"GPU available but not used|predict_dataloader|num_nodes|infer the batch indices).*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def predict_distributed(predictor: Predictor, source: InputSource, out: Path, options: Mapping[str, Any], *,
                         input_spec: str = "", submission: str | Path | None = None, devices: int = 1,
                         num_nodes: int = 1, accelerator: str = "auto", precision: str = "32-true", workers: int = 2,
                         overwrite: bool = False, progress: bool = True) -> PredictResult | None:
     """``predict_archive`` on Lightning's predict loop (see there); None on ranks other than 0."""
-    with _quiet_lightning():
+    with quiet_lightning():  # Lightning's start-up chatter and worker hints off; warnings and errors stay
         strategy = "ddp" if devices * num_nodes > 1 else "auto"
         trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                             precision=precision,  # type: ignore[arg-type]
