@@ -31,7 +31,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
 
 def make_run(size: int, folder: Path) -> Path:
     from pneumoseg.config import load_config
-    from pneumoseg.training.runs import init_run
+    from pneumoseg.training.run_folder import init_run
 
     return init_run(load_config("seed_unet", [f"data.size={size}"]), folder / "run")
 

@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pneumoseg.config import load_config
-    from pneumoseg.training.runs import init_run
+    from pneumoseg.training.run_folder import init_run
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-listen-"))
     run = init_run(load_config("demo"), tmp / "run")

@@ -32,7 +32,7 @@ SIIM = ROOT.parent / "shared" / "data" / "siim"
 def make_run(model: str, size: int, folder: Path) -> Path:
     """A run folder holding ``model`` with random weights (config.yaml + checkpoints/best.ckpt)."""
     from pneumoseg.config import load_config
-    from pneumoseg.training.runs import init_run
+    from pneumoseg.training.run_folder import init_run
 
     return init_run(load_config(None, [f"model.name={model}", f"data.size={size}"]), folder / "run")
 

@@ -35,7 +35,7 @@ The training budget: ``train.epochs`` epochs, or ``train.max_steps`` optimizer s
 (whatever the data size; the epochs follow from the sampler's epoch lengths), or at least
 ``train.min_steps`` steps (more epochs when the data set is small). With a step budget or
 ``schedule.warmup_steps`` the schedules run over optimizer steps
-(``pneumoseg.training.schedules.step_lr``); see ``pneumoseg.training.run.plan_steps``.
+(``pneumoseg.training.schedules.step_lr``); see ``pneumoseg.training.budget.plan_steps``.
 
 Mixed precision: ``train.precision`` ``bf16-mixed`` / ``16-mixed`` are accepted; ``bf16-true`` and
 ``16-true`` are refused (weights and Adam's state in half precision lose small updates).

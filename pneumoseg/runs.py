@@ -1,7 +1,7 @@
 """The run-folder format: the one typed reader of ``RUN/config.yaml`` and the one resolver of ``RUN/eval/<name>/``.
 
 Used by evaluate (where to write), compare and report (what to read); no weights are loaded here
-(``pneumoseg.training.run.load_run`` reads the same config, then the checkpoint).
+(``pneumoseg.training.run_folder.load_run`` reads the same config, then the checkpoint).
 
 - :func:`read_run_config`: ``RUN/config.yaml`` as the typed ``ExperimentConfig`` (``load_config``:
   the same defaults, checks and ConfigError messages as ``load_run``).

@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
         from pneumoseg.config import load_config
         from pneumoseg.training.builders import require_cache
         from pneumoseg.training.run import train
-        from pneumoseg.training.runs import RUN_DIR_ENV, default_run_dir
+        from pneumoseg.training.run_folder import RUN_DIR_ENV, default_run_dir
 
         overrides = list(set_ or [])
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,

@@ -1,6 +1,6 @@
 """The LightningDataModule: train / val / test loaders over a prepared cache.
 
-It takes plain settings (``pneumoseg.training.run`` builds it from the experiment config). The
+It takes plain settings (``pneumoseg.training.builders`` builds it from the experiment config). The
 train loader uses a :class:`~pneumoseg.data.sampler.PositiveRatioSampler` when ``sampler`` is given,
 else a seeded :class:`~pneumoseg.data.sampler.ShuffleSampler`; validation and test are in order, each
 rank taking a disjoint, unpadded slice (metrics are summed over ranks at epoch end).

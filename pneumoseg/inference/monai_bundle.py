@@ -54,7 +54,7 @@ import pneumoseg
 from pneumoseg.errors import DataError
 from pneumoseg.inference.onnx import ExportError, _MaskLogits, exported_postprocess
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.training.runs import load_run
+from pneumoseg.training.run_folder import load_run
 
 __all__ = ["MONAI_TESTED", "bundle_metadata", "export_monai_bundle", "inference_config"]
 

@@ -51,7 +51,7 @@ from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.models.preprocessing import NORMALIZATIONS, Preprocessing, mean_std
 from pneumoseg.scoring.postprocess import PostProcess, find_tuned
-from pneumoseg.training.runs import load_run, resolve_checkpoint
+from pneumoseg.training.run_folder import load_run, resolve_checkpoint
 from pneumoseg.util.digest import file_sha256
 
 __all__ = [

@@ -56,7 +56,7 @@ from pneumoseg.training.provenance import (
     series_description,
     short_notice,
 )
-from pneumoseg.training.runs import load_run, resolve_checkpoint
+from pneumoseg.training.run_folder import load_run, resolve_checkpoint
 from pneumoseg.util.digest import file_sha256
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 ``from pneumoseg.training import train, load_run, TrainResult`` works; the names are imported
 lazily (``train``, ``TrainResult`` from ``pneumoseg.training.run``, the run-folder readers from
-``pneumoseg.training.runs``), so ``import pneumoseg.training.schedules`` stays light.
+``pneumoseg.training.run_folder``), so ``import pneumoseg.training.schedules`` stays light.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_HOME = {"TrainResult": "run", "train": "run", "list_checkpoints": "runs", "load_preprocessing": "runs",
-         "load_run": "runs"}
+_HOME = {"TrainResult": "run", "train": "run", "list_checkpoints": "run_folder", "load_preprocessing": "run_folder",
+         "load_run": "run_folder"}
 __all__ = ["TrainResult", "list_checkpoints", "load_preprocessing", "load_run", "train"]
 
 

@@ -37,7 +37,7 @@ from pneumoseg.training.callbacks import (
 )
 from pneumoseg.training.losses import create_loss
 from pneumoseg.training.module import SegmentationModule
-from pneumoseg.training.runs import build_model
+from pneumoseg.training.run_folder import build_model
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, optimizer_factory, scheduler_factory
 
 __all__ = ["build_datamodule", "build_logger", "build_module", "build_trainer", "check_cache_size",

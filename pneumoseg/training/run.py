@@ -3,7 +3,7 @@
 The config builds, the loop runs: ``pneumoseg.training.builders`` turns an
 :class:`~pneumoseg.config.ExperimentConfig` into a network, a loss, optimizer and scheduler factories,
 the post-processing, the data module and a Lightning Trainer; this module fits them and writes the
-summary. ``pneumoseg.training.runs`` reads a run folder back (``load_run``). The run folder
+summary. ``pneumoseg.training.run_folder`` reads a run folder back (``load_run``). The run folder
 (docs/architecture.md)::
 
     RUN/config.yaml                       the resolved config (reload with load_config(RUN))
@@ -72,7 +72,7 @@ from pneumoseg.training.budget import StepPlan, plan_steps, recommended_steps
 from pneumoseg.training.builders import build_datamodule, build_module, build_trainer, check_cache_size
 from pneumoseg.training.callbacks import HistoryCallback, Interruption
 from pneumoseg.training.provenance import build_provenance, save_provenance
-from pneumoseg.training.runs import save_preprocessing
+from pneumoseg.training.run_folder import save_preprocessing
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.util.quiet import quiet_lightning
 

@@ -20,7 +20,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import iter_split
 from pneumoseg.scoring.postprocess import PostProcess, find_tuned, grid_search
 from pneumoseg.inference.predictor import Predictor
-from pneumoseg.training.runs import init_run
+from pneumoseg.training.run_folder import init_run
 from pneumoseg.evaluation.tune import tune_runs
 
 runner = CliRunner()

@@ -20,7 +20,7 @@ from pneumoseg.inference.onnx import OnnxModel, export_onnx, read_onnx_metadata
 from pneumoseg.io.images import read_mask
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.inference.predictor import Predictor, choose_backend, load_input
-from pneumoseg.training.runs import load_run
+from pneumoseg.training.run_folder import load_run
 from tests.shared_data import SIIM
 
 runner = CliRunner()
@@ -58,7 +58,7 @@ def test_unet_parity_on_real_and_synthetic_images(trained_run: Path, unet_onnx: 
 
 def test_untrained_unet_resnet34_at_256_parity(synth_data: Path, tmp_path: Path) -> None:
     from pneumoseg.config import load_config
-    from pneumoseg.training.runs import init_run
+    from pneumoseg.training.run_folder import init_run
 
     run = init_run(load_config(None, ["model.name=unet-resnet34", "data.size=256"]), tmp_path / "run")
     path = export_onnx(run, tmp_path / "r34.onnx", verify=False)  # parity is checked below

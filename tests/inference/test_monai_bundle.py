@@ -28,7 +28,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.inference.monai_bundle import export_monai_bundle
 from pneumoseg.inference.predictor import InputImage, Predictor, load_input
 from pneumoseg.io.images import write_png
-from pneumoseg.training.runs import init_run
+from pneumoseg.training.run_folder import init_run
 from tests.shared_data import SIIM
 
 pytest.importorskip("monai")

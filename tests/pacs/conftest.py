@@ -31,7 +31,7 @@ def pacs_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from pneumoseg.config import load_config
-    from pneumoseg.training.runs import init_run
+    from pneumoseg.training.run_folder import init_run
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -22,7 +22,7 @@ from pneumoseg.scoring.metrics import dice_per_image
 from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.run import train
-from pneumoseg.training.runs import build_model, list_checkpoints, load_preprocessing, load_run
+from pneumoseg.training.run_folder import build_model, list_checkpoints, load_preprocessing, load_run
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, snapshot_lr
 
 INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"

@@ -497,7 +497,7 @@ def test_cli_prepare_over_pydicom_test_files(hostile_folder: Path, tmp_path: Pat
 @pytest.mark.slow  # ~45 s on 2 shared cores: 140 forward passes of the seed U-Net
 def test_cli_predict_over_pydicom_test_files(hostile_folder: Path, tmp_path: Path) -> None:
     from pneumoseg.config import load_config
-    from pneumoseg.training.runs import init_run
+    from pneumoseg.training.run_folder import init_run
 
     run = init_run(load_config("seed_unet", ["data.size=64"]), tmp_path / "run")
     code, output = _run_cli(["predict", str(run), str(hostile_folder), "--out", str(tmp_path / "pred"),

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pneumoseg.training.runs import RUN_DIR_ENV, default_run_dir
+from pneumoseg.training.run_folder import RUN_DIR_ENV, default_run_dir
 from tests.training.test_budget import make_cache, one_thread  # noqa: F401 (fixture)
 
 COMMON = ["--set", "data.size=32", "--set", "data.num_workers=0", "--set", "model.name=unet", "--batch-size", "4",
