@@ -47,6 +47,7 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.io.dicom.read import pixel_spacing_mm, read_header, spacing_pair, write_dicom
+from pneumoseg.io.overlay import PRED_RGB
 from pneumoseg.errors import DicomError
 from pneumoseg.util.paths import is_valid_uid, one_line
 
@@ -195,7 +196,10 @@ def make_segmentation(
     segment = hd.seg.SegmentDescription(
         segment_number=1, segment_label="Pneumothorax", segmented_property_category=SEGMENT_CATEGORY,
         segmented_property_type=PNEUMOTHORAX, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm, anatomic_regions=[codes.SCT.Chest])
+        algorithm_identification=algorithm, anatomic_regions=[codes.SCT.Chest],
+        # RecommendedDisplayCIELabValue: viewers draw the segment in pneumoseg's overlay red (OHIF otherwise warns
+        # "RecommendedDisplayCIELabValue not found" and picks its own colour)
+        display_color=hd.color.CIELabColor.from_rgb(*PRED_RGB))
     with warnings.catch_warnings():
         # Challenge files hold a UUID as PatientName; highdicom warns about single-component names.
         warnings.filterwarnings("ignore", message=".*intended person name.*", category=UserWarning)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -38,6 +39,10 @@ def _check_seg(seg_path: Path, source_path: Path, mask: np.ndarray, model_name: 
     assert f"pneumoseg {pneumoseg.__version__}" in list(raw.SoftwareVersions)
     segment = raw.SegmentSequence[0]
     assert segment.SegmentLabel == "Pneumothorax" and segment.SegmentAlgorithmType == "AUTOMATIC"
+    # viewers (OHIF) draw it in the overlay's red instead of warning and picking a colour
+    lab = [int(v) for v in segment.RecommendedDisplayCIELabValue]
+    rgb = hd.color.CIELabColor.from_dicom_value(lab).to_rgb()
+    assert np.abs(np.subtract(rgb, (255, 40, 40))).max() <= 2, rgb
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "36118008"
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
