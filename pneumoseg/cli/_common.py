@@ -46,6 +46,7 @@ __all__ = [
     "no_new_empty_folders",
     "one_line_warnings",
     "parse_runs",
+    "print_failures",
 ]
 
 console = Console()
@@ -59,6 +60,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on one line to stderr and return the Exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def print_failures(lines: Sequence[str]) -> None:
+    """One ``failed: <line>`` per input that could not be used, to stderr (lines escaped: they hold file names)."""
+    for line in lines:
+        err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail
+from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail, print_failures
 
 __all__ = ["explore", "register"]
 
@@ -171,8 +171,7 @@ def explore(
         err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
     for line in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    for line in summary["failures"]:
-        err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    print_failures(summary["failures"])
     for name, path in summary["files"].items():
         console.print(f"{name + ':':<15}{escape(path)}", highlight=False, soft_wrap=True)
     if summary["failures"]:

@@ -25,6 +25,7 @@ from pneumoseg.cli._common import (
     Runs,
     Tta,
     cli_errors,
+    print_failures,
     console,
     err_console,
     fail,
@@ -144,8 +145,7 @@ def dicomweb(
     table.add_row("stored", ", ".join(f"{n} {kind.upper()}" for kind, n in result.stored.items() if n) or "nothing")
     console.print(table)
     if result.failures:
-        for line in result.failures:
-            err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+        print_failures(result.failures)
         raise fail(f"{len(result.failures)} instance(s) could not be predicted or stored (listed above)")
 
 

@@ -32,6 +32,7 @@ from pneumoseg.cli._common import (
     Runs,
     Tta,
     cli_errors,
+    print_failures,
     console,
     err_console,
     fail,
@@ -217,8 +218,7 @@ def _predict(run: str, input: Path | None, given: Path, out: Path, *, submission
     for line in result.warnings:
         err_console.print(line, highlight=False, soft_wrap=True, markup=False)
     if result.failures:
-        for line in result.failures:
-            err_console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+        print_failures(result.failures)
         raise fail(f"{len(result.failures)} input(s) could not be predicted (listed above)")
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail
+from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail, print_failures
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,8 +32,7 @@ def _print_summary(result: PrepareResult, size: int) -> None:
         err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
     for line in result.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    for line in result.failures:
-        err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    print_failures(result.failures)
     table = Table(title=f"pneumoseg prepare -> {escape(str(result.cache))} ({size}px)", show_header=True)
     for col in ("prepared", "already done", "failed", "images in index", "positive"):
         table.add_column(col, justify="right")
