@@ -62,7 +62,7 @@ from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom, read_dicom_met
 from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
 from pneumoseg.io.layouts import dicom_image_id, find_dicoms, find_png_pairs, read_layout_mask
-from pneumoseg.util.paths import check_output_dir, one_line
+from pneumoseg.util.paths import check_output_dir, one_line, short_id
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.io.rle import Annotations, read_annotations
 
@@ -286,12 +286,6 @@ def _unlabelled(summary: dict[str, Any], df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{c: "" for c in _LABEL_COLUMNS if c in df.columns})
 
 
-def _short_id(image_id: str) -> str:
-    """The distinguishing tail of a UID (last three components), or the id itself."""
-    parts = image_id.split(".")
-    return ".".join(parts[-3:]) if len(parts) > 3 else image_id
-
-
 def _tile(pixels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """uint8 (H, W) image + optional bool mask -> downsized RGB uint8 with the mask in red."""
     height, width = pixels.shape
@@ -330,7 +324,7 @@ def _plot_grid(df: pd.DataFrame, load: _Loader, path: Path, n_samples: int, labe
     axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
     problems: dict[str, str] = {}
     for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
-        ax.set_title(f"{_short_id(row['image_id'])}\n{_area_label(row) if labelled else ''}", fontsize=8)
+        ax.set_title(f"{short_id(row['image_id'])}\n{_area_label(row) if labelled else ''}", fontsize=8)
         try:
             pixels, mask = load(row)
         except PneumosegError as exc:

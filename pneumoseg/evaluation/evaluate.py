@@ -51,7 +51,7 @@ from pneumoseg.scoring.metrics import dice_from_counts, detection_metrics
 from pneumoseg.io.overlay import overlay, write_rgb_png
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.io.rle import Annotations, read_annotations
-from pneumoseg.util.paths import safe_name
+from pneumoseg.util.paths import safe_name, short_id
 from pneumoseg.inference.predictor import InputImage, Predictor, find_inputs, image_score, load_input
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.data.split import read_index, small_set_warning
@@ -85,7 +85,6 @@ __all__ = [
     "plot_cases",
     "read_labelled_set",
     "save_cases",
-    "short_id",
     "summarize_per_image",
 ]
 
@@ -169,21 +168,6 @@ def _view(case: _Case, size: int) -> np.ndarray:
     pred, truth = (cv2.resize(m.astype(np.float32), shape, interpolation=cv2.INTER_AREA) > 0
                    for m in (case.pred, case.truth))
     return overlay(image, pred, truth)
-
-
-ID_SEPARATORS = "._-"
-
-
-def short_id(image_id: str, keep: int = 18) -> str:
-    """``image_id`` for a caption of about ``keep`` characters: whole when it fits, else ``…`` and its
-    end cut at a token boundary (after a '.', '_' or '-': ``…5797.1517875162.895`` of a SOPInstanceUID),
-    never mid-token (a last token longer than ``keep`` is kept whole). Show the full id in a tooltip."""
-    if len(image_id) <= keep:
-        return image_id
-    cuts = [k + 1 for k, ch in enumerate(image_id) if ch in ID_SEPARATORS and k + 1 < len(image_id)]
-    fitting = [k for k in cuts if len(image_id) - k <= keep - 1]
-    start = fitting[0] if fitting else (cuts[-1] if cuts else 0)
-    return image_id if start == 0 else "…" + image_id[start:]
 
 
 def plot_cases(cases: Sequence[_Case], title: str, path: str | os.PathLike[str], ncols: int = 4) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "one_line",
     "os_error_line",
     "safe_name",
+    "short_id",
 ]
 
 #: Longest output stem accepted: file systems allow 255 bytes per name; leave room for the
@@ -118,3 +119,18 @@ def check_output_file(path: str | os.PathLike[str], inputs: Iterable[str | os.Pa
         raise DataError(f"{what} {path}: is a folder")
     _check_writable_dir(target.parent, what)
     return target
+
+
+ID_SEPARATORS = "._-"  #: where an id may be cut for a caption (short_id)
+
+
+def short_id(image_id: str, keep: int = 18) -> str:
+    """``image_id`` for a caption of about ``keep`` characters: whole when it fits, else ``…`` and its
+    end cut at a token boundary (after a '.', '_' or '-': ``…5797.1517875162.895`` of a SOPInstanceUID),
+    never mid-token (a last token longer than ``keep`` is kept whole). Show the full id in a tooltip."""
+    if len(image_id) <= keep:
+        return image_id
+    cuts = [k + 1 for k, ch in enumerate(image_id) if ch in ID_SEPARATORS and k + 1 < len(image_id)]
+    fitting = [k for k in cuts if len(image_id) - k <= keep - 1]
+    start = fitting[0] if fitting else (cuts[-1] if cuts else 0)
+    return image_id if start == 0 else "…" + image_id[start:]

@@ -350,7 +350,7 @@ def test_dice_vs_size_ticks_do_not_overlap_and_counts_are_whole(lo: float, hi: f
 
 
 def test_short_ids_end_at_token_boundaries() -> None:
-    from pneumoseg.evaluation.evaluate import short_id
+    from pneumoseg.util.paths import short_id
 
     uid = "1.2.276.0.7230010.3.1.4.8323329.5797.1517875162.895"
     assert short_id(uid) == "…1517875162.895"  # not "…17875162.895" (cut mid-token)
@@ -365,7 +365,7 @@ def test_short_ids_end_at_token_boundaries() -> None:
 
 
 def test_gallery_captions_are_short_ids_with_the_full_id_in_a_tooltip(evaluated: Path) -> None:
-    from pneumoseg.evaluation.evaluate import short_id
+    from pneumoseg.util.paths import short_id
 
     galleries = _section((evaluated / "report.html").read_text(), "galleries")
     cases = pd.read_csv(evaluated / "eval" / "val" / "cases.csv", dtype={"image_id": str})
