@@ -17,7 +17,7 @@ data loading): the gap is what the data pipeline and Lightning cost. Also peak G
 peak host RSS. On CPU use tiny settings, e.g.
 ``--model unet --size 128 --batch 8 --batches 16 --precisions 32-true --workers 1``.
 ``--metric-cost`` only times the training Dice of one batch: the former host path (copy to the
-CPU, ``PostProcess``, ``dice_per_image``) against the device metric (``metrics.DiceKaggle``).
+CPU, ``PostProcess``, ``dice_per_image``) against the device metric (``streaming.DiceKaggle``).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def plain_loop(model: str, size: int, batch: int, precision: str, steps: int) ->
 
 def metric_cost(size: int, batch: int, repeats: int = 20) -> tuple[float, float]:
     """ms per batch of training Dice: host numpy path (copy + PostProcess + dice_per_image) vs on device."""
-    from pneumoseg.scoring.metrics import DiceKaggle, dice_per_image
+    from pneumoseg.scoring.metrics import dice_per_image
+    from pneumoseg.scoring.streaming import DiceKaggle
     from pneumoseg.scoring.postprocess import PostProcess
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

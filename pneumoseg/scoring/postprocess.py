@@ -43,7 +43,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics import Metric
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.util.digest import file_sha256
@@ -56,7 +55,6 @@ __all__ = [
     "TUNE_ENSEMBLES",
     "TUNE_TABLE",
     "VALIDATION_AREA_UNIT",
-    "GridDice",
     "GridScorer",
     "PostProcess",
     "TunedRule",
@@ -517,65 +515,3 @@ def grid_counts(probs: torch.Tensor, truth: torch.Tensor,
     area = torch.tensor([int(r["min_area"]) for r in rules], device=p.device).view(-1, 1)
     keep = n_top[ti] >= area  # (R, N)
     return inter_b[bi] * keep, pred_b[bi] * keep, t.sum(-1)
-
-
-class GridDice(Metric):
-    """Streaming challenge metric of every rule of a grid (torchmetrics): the tuned validation score.
-
-    ``update(probs, truth)`` per batch (see ``grid_counts`` for shapes; counted on the device, no
-    host sync); ``compute()`` (summed over DDP ranks) returns 0-d tensors: ``dice_kaggle`` and
-    ``dice_positive`` of the best rule (highest mean per-image Dice over all images, empty/empty =
-    1; ties keep grid order), ``pred_positive`` (its share of images predicted non-empty),
-    ``rule_index``, and ``positives_found``: the largest share, over all rules, of positive images
-    given a non-empty mask (0: even the loosest rule predicts nothing where there is something).
-    ``rule(index)`` gives the rule as ``PostProcess`` keywords.
-    """
-
-    full_state_update = False
-    dice_sum: torch.Tensor
-    pos_dice_sum: torch.Tensor
-    nonempty: torch.Tensor
-    pos_found: torch.Tensor
-    n_images: torch.Tensor
-    n_positive: torch.Tensor
-
-    def __init__(self, rules: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not rules:
-            raise ValueError("GridDice: the grid is empty")
-        self.rules = [dict(r) for r in rules]
-        n = len(self.rules)
-        for name in ("dice_sum", "pos_dice_sum", "nonempty", "pos_found"):
-            self.add_state(name, default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
-        for name in ("n_images", "n_positive"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    @torch.no_grad()
-    def update(self, probs: torch.Tensor, truth: torch.Tensor) -> None:  # type: ignore[override]
-        inter, pred, true = grid_counts(probs, truth, self.rules)
-        dice = dice_from_counts(inter, pred, true[None].expand_as(pred)).to(self.dice_sum.dtype)
-        positive = (true > 0).to(self.dice_sum.dtype)  # (N,)
-        found = (pred > 0).to(self.dice_sum.dtype)
-        self.dice_sum += dice.sum(1)
-        self.pos_dice_sum += (dice * positive).sum(1)
-        self.nonempty += found.sum(1)
-        self.pos_found += (found * positive).sum(1)
-        self.n_images += true.numel()
-        self.n_positive += positive.sum()
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        n, n_pos = self.n_images.clamp(min=1), self.n_positive.clamp(min=1)
-        dice = self.dice_sum / n
-        best = int(torch.argmax(dice))  # the first of equal maxima
-        nan = torch.full_like(self.n_images, math.nan)
-        return {
-            "dice_kaggle": dice[best],
-            "dice_positive": torch.where(self.n_positive > 0, self.pos_dice_sum[best] / n_pos, nan),
-            "pred_positive": self.nonempty[best] / n,
-            "positives_found": torch.where(self.n_positive > 0, self.pos_found.max() / n_pos, nan),
-            "rule_index": torch.tensor(best, device=dice.device),
-        }
-
-    def rule(self, index: int) -> dict[str, Any]:
-        """Rule ``index`` of the grid as ``PostProcess`` keywords (areas in training-size pixels)."""
-        return dict(self.rules[index])

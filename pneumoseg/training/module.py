@@ -31,7 +31,7 @@ Logged (per epoch):
   validation images given a non-empty mask (0: even the loosest rule predicts nothing, which
   ``pneumoseg.training.run`` flags).
 
-Dice is counted on the device in :class:`~pneumoseg.scoring.metrics.DiceKaggle` (torchmetrics) and reduced
+Dice is counted on the device in :class:`~pneumoseg.scoring.streaming.DiceKaggle` (torchmetrics) and reduced
 over DDP ranks once per epoch: no per-step host sync in training or validation. Exceptions:
 validation with a ``postprocess`` that needs connected components (``min_area > 0``, plain mode)
 copies each validation batch's probabilities to the CPU for it; with a progress bar, the per-step
@@ -52,9 +52,9 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from pneumoseg.data.dataset import mask_to_target
-from pneumoseg.scoring.metrics import DiceKaggle
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.scoring.postprocess import GridDice, PostProcess
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.streaming import DiceKaggle, GridDice
 from pneumoseg.training.schedules import OptimizerFactory, SchedulerFactory
 
 __all__ = ["SegmentationModule"]

@@ -231,3 +231,15 @@ def read_image_rgb_gray(rgb: np.ndarray) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         write_rgb_png(Path(tmp) / "x.png", rgb)
         return read_image(Path(tmp) / "x.png")
+
+
+def test_the_inference_path_imports_no_training_library() -> None:
+    """A one-image `predict` pays no training imports: torchmetrics (the streaming metrics) and Lightning
+    stay out of the predictor and the predict command (they cost seconds of start-up per command)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pneumoseg.inference.predictor, pneumoseg.cli.predict, pneumoseg.service.inference; "
+            "print(' '.join(m for m in ('torchmetrics', 'lightning', 'pytorch_lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "", out.stdout

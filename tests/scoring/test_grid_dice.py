@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoseg.scoring.postprocess import GridDice, PostProcess, validation_grid
+from pneumoseg.scoring.postprocess import PostProcess, validation_grid
+from pneumoseg.scoring.streaming import GridDice
 
 
 def _reference(probs: np.ndarray, truths: np.ndarray, rules: list[dict]) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pneumoseg.scoring.streaming import DiceKaggle
 from pneumoseg.scoring.metrics import (
     SUMMARY_KEYS,
-    DiceKaggle,
     detection_metrics,
     dice_from_counts,
     dice_kaggle,
