@@ -50,8 +50,15 @@ def stats(latencies: list[float], wall: float) -> dict[str, float]:
 
 
 def timed_posts(client: httpx.Client, files: list[tuple[str, bytes]], n: int, concurrency: int) -> dict[str, float]:
+    return stats(*post_latencies(client, files, n, concurrency))
+
+
+def post_latencies(client: httpx.Client, files: list[tuple[str, bytes]], n: int, concurrency: int,
+                   offset: int = 0) -> tuple[list[float], float]:
+    """(client latency of each of ``n`` POST /predict, seconds; wall seconds), ``concurrency`` in flight,
+    uploads cycling through ``files`` from ``offset``."""
     def one(i: int) -> float:
-        name, data = files[i % len(files)]
+        name, data = files[(offset + i) % len(files)]
         start = time.perf_counter()
         r = client.post("/predict", files={"file": (name, data, "application/dicom")})
         elapsed = time.perf_counter() - start
@@ -62,7 +69,7 @@ def timed_posts(client: httpx.Client, files: list[tuple[str, bytes]], n: int, co
     wall = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         latencies = list(pool.map(one, range(n)))
-    return stats(latencies, time.perf_counter() - wall)
+    return latencies, time.perf_counter() - wall
 
 
 def timed_gets(client: httpx.Client, urls: list[str]) -> dict[str, float]:

@@ -28,9 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 from _docs import DOCS, update_section  # type: ignore[import-not-found]  # benchmarks/ is on sys.path
 from bench_predict import make_run  # type: ignore[import-not-found]
+from bench_service import post_latencies  # type: ignore[import-not-found]
 
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = Path(os.environ.get("PNEUMOSEG_SIIM_DIR", ROOT.parent / "shared/data/siim"))
@@ -57,24 +56,6 @@ def install_switchable_lock() -> None:
             yield caught
 
     reader._guarded = guarded
-
-
-def timed_posts(client: httpx.Client, files: list[tuple[str, bytes]], n: int, concurrency: int,
-                offset: int) -> tuple[list[float], float]:
-    """(client latency of each of ``n`` POST /predict, seconds; wall seconds), ``concurrency`` in flight."""
-    def one(i: int) -> float:
-        name, data = files[(offset + i) % len(files)]
-        start = time.perf_counter()
-        r = client.post("/predict", files={"file": (name, data, "application/dicom")})
-        elapsed = time.perf_counter() - start
-        if r.status_code != 200:
-            raise RuntimeError(f"request {i}: HTTP {r.status_code}: {r.text[:200]}")
-        return elapsed
-
-    wall = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        latencies = list(pool.map(one, range(n)))
-    return latencies, time.perf_counter() - wall
 
 
 def uptime() -> str:
@@ -130,11 +111,11 @@ def main() -> None:
         with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=600) as client:
             for mode in ("before", "after"):  # warm-up
                 (LOCKED.set if mode == "before" else LOCKED.clear)()
-                timed_posts(client, files, args.concurrency, args.concurrency, 0)
+                post_latencies(client, files, args.concurrency, args.concurrency, 0)
             for r in range(args.rounds):
                 for mode in ("before", "after") if r % 2 == 0 else ("after", "before"):
                     (LOCKED.set if mode == "before" else LOCKED.clear)()
-                    got, wall = timed_posts(client, files, args.per_round, args.concurrency, r * args.per_round)
+                    got, wall = post_latencies(client, files, args.per_round, args.concurrency, r * args.per_round)
                     latencies[mode] += got
                     walls[mode] += wall
     LOCKED.clear()
