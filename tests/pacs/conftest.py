@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
+from pneumoseg.errors import ConfigError
+from pneumoseg.pacs import box
+from pneumoseg.pacs.box import free_port
+
+__all__ = ["THRESHOLD", "Orthanc", "free_port"]
+
 THRESHOLD = 0.55  #: the untrained seeded net's probabilities are ~0.54-0.56: partial masks, never empty or full
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -40,29 +34,12 @@ def pacs_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         tmp_path_factory.mktemp("pacs") / "run")
 
 
-@dataclass
-class Orthanc:
-    """A running Orthanc on 127.0.0.1: REST helpers."""
+class Orthanc(box.Orthanc):
+    """The PACS box's Orthanc (``pneumoseg.pacs.box.start_orthanc``) with two test helpers."""
 
-    http_port: int
-    dicom_port: int
-    aet: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def rest(self, method: str, path: str, body: Any = None, data: bytes | None = None, timeout: float = 60) -> Any:
-        import requests
-
-        response = requests.request(method, self.url + path, json=body, data=data, timeout=timeout)
-        response.raise_for_status()
-        return response.json() if response.content else None
-
-    def upload(self, files: list[Path]) -> list[str]:
+    def upload(self, files: Iterable[Path]) -> list[str]:  # type: ignore[override]
         """POST each file to /instances; their Orthanc ids."""
-        return [self.rest("POST", "/instances", data=f.read_bytes())["ID"] for f in files]
+        return [answer["ID"] for answer in super().upload(files)]
 
     def instances(self, modality: str) -> list[dict[str, Any]]:
         """Every instance of a series of ``modality`` (expanded)."""
@@ -72,48 +49,18 @@ class Orthanc:
             found += [self.rest("GET", f"/instances/{i}") for i in series["Instances"]]
         return found
 
-    def file(self, orthanc_id: str) -> bytes:
-        import requests
-
-        return requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=60).content
-
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     """A fresh Orthanc (DICOMweb plugin on) on free loopback ports, its storage in tmp; killed afterwards."""
-    binary = shutil.which("Orthanc")
-    plugin = ORTHANC_PLUGINS / "libOrthancDicomWeb.so"
-    if binary is None or not plugin.exists():
-        pytest.skip("Orthanc and its DICOMweb plugin are not installed (Debian: apt-get install orthanc "
-                    "orthanc-dicomweb; `make install` does it as root)")
-    http_port, dicom_port = free_port(), free_port()
-    storage = tmp_path / "orthanc-db"
-    config = {
-        "Name": "pneumoseg-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "HttpBindAddress": "127.0.0.1", "Plugins": [str(plugin)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "DicomModalities": {},
-        # Orthanc 1.10 cannot bind its DICOM port to loopback only: accept stores only from known modalities.
-        "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False, "DicomCheckModalityHost": True,
-        "DicomScpTimeout": 10, "StableAge": 1, "ConcurrentJobs": 1,
-    }
-    path = tmp_path / "orthanc.json"
-    path.write_text(json.dumps(config))
-    log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen([binary, str(path)], stdout=log, stderr=subprocess.STDOUT)
-    server = Orthanc(http_port, dicom_port, "ORTHANC", process)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                server.rest("GET", "/system", timeout=1)
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}") from None
-                time.sleep(0.1)
+        box.find_orthanc()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    started = box.start_orthanc(tmp_path, timeout=20)
+    server = Orthanc(*(getattr(started, f.name) for f in fields(started)))
+    try:
         yield server
     finally:
-        process.kill()  # its storage is thrown away with tmp_path: no need for a clean shutdown
-        process.wait()
-        log.close()
+        server.process.kill()  # its storage is thrown away with tmp_path: no need for a clean shutdown
+        server.process.wait()
