@@ -511,12 +511,14 @@ _EXPERIMENT = TypeAdapter(ExperimentConfig)
 
 # ---------------------------------------------------------------------------- public API
 def load_config(path: str | os.PathLike[str] | None = None,
-                overrides: Sequence[str] = ()) -> ExperimentConfig:
+                overrides: Sequence[str] = (), *, check_augment: bool = True) -> ExperimentConfig:
     """Load an experiment: defaults, ``base`` chain, the file, then ``overrides`` (``"a.b=value"``).
 
     ``path`` is a YAML file, a run folder (its ``config.yaml``), a packaged config name
     (``"winner"``) or None for the packaged default. Raises ConfigError (one line) naming the file
-    or the override, the key and the valid choices.
+    or the override, the key and the valid choices. ``check_augment``: build the augmentation once
+    to check it (imports albumentations); off where a trained run's config is read for inference
+    (``pneumoseg.runs.read_run_config``), which does not augment.
     """
     default = packaged_config("default.yaml")
     origin: dict[str, str] = {}
@@ -543,7 +545,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
         cfg = _EXPERIMENT.validate_python(merged, context={"origin": origin})
     except ValidationError as exc:
         raise _one_line(exc, origin) from None
-    _check_augment(cfg, origin)
+    if check_augment:
+        _check_augment(cfg, origin)
     return cfg
 
 

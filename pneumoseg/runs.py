@@ -20,12 +20,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["CONFIG_FILE", "EVAL_IMAGES_FILE", "eval_dir", "find_eval_dir", "read_eval_images", "read_run_config",
            "truth_areas", "unit_text"]
@@ -40,13 +43,15 @@ def read_run_config(run: str | os.PathLike[str], required: bool = True) -> Exper
     """``RUN/config.yaml`` as the typed config (nothing else of the run is read).
 
     Without the file: DataError when ``required``, else None. Bad values: ConfigError naming the file.
+    The augmentation is not rebuilt (it was checked when the run was trained, and reading a run is
+    for using its model: ~0.3 s of albumentations saved on every ``predict``).
     """
     path = Path(run) / CONFIG_FILE
     if not path.is_file():
         if required:
             raise DataError(f"{run} is not a run folder (no {CONFIG_FILE}): train one with `pneumoseg train`")
         return None
-    return load_config(path)
+    return load_config(path, check_augment=False)
 
 
 def eval_dir(run: str | os.PathLike[str], name: str) -> Path:
@@ -93,6 +98,8 @@ def find_eval_dir(run: str | os.PathLike[str], name: str | None = None) -> Path:
 def read_eval_images(ev: str | os.PathLike[str]) -> pd.DataFrame | None:
     """``EV/images.csv`` indexed by image_id (columns source, pixel_spacing_mm as float, NaN when unknown);
     None for an evaluation written before the file existed."""
+    import pandas as pd  # imported by the evaluation readers only, not by every reader of a run
+
     path = Path(ev) / EVAL_IMAGES_FILE
     if not path.is_file():
         return None
@@ -114,6 +121,8 @@ def truth_areas(per_image: pd.DataFrame, images: pd.DataFrame | None = None) -> 
 
     mm² = px * spacing² (spacing: sqrt(row * column) mm, ``DicomMeta.pixel_spacing_mm``).
     """
+    import pandas as pd
+
     px = pd.to_numeric(per_image["truth_area_px"], errors="coerce").to_numpy(np.float64)
     mm2 = None
     if images is not None:

@@ -26,9 +26,9 @@ from typing import Any
 import pandas as pd
 
 from pneumoseg.util.atomic import atomic_path
-from pneumoseg.config import load_config
 from pneumoseg.data.split import small_set_warning
 from pneumoseg.errors import DataError
+from pneumoseg.runs import read_run_config
 from pneumoseg.evaluation.evaluate import SplitItem, iter_split
 from pneumoseg.scoring.postprocess import (
     GridScorer,
@@ -99,7 +99,7 @@ def tune_runs(runs: Sequence[str | os.PathLike[str]], *, split: str = "val", oof
     if first is None:
         raise DataError(f"nothing to tune on: split {split!r} is empty")
     scorer = GridScorer(default_grid(first.truth.shape[1]) if grid is None else grid)
-    cfg_pp = load_config(dirs[0] / "config.yaml").postprocess
+    cfg_pp = read_run_config(dirs[0]).postprocess
     baseline = GridScorer({"threshold": [cfg_pp.threshold], "min_area": [cfg_pp.min_area]})
     n_positive = 0
     for item in itertools.chain([first], items):

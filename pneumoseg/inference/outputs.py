@@ -17,7 +17,7 @@ Conventions:
   rounded to ``SCORE_DECIMALS``, exactly the ``score`` column of ``predictions.csv``. Not the
   largest pixel probability, which saturates near 1.0 on almost every radiograph.
 * The decision ``has_pneumothorax`` is "the mask is not empty"; areas are counted on the mask
-  (pixels; mm² when the source has a pixel spacing, ``pneumoseg.io.dicom.seg.area_mm2``).
+  (pixels; mm² when the source has a pixel spacing, ``pneumoseg.io.dicom.read.area_mm2``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pneumoseg.io.dicom.sc import make_overlay_sc
-from pneumoseg.io.dicom.seg import area_mm2, make_segmentation
-from pneumoseg.io.dicom.sr import make_sr
+from pneumoseg.io.dicom.read import area_mm2
 
 __all__ = [
     "KINDS",
@@ -143,6 +141,10 @@ def build_dicom_outputs(source: Dataset, mask: np.ndarray, meta: OutputMeta, *, 
     Raises DicomError (from the writers) when an output cannot be made, ValueError on a missing
     ``prob`` / ``score`` / ``pixels`` or a ``prob`` not shaped like ``mask``.
     """
+    from pneumoseg.io.dicom.sc import make_overlay_sc  # highdicom: imported when outputs are built
+    from pneumoseg.io.dicom.seg import make_segmentation
+    from pneumoseg.io.dicom.sr import make_sr
+
     mask = np.asarray(mask, dtype=bool)
     if (prob is None) == (score is None):
         raise ValueError("give the probability map (prob) or the reported score (score), exactly one")

@@ -35,9 +35,8 @@ import torch
 from torch import nn
 
 from pneumoseg.util.atomic import atomic_write_text
-from pneumoseg.config import ExperimentConfig, load_config
-from pneumoseg.io.dicom.read import DicomMeta, read_dicom, read_header, write_dicom
-from pneumoseg.io.dicom.seg import area_mm2
+from pneumoseg.config import ExperimentConfig
+from pneumoseg.io.dicom.read import DicomMeta, area_mm2, read_dicom, read_header, write_dicom
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.inference.onnx import ONNX_NAME, OnnxModel, onnx_mismatch
 from pneumoseg.inference.outputs import TOP_FRACTION, OutputMeta, build_dicom_outputs, image_score, reported_score
@@ -48,6 +47,7 @@ from pneumoseg.io.overlay import annotate, overlay, write_rgb_png
 from pneumoseg.util.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
 from pneumoseg.scoring.postprocess import PostProcess, find_tuned, legacy_rule_present
 from pneumoseg.util.progress import progress_bar
+from pneumoseg.runs import read_run_config
 from pneumoseg.io.rle import rle_encode, rle_encode_absolute
 from pneumoseg.training.provenance import (
     Provenance,
@@ -248,7 +248,7 @@ class Predictor:
             files = matched or ([Path(f) for f in onnx] if onnx else [_onnx_file(r) for r in runs])
             nets = [OnnxModel(f, device=self.device) for f in files]
             self.weight_files = files
-            configs = ([load_config(Path(r) / "config.yaml") for r in runs] if matched
+            configs = ([read_run_config(r) for r in runs] if matched
                        else [net.config() for net in nets])
             self.models = [(net, c, net.metadata.preprocessing) for net, c in zip(nets, configs, strict=True)]
         self._matched_onnx = bool(matched)

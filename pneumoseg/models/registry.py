@@ -51,6 +51,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: the modules whose import registers the built-in models (imported on the first lookup, so that
+#: importing the package does not import segmentation_models_pytorch and timm: ~1-3 s)
+_BUILTIN_MODULES = ("pneumoseg.models.unet", "pneumoseg.models.uxception", "pneumoseg.models.smp_models")
+
 ModelFn = Callable[..., nn.Module]
 F = TypeVar("F", bound=ModelFn)
 
@@ -70,6 +74,8 @@ def register_model(fn: F | None = None, *, name: str | None = None) -> Any:
     """
 
     def decorator(f: F) -> F:
+        if getattr(f, "__module__", None) not in _BUILTIN_MODULES:
+            _load_builtins()  # a user's name that a built-in takes collides here, not later
         key = (name or f.__name__).lower()
         old = _MODELS.get(key)
         if old is not None and old is not f:
@@ -89,12 +95,21 @@ def register_resolver(resolver: Callable[[str], ModelFn | None]) -> Callable[[st
     return resolver
 
 
+def _load_builtins() -> None:
+    """Import the built-in model modules (idempotent: Python imports a module once)."""
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered names, sorted, optionally filtered by a shell wildcard (``"unet*"``).
 
     Resolvable names outside this list (any smp ``<arch>-<encoder>``) are accepted by
     ``create_model`` too.
     """
+    _load_builtins()
     names = sorted(_MODELS)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
@@ -102,6 +117,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def _entrypoint(name: str) -> ModelFn:
+    _load_builtins()
     key = name.lower().strip()
     if key in _MODELS:
         return _MODELS[key]

@@ -28,7 +28,6 @@ from typing import Any, overload
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -145,6 +144,8 @@ def detection_metrics(scores: Any, has_truth: Any, pred_positive: Any) -> dict[s
             f"scores, has_truth, pred_positive differ in length: {s.shape}, {y.shape}, {yhat.shape}"
         )
     n_pos, n_neg = int(y.sum()), int((~y).sum())
+    from sklearn.metrics import roc_auc_score  # scikit-learn (~0.5 s): imported when a score is computed
+
     auc = float(roc_auc_score(y, s)) if n_pos and n_neg else math.nan
     tn = int((~y & ~yhat).sum())
     return {

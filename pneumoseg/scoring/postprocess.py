@@ -37,17 +37,19 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.util.digest import file_sha256
 from pneumoseg.errors import ConfigError
 from pneumoseg.scoring.metrics import dice_from_counts
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "AREA_UNIT",
@@ -435,6 +437,8 @@ class GridScorer:
     def result(self) -> tuple[PostProcess, pd.DataFrame]:
         """The best rule and a table (mode, threshold, min_area, top_threshold, bottom_threshold,
         dice_kaggle, dice_positive; ``min_area`` in source pixels), best first."""
+        import pandas as pd  # imported when a grid is scored, not by every user of the rule
+
         if not self._true:
             raise ValueError("GridScorer: no image added")
         inter, pred = np.stack(self._inter, 1), np.stack(self._pred, 1)  # (R, N)

@@ -228,7 +228,7 @@ def _spacing_and_area(header: bytes, mask: np.ndarray) -> tuple[tuple[tuple[floa
     """(pixel spacing in mm and its source attribute, mask area in mm²) from a stored DICOM header."""
     if not header:
         return None, None
-    from pneumoseg.io.dicom.seg import area_mm2, pixel_spacing_mm
+    from pneumoseg.io.dicom.read import area_mm2, pixel_spacing_mm
 
     ds = read_header(header)
     spacing = pixel_spacing_mm(ds)

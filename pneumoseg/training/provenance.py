@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from pneumoseg import __version__
 from pneumoseg.config import ExperimentConfig
-from pneumoseg.data.dataset import split_ids
 from pneumoseg.errors import DataError
 from pneumoseg.util.atomic import atomic_write_text
 
@@ -98,6 +97,8 @@ def build_provenance(cfg: ExperimentConfig) -> Provenance:
         # A cache prepared before cache.json said: its source folder (when still there) tells.
         synthetic = True if is_synthetic_source(source) else None if not Path(source).is_dir() else False
         note = "" if synthetic is not None else f"{cache / 'cache.json'} does not say and {source} is gone"
+    from pneumoseg.data.dataset import split_ids  # here: pandas, torch's Dataset; readers of a run need neither
+
     splits: dict[str, int] = {}
     try:
         for name in ("train", "val", "test"):

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pneumoseg.config import ExperimentConfig, dump_config, load_config
+from pneumoseg.config import ExperimentConfig, dump_config
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.models import create_model
 from pneumoseg.models.heads import init_output_bias
 from pneumoseg.models.preprocessing import Preprocessing
+from pneumoseg.runs import read_run_config
 from pneumoseg.training.provenance import build_provenance, save_provenance
 from pneumoseg.util.atomic import atomic_path, atomic_write_text
 
@@ -112,9 +113,10 @@ def load_preprocessing(run_dir: str | os.PathLike[str]) -> Preprocessing:
             return Preprocessing.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    if not (run_dir / "config.yaml").is_file():
+    cfg = read_run_config(run_dir, required=False)
+    if cfg is None:
         raise DataError(f"{run_dir} is not a run folder (no {PREPROCESSING_FILE}, no config.yaml)")
-    return Preprocessing.from_config(load_config(run_dir / "config.yaml"))
+    return Preprocessing.from_config(cfg)
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -149,9 +151,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> tuple
     unknown checkpoint name (the message lists the available ones).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise DataError(f"{run_dir} is not a run folder (no config.yaml): train one with `pneumoseg train`")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = read_run_config(run_dir)
     path = resolve_checkpoint(run_dir, checkpoint)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -90,7 +90,7 @@ def test_real_dicom_sample_index(real_cache):
     meta = json.loads((real_cache / "cache.json").read_text())
     assert meta["size"] == 256 and meta["layout"] == "dicom" and meta["created_by"].startswith("pneumoseg ")
     assert meta["mask_rule"] == DEFAULT_MASK_RULE
-    # Pixel spacing from the headers, by the rule of dicom_seg.pixel_spacing_mm (an independent reader).
+    # Pixel spacing from the headers, by the rule of pneumoseg.io.dicom.read.pixel_spacing_mm (an independent reader).
     for row in index.itertuples():
         (dr, dc), _ = pixel_spacing_mm(pydicom.dcmread(row.source, stop_before_pixels=True))
         assert row.pixel_spacing_mm == pytest.approx(math.sqrt(dr * dc), rel=1e-7)

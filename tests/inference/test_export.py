@@ -157,13 +157,44 @@ def test_default_backend_uses_a_matching_run_onnx_on_cpu_else_torch_with_the_rea
         assert "onnxruntime is not installed" in choose_backend([run], "best", "cpu")[2]
 
 
+#: what a one-image predict on the ONNX backend does not need (issue 18: the plain script's imports only)
+NOT_FOR_ONE_IMAGE = ("pandas", "sklearn", "highdicom", "segmentation_models_pytorch", "timm", "onnx",
+                     "albumentations", "lightning", "torchmetrics")
+
+
+def test_one_image_onnx_predict_imports_only_what_it_needs(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    export_onnx(run, run / "model.onnx")
+    image = sorted((synth_data / "dicom").glob("*.dcm"))[0]
+    argv = ["pneumoseg", "predict", str(run), str(image), "--out", str(tmp_path / "out"), "--no-progress"]
+    code = (f"import sys; sys.argv={argv!r}\nfrom pneumoseg.cli.main import app\ntry:\n    app()\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('MODS', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={"COLUMNS": "200", "NO_COLOR": "1", "PATH": "", "HF_HUB_OFFLINE": "1",
+                               "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "backend: onnx" in done.stdout
+    assert (tmp_path / "out" / "masks" / f"{image.stem}.png").is_file()
+    loaded = set(next(r for r in done.stdout.splitlines() if r.startswith("MODS ")).split()[1:])
+    assert "onnxruntime" in loaded and not loaded & set(NOT_FOR_ONE_IMAGE)
+
+
 def test_bad_onnx_inputs_fail_cleanly(trained_run: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    with pytest.raises(DataError, match="not a readable ONNX"):
+    with pytest.raises(DataError, match="not a readable ONNX") as caught:
         read_onnx_metadata(junk)
+    assert "\n" not in str(caught.value)
     bare = tmp_path / "bare.onnx"
-    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), bare)
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])  # a valid model, no pneumoseg metadata
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [value],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), bare)
     with pytest.raises(DataError, match="not a pneumoseg ONNX export"):
         read_onnx_metadata(bare)
     inputs = tmp_path / "in"

@@ -164,7 +164,7 @@ def test_evaluate_metrics_match_an_independent_recomputation(trained_run: Path, 
 def test_predict_writes_sr_and_sc_and_area_in_mm2(trained_run: Path, synth_data: Path, tmp_path: Path) -> None:
     import pydicom
 
-    from pneumoseg.io.dicom.seg import pixel_spacing_mm
+    from pneumoseg.io.dicom.read import pixel_spacing_mm
 
     inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:2]
     predictor = Predictor([trained_run], device="cpu", postprocess=PostProcess(threshold=0.05))

@@ -136,7 +136,7 @@ def test_rle_seg_and_sr_downloads_agree_with_the_mask(client: TestClient, predic
 
 @require_siim
 def test_real_dicom_area_in_mm2_uses_pixel_spacing(client: TestClient) -> None:
-    from pneumoseg.io.dicom.seg import area_mm2
+    from pneumoseg.io.dicom.read import area_mm2
 
     path = sorted((SIIM / "dicom").glob("*.dcm"))[0]
     body = _post(client, path).json()

@@ -67,6 +67,7 @@ __all__ = [
     "RADIOGRAPH_MODALITIES",
     "DicomImage",
     "DicomMeta",
+    "area_mm2",
     "format_header",
     "parse_age",
     "pixel_spacing_mm",
@@ -378,6 +379,18 @@ def pixel_spacing_mm(source: Any) -> tuple[tuple[float, float], str] | None:
     if math.isfinite(factor) and factor > 0:
         return (spacing[0] / factor, spacing[1] / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
     return spacing, "ImagerPixelSpacing"
+
+
+def area_mm2(mask: np.ndarray, source: Any) -> float | None:
+    """Area in mm² of ``mask`` (bool (H, W), the source image's pixel grid), or None without a spacing.
+
+    Pixel count times row spacing times column spacing, the spacing from ``pixel_spacing_mm``.
+    """
+    found = pixel_spacing_mm(source)
+    if found is None:
+        return None
+    (row, col), _ = found
+    return float(np.count_nonzero(mask)) * row * col
 
 
 def write_dicom(path: str | os.PathLike[str], ds: pydicom.Dataset) -> Path:

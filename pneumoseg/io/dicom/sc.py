@@ -26,7 +26,8 @@ from pydicom.sr.codedict import codes
 
 import pneumoseg
 from pneumoseg.io.dicom.read import write_dicom
-from pneumoseg.io.dicom.seg import area_description, area_mm2, check_source_uids, pixel_spacing_mm
+from pneumoseg.io.dicom.read import area_mm2, pixel_spacing_mm
+from pneumoseg.io.dicom.seg import area_description, check_source_uids
 from pneumoseg.errors import DicomError
 from pneumoseg.io.overlay import overlay
 

@@ -46,7 +46,7 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
 import pneumoseg
-from pneumoseg.io.dicom.read import pixel_spacing_mm, read_header, spacing_pair, write_dicom
+from pneumoseg.io.dicom.read import area_mm2, read_header, spacing_pair, write_dicom
 from pneumoseg.io.overlay import PRED_RGB
 from pneumoseg.errors import DicomError
 from pneumoseg.util.paths import is_valid_uid, one_line
@@ -58,11 +58,9 @@ __all__ = [
     "SOURCE_UIDS",
     "STACK_ORIENTATION",
     "area_description",
-    "area_mm2",
     "check_source_uids",
     "header_copy",
     "make_segmentation",
-    "pixel_spacing_mm",
     "read_segmentation",
     "write_segmentation",
 ]
@@ -107,18 +105,6 @@ def check_source_uids(source: Dataset, what: str) -> None:
             if not is_valid_uid(value):
                 raise DicomError(f"{_where(source)}: {keyword} {one_line(value[:80])!r} is not a valid DICOM UID "
                                  f"(digits and dots, at most 64 characters); no {what} made from it")
-
-
-def area_mm2(mask: np.ndarray, source: Dataset) -> float | None:
-    """Area in mm² of ``mask`` (bool (H, W), the source image's pixel grid), or None without a spacing.
-
-    Pixel count times row spacing times column spacing, the spacing from ``pixel_spacing_mm``.
-    """
-    found = pixel_spacing_mm(source)
-    if found is None:
-        return None
-    (row, col), _ = found
-    return float(np.count_nonzero(mask)) * row * col
 
 
 def area_description(area_px: int, area_mm2: float | None) -> str:

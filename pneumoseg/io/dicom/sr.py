@@ -14,7 +14,7 @@ SCT 399208008 *Plain chest X-ray*. Its Imaging Measurements hold:
     ``99PNEUMOSEG``, PS3.16 8.2: coding scheme designators beginning "99" are local);
 * when a SEG is given, one planar ROI group (TID 1410) referencing the SEG's segment 1 frame 1
   (and, through it, the source image) with SCT 42798000 *Area*: in ``mm2`` (UCUM) when the
-  source has a pixel spacing (``pneumoseg.io.dicom.seg.area_mm2``), else in ``{pixels}``.
+  source has a pixel spacing (``pneumoseg.io.dicom.read.area_mm2``), else in ``{pixels}``.
 
 The evidence (Current Requested Procedure Evidence) lists the source image and the SEG.
 """

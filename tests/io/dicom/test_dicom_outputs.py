@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 from pneumoseg.data.synth import generate_dataset
 from pneumoseg.io.dicom.read import read_dicom
 from pneumoseg.io.dicom.sc import make_overlay_sc, write_sc
-from pneumoseg.io.dicom.seg import area_mm2, make_segmentation, pixel_spacing_mm, read_segmentation, write_segmentation
+from pneumoseg.io.dicom.read import area_mm2, pixel_spacing_mm
+from pneumoseg.io.dicom.seg import make_segmentation, read_segmentation, write_segmentation
 from pneumoseg.io.dicom.sr import SCORE, make_sr, write_sr
 from pneumoseg.errors import DicomError
 from pneumoseg.io.overlay import PRED_RGB, overlay
