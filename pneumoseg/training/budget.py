@@ -36,13 +36,17 @@ class StepPlan:
     steps_per_epoch: list[int] = field(default_factory=list)
 
 
-def recommended_steps(n_parameters: int) -> int:
+def recommended_steps(n_parameters: int, pretrained: bool = False) -> int:
     """Fewest optimizer steps worth training a model of ``n_parameters`` for (below: ``train`` warns).
 
-    500 for small networks (< 5 M parameters, e.g. the seed's UNet), 1000 for the others (ResNet-34
-    U-Net, Xception, SE-ResNeXt50): on 42 real images at 256 px, 90-150 steps left the packaged
-    configs at 0.0-0.5 positive Dice (docs/training.md).
+    From scratch: 500 for small networks (< 5 M parameters, e.g. the seed's UNet), 1000 for the
+    others (ResNet-34 U-Net, Xception, SE-ResNeXt50): on 42 real images at 256 px, 90-150 steps left
+    the packaged configs at 0.0-0.5 positive Dice (docs/training.md). With a ``pretrained`` encoder
+    (ImageNet weights): 150, where the EfficientNet-Lite0 U-Net matched 1000 from-scratch steps in the
+    128 px real-image screen (docs/benchmarks.md).
     """
+    if pretrained:
+        return 150
     return 500 if n_parameters < 5_000_000 else 1000
 
 

@@ -142,7 +142,7 @@ def train(cfg: ExperimentConfig, run_dir: str | os.PathLike[str], resume: bool =
     step_schedule = plan.step_mode or cfg.schedule.warmup_steps > 0
     module = build_module(cfg, total_steps=plan.steps if step_schedule else None)
     n_params = sum(p.numel() for p in module.net.parameters())
-    wanted = recommended_steps(n_params)
+    wanted = recommended_steps(n_params, pretrained=cfg.model.encoder_weights is not None)
     if plan.steps < wanted:
         notes.append(f"only {plan.steps} optimizer steps for {cfg.model.name} ({n_params / 1e6:.1f} M parameters; "
                      f"at least {wanted} recommended): set train.max_steps={wanted} (or train.min_steps)")

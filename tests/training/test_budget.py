@@ -185,3 +185,11 @@ def test_cache_size_mismatch_warns_or_refuses(small: Path, tmp_path: Path) -> No
         train(config(small, "train.max_steps=1", "data.size=64", "train.strict_size=true"), tmp_path / "strict",
               progress=False)
     assert not (tmp_path / "strict" / "checkpoints").exists()
+
+
+def test_recommended_steps_by_size_and_by_pretrained_encoder() -> None:
+    from pneumoseg.training.budget import recommended_steps
+
+    assert recommended_steps(600_000) == 500  # the seed's UNet, from scratch
+    assert recommended_steps(24_000_000) == 1000  # unet-resnet34, from scratch
+    assert recommended_steps(5_200_000, pretrained=True) == 150  # the Lite0 U-Net on ImageNet weights
