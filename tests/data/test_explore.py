@@ -282,7 +282,7 @@ def test_unlabelled_folder_full_header_and_by_label(tmp_path: Path) -> None:
 
 
 def test_area_ticks_are_plain_numbers() -> None:
-    from pneumoseg.data.explore import _area_tick
+    from pneumoseg.data.explore.figures import _area_tick
 
     assert [_area_tick(v) for v in (50, 200, 1000, 20000, 1.5e6)] == ["50", "200", "1k", "20k", "1.5M"]
 
