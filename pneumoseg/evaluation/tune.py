@@ -3,7 +3,7 @@
 ``tune_runs`` scores every rule of a grid at the source resolution on the probabilities that
 ``predict`` would produce with the same runs, checkpoint and TTA (an ensemble is tuned on its
 averaged probabilities), and stores the best rule in each run's ``postprocess.json`` keyed by
-the content of those settings (``pneumoseg.scoring.postprocess.TunedRule``: the SHA-256 of each
+the content of those settings (``pneumoseg.scoring.tuned.TunedRule``: the SHA-256 of each
 checkpoint, and TTA), so ``predict`` with the same weights and TTA uses it from wherever the run
 folders are copied or moved. Every rule scored goes to ``RUN/tune.csv`` for a single run and to
 ``RUN/tune-ensembles/<id>.csv`` for an ensemble: a run's own sweep is never replaced by an
@@ -30,14 +30,9 @@ from pneumoseg.data.split import small_set_warning
 from pneumoseg.errors import DataError
 from pneumoseg.runs import read_run_config
 from pneumoseg.evaluation.evaluate import SplitItem, iter_split
-from pneumoseg.scoring.postprocess import (
-    GridScorer,
-    PostProcess,
-    TunedRule,
-    checkpoint_digests,
-    default_grid,
-    save_tuned,
-)
+from pneumoseg.scoring.grid import GridScorer, default_grid
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import TunedRule, checkpoint_digests, save_tuned
 from pneumoseg.inference.predictor import Predictor
 
 __all__ = ["TuneResult", "tune_runs"]
@@ -87,7 +82,7 @@ def tune_runs(runs: Sequence[str | os.PathLike[str]], *, split: str = "val", oof
     Writes, in every run folder, ``postprocess.json`` (the rule for these weights and TTA,
     alongside rules tuned for other settings) and the table of every rule, best first (``min_area``
     in source pixels): ``tune.csv`` for one run, ``tune-ensembles/<id>.csv`` for an ensemble
-    (``TunedRule.table``). ``grid=None``: ``pneumoseg.scoring.postprocess.default_grid`` at the source width.
+    (``TunedRule.table``). ``grid=None``: ``pneumoseg.scoring.grid.default_grid`` at the source width.
     The untuned default (the first run's config threshold / min_area) is scored on the same images.
     """
     dirs = [Path(r) for r in runs]

@@ -51,7 +51,8 @@ from pneumoseg.util.atomic import atomic_path
 from pneumoseg.config import ExperimentConfig, load_config
 from pneumoseg.errors import ConfigError, DataError, PneumosegError
 from pneumoseg.models.preprocessing import NORMALIZATIONS, Preprocessing, mean_std
-from pneumoseg.scoring.postprocess import PostProcess, find_tuned
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import find_tuned
 from pneumoseg.training.run_folder import load_run, resolve_checkpoint
 from pneumoseg.util.digest import file_sha256
 from pneumoseg.util.paths import one_line

@@ -45,7 +45,8 @@ from pneumoseg.io.layouts import INPUT_SUFFIXES, iter_files
 from pneumoseg.models.preprocessing import Preprocessing
 from pneumoseg.io.overlay import annotate, overlay, write_rgb_png
 from pneumoseg.util.paths import check_output_dir, check_output_file, is_valid_uid, safe_name
-from pneumoseg.scoring.postprocess import PostProcess, find_tuned, legacy_rule_present
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import find_tuned, legacy_rule_present
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.runs import read_run_config
 from pneumoseg.io.rle import rle_encode, rle_encode_absolute

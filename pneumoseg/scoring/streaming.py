@@ -2,9 +2,9 @@
 
 ``DiceKaggle``: ``dice_kaggle`` / ``dice_positive`` of thresholded predictions, batch by batch;
 ``GridDice``: the same for every rule of a post-processing grid at once (the tuned validation
-score). The rules themselves live in :mod:`pneumoseg.scoring.postprocess` (``grid_counts`` is the
-torch form of ``PostProcess``) and the per-image Dice in :mod:`pneumoseg.scoring.metrics`; this
-module only accumulates their counts over batches and DDP ranks. Kept apart so that inference
+score). The rules themselves live in :mod:`pneumoseg.scoring.postprocess` (``grid_counts``, in
+:mod:`pneumoseg.scoring.grid`, is the torch form of ``PostProcess``) and the per-image Dice in
+:mod:`pneumoseg.scoring.metrics`; this module only accumulates their counts over batches and DDP ranks. Kept apart so that inference
 (``predict``, the service) does not import torchmetrics.
 """
 
@@ -19,7 +19,7 @@ import torch
 from torchmetrics import Metric
 
 from pneumoseg.scoring.metrics import dice_from_counts
-from pneumoseg.scoring.postprocess import grid_counts
+from pneumoseg.scoring.grid import grid_counts
 
 __all__ = ["DiceKaggle", "GridDice"]
 

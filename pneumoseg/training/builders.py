@@ -23,7 +23,8 @@ from pneumoseg.config import ExperimentConfig
 from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.errors import ConfigError
 from pneumoseg.models.preprocessing import Preprocessing
-from pneumoseg.scoring.postprocess import PostProcess, validation_grid
+from pneumoseg.scoring.grid import validation_grid
+from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.budget import StepPlan, batch_limit
 from pneumoseg.training.callbacks import (
     AtomicCheckpointIO,

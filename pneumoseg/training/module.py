@@ -22,7 +22,7 @@ Logged (per epoch):
   ``val/pred_positive``: the share of validation images whose predicted mask is not empty;
   ``val/empty_baseline``: what predicting nothing scores in ``val/dice_kaggle`` (the share of
   validation images without a mask; ``scoring.stats.predict_nothing_dice``);
-* the winner's validation (with a ``val_grid``, ``scoring.postprocess.validation_grid``): every
+* the winner's validation (with a ``val_grid``, ``scoring.grid.validation_grid``): every
   rule of the grid scored on the same probabilities (``GridDice``, on the device, one pass), and
   the best logged: ``val/dice_kaggle_tuned`` (what ``train.monitor`` follows by default),
   ``val/dice_positive_tuned``, ``val/pred_positive_tuned`` and the rule itself as

@@ -18,7 +18,9 @@ from pneumoseg.data.cache import read_truth
 from pneumoseg.data.split import write_splits
 from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import iter_split
-from pneumoseg.scoring.postprocess import PostProcess, find_tuned, grid_search
+from pneumoseg.scoring.grid import grid_search
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import find_tuned
 from pneumoseg.inference.predictor import Predictor
 from pneumoseg.training.run_folder import init_run
 from pneumoseg.evaluation.tune import tune_runs

@@ -15,7 +15,8 @@ from pneumoseg.cli.main import app
 from pneumoseg.errors import DataError
 from pneumoseg.io.images import read_image, read_mask, write_png
 from pneumoseg.scoring.metrics import dice_kaggle
-from pneumoseg.scoring.postprocess import PostProcess, find_tuned
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import find_tuned
 from pneumoseg.inference.predictor import Predictor, find_inputs, load_input, predict_to_folder
 from pneumoseg.io.rle import read_annotations, rle_decode_absolute
 

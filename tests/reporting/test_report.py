@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from pneumoseg.cli.main import app
 from pneumoseg.evaluation.evaluate import CASE_CATEGORIES, case_order
 from pneumoseg.io.images import read_image
-from pneumoseg.scoring.postprocess import PostProcess, TunedRule, save_tuned
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import TunedRule, save_tuned
 from pneumoseg.reporting.report import METRICS, curve_points, write_report
 
 runner = CliRunner()

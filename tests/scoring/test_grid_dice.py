@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoseg.scoring.postprocess import PostProcess, validation_grid
+from pneumoseg.scoring.grid import validation_grid
+from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.scoring.streaming import GridDice
 
 

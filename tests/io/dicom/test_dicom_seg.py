@@ -16,7 +16,8 @@ from pneumoseg.cli.main import app
 from pneumoseg.io.dicom.seg import make_segmentation, read_segmentation
 from pneumoseg.errors import DicomError
 from pneumoseg.io.images import read_mask, write_png
-from pneumoseg.scoring.postprocess import PostProcess, TunedRule, save_tuned
+from pneumoseg.scoring.postprocess import PostProcess
+from pneumoseg.scoring.tuned import TunedRule, save_tuned
 from pneumoseg.inference.predictor import Predictor, load_input, predict_to_folder
 from tests.shared_data import SIIM, require_siim
 
