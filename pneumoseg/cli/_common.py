@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
@@ -47,6 +47,7 @@ __all__ = [
     "one_line_warnings",
     "parse_runs",
     "print_failures",
+    "print_warnings",
 ]
 
 console = Console()
@@ -66,6 +67,15 @@ def print_failures(lines: Sequence[str]) -> None:
     """One ``failed: <line>`` per input that could not be used, to stderr (lines escaped: they hold file names)."""
     for line in lines:
         err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def print_warnings(lines: Iterable[str], file_warnings: Iterable[str] = ()) -> None:
+    """Warnings in yellow to stderr: first ``file_warnings`` as they are (already ``<file>: warning: <text>``),
+    then one ``warning: <line>`` per line of ``lines`` (all escaped: they hold file names and header values)."""
+    for line in file_warnings:
+        err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
+    for line in lines:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import Overrides, Progress, cli_errors, console, err_console
+from pneumoseg.cli._common import Overrides, Progress, cli_errors, console, print_warnings
 
 __all__ = ["demo", "register"]
 
@@ -18,7 +18,7 @@ __all__ = ["demo", "register"]
 def _log(message: str) -> None:
     """A step in bold cyan; a warning in yellow on stderr."""
     if message.startswith("warning: "):
-        err_console.print(f"[yellow]warning:[/] {escape(message[9:])}", highlight=False, soft_wrap=True)
+        print_warnings([message.removeprefix("warning: ")])
     else:
         console.print(f"[bold cyan]{escape(message)}[/]", highlight=False, soft_wrap=True)
 

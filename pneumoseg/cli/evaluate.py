@@ -22,14 +22,10 @@ from pneumoseg.cli._common import (
     err_console,
     load_predictor,
     parse_runs,
+    print_warnings,
 )
 
 __all__ = ["evaluate", "register", "tune"]
-
-
-def _warn(lines: list[str]) -> None:
-    for line in lines:
-        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _fmt(value: object) -> str:
@@ -70,7 +66,7 @@ def tune(
         shown.add_row(*(_fmt(row[c]) for c in columns))
     console.print(shown)
     rec = result.record
-    _warn(result.warnings)
+    print_warnings(result.warnings)
     console.print(f"best: {rec.rule.describe()}", highlight=False)
     console.print(f"dice_kaggle {rec.dice_kaggle:.4f} vs {rec.default_dice_kaggle:.4f} with the untuned default "
                   f"(gain {result.gain:+.4f}) on the same {rec.n_images} images", highlight=False)
@@ -118,20 +114,16 @@ def evaluate(
     failures: list[str] = []
     if data is None and (rle is not None or png_dir is not None or name is not None):
         raise ConfigError("--rle, --png-dir and --name go with --data DIR (external validation)")
+    where = split if data is None else external_name(data, name)
+    predictor = load_predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
+                               backend=backend)
+    console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
     if data is not None:
-        where = external_name(data, name)
-        predictor = load_predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
-                                   backend=backend)
-        console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
         result = evaluate_external(predictor, runs[0], data, rle, png_dir, name=where, progress=progress)
         metrics, failures = result.metrics, result.failures
         matched: dict[str, int] = metrics["matched_by"]  # type: ignore[assignment]
         title = f"{runs[0].name}: external set {where} ({data}) at its native resolution ({metrics['source_size']})"
     else:
-        where = split
-        predictor = load_predictor(runs, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size,
-                                   backend=backend)
-        console.print(f"backend: {predictor.backend_reason}", highlight=False, soft_wrap=True)
         metrics = evaluate_run(predictor, runs[0], split, progress=progress)
         title = f"{runs[0].name}: {split} split at the source resolution ({metrics['source_size']})"
     table = Table(title=title, show_header=False)
@@ -147,7 +139,7 @@ def evaluate(
             text += f"  (no CI: {ci_notes[key]})"
         table.add_row(key, text)
     console.print(table)
-    _warn(metrics.get("warnings", []))  # type: ignore[arg-type]
+    print_warnings(metrics.get("warnings", []))  # type: ignore[arg-type]
     console.print(f"post-processing: {metrics['postprocess_text']} ({metrics['postprocess_source']})", highlight=False)
     console.print(f"image_auc ranks images by the image score: {metrics['image_score']}", highlight=False)
     if data is not None:
@@ -163,7 +155,7 @@ def evaluate(
         console.print(f"report: {files.html} (summary: {files.markdown})", highlight=False)
     if failures:
         for line in failures:
-            err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         err_console.print(f"{len(failures)} file(s) not scored; {metrics['n_images']} scored", highlight=False)
         raise typer.Exit(2)
 

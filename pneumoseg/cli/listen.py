@@ -25,11 +25,11 @@ from pneumoseg.cli._common import (
     Runs,
     Tta,
     cli_errors,
-    print_failures,
     console,
     err_console,
     fail,
     load_predictor,
+    print_failures,
 )
 from pneumoseg.util.limits import MAX_INSTANCE_MB, MAX_PIXELS
 
@@ -74,17 +74,12 @@ def listen(
     batch_size: BatchSize = 4,
 ) -> None:
     """Run a DICOM node: receive radiographs, predict, send the SEG (+ SR / SC) to --forward."""
-    from pneumoseg.pacs.listen import Destination, Listener
+    from pneumoseg.pacs.listen import Destination, Listener, allowed_callers
     from pneumoseg.pacs.outputs import OutputOptions
     from pneumoseg.pacs.queue import InstanceQueue
 
-    from pneumoseg.pacs.listen import is_loopback
-
     destination = Destination.parse(forward)
-    if calling_ae is None and not is_loopback(host):
-        raise fail(f"--host {host} is reachable from other machines: give --calling-ae A,B,... (the AE titles "
-                   f"allowed to store images), or --calling-ae '*' to accept any caller")
-    callers = None if calling_ae is None or calling_ae.strip() == "*" else [t for t in calling_ae.split(",") if t]
+    callers = allowed_callers(calling_ae, host)
     predictor = load_predictor(run, checkpoint=checkpoint, tta=tta, device=device, batch_size=batch_size)
     options = OutputOptions(sr=sr, sc=sc, seg_empty=seg_empty)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -32,12 +32,12 @@ from pneumoseg.cli._common import (
     Runs,
     Tta,
     cli_errors,
-    print_failures,
     console,
     err_console,
     fail,
     load_predictor,
     no_new_empty_folders,
+    print_failures,
 )
 
 __all__ = ["PRECISIONS", "predict", "register"]
@@ -149,7 +149,7 @@ def _predict(run: str, input: Path | None, given: Path, out: Path, *, submission
              overwrite: bool) -> None:
     """``predict`` once its options are checked: INPUT (a file or folder) or --list FILE (``given``) into OUT."""
     from pneumoseg.errors import ConfigError
-    from pneumoseg.inference.archive import first_input, folder_source, list_source, predict_archive
+    from pneumoseg.inference.archive import input_source, predict_archive
     from pneumoseg.inference.archive.loop import needs_engine
     from pneumoseg.util.devices import accelerator_of
     from pneumoseg.util.paths import check_output_dir, check_output_file
@@ -175,12 +175,7 @@ def _predict(run: str, input: Path | None, given: Path, out: Path, *, submission
             workers = 0
     predictor = load_predictor(run, checkpoint=checkpoint, tta=tta, device="cpu" if engine else device,
                                batch_size=batch_size, backend=backend, onnx=onnx_files)
-    if input is not None:
-        source, spec = folder_source(input), f"folder:{input.resolve()}"
-        first_input(source, f"{input}: no .dcm, .png or .jpg files found")
-    else:
-        source, spec = list_source(given), f"list:{given.resolve()}"
-        first_input(source, f"--list {given}: no input paths in it")
+    source, spec = input_source(input) if input is not None else input_source(list_file=given)
     result = predict_archive(predictor, source, out, input_spec=spec, submission=submission, overlays=overlays,
                              rle_format=rle_format,  # type: ignore[arg-type]
                              dicom_seg=dicom_seg, dicom_seg_empty=dicom_seg_empty, dicom_sr=dicom_sr,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail, print_failures
-from typing import TYPE_CHECKING
+from pneumoseg.cli._common import Progress, cli_errors, console, fail, print_failures, print_warnings
 
 if TYPE_CHECKING:
     from pneumoseg.data.prepare import PrepareResult
@@ -27,11 +26,7 @@ _RULES = ", ".join(MASK_RULES)
 
 
 def _print_summary(result: PrepareResult, size: int) -> None:
-    # escape(): file names and ids are input, and may hold rich markup such as "[/]".
-    for line in result.file_warnings:  # already "<file>: warning: <text>"
-        err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
-    for line in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    print_warnings(result.warnings, file_warnings=result.file_warnings)
     print_failures(result.failures)
     table = Table(title=f"pneumoseg prepare -> {escape(str(result.cache))} ({size}px)", show_header=True)
     for col in ("prepared", "already done", "failed", "images in index", "positive"):

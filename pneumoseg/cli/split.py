@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import cli_errors, console, err_console
+from pneumoseg.cli._common import cli_errors, console, print_warnings
 
 __all__ = ["register", "split"]
 
@@ -41,8 +41,7 @@ def split(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = write_splits(cache, val=val, test=test, folds=folds, seed=seed, force=force)
-    for w in caught:
-        err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
+    print_warnings(str(w.message) for w in caught)
     splits = pd.read_csv(path, dtype={"image_id": str})
     summary = split_summary(read_index(cache), splits)
     table = Table(title=f"splits of {escape(str(cache))} (seed {seed})")

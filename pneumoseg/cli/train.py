@@ -53,7 +53,12 @@ def _interruptions() -> Iterator[None]:
 
 
 def experiment_configs() -> list[str]:
-    """Names of the packaged experiment configs (``demo``, ``default``, ...; study files excluded)."""
+    """Names of the packaged experiment configs (``demo``, ``default``, ...; study files excluded).
+
+    ``pneumoseg.config.list_configs`` without the ``.yaml``, read here because importing ``pneumoseg.config``
+    (pydantic, yaml) would double the time of ``pneumoseg --help`` (this names them in ``train --help``);
+    equality is checked in tests/cli/test_lazy_cli.py.
+    """
     from importlib import resources
 
     folder = resources.files("pneumoseg") / "configs"
@@ -121,7 +126,7 @@ def register(app: typer.Typer) -> None:
         from pneumoseg.config import load_config
         from pneumoseg.training.builders import require_cache
         from pneumoseg.training.run import train
-        from pneumoseg.training.run_folder import RUN_DIR_ENV, default_run_dir
+        from pneumoseg.training.run_folder import RUN_DIR_ENV, default_run_dir, run_dir_for_ranks
 
         overrides = list(set_ or [])
         named = {"data.cache": cache, "train.devices": devices, "train.epochs": epochs,
@@ -154,16 +159,8 @@ def register(app: typer.Typer) -> None:
             return
         console.print(f"[bold]{'resuming' if resume else 'training'}[/] {cfg.model.name} on {cfg.data.cache} "
                       f"-> {run_dir}", highlight=False, soft_wrap=True)
-        previous = os.environ.get(RUN_DIR_ENV)
-        os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks relaunched by Lightning reuse this folder
-        try:
-            with _interruptions(), one_line_warnings():
-                result = train(cfg, run_dir, resume=resume is not None, progress=progress)
-        finally:
-            if previous is None:
-                os.environ.pop(RUN_DIR_ENV, None)
-            else:
-                os.environ[RUN_DIR_ENV] = previous
+        with run_dir_for_ranks(run_dir), _interruptions(), one_line_warnings():
+            result = train(cfg, run_dir, resume=resume is not None, progress=progress)
         lines = [f"run folder   {result.run_dir}",
                  best_line(result.best_ckpt, cfg.train.monitor, result.best_score, result.empty_baseline),
                  f"last         {result.last_ckpt}",

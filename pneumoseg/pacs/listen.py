@@ -47,7 +47,8 @@ from pneumoseg.pacs.queue import Entry, InstanceQueue
 from pneumoseg.inference.predictor import InputImage, Predictor, load_input
 from pneumoseg.io.dicom.read import read_header
 
-__all__ = ["DEFAULT_MAX_INSTANCE_MB", "INPUT_TRANSFER_SYNTAXES", "Destination", "Listener", "is_loopback"]
+__all__ = ["DEFAULT_MAX_INSTANCE_MB", "INPUT_TRANSFER_SYNTAXES", "Destination", "Listener", "allowed_callers",
+           "is_loopback"]
 
 log = logging.getLogger("pneumoseg.listen")
 
@@ -88,6 +89,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_callers(calling_ae: str | None, host: str) -> list[str] | None:
+    """``--calling-ae A,B,...`` -> the calling AE titles a node on ``host`` accepts (None: any caller).
+
+    ``'*'`` (or nothing, on a loopback ``host`` only) accepts any caller; ConfigError (one line) when
+    nothing is given for a ``host`` other machines can reach.
+    """
+    if calling_ae is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} is reachable from other machines: give --calling-ae A,B,... (the AE titles "
+                          f"allowed to store images), or --calling-ae '*' to accept any caller")
+    return None if calling_ae is None or calling_ae.strip() == "*" else [t for t in calling_ae.split(",") if t]
 
 
 def _data_set_bytes(pdu: bytes) -> tuple[int, bool]:

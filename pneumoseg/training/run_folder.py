@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -34,6 +36,7 @@ __all__ = [
     "load_preprocessing",
     "load_run",
     "resolve_checkpoint",
+    "run_dir_for_ranks",
     "save_preprocessing",
 ]
 
@@ -59,6 +62,24 @@ def default_run_dir(config: str | os.PathLike[str] | None, root: str | os.PathLi
     if stem == "config":  # a run folder's config.yaml
         stem = Path(config).parent.name if config is not None else stem
     return Path(root) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@contextmanager
+def run_dir_for_ranks(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """While inside: ``RUN_DIR_ENV`` names ``run_dir``, so that the DDP ranks Lightning relaunches (which run
+    the command again) pass it to :func:`default_run_dir` as ``inherited`` and write into the same folder.
+
+    The variable's previous value (or its absence) comes back on exit, whatever happened inside.
+    """
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
 
 
 def build_model(cfg: ExperimentConfig, encoder_weights: bool = True) -> nn.Module:

@@ -48,3 +48,10 @@ def test_prepare_help_constants_match_library() -> None:
     assert cli_prepare.SIZES == lib_prepare.SIZES
     assert cli_prepare.DEFAULT_MASK_RULE == lib_prepare.DEFAULT_MASK_RULE
     assert cli_prepare.MASK_RULES == images.MASK_RULES
+
+
+def test_train_help_config_names_match_library() -> None:
+    from pneumoseg.cli.train import experiment_configs
+    from pneumoseg.config import list_configs
+
+    assert experiment_configs() == [name.removesuffix(".yaml") for name in list_configs()]

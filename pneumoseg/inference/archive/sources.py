@@ -17,7 +17,7 @@ from pathlib import Path
 from pneumoseg.errors import DataError
 from pneumoseg.inference.predictor import iter_inputs
 
-__all__ = ["InputSource", "first_input", "folder_source", "iter_folder", "iter_list", "list_source"]
+__all__ = ["InputSource", "first_input", "folder_source", "input_source", "iter_folder", "iter_list", "list_source"]
 
 InputSource = Callable[[], Iterable["str | os.PathLike[str]"]]
 
@@ -57,3 +57,23 @@ def first_input(source: InputSource, empty: str) -> Path:
     for item in source():
         return Path(item)
     raise DataError(empty)
+
+
+def input_source(folder: str | os.PathLike[str] | None = None,
+                 list_file: str | os.PathLike[str] | None = None) -> tuple[InputSource, str]:
+    """The source of ``predict INPUT`` (a file or a folder: ``folder``) or of ``--list FILE`` (``list_file``),
+    and the spec naming it in the manifest (``folder:/abs/path`` or ``list:/abs/path``; a resumed call must
+    name the same one). Exactly one of the two is given.
+
+    DataError (one line) when the source holds no input; only its first path is looked for.
+    """
+    if (folder is None) == (list_file is None):
+        raise ValueError("input_source takes a folder or a list file, not both or neither")
+    if folder is not None:
+        source, spec = folder_source(folder), f"folder:{Path(folder).resolve()}"
+        first_input(source, f"{folder}: no .dcm, .png or .jpg files found")
+    else:
+        assert list_file is not None
+        source, spec = list_source(list_file), f"list:{Path(list_file).resolve()}"
+        first_input(source, f"--list {list_file}: no input paths in it")
+    return source, spec
