@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pneumoseg.cli._common import Progress, cli_errors, console, err_console, fail, print_failures
+from pneumoseg.cli._common import Progress, cli_errors, console, fail, print_failures, print_warnings
 
 __all__ = ["explore", "register"]
 
@@ -166,11 +166,7 @@ def explore(
                           soft_wrap=True)
     console.print()
     console.print(summary_table(summary))
-    # escape(): file names and header values are input, and may hold rich markup such as "[/]".
-    for line in summary["file_warnings"]:  # already "<file>: warning: <text>"
-        err_console.print(escape(line), highlight=False, soft_wrap=True, style="yellow")
-    for line in summary["warnings"]:
-        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    print_warnings(summary["warnings"], file_warnings=summary["file_warnings"])
     print_failures(summary["failures"])
     for name, path in summary["files"].items():
         console.print(f"{name + ':':<15}{escape(path)}", highlight=False, soft_wrap=True)
