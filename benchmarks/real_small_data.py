@@ -281,13 +281,17 @@ def main(argv: list[str] | None = None) -> int:
                     # trained to the end, stopped before its row was written: score it, do not train again
                     train_s = float(pd.read_csv(run / "history.csv")["epoch_time_s"].sum())
                 else:
-                    if run.exists():
+                    # killed part-way (SIGTERM, Ctrl-C): continue from last.ckpt (train's resume redoes only
+                    # the unfinished epoch); anything else left there is started over
+                    partial = (run / "checkpoints" / "last.ckpt").is_file()
+                    if run.exists() and not partial:
                         shutil.rmtree(run)
                     cfg = load_config(base, [*overrides, f"data.cache={cache}", f"data.fold={fold}",
                                              f"data.size={args.size}", "data.num_workers=0",
                                              "train.accelerator=cpu", f"train.seed={seed}", *args.overrides])
-                    train(cfg, run, progress=False)
-                    train_s = time.perf_counter() - start
+                    train(cfg, run, resume=partial, progress=False)
+                    train_s = (float(pd.read_csv(run / "history.csv")["epoch_time_s"].sum()) if partial
+                               else time.perf_counter() - start)
                 summary = json.loads((run / "train_summary.json").read_text())
                 ids = split_ids(cache, "val", fold)
                 dice, predicted, area = oof_predict(run, cache, ids)
@@ -348,8 +352,8 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
             "image; `predicts nothing` is the run's own flag (`RUN/train_summary.json`, at the best validation "
             "epoch), while the OOF columns score `last.ckpt`. Dice is scored at the cache's size against its "
             "masks (what the models trained on), not at the 1024 px source as `evaluate` does: the table ranks "
-            "recipes. Interrupted runs resume: finished (recipe, seed, fold) rows in `WORK/results.csv` are kept; "
-            "`--report-only` rebuilds this table.\n"))
+            "recipes. Interrupted runs resume: finished (recipe, seed, fold) rows in `WORK/results.csv` are kept, "
+            "and a training killed part-way continues from its `last.ckpt`; `--report-only` rebuilds this table.\n"))
 
 
 if __name__ == "__main__":
