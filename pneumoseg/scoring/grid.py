@@ -25,7 +25,7 @@ import torch
 
 from pneumoseg.errors import ConfigError
 from pneumoseg.scoring.metrics import dice_from_counts
-from pneumoseg.scoring.postprocess import PostProcess, _check_prob
+from pneumoseg.scoring.postprocess import PostProcess, check_prob_map
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,7 +106,7 @@ class GridScorer:
         self._true: list[int] = []
 
     def add(self, prob: np.ndarray, truth: np.ndarray) -> None:
-        p = _check_prob(prob)
+        p = check_prob_map(prob)
         t = np.asarray(truth) != 0
         if t.shape != p.shape:
             raise ValueError(f"GridScorer.add: probability {p.shape} and truth {t.shape} differ in shape")

@@ -57,7 +57,8 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def _check_prob(prob: Any) -> np.ndarray:
+def check_prob_map(prob: Any) -> np.ndarray:
+    """``prob`` as an array; ValueError unless it is one (H, W) map (the rule and the grid take one image)."""
     arr = np.asarray(prob)
     if arr.ndim != 2:
         raise ValueError(f"PostProcess: expected a (H, W) probability map, got shape {arr.shape}")
@@ -95,7 +96,7 @@ class PostProcess:
         return self.threshold
 
     def __call__(self, prob: Any) -> np.ndarray:
-        p = _check_prob(prob)
+        p = check_prob_map(prob)
         if self.top_threshold is None:
             return remove_small_components(p > self.threshold, self.min_area)
         if np.count_nonzero(p > self.top_threshold) < self.min_area:
@@ -145,14 +146,15 @@ class PostProcess:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PostProcess:
-        data = _read_json(path)
+        data = read_rule_json(path)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"{os.fspath(path)}: {exc}") from None
 
 
-def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_rule_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of a post-processing file (``postprocess.json``, a tuned rule); ConfigError naming the file."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoseg.errors import ConfigError
-from pneumoseg.scoring.postprocess import PostProcess, _read_json
+from pneumoseg.scoring.postprocess import PostProcess, read_rule_json
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.util.digest import file_sha256
 
@@ -121,7 +121,7 @@ def _read_tuned(run_dir: str | os.PathLike[str]) -> list[TunedRule]:
     path = Path(run_dir) / TUNED_NAME
     if not path.is_file():
         return []
-    data = _read_json(path)
+    data = read_rule_json(path)
     if "tuned" not in data:
         return []
     try:
@@ -176,4 +176,4 @@ def find_tuned(runs: Sequence[str | os.PathLike[str]], checkpoint: str, tta: boo
 def legacy_rule_present(run_dir: str | os.PathLike[str]) -> bool:
     """True when ``RUN/postprocess.json`` is an older single rule (model-size areas), now ignored."""
     path = Path(run_dir) / TUNED_NAME
-    return path.is_file() and "tuned" not in _read_json(path)
+    return path.is_file() and "tuned" not in read_rule_json(path)
