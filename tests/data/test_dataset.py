@@ -15,10 +15,7 @@ from pneumoseg.data.datamodule import SegmentationDataModule
 from pneumoseg.data.dataset import SegmentationDataset, mask_rule, mask_to_target, read_labels, split_ids
 from pneumoseg.errors import ConfigError, DataError
 from pneumoseg.io.images import resize_image
-
-INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
-                "source,orig_height,orig_width\n")
-
+from tests.helpers.caches import INDEX_HEADER
 
 def make_cache(root: Path, n: int = 12, size: int = 64, folds: bool = True) -> Path:
     """n images (even ones positive: a bright square), splits 8 train / 2 val / 2 test, folds 0-2."""

@@ -24,7 +24,7 @@ from pneumoseg.data.prepare_items import pixel_spacing_of
 from pneumoseg.io.dicom.read import pixel_spacing_mm, read_dicom
 from pneumoseg.errors import DataError
 from pneumoseg.io.images import encode_png, read_image, read_mask, resize_image, resize_mask, write_png
-from tests.data.dicom_files import write_dicom
+from tests.helpers.dicom import write_dicom
 from pneumoseg.io.rle import read_annotations
 from tests.shared_data import SIIM, require_siim
 

@@ -25,7 +25,7 @@ from pneumoseg.data.prepare import prepare_dicom, prepare_png
 from pneumoseg.errors import DataError
 from pneumoseg.io.images import read_image, read_mask, resize_mask, write_png
 from pneumoseg.io.rle import rle_encode
-from tests.data.dicom_files import NO_UID, write_dicom
+from tests.helpers.dicom import NO_UID, write_dicom
 
 RNG = np.random.default_rng(7)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app
@@ -23,9 +22,9 @@ SPLIT_FILES = ("metrics.json", "per_image.csv", "best.png", "worst.png", "cases.
 
 
 @pytest.fixture(scope="module")
-def external(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, np.ndarray]]:
+def external(synth_data: Path, tmp_path_factory: pytest.TempPathFactory,
+             one_thread: None) -> tuple[Path, Path, dict[str, np.ndarray]]:
     """8 DICOMs (one renamed and labelled by its stem only), a non-DICOM .dcm and an unsafe PNG name."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("external")
     data = root / "hospital_b"
     data.mkdir()

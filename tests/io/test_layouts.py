@@ -14,7 +14,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.inference.predictor import find_inputs, load_input
 from pneumoseg.io.layouts import DICOM_SUFFIXES, find_dicoms, is_dicom_name, iter_files
 from pneumoseg.service.browse import BrowseFolder
-from tests.data.dicom_files import write_dicom
+from tests.helpers.dicom import write_dicom
 
 
 def _image(seed: int) -> np.ndarray:

@@ -30,15 +30,6 @@ CONTRACT = ["unet", "unet_bn", "uxception", *(f"{arch}-resnet18" for arch in CUR
 ENCODERS = [f"unet-{enc}" for enc in ("efficientnet-b0", "se_resnext50_32x4d", "densenet121", "mobilenet_v2")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded 2-core machine, 2 threads are 20x slower, not faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _forward_backward(model: torch.nn.Module, channels: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
     x = torch.randn(2, channels, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     model.train()

@@ -110,17 +110,12 @@ def test_train_small_data_with_lite0_imagenet_offline(synth_cache, tmp_path, mon
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     run = tmp_path / "run"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(app, [
-            "train", "small_data", "--cache", str(synth_cache), "--out", str(run),
-            "--set", f"model.name=unet-tu-{NAME}", "--set", "model.encoder_weights=imagenet",
-            "--set", "data.size=64", "--set", "data.num_workers=0", "--set", "train.max_steps=1",
-            "--set", "train.batch_size=2", "--set", "optim.lr=1e-9", "--set", "schedule.warmup_steps=0",
-            "--set", "train.accelerator=cpu", "--set", "train.limit_val_batches=1"])
-    finally:
-        torch.set_num_threads(before)
+    result = CliRunner().invoke(app, [
+        "train", "small_data", "--cache", str(synth_cache), "--out", str(run),
+        "--set", f"model.name=unet-tu-{NAME}", "--set", "model.encoder_weights=imagenet",
+        "--set", "data.size=64", "--set", "data.num_workers=0", "--set", "train.max_steps=1",
+        "--set", "train.batch_size=2", "--set", "optim.lr=1e-9", "--set", "schedule.warmup_steps=0",
+        "--set", "train.accelerator=cpu", "--set", "train.limit_val_batches=1"])  # one torch thread: conftest.py
     assert result.exit_code == 0, result.output
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     (key,) = [k for k in state if k.endswith("encoder.model.conv_stem.weight")]

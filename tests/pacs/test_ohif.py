@@ -25,10 +25,10 @@ import pytest
 
 from pneumoseg.errors import ConfigError
 from pneumoseg.pacs.box import OhifServer, PacsBox, find_ohif, find_orthanc
+from tests.helpers.browser import MISSING_CHROMIUM, chromium, save_screenshot
+from tests.helpers.threads import one_torch_thread
 from tests.shared_data import SIIM, require_siim
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 OHIF_DIR = Path(os.environ.get("PNEUMOSEG_OHIF_DIR") or Path(__file__).resolve().parents[2] / ".ohif" / "dist")
 #: the real radiograph: 1024 x 1024 CR, JPEG Baseline
 SOURCE = SIIM / "dicom" / "1.2.276.0.7230010.3.1.4.8323329.1000.1517875165.878027.dcm"
@@ -36,8 +36,8 @@ MASK_QUANTILE = 0.88  #: the threshold: this quantile of the run's probabilities
 
 
 def _missing() -> str | None:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        return f"headless OHIF test needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)"
+    if MISSING_CHROMIUM is not None:
+        return MISSING_CHROMIUM
     try:
         find_orthanc()
         find_ohif(OHIF_DIR)
@@ -77,9 +77,7 @@ def ohif_run(pacs_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("ohif") / "run"
     shutil.copytree(pacs_run, run)
     image = load_input(SOURCE).pixels
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         prob = Predictor([run], device="cpu").probs_at_model_size([image])[0].astype(np.float64)
         logit = np.log(prob / (1 - prob))
         low, high = np.percentile(logit, [5, 95])
@@ -91,8 +89,6 @@ def ohif_run(pacs_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             state["net.head.bias"] = (state["net.head.bias"] - median) * k
             torch.save(data, ckpt)
         prob = Predictor([run], device="cpu").probs_at_model_size([image])[0]
-    finally:
-        torch.set_num_threads(threads)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["postprocess"]["threshold"] = float(np.quantile(prob, MASK_QUANTILE))
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -107,35 +103,16 @@ def box(ohif_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
-                "--use-angle=swiftshader", "--force-device-scale-factor=1", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    drv.set_page_load_timeout(60)
-    try:
+    """WebGL through SwiftShader (OHIF's viewport needs it), device pixels = CSS pixels."""
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), page_load_timeout=60,
+                  extra_args=("--enable-unsafe-swiftshader", "--use-angle=swiftshader",
+                              "--force-device-scale-factor=1")) as drv:
         yield drv
-    finally:
-        drv.quit()
 
 
 def _screenshot(drv: object, tmp_path: Path, name: str) -> np.ndarray:
-    """Save a screenshot (its path printed; copied to $PNEUMOSEG_SCREENSHOT_DIR when set); its RGB pixels."""
-    path = tmp_path / name
-    drv.save_screenshot(str(path))  # type: ignore[attr-defined]
-    print(f"screenshot: {path}")
-    keep = os.environ.get("PNEUMOSEG_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / name)
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    """Save a screenshot (``save_screenshot``); its RGB pixels."""
+    return cv2.cvtColor(cv2.imread(str(save_screenshot(drv, tmp_path, name))), cv2.COLOR_BGR2RGB)
 
 
 def _wait(drv: object, what: str, condition: object, timeout: float = 45) -> object:

@@ -24,6 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.pacs.conftest import Orthanc, free_port
+from tests.helpers.threads import one_torch_thread
 from tests.shared_data import SIIM, require_siim
 
 pytestmark = [require_siim, pytest.mark.slow]
@@ -33,20 +34,14 @@ FILES = sorted((SIIM / "dicom").glob("*.dcm"))
 @pytest.fixture(scope="module")
 def reference(pacs_run: Path) -> dict[str, np.ndarray]:
     """SOPInstanceUID -> bool mask (1024, 1024) from ``Predictor`` on each file (what ``predict`` writes)."""
-    import torch
-
     from pneumoseg.inference.predictor import Predictor, load_input
 
     predictor = Predictor([pacs_run], device="cpu", batch_size=1)
     out = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the listen subprocess (OMP_NUM_THREADS=1): fast on a shared 2-core machine
-    try:
+    with one_torch_thread():  # as the listen subprocess (OMP_NUM_THREADS=1): fast on a shared 2-core machine
         for path in FILES:
             image = load_input(path)
             out[image.image_id] = predictor.predict_batch([image])[0].mask
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pneumoseg.errors import DataError
 from pneumoseg.io.images import write_png
 from pneumoseg.scoring.metrics import dice_per_image
 from pneumoseg.scoring.stats import METRIC_NAMES
+from tests.helpers.browser import chromium, needs_chromium, save_screenshot
 
 NATIVE, MODEL = 64, 32
 N_IMAGES = 24
@@ -212,30 +212,12 @@ def test_page_header_says_the_training_data_is_unknown_without_a_record(study: d
     assert "Training data unknown" in header and "not for clinical use" in header
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                    reason=f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
-                           "(Debian: apt-get install chromium chromium-driver)")
+@needs_chromium
 def test_page_renders_in_headless_chromium(study: dict[str, object], tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
     truths = np.asarray(study["truths"])
     runs = [make_run(study, n, _shifted(truths, dx)) for n, dx in (("a", 3), ("b", 1), ("c", 0))]
     html_path, _ = write_comparison(compare_runs(runs, "test", n_boot=200, n_cases=3), tmp_path / "cmp.html")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--no-first-run", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        drv.set_page_load_timeout(30)
+    with chromium(tmp_path / "profile") as drv:
         drv.get(html_path.as_uri())
         state = drv.execute_script("""
             const imgs = Array.from(document.images).filter(i => !i.closest('#lightbox'));  // the shared template's click-to-enlarge
@@ -247,13 +229,7 @@ def test_page_renders_in_headless_chromium(study: dict[str, object], tmp_path: P
                     caseRows: document.querySelectorAll('table.cases tbody tr').length,
                     resources: performance.getEntriesByType('resource').length};
         """)
-        drv.save_screenshot(str(tmp_path / "compare.png"))
-        keep = os.environ.get("PNEUMOSEG_SCREENSHOT_DIR")
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copy(tmp_path / "compare.png", Path(keep) / "compare.png")
-    finally:
-        drv.quit()
+        save_screenshot(drv, tmp_path, "compare.png")
     assert state["title"] == "pneumoseg compare: a vs b vs c"
     assert state["sections"] == ["runs", "metrics", "sizes", "curves", "cases"]
     assert state["metricRows"] == len(METRIC_NAMES) and state["metricCols"] == 1 + 3 + 2 * 2

@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app
@@ -28,9 +27,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def evaluated(trained_run: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     """A copy of the trained run after ``evaluate --report`` (threshold lowered: mixed outcomes)."""
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(trained_run, run)
     save_tuned(TunedRule(PostProcess(threshold=0.3), TunedRule.key_of([run], "best", False)[0], "best", False,

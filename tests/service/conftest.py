@@ -1,4 +1,5 @@
-"""Service fixtures: the briefly trained run as a Predictor, an in-process client, a real uvicorn server."""
+"""Service fixtures: the briefly trained run as a Predictor, an in-process client, a real uvicorn server;
+one torch thread in every module (two shared cores)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from pneumoseg.inference.predictor import Predictor
-from pneumoseg.service import ServiceSettings, create_app, serve_in_background
+from pneumoseg.service import ServiceSettings, create_app
 from pneumoseg.service.settings import ALLOWED_HOSTS_ENV
+from tests.helpers.service import serve_run
+from tests.helpers.threads import one_thread_per_module  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,7 +27,6 @@ def _allow_testclient_host() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def predictor(trained_run: Path) -> Predictor:
-    torch.set_num_threads(1)
     return Predictor([trained_run], device="cpu", batch_size=1)
 
 
@@ -37,7 +38,5 @@ def client(trained_run: Path, predictor: Predictor) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def server(trained_run: Path) -> Iterator[str]:
-    torch.set_num_threads(1)
-    predictor = Predictor([trained_run], device="cpu", batch_size=1)
-    with serve_in_background(create_app([trained_run], ServiceSettings(), predictor=predictor)) as url:
+    with serve_run(trained_run, ServiceSettings()) as url:
         yield url

@@ -8,8 +8,6 @@ PNEUMOSEG_SCREENSHOT_DIR to keep the screenshots (always written under tmp_path 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,22 +17,14 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-import torch
 
-from pneumoseg.inference.predictor import Predictor
-from pneumoseg.service import ServiceSettings, create_app, serve_in_background
+from pneumoseg.service import ServiceSettings
+from tests.helpers.browser import chromium, needs_chromium, save_screenshot
+from tests.helpers.service import serve_run
 from tests.shared_data import SIIM, require_siim
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-pytestmark = [
-    require_siim,
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                       reason=f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
-                              "(Debian: apt-get install chromium chromium-driver)"),
-]
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+pytestmark = [require_siim, needs_chromium]
+pytest.importorskip("selenium.webdriver", reason="selenium not installed")
 
 # Grey values (red channel) of the composed image at the input's resolution, at given (x, y) points.
 LAYER_AT = """
@@ -59,10 +49,8 @@ return s;
 
 @pytest.fixture(scope="module")
 def browse_server(trained_run: Path) -> Iterator[str]:
-    torch.set_num_threads(1)
-    predictor = Predictor([trained_run], device="cpu", batch_size=1)
     settings = ServiceSettings(browse_dir=str(SIIM / "dicom"), truth=str(SIIM / "dicom" / "train-rle.csv"))
-    with serve_in_background(create_app([trained_run], settings, predictor=predictor)) as url:
+    with serve_run(trained_run, settings) as url:
         yield url
 
 
@@ -73,33 +61,8 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[object]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(arg)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    drv.set_page_load_timeout(30)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), downloads=downloads) as drv:
         yield drv
-    finally:
-        drv.quit()
-
-
-def _screenshot(drv: object, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    drv.save_screenshot(str(path))  # type: ignore[attr-defined]
-    keep = os.environ.get("PNEUMOSEG_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / name)
-    return path
 
 
 def _assert_whole_image_visible(drv: object) -> dict:
@@ -150,7 +113,7 @@ def test_browse_dicom_folder_with_truth_keys_side_by_side_and_seg_download(brows
     box = drv.execute_script("const r = document.getElementById('banner').getBoundingClientRect();"  # type: ignore[attr-defined]
                              "return [r.top, r.bottom, window.innerHeight];")
     assert 0 <= box[0] < box[1] <= box[2], f"the banner is outside the first screen: {box}"
-    _screenshot(drv, tmp_path, "viewer-browse-1400x1000.png")
+    save_screenshot(drv, tmp_path, "viewer-browse-1400x1000.png")
 
     find(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)  # next image
     wait.until(_ready(drv, first))
@@ -166,7 +129,7 @@ def test_browse_dicom_folder_with_truth_keys_side_by_side_and_seg_download(brows
     find(By.TAG_NAME, "body").send_keys("s")  # side by side: truth left, prediction right
     assert find(By.ID, "layout").get_attribute("value") == "side"
     _assert_whole_image_visible(drv)
-    _screenshot(drv, tmp_path, "viewer-side-by-side.png")
+    save_screenshot(drv, tmp_path, "viewer-side-by-side.png")
     find(By.TAG_NAME, "body").send_keys("s")
 
     find(By.ID, "dl-seg").click()
@@ -199,7 +162,7 @@ def test_upload_png_window_level_zoom_invert_download_and_failed_upload(browse_s
     find(By.ID, "file").send_keys(str(png))
     wait.until(_ready(drv, before))
     _assert_whole_image_visible(drv)
-    _screenshot(drv, tmp_path, "viewer-upload-png.png")
+    save_screenshot(drv, tmp_path, "viewer-upload-png.png")
 
     rng = np.random.default_rng(0)
     pts = [[int(x), int(y)] for x, y in rng.integers(0, 1024, size=(40, 2))]
@@ -244,7 +207,7 @@ def test_upload_png_window_level_zoom_invert_download_and_failed_upload(browse_s
     time.sleep(0.1)
     geo = drv.execute_script(GEOMETRY)  # type: ignore[attr-defined]
     assert geo["state"]["zoom"] == pytest.approx(1.25) and geo["rect"][2] == pytest.approx(1.25 * w0, abs=1)
-    _screenshot(drv, tmp_path, "viewer-zoomed.png")
+    save_screenshot(drv, tmp_path, "viewer-zoomed.png")
     body.send_keys("0")
     time.sleep(0.1)
     assert drv.execute_script(GEOMETRY)["rect"][2] == pytest.approx(w0, abs=0.5)  # type: ignore[attr-defined]
@@ -267,4 +230,4 @@ def test_upload_png_window_level_zoom_invert_download_and_failed_upload(browse_s
     assert "b'" not in status and "415" not in status and "unsupported file type" in tech.get_attribute("textContent")
     assert find(By.ID, "result").get_attribute("data-state") == "empty" and not find(By.ID, "result").is_displayed()
     assert drv.execute_script(GEOMETRY)["rect"] is None  # type: ignore[attr-defined]  # the old image is gone
-    _screenshot(drv, tmp_path, "viewer-error.png")
+    save_screenshot(drv, tmp_path, "viewer-error.png")

@@ -9,46 +9,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from pneumoseg.inference.predictor import Predictor
-from pneumoseg.service import ServiceSettings, create_app, serve_in_background
+from pneumoseg.service import ServiceSettings
+from tests.helpers.browser import chromium, needs_chromium
+from tests.helpers.service import serve_run
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TOKEN = "browser-token-0123456789abcdef"
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                                reason=f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
-                                       "(Debian: apt-get install chromium chromium-driver)")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+pytestmark = needs_chromium
+pytest.importorskip("selenium.webdriver", reason="selenium not installed")
 
 
 @pytest.fixture(scope="module")
 def token_server(trained_run: Path) -> Iterator[str]:
-    torch.set_num_threads(1)
-    predictor = Predictor([trained_run], device="cpu", batch_size=1)
-    with serve_in_background(create_app([trained_run], ServiceSettings(token=TOKEN), predictor=predictor)) as url:
+    with serve_run(trained_run, ServiceSettings(token=TOKEN)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-token')}"):
-        options.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    drv.set_page_load_timeout(30)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-token")) as drv:
         yield drv
-    finally:
-        drv.quit()
 
 
 def test_page_asks_for_the_token_then_uploads_and_opens_links_with_it(token_server: str, driver: object,

@@ -14,9 +14,8 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app as cli_app
@@ -24,6 +23,7 @@ from pneumoseg.errors import ConfigError
 from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.rle import read_annotations, rle_decode
 from pneumoseg.service import ServiceSettings, create_app
+from tests.helpers.dicom import save_dicom, sc_dataset
 from tests.shared_data import SIIM, require_siim
 
 TOKEN = "viewer-token-0123456789abcdef"
@@ -31,22 +31,13 @@ TOKEN = "viewer-token-0123456789abcdef"
 
 def _dicom_16bit(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME1") -> Path:
     """A 12-bit CR with RescaleSlope 2 / Intercept -1000 and a window: values a viewer must not lose."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientName, ds.Modality, ds.BodyPartExamined = "P16", "Test^Patient", "CR", "CHEST"
-    ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "", "F", "20240101", "120000"
-    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
-    ds.set_pixel_data(np.ascontiguousarray(pixels, dtype=np.uint16), photometric, 12)
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
-    ds.WindowCenter, ds.WindowWidth = 2600, 4000
-    ds.PixelSpacing = [0.2, 0.25]
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return save_dicom(sc_dataset(
+        np.ascontiguousarray(pixels, dtype=np.uint16), 12, photometric,
+        StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
+        PatientID="P16", PatientName="Test^Patient", Modality="CR", BodyPartExamined="CHEST",
+        PatientBirthDate="", PatientSex="F", StudyDate="20240101", StudyTime="120000",
+        ReferringPhysicianName="", StudyID="1", AccessionNumber="",
+        RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=2600, WindowWidth=4000, PixelSpacing=[0.2, 0.25]), path)
 
 
 def _post(client: TestClient, path: Path, token: str | None = None):

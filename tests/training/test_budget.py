@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -22,42 +19,7 @@ from pneumoseg.training.budget import plan_steps
 from pneumoseg.training.builders import build_datamodule
 from pneumoseg.training.run import SUMMARY_FILE, predicts_nothing, train
 from pneumoseg.training.schedules import cosine_lr, snapshot_lr, step_lr
-
-INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
-                "source,orig_height,orig_width\n")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_cache(root: Path, n: int, size: int = 64) -> Path:
-    """``n`` noisy images, the even ones with a bright disc (the mask); the last quarter is validation."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(n)
-    index, splits = [], []
-    for i in range(n):
-        image_id = f"img{i:03d}"
-        img = rng.normal(90, 20, (size, size))
-        mask = np.zeros((size, size), np.uint8)
-        if i % 2 == 0:
-            cx, cy = rng.integers(size // 5, size - size // 5, 2).tolist()
-            cv2.circle(mask, (cx, cy), int(rng.integers(size // 12, size // 6)), 255, -1)
-            img[mask > 0] += 80
-        cv2.imwrite(str(root / "images" / f"{image_id}.png"), np.clip(img, 0, 255).astype(np.uint8))
-        cv2.imwrite(str(root / "masks" / f"{image_id}.png"), mask)
-        index.append(f"{image_id},p{i},{int(i % 2 == 0)},{int((mask > 0).sum())},1,M,40,PA,x,{size},{size}\n")
-        splits.append(f"{image_id},{'val' if i >= n - n // 4 else 'train'}\n")
-    (root / "index.csv").write_text(INDEX_HEADER + "".join(index))
-    (root / "splits.csv").write_text("image_id,split\n" + "".join(splits))
-    (root / "cache.json").write_text(json.dumps({"size": size}))
-    return root
-
+from tests.helpers.caches import make_cache
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 import pneumoseg.training.builders as builders
 from pneumoseg.config import load_config
 from pneumoseg.training.run import train
-from tests.training.test_budget import Constant, config, make_cache, one_thread  # noqa: F401 (fixture)
+from tests.helpers.caches import make_cache
+from tests.training.test_budget import Constant, config
 
 TIME_COLUMNS = ["train_img_per_s", "epoch_time_s"]
 BUDGET = ("train.max_steps=12", "train.epochs=100", "schedule.name=cosine")  # 4 epochs of 3 steps

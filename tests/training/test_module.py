@@ -3,7 +3,6 @@ sync per step, float32 losses under bf16-mixed (CPU, 32 px, a few steps)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -22,14 +21,6 @@ from pneumoseg.training.module import SegmentationModule
 from pneumoseg.training.schedules import optimizer_factory
 
 PRE = Preprocessing(size=32, in_channels=1, mean=(0.5,), std=(0.25,))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def batches(n_batches: int = 3, n: int = 4, size: int = 32, seed: int = 0, soft: bool = False) -> list[dict]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -91,7 +90,6 @@ def test_series_descriptions_fit_a_dicom_lo() -> None:
 
 def test_predict_outputs_say_synthetic_and_not_for_clinical_use(trained_run: Path, synth_data: Path,
                                                                 tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     predictor = Predictor([trained_run], device="cpu", postprocess=ALWAYS)
     inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:2]
     res = predict_to_folder(predictor, inputs, tmp_path / "out", progress=False, dicom_seg=True, dicom_sr=True,
@@ -132,7 +130,6 @@ def test_the_archive_manifest_records_the_training_data(trained_run: Path, synth
 def test_viewer_page_health_and_downloads_say_synthetic(trained_run: Path, synth_data: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ALLOWED_HOSTS_ENV, "testserver")
-    torch.set_num_threads(1)
     predictor = Predictor([trained_run], device="cpu", batch_size=1, postprocess=ALWAYS)
     dicom = sorted((synth_data / "dicom").glob("*.dcm"))[0]
     with TestClient(create_app([trained_run], ServiceSettings(), predictor=predictor)) as c:
@@ -152,7 +149,6 @@ def test_viewer_page_health_and_downloads_say_synthetic(trained_run: Path, synth
 
 def test_a_run_without_a_record_says_training_data_unknown(unrecorded_run: Path, synth_data: Path,
                                                            tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     predictor = Predictor([unrecorded_run], device="cpu", postprocess=ALWAYS)
     assert predictor.training_data.startswith("Training data unknown")
     inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:1]

@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from pneumoseg.training.run_folder import RUN_DIR_ENV, default_run_dir
-from tests.training.test_budget import make_cache, one_thread  # noqa: F401 (fixture)
+from tests.helpers.caches import make_cache
 
 COMMON = ["--set", "data.size=32", "--set", "data.num_workers=0", "--set", "model.name=unet", "--batch-size", "4",
           "--accelerator", "cpu", "--set", "augment.preset=none", "--set", "schedule.name=none", "--epochs", "1",

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -24,44 +22,15 @@ from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.training.run import train
 from pneumoseg.training.run_folder import build_model, list_checkpoints, load_preprocessing, load_run
 from pneumoseg.training.schedules import SnapshotCallbackBuilder, snapshot_lr
+from tests.helpers.caches import INDEX_HEADER, make_cache
 
-INDEX_HEADER = ("image_id,patient_id,has_pneumothorax,mask_area_px,n_annotations,sex,age,view_position,"
-                "source,orig_height,orig_width\n")
 TIME_COLUMNS = ["train_img_per_s", "epoch_time_s"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Two shared cores: one torch thread is faster and keeps runs reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 noisy 64 px images; the even ones hold a bright disc (the mask). 36 train, 8 val, 4 test."""
-    root = tmp_path_factory.mktemp("cache")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    index, splits = [], []
-    for i in range(48):
-        image_id = f"img{i:03d}"
-        img = rng.normal(90, 20, (64, 64))
-        mask = np.zeros((64, 64), np.uint8)
-        if i % 2 == 0:
-            cx, cy = rng.integers(12, 52, 2).tolist()
-            cv2.circle(mask, (cx, cy), int(rng.integers(5, 10)), 255, -1)
-            img[mask > 0] += 80
-        cv2.imwrite(str(root / "images" / f"{image_id}.png"), np.clip(img, 0, 255).astype(np.uint8))
-        cv2.imwrite(str(root / "masks" / f"{image_id}.png"), mask)
-        index.append(f"{image_id},p{i},{int(i % 2 == 0)},{int((mask > 0).sum())},1,M,40,PA,x,64,64\n")
-        splits.append(f"{image_id},{'test' if i >= 44 else 'val' if i >= 36 else 'train'}\n")
-    (root / "index.csv").write_text(INDEX_HEADER + "".join(index))
-    (root / "splits.csv").write_text("image_id,split\n" + "".join(splits))
-    return root
+    return make_cache(tmp_path_factory.mktemp("cache"), 48, seed=0, n_test=4, record_size=False)
 
 
 def config(cache: Path, *extra: str) -> ExperimentConfig:

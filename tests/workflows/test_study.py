@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -49,8 +48,7 @@ def _mtimes(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_study_trains_tunes_evaluates_compares_and_resumes(synth_cache: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
+def test_study_trains_tunes_evaluates_compares_and_resumes(synth_cache: Path, tmp_path: Path, one_thread: None) -> None:
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump({"name": "tiny", "split": "test", "set": FAST, "experiments": [
         {"name": "a", "config": "seed_unet", "set": ["loss=bce_dice"]},
@@ -86,8 +84,7 @@ def test_study_trains_tunes_evaluates_compares_and_resumes(synth_cache: Path, tm
     assert result.exit_code == 2 and "experiment 'b' was run with another config" in result.output
 
 
-def test_train_folds_gives_mean_sd_and_out_of_fold_score(synth_cache: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
+def test_train_folds_gives_mean_sd_and_out_of_fold_score(synth_cache: Path, tmp_path: Path, one_thread: None) -> None:
     cache = tmp_path / "cache"
     shutil.copytree(synth_cache, cache)
     (cache / "splits.csv").unlink()

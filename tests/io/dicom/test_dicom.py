@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.uid import (
@@ -17,11 +18,11 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
-    SecondaryCaptureImageStorage,
 )
 
 from pneumoseg.io.dicom.read import DicomMeta, format_header, parse_age, read_dicom, read_dicom_meta
 from pneumoseg.errors import DicomError
+from tests.helpers.dicom import save_dicom, sc_dataset
 from tests.shared_data import SIIM
 
 SIIM_DICOM = SIIM / "dicom"
@@ -35,25 +36,9 @@ def _real_files() -> list[Path]:
     return files
 
 
-def _dataset(arr: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2", **tags: object) -> FileDataset:
-    """A minimal, valid Secondary Capture dataset holding ``arr`` uncompressed."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds = FileDataset("synthetic", Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.PatientID, ds.PatientAge, ds.PatientSex, ds.Modality = "P-1", "045Y", "F", "DX"
-    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "AP"
-    ds.set_pixel_data(arr, photometric, bits_stored)
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _save(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
+#: a Secondary Capture with the patient, body part and view that the header tests read back
+chest_dataset = partial(sc_dataset, PatientID="P-1", PatientAge="045Y", PatientSex="F", BodyPartExamined="CHEST",
+                        ViewPosition="AP")
 
 
 def _ramp(bits: int, shape: tuple[int, int] = (48, 64), seed: int = 0) -> np.ndarray:
@@ -147,7 +132,7 @@ def _jpeg_lossless(arr: np.ndarray, precision: int) -> bytes:
 
 
 def _compressed(tmp_path: Path, syntax: UID, arr: np.ndarray, bits: int) -> Path:
-    ds = _dataset(arr, bits)
+    ds = chest_dataset(arr, bits)
     if syntax == JPEGLosslessSV1:  # pydicom has no encoder for it: build the stream by hand
         ds.PixelData = encapsulate([_jpeg_lossless(arr, bits)])
         ds["PixelData"].VR = "OB"
@@ -157,7 +142,7 @@ def _compressed(tmp_path: Path, syntax: UID, arr: np.ndarray, bits: int) -> Path
         if not encoder.is_available:
             pytest.skip(f"no {syntax.name} encoder installed: {encoder.missing_dependencies}")
         ds.compress(syntax)
-    return _save(ds, tmp_path / f"{bits}bit.dcm")
+    return save_dicom(ds, tmp_path / f"{bits}bit.dcm")
 
 
 _SYNTAXES = {"rle": RLELossless, "jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless,
@@ -182,24 +167,24 @@ def test_lossless_syntaxes_round_trip(tmp_path: Path, name: str, bits: int) -> N
 def test_orientation_is_as_stored(tmp_path: Path) -> None:
     arr = np.zeros((40, 60), dtype=np.uint8)
     arr[:5, :10] = 200  # top-left block stays top-left, no transpose
-    pixels = read_dicom(_save(_dataset(arr, 8), tmp_path / "o.dcm")).pixels
+    pixels = read_dicom(save_dicom(chest_dataset(arr, 8), tmp_path / "o.dcm")).pixels
     assert pixels.shape == (40, 60) and np.array_equal(pixels, arr)
 
 
 def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     arr = _ramp(8)
-    image = read_dicom(_save(_dataset(arr, 8, "MONOCHROME1"), tmp_path / "m1.dcm"))
+    image = read_dicom(save_dicom(chest_dataset(arr, 8, "MONOCHROME1"), tmp_path / "m1.dcm"))
     assert np.array_equal(image.pixels, 255 - arr)
     deep = _ramp(12)
-    image = read_dicom(_save(_dataset(deep, 12, "MONOCHROME1"), tmp_path / "m1_12.dcm"))
+    image = read_dicom(save_dicom(chest_dataset(deep, 12, "MONOCHROME1"), tmp_path / "m1_12.dcm"))
     assert np.array_equal(image.pixels, 255 - _expected_percentile(deep))
 
 
 def test_16bit_uses_window_when_present(tmp_path: Path) -> None:
     arr = _ramp(12)
     center, width = 2000.0, 801.0
-    ds = _dataset(arr, 12, WindowCenter=center, WindowWidth=width)
-    pixels = read_dicom(_save(ds, tmp_path / "w.dcm")).pixels
+    ds = chest_dataset(arr, 12, WindowCenter=center, WindowWidth=width)
+    pixels = read_dicom(save_dicom(ds, tmp_path / "w.dcm")).pixels
     low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
     assert (pixels[arr <= low] == 0).all() and (pixels[arr > high] == 255).all()
     inside = (arr > low) & (arr <= high)
@@ -214,8 +199,8 @@ def test_16bit_uses_voi_lut_sequence(tmp_path: Path) -> None:
     item = Dataset()
     item.LUTDescriptor = [4096, 0, 12]
     item.add_new("LUTData", "US", lut.tolist())
-    ds = _dataset(arr, 12, VOILUTSequence=[item])
-    pixels = read_dicom(_save(ds, tmp_path / "lut.dcm")).pixels
+    ds = chest_dataset(arr, 12, VOILUTSequence=[item])
+    pixels = read_dicom(save_dicom(ds, tmp_path / "lut.dcm")).pixels
     assert np.array_equal(pixels, np.rint(lut[arr] * 255 / 4095).astype(np.uint8))
 
 
@@ -223,7 +208,7 @@ def test_16bit_without_window_uses_percentiles(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     arr = rng.integers(1000, 2000, (64, 64)).astype(np.uint16)
     arr[0, :5], arr[1, :5] = 0, 65535  # outliers must not squash the contrast
-    pixels = read_dicom(_save(_dataset(arr, 16), tmp_path / "p.dcm")).pixels
+    pixels = read_dicom(save_dicom(chest_dataset(arr, 16), tmp_path / "p.dcm")).pixels
     assert np.array_equal(pixels, _expected_percentile(arr))
     assert (pixels[0, :5] == 0).all() and (pixels[1, :5] == 255).all()
     assert np.percentile(pixels, 50) > 100  # the bulk spans the range
@@ -232,7 +217,7 @@ def test_16bit_without_window_uses_percentiles(tmp_path: Path) -> None:
 def test_rgb_becomes_luminance(tmp_path: Path) -> None:
     rgb = np.zeros((8, 8, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
-    pixels = read_dicom(_save(_dataset(rgb, 8, "RGB"), tmp_path / "rgb.dcm")).pixels
+    pixels = read_dicom(save_dicom(chest_dataset(rgb, 8, "RGB"), tmp_path / "rgb.dcm")).pixels
     assert pixels.shape == (8, 8) and (pixels == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)).all()
 
 
@@ -254,9 +239,9 @@ def test_missing_file_raises(tmp_path: Path) -> None:
 
 
 def test_dicom_without_pixel_data_raises(tmp_path: Path) -> None:
-    ds = _dataset(_ramp(8), 8)
+    ds = chest_dataset(_ramp(8), 8)
     del ds.PixelData
-    path = _save(ds, tmp_path / "nopix.dcm")
+    path = save_dicom(ds, tmp_path / "nopix.dcm")
     assert read_dicom_meta(path).rows == 48  # the header alone is fine
     with pytest.raises(DicomError, match="no pixel data") as info:
         read_dicom(path)
@@ -266,10 +251,10 @@ def test_dicom_without_pixel_data_raises(tmp_path: Path) -> None:
 @pytest.mark.parametrize("syntax", [None, RLELossless])
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.97])
 def test_truncated_file_raises(tmp_path: Path, syntax: str | None, keep: float) -> None:
-    ds = _dataset(_ramp(8, (128, 128)), 8)
+    ds = chest_dataset(_ramp(8, (128, 128)), 8)
     if syntax:
         ds.compress(syntax)
-    full = _save(ds, tmp_path / "full.dcm").read_bytes()
+    full = save_dicom(ds, tmp_path / "full.dcm").read_bytes()
     path = tmp_path / "cut.dcm"
     path.write_bytes(full[: int(len(full) * keep)])
     with pytest.raises(DicomError, match="truncated") as info:

@@ -17,12 +17,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import UID
 
 from pneumoseg.io.dicom.read import read_dicom, read_dicom_meta
 from pneumoseg.errors import DicomError
+from tests.helpers.dicom import save_dicom, sc_dataset
 
 TEST_FILES = sorted(get_testdata_files())
 ROOT = Path(pydicom.data.__file__).parent / "test_files"
@@ -197,26 +198,6 @@ def test_bytes_and_file_objects_read_like_paths() -> None:
 # --- (b) hand-made hostile datasets --------------------------------------------------------------------
 
 
-def _dataset(arr: np.ndarray, bits: int, photometric: str = "MONOCHROME2", sop: str = SecondaryCaptureImageStorage,
-             **tags: object) -> FileDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("hostile", Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = sop
-    ds.Modality = "DX"
-    ds.set_pixel_data(arr, photometric, bits)
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _save(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _ramp12() -> np.ndarray:
     return (np.arange(48 * 64).reshape(48, 64) * 4095 // (48 * 64 - 1)).astype(np.uint16)
 
@@ -236,7 +217,7 @@ def test_voi_lut_shorter_than_its_descriptor_falls_back_with_a_warning(tmp_path:
     else:
         item.add_new("LUTData", "OW", struct.pack(f"<{len(short)}H", *short))
     arr = _ramp12()
-    path = _save(_dataset(arr, 12, VOILUTSequence=[item]), tmp_path / f"short_{vr}.dcm")
+    path = save_dicom(sc_dataset(arr, 12, VOILUTSequence=[item]), tmp_path / f"short_{vr}.dcm")
     with pytest.raises((IndexError, struct.error)):  # what the issue saw: pydicom itself fails on it
         apply_voi_lut(arr, pydicom.dcmread(path))
     image, escaped = _read_quietly(path)
@@ -248,7 +229,9 @@ def test_voi_lut_shorter_than_its_descriptor_falls_back_with_a_warning(tmp_path:
 @pytest.mark.parametrize(("center", "width"), [("abc", "400"), ("2000", "xyz"), ("2000", "0"), ("nan", "400")])
 def test_non_numeric_or_invalid_window_falls_back_with_a_warning(tmp_path: Path, center: str, width: str) -> None:
     arr = _ramp12()
-    path = _save(_dataset(arr, 12, WindowCenter="1111", WindowWidth="2222"), tmp_path / "window.dcm")
+    ds = sc_dataset(arr, 12, WindowCenter="1111", WindowWidth="2222")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"  # random UIDs may hold "1111" (~1 in 150)
+    path = save_dicom(ds, tmp_path / "window.dcm")
     data = path.read_bytes()  # pydicom refuses to write these values: patch them into the file
     assert data.count(b"1111") == data.count(b"2222") == 1
     path.write_bytes(data.replace(b"1111", center.ljust(4).encode()).replace(b"2222", width.ljust(4).encode()))
@@ -262,8 +245,8 @@ def test_non_numeric_or_invalid_window_falls_back_with_a_warning(tmp_path: Path,
 
 def test_sigmoid_window_is_applied_without_numpy_warnings(tmp_path: Path) -> None:
     arr = _ramp12()
-    ds = _dataset(arr, 12, WindowCenter=2000.0, WindowWidth=1.0, VOILUTFunction="SIGMOID")
-    image, escaped = _read_quietly(_save(ds, tmp_path / "sigmoid.dcm"))
+    ds = sc_dataset(arr, 12, WindowCenter=2000.0, WindowWidth=1.0, VOILUTFunction="SIGMOID")
+    image, escaped = _read_quietly(save_dicom(ds, tmp_path / "sigmoid.dcm"))
     assert not escaped and not isinstance(image, DicomError), image
     with np.errstate(over="ignore"):
         expected = _scale(apply_voi_lut(arr.astype(np.float64), ds), 0.0, 4095.0)
@@ -276,14 +259,14 @@ def test_sigmoid_window_is_applied_without_numpy_warnings(tmp_path: Path) -> Non
 def test_palette_color_is_applied_then_made_gray(tmp_path: Path, bits: int) -> None:
     rng = np.random.default_rng(0)
     indices = rng.integers(0, 256, (32, 40)).astype(np.uint8)
-    ds = _dataset(indices, 8, "PALETTE COLOR")
+    ds = sc_dataset(indices, 8, "PALETTE COLOR")
     top = 2**bits - 1
     lut = {c: (rng.integers(0, top + 1, 256)).astype(np.uint16 if bits == 16 else np.uint8) for c in "RGB"}
     for colour, keyword in (("R", "Red"), ("G", "Green"), ("B", "Blue")):
         ds.add_new(f"{keyword}PaletteColorLookupTableDescriptor", "US", [256, 0, bits])
         data = lut[colour].astype("<u2").tobytes() if bits == 16 else lut[colour].tobytes()  # 8-bit: 2 per word
         ds.add_new(f"{keyword}PaletteColorLookupTableData", "OW", data)
-    image, escaped = _read_quietly(_save(ds, tmp_path / f"palette{bits}.dcm"))
+    image, escaped = _read_quietly(save_dicom(ds, tmp_path / f"palette{bits}.dcm"))
     assert not escaped and not isinstance(image, DicomError), image
     rgb = np.stack([lut[c][indices] for c in "RGB"], axis=-1).astype(np.float64)  # the palette by hand
     expected = np.clip(np.rint((rgb @ LUMA) * 255.0 / top), 0, 255).astype(np.uint8)
@@ -298,7 +281,7 @@ def test_palette_color_is_applied_then_made_gray(tmp_path: Path, bits: int) -> N
      ("1.2.840.10008.5.1.4.1.1.88.22", "Enhanced SR Storage")],
 )
 def test_non_image_sop_classes_are_refused_by_class(tmp_path: Path, sop: str, name: str) -> None:
-    path = _save(_dataset(np.zeros((16, 16), np.uint8), 8, sop=sop), tmp_path / "obj.dcm")
+    path = save_dicom(sc_dataset(np.zeros((16, 16), np.uint8), 8, sop=sop), tmp_path / "obj.dcm")
     for read in (read_dicom, read_dicom_meta):
         with pytest.raises(DicomError) as info:
             read(path)
@@ -308,7 +291,7 @@ def test_non_image_sop_classes_are_refused_by_class(tmp_path: Path, sop: str, na
 def test_own_seg_output_is_refused(tmp_path: Path) -> None:
     from pneumoseg.io.dicom.seg import make_segmentation, write_segmentation
 
-    source = _dataset(np.full((32, 32), 100, np.uint8), 8)
+    source = sc_dataset(np.full((32, 32), 100, np.uint8), 8)
     source.StudyInstanceUID, source.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     source.PatientID, source.PatientName, source.StudyDate = "P1", "Doe^J", "20240101"
     mask = np.zeros((32, 32), bool)
@@ -325,15 +308,15 @@ def test_own_seg_output_is_refused(tmp_path: Path) -> None:
 
 def test_other_modality_is_warned_not_refused(tmp_path: Path) -> None:
     arr = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    image = read_dicom(_save(_dataset(arr, 8, Modality="MR"), tmp_path / "mr.dcm"))
+    image = read_dicom(save_dicom(sc_dataset(arr, 8, Modality="MR"), tmp_path / "mr.dcm"))
     assert np.array_equal(image.pixels, arr)
     assert image.meta.warnings == ("modality MR (expected CR, DX, DR: a radiograph)",)
-    assert read_dicom(_save(_dataset(arr, 8, Modality="DX"), tmp_path / "dx.dcm")).meta.warnings == ()
+    assert read_dicom(save_dicom(sc_dataset(arr, 8, Modality="DX"), tmp_path / "dx.dcm")).meta.warnings == ()
 
 
 def test_nul_byte_in_sop_instance_uid_reads(tmp_path: Path) -> None:
     arr = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    ds = _dataset(arr, 8)
+    ds = sc_dataset(arr, 8)
     path = tmp_path / "nul.dcm"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -347,7 +330,7 @@ def test_nul_byte_in_sop_instance_uid_reads(tmp_path: Path) -> None:
 
 def test_max_pixels_is_checked_from_the_header_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     arr = np.zeros((100, 120), np.uint8)
-    path = _save(_dataset(arr, 8), tmp_path / "big.dcm")
+    path = save_dicom(sc_dataset(arr, 8), tmp_path / "big.dcm")
     assert read_dicom(path, max_pixels=12_000).pixels.shape == (100, 120)
 
     def no_decoding(*args: object, **kwargs: object) -> None:
@@ -358,15 +341,15 @@ def test_max_pixels_is_checked_from_the_header_before_decoding(tmp_path: Path, m
         read_dicom(path, max_pixels=11_999)
     assert str(info.value) == (f"{path}: image of 100 x 120 x 1 (Rows x Columns x frames) = 12000 pixels "
                                f"is over the limit of 11999 pixels")
-    ds = _dataset(np.zeros((2, 10, 10), np.uint8), 8)  # frames count
+    ds = sc_dataset(np.zeros((2, 10, 10), np.uint8), 8)  # frames count
     with pytest.raises(DicomError, match=r"10 x 10 x 2 .* over the limit of 150"):
-        read_dicom(_save(ds, tmp_path / "frames.dcm"), max_pixels=150)
+        read_dicom(save_dicom(ds, tmp_path / "frames.dcm"), max_pixels=150)
 
 
 def test_header_lying_about_size_is_refused_before_allocation(tmp_path: Path) -> None:
-    ds = _dataset(np.zeros((16, 16), np.uint8), 8)
+    ds = sc_dataset(np.zeros((16, 16), np.uint8), 8)
     ds.Rows, ds.Columns = 65535, 65535  # 4.3 gigapixels claimed, 256 bytes present
-    path = _save(ds, tmp_path / "liar.dcm")
+    path = save_dicom(ds, tmp_path / "liar.dcm")
     with pytest.raises(DicomError, match="over the limit of 64000000 pixels"):
         read_dicom(path)
     with pytest.raises(DicomError, match=r"^" + str(path)):
@@ -386,11 +369,11 @@ def test_jpeg_codestream_lying_about_its_size_is_refused(tmp_path: Path) -> None
 
 
 def test_deflate_bomb_is_refused(tmp_path: Path) -> None:
-    ds = _dataset(np.zeros((16, 16), np.uint8), 8)  # a small image, 40 MB of zeros beside it
+    ds = sc_dataset(np.zeros((16, 16), np.uint8), 8)  # a small image, 40 MB of zeros beside it
     ds.add_new(0x00091010, "OB", bytes(40 << 20))
     ds.add_new(0x00090010, "LO", "HOSTILE")
     ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-    path = _save(ds, tmp_path / "bomb.dcm")
+    path = save_dicom(ds, tmp_path / "bomb.dcm")
     assert path.stat().st_size < 200_000  # a zip bomb: tiny on disk
     # The inflation bound is 6 bytes per allowed pixel + 16 MiB: 40 MB is over it for a 1000-pixel limit,
     # under it (and read) for the default 64 MP limit.

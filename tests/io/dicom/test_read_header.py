@@ -17,7 +17,7 @@ import pneumoseg
 from pneumoseg.cli.main import app
 from pneumoseg.errors import DicomError
 from pneumoseg.io.dicom.read import read_header
-from tests.data.dicom_files import write_dicom
+from tests.helpers.dicom import write_dicom
 
 PACKAGE = Path(pneumoseg.__file__).parent
 

@@ -22,7 +22,7 @@ import pneumoseg.io.dicom.decode as decode_module
 from pneumoseg.errors import DicomError
 from pneumoseg.io.dicom.frames import _first_frame
 from pneumoseg.io.dicom.read import read_dicom
-from tests.io.dicom.test_dicom import _dataset, _save
+from tests.helpers.dicom import save_dicom, sc_dataset
 from tests.io.dicom.test_frame_size import _dicom, _jpeg, _one_line, _sof
 from tests.shared_data import SIIM, require_siim
 
@@ -83,7 +83,7 @@ def test_window_and_monochrome1_are_applied_as_on_the_full_decode(tmp_path: Path
 
 def test_other_files_decode_in_full(tmp_path: Path) -> None:
     arr = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)
-    path = _save(_dataset(arr, 8), tmp_path / "plain.dcm")  # uncompressed: nothing to reduce
+    path = save_dicom(sc_dataset(arr, 8), tmp_path / "plain.dcm")  # uncompressed: nothing to reduce
     image = read_dicom(path, min_size=16)
     assert image.decode_scale == 1 and np.array_equal(image.pixels, read_dicom(path).pixels)
 

@@ -1,0 +1,3 @@
+"""Every test module here runs with one torch thread (CPU training on two shared cores: faster, reproducible)."""
+
+from tests.helpers.threads import one_thread_per_module  # noqa: F401  (autouse)
