@@ -92,7 +92,9 @@ def main() -> None:
 
     import torch
 
-    from pneumoseg.inference.predictor import Predictor, load_input
+    from pneumoseg.inference.inputs import load_input
+
+    from pneumoseg.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,7 +39,8 @@ def main() -> None:
     import onnxruntime as ort
 
     from pneumoseg.inference.onnx import OnnxModel, export_onnx
-    from pneumoseg.inference.predictor import Predictor, load_input
+    from pneumoseg.inference.inputs import load_input
+    from pneumoseg.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(args.model, args.size, Path(tmp))

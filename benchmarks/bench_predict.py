@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
-    from pneumoseg.inference.predictor import Predictor, load_input
+    from pneumoseg.inference.inputs import load_input
+
+    from pneumoseg.inference.predictor import Predictor
     from pneumoseg.io.rle import rle_decode, rle_encode
 
     with tempfile.TemporaryDirectory() as tmp:

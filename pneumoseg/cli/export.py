@@ -45,7 +45,7 @@ def export(
 
 def _export_onnx(run: Path, onnx: Path | None, checkpoint: str, opset: int | None, verify: bool) -> None:
     from pneumoseg.inference.onnx import export_onnx, read_onnx_metadata
-    from pneumoseg.inference.predictor import ONNX_NAME
+    from pneumoseg.inference.onnx import ONNX_NAME
     from pneumoseg.scoring.postprocess import PostProcess
 
     path = export_onnx(run, onnx or run / ONNX_NAME, checkpoint=checkpoint, opset=opset, verify=verify)

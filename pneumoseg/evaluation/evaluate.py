@@ -52,7 +52,9 @@ from pneumoseg.io.overlay import overlay, write_rgb_png
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.io.rle import Annotations, read_annotations
 from pneumoseg.util.paths import safe_name, short_id
-from pneumoseg.inference.predictor import InputImage, Predictor, find_inputs, image_score, load_input
+from pneumoseg.inference.inputs import InputImage, find_inputs, load_input
+from pneumoseg.inference.outputs import image_score
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.data.split import read_index, small_set_warning
 from pneumoseg.runs import EVAL_IMAGES_FILE, eval_dir, read_eval_images
@@ -89,7 +91,7 @@ __all__ = [
 ]
 
 CASE_CATEGORIES = ("best", "worst", "false_positive", "false_negative")
-SCORE_TEXT = "mean of the top 0.1 % pixel probabilities (pneumoseg.inference.predictor.image_score)"
+SCORE_TEXT = "mean of the top 0.1 % pixel probabilities (pneumoseg.inference.outputs.image_score)"
 
 
 @dataclass(frozen=True)
@@ -410,7 +412,7 @@ class LabelledSet:
 
 def read_labelled_set(data: str | os.PathLike[str], rle: str | os.PathLike[str] | None = None,
                       png_dir: str | os.PathLike[str] | None = None, find: bool = True) -> LabelledSet:
-    """The inputs under ``data`` (``pneumoseg.inference.predictor.find_inputs``; none when ``find`` is
+    """The inputs under ``data`` (``pneumoseg.inference.inputs.find_inputs``; none when ``find`` is
     False: the labels only) and exactly one label source: ``rle`` (challenge CSV, relative RLE, masks at
     each image's size) or ``png_dir`` (``<ImageId>.png`` masks, 0/255, at each image's size)."""
     if (rle is None) == (png_dir is None):

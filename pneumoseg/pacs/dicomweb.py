@@ -32,7 +32,8 @@ from pneumoseg.pacs import PacsError
 from pneumoseg.pacs.outputs import INPUT_SOP_CLASSES, OUTPUT_KINDS, OutputOptions, make_outputs, output_series_uid, \
     predictor_fingerprint, refusal
 from pneumoseg.util.paths import is_valid_uid
-from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
+from pneumoseg.inference.inputs import InputImage
+from pneumoseg.inference.predictor import Prediction, Predictor
 
 __all__ = ["DicomwebResult", "predict_dicomweb"]
 

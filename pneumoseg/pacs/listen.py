@@ -44,7 +44,8 @@ from pneumoseg.util.paths import os_error_line
 from pneumoseg.pacs.outputs import INPUT_SOP_CLASSES, OUTPUT_SOP_CLASSES, OutputOptions, make_outputs, \
     predictor_fingerprint, refusal
 from pneumoseg.pacs.queue import Entry, InstanceQueue
-from pneumoseg.inference.predictor import InputImage, Predictor, load_input
+from pneumoseg.inference.inputs import InputImage, load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.dicom.read import read_header
 
 __all__ = ["DEFAULT_MAX_INSTANCE_MB", "INPUT_TRANSFER_SYNTAXES", "Destination", "Listener", "allowed_callers",

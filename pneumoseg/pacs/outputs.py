@@ -26,7 +26,8 @@ import pneumoseg
 from pneumoseg.io.dicom.read import DEFAULT_MAX_PIXELS, RADIOGRAPH_MODALITIES
 from pneumoseg.util.paths import is_valid_uid
 from pneumoseg.inference.outputs import KINDS, Placement, build_dicom_outputs
-from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
+from pneumoseg.inference.inputs import InputImage
+from pneumoseg.inference.predictor import Prediction, Predictor
 
 __all__ = [
     "INPUT_SOP_CLASSES",

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.inference.predictor import InputImage
+from pneumoseg.inference.inputs import InputImage
 from pneumoseg.io.layouts import INPUT_SUFFIXES, MASKS_DIR, match_label, read_layout_mask
 from pneumoseg.io.rle import Annotations, read_annotations
 

@@ -28,7 +28,7 @@ import numpy as np
 from pneumoseg.errors import DataError, DicomError, PneumosegError
 from pneumoseg.io.images import decode_image
 from pneumoseg.util.paths import is_valid_uid
-from pneumoseg.inference.predictor import InputImage
+from pneumoseg.inference.inputs import InputImage
 
 __all__ = [
     "JPEG_SIGNATURE",

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from pneumoseg.io.images import encode_png, resize_image
 from pneumoseg.scoring.metrics import dice_from_counts
 from pneumoseg.inference.outputs import reported_score
-from pneumoseg.inference.predictor import InputImage, Prediction, Predictor
+from pneumoseg.inference.inputs import InputImage
+from pneumoseg.inference.predictor import Prediction, Predictor
 from pneumoseg.io.rle import rle_encode
 from pneumoseg.service.decode import (
     ImageTooLargeError,

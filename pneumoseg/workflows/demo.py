@@ -26,7 +26,9 @@ from pneumoseg.errors import DataError
 from pneumoseg.evaluation.evaluate import evaluate_run
 from pneumoseg.util.paths import one_line
 from pneumoseg.util.quiet import quiet_lightning
-from pneumoseg.inference.predictor import Predictor, find_inputs, predict_to_folder
+from pneumoseg.inference.folder import predict_to_folder
+from pneumoseg.inference.inputs import find_inputs
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.reporting.report import write_report
 from pneumoseg.runs import eval_dir
 from pneumoseg.training.run import train

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from pneumoseg.cli.main import app
 from pneumoseg.io.images import read_mask, write_png
 from pneumoseg.scoring.postprocess import PostProcess
-from pneumoseg.inference.predictor import Predictor, image_score, load_input
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.outputs import image_score
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.rle import read_annotations, rle_encode
 
 runner = CliRunner()

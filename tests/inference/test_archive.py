@@ -23,7 +23,8 @@ from pneumoseg.io.images import write_png
 from pneumoseg.inference.archive import folder_source, iter_folder, iter_list, predict_archive
 from pneumoseg.inference.archive.writers import PARTS, load_records
 from pneumoseg.scoring.postprocess import PostProcess
-from pneumoseg.inference.predictor import Predictor, find_inputs, load_input
+from pneumoseg.inference.inputs import find_inputs, load_input
+from pneumoseg.inference.predictor import Predictor
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "pneumoseg.cli.main"]

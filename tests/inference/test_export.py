@@ -18,7 +18,8 @@ from pneumoseg.errors import DataError
 from pneumoseg.inference.onnx import OnnxModel, export_onnx, read_onnx_metadata
 from pneumoseg.io.images import read_mask
 from pneumoseg.scoring.postprocess import PostProcess
-from pneumoseg.inference.predictor import Predictor, choose_backend, load_input
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor, choose_backend
 from pneumoseg.training.run_folder import load_run
 from tests.shared_data import SIIM
 

@@ -26,7 +26,8 @@ from pneumoseg.config import load_config
 from pneumoseg.data.synth import generate_dataset
 from pneumoseg.errors import DataError
 from pneumoseg.inference.monai_bundle import export_monai_bundle
-from pneumoseg.inference.predictor import InputImage, Predictor, load_input
+from pneumoseg.inference.inputs import InputImage, load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.images import write_png
 from pneumoseg.training.run_folder import init_run
 from tests.shared_data import SIIM

@@ -20,7 +20,9 @@ from pneumoseg.inference.outputs import (
     image_score,
     reported_score,
 )
-from pneumoseg.inference.predictor import Predictor, load_input, predict_to_folder
+from pneumoseg.inference.folder import predict_to_folder
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.dicom.sr import SCORE
 from tests.pacs.conftest import pacs_run  # noqa: F401 (fixture: an untrained run whose masks are partial)
 

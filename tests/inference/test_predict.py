@@ -17,7 +17,9 @@ from pneumoseg.io.images import read_image, read_mask, write_png
 from pneumoseg.scoring.metrics import dice_kaggle
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.scoring.tuned import find_tuned
-from pneumoseg.inference.predictor import Predictor, find_inputs, load_input, predict_to_folder
+from pneumoseg.inference.folder import predict_to_folder
+from pneumoseg.inference.inputs import find_inputs, load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.rle import read_annotations, rle_decode_absolute
 
 runner = CliRunner()
@@ -194,7 +196,7 @@ def test_predict_writes_sr_and_sc_and_area_in_mm2(trained_run: Path, synth_data:
     (np.full((4, 4), 0.25), 0.5, 0.25),
 ])
 def test_image_score_is_the_mean_of_the_top_pixels(prob: np.ndarray, fraction: float, expected: float) -> None:
-    from pneumoseg.inference.predictor import image_score
+    from pneumoseg.inference.outputs import image_score
 
     assert image_score(prob, fraction) == pytest.approx(expected)
 
@@ -202,7 +204,8 @@ def test_image_score_is_the_mean_of_the_top_pixels(prob: np.ndarray, fraction: f
 def test_predictions_csv_has_a_discriminating_score_and_labelled_overlays(trained_run: Path, synth_data: Path,
                                                                           tmp_path: Path) -> None:
     from pneumoseg.io.overlay import overlay
-    from pneumoseg.inference.predictor import PREDICTIONS_HEADER, image_score
+    from pneumoseg.inference.folder import PREDICTIONS_HEADER
+    from pneumoseg.inference.outputs import image_score
 
     predictor = Predictor([trained_run], device="cpu")
     inputs = sorted((synth_data / "dicom").glob("*.dcm"))[:3]

@@ -11,7 +11,7 @@ import pytest
 from pneumoseg.data.explore import explore
 from pneumoseg.data.prepare import prepare_dicom
 from pneumoseg.errors import DataError
-from pneumoseg.inference.predictor import find_inputs, load_input
+from pneumoseg.inference.inputs import find_inputs, load_input
 from pneumoseg.io.layouts import DICOM_SUFFIXES, find_dicoms, is_dicom_name, iter_files
 from pneumoseg.service.browse import BrowseFolder
 from tests.helpers.dicom import write_dicom

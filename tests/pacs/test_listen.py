@@ -19,7 +19,8 @@ from pneumoseg.errors import ConfigError
 from pneumoseg.pacs.listen import Destination, Listener
 from pneumoseg.pacs.outputs import OutputOptions, refusal
 from pneumoseg.pacs.queue import InstanceQueue
-from pneumoseg.inference.predictor import Predictor, load_input
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor
 from tests.pacs.conftest import free_port
 
 SC, CT = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.2"

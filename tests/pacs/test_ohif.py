@@ -72,7 +72,9 @@ def ohif_run(pacs_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     import yaml
 
-    from pneumoseg.inference.predictor import Predictor, load_input
+    from pneumoseg.inference.inputs import load_input
+
+    from pneumoseg.inference.predictor import Predictor
 
     run = tmp_path_factory.mktemp("ohif") / "run"
     shutil.copytree(pacs_run, run)

@@ -34,7 +34,8 @@ FILES = sorted((SIIM / "dicom").glob("*.dcm"))
 @pytest.fixture(scope="module")
 def reference(pacs_run: Path) -> dict[str, np.ndarray]:
     """SOPInstanceUID -> bool mask (1024, 1024) from ``Predictor`` on each file (what ``predict`` writes)."""
-    from pneumoseg.inference.predictor import Predictor, load_input
+    from pneumoseg.inference.inputs import load_input
+    from pneumoseg.inference.predictor import Predictor
 
     predictor = Predictor([pacs_run], device="cpu", batch_size=1)
     out = {}

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app as cli_app
 from pneumoseg.io.dicom.read import read_dicom
-from pneumoseg.inference.predictor import Predictor, load_input
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.io.rle import rle_decode
 from pneumoseg.service import ServiceSettings, create_app
 from pneumoseg.service.inference import UnsupportedMediaError, sniff

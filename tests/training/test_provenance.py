@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 from pneumoseg.cli.main import app
 from pneumoseg.config import load_config
 from pneumoseg.data.dataset import split_ids
-from pneumoseg.inference.predictor import Predictor, load_input, predict_to_folder
+from pneumoseg.inference.folder import predict_to_folder
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.pacs.outputs import OutputOptions, make_outputs
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.service import ServiceSettings, create_app

@@ -33,7 +33,8 @@ from pneumoseg.inference.archive.loop import (
 )
 from pneumoseg.inference.archive.sources import InputSource
 from pneumoseg.inference.archive.writers import ArchiveItem, BackgroundWriter, PartFiles, completed_keys, load_records
-from pneumoseg.inference.predictor import PredictResult, Predictor
+from pneumoseg.inference.folder import PredictResult
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.util.progress import progress_bar
 from pneumoseg.util.quiet import quiet_lightning
 

@@ -43,7 +43,9 @@ from pneumoseg.inference.archive.writers import (
     load_records,
     sweep_temporaries,
 )
-from pneumoseg.inference.predictor import ImageOutputs, PredictResult, Predictor, load_input, write_outputs, write_tables
+from pneumoseg.inference.folder import ImageOutputs, PredictResult, write_outputs, write_tables
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor
 from pneumoseg.util.paths import check_output_dir
 from pneumoseg.util.progress import progress_bar
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pneumoseg.errors import DataError
-from pneumoseg.inference.predictor import iter_inputs
+from pneumoseg.inference.inputs import iter_inputs
 
 __all__ = ["InputSource", "first_input", "folder_source", "input_source", "iter_folder", "iter_list", "list_source"]
 

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from pneumoseg.util.atomic import atomic_write_text
-from pneumoseg.inference.predictor import InputImage, Predictor, write_outputs
+from pneumoseg.inference.folder import write_outputs
+from pneumoseg.inference.inputs import InputImage
+from pneumoseg.inference.predictor import Predictor
 
 __all__ = ["PARTS", "ArchiveItem", "BackgroundWriter", "PartFiles", "completed_keys", "load_records", "sweep_temporaries"]
 

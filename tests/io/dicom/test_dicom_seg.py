@@ -18,7 +18,9 @@ from pneumoseg.errors import DicomError
 from pneumoseg.io.images import read_mask, write_png
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.scoring.tuned import TunedRule, save_tuned
-from pneumoseg.inference.predictor import Predictor, load_input, predict_to_folder
+from pneumoseg.inference.folder import predict_to_folder
+from pneumoseg.inference.inputs import load_input
+from pneumoseg.inference.predictor import Predictor
 from tests.shared_data import SIIM, require_siim
 
 runner = CliRunner()
