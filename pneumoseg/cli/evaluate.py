@@ -107,7 +107,8 @@ def evaluate(
     listed one per line; the rest is scored and the exit code is 2.
     """
     from pneumoseg.errors import ConfigError
-    from pneumoseg.evaluation.evaluate import evaluate_external, evaluate_run, external_name
+    from pneumoseg.evaluation.evaluate import evaluate_run
+    from pneumoseg.evaluation.external import evaluate_external, external_name
     from pneumoseg.runs import eval_dir
 
     runs = parse_runs(run)

@@ -49,7 +49,8 @@ from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError, PneumosegError
 from pneumoseg.config import ExperimentConfig
-from pneumoseg.evaluation.evaluate import CaseLoader, eval_case_loader
+from pneumoseg.evaluation.cases import CaseLoader
+from pneumoseg.evaluation.external import eval_case_loader
 from pneumoseg.util.paths import short_id
 from pneumoseg.io.images import read_mask, resize_image, resize_mask
 from pneumoseg.runs import find_eval_dir, read_eval_images, read_run_config, truth_areas, unit_text

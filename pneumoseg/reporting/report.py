@@ -44,7 +44,7 @@ from pneumoseg import __version__
 from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.errors import DataError
 from pneumoseg.config import ExperimentConfig
-from pneumoseg.evaluation.evaluate import CASE_CATEGORIES
+from pneumoseg.evaluation.cases import CASE_CATEGORIES
 from pneumoseg.util.paths import short_id
 from pneumoseg.runs import CONFIG_FILE, find_eval_dir, read_eval_images, read_run_config, truth_areas, unit_text
 from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, Provenance, describe_training, read_provenance

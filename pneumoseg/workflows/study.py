@@ -54,7 +54,8 @@ from pneumoseg.util.atomic import atomic_write_text
 from pneumoseg.config import ExperimentConfig, config_to_dict, dump_config, load_config, packaged_config
 from pneumoseg.data.dataset import SPLITS
 from pneumoseg.errors import ConfigError, DataError
-from pneumoseg.evaluation.evaluate import cache_loader, evaluate_items, evaluate_run, iter_split
+from pneumoseg.evaluation.cases import cache_loader
+from pneumoseg.evaluation.evaluate import evaluate_items, evaluate_run, iter_split
 from pneumoseg.runs import eval_dir
 from pneumoseg.training.kfold import best_val, fold_dirs, train_all_folds, train_once, with_fold
 from pneumoseg.util.paths import safe_name

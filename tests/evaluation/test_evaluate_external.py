@@ -98,7 +98,7 @@ def test_png_labels_give_the_same_scores(trained_run: Path, external: tuple[Path
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
     pp = PostProcess(threshold=0.3)
-    from pneumoseg.evaluation.evaluate import evaluate_external
+    from pneumoseg.evaluation.external import evaluate_external
 
     res = evaluate_external(Predictor([run], device="cpu", postprocess=pp), run, images, png_dir=masks,
                             name="pngs", progress=False)
@@ -130,7 +130,7 @@ def test_compare_gallery_shows_the_external_sets_images(trained_run: Path, exter
 
     from PIL import Image
 
-    from pneumoseg.evaluation.evaluate import evaluate_external
+    from pneumoseg.evaluation.external import evaluate_external
     from pneumoseg.reporting.compare import compare_runs, render_html
 
     data, csv, truths = external

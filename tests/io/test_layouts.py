@@ -129,7 +129,7 @@ def test_match_label_uid_then_stem(stem: str, uid: str | None, labelled: set[str
 
 def test_prepare_evaluate_and_browse_match_labels_alike(tmp_path: Path) -> None:
     """A DICOM labelled under its file stem (not its UID) and one labelled under its UID."""
-    from pneumoseg.evaluation.evaluate import read_labelled_set
+    from pneumoseg.evaluation.external import read_labelled_set
     from pneumoseg.io.rle import rle_encode
 
     root = tmp_path / "in"

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pneumoseg.cli.main import app
-from pneumoseg.evaluation.evaluate import CASE_CATEGORIES, case_order
+from pneumoseg.evaluation.cases import CASE_CATEGORIES, case_order
 from pneumoseg.io.images import read_image
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.scoring.tuned import TunedRule, save_tuned
