@@ -1,15 +1,13 @@
 """Compare evaluated runs on one split: metrics with bootstrap CIs, paired differences, cases.
 
+The entry points are :func:`compare_runs` (the statistics, a :class:`Comparison`) and
+:func:`write_comparison` (the page and its Markdown); this module also holds what the comparison page says.
 Works from what ``pneumoseg evaluate RUN --split S`` (or ``--data DIR``: S is the data set's name)
-wrote, found by ``pneumoseg.runs.find_eval_dir`` (nothing is predicted again): ``RUN/eval/S/metrics.json``,
-``per_image.csv`` (``image_id, has_truth, truth_area_px, pred_area_px, probability, dice``
-[, older ``pixel_spacing_mm``, ``truth_area_mm2``]), ``images.csv`` (source file, pixel spacing)
-and ``pred_masks/<id>.png``; plus ``RUN/config.yaml`` (the typed config: ``pneumoseg.runs.read_run_config``),
-``RUN/history.csv`` (curves, training time, throughput). Case thumbnails read each image and its
-truth back the way the evaluation did (``pneumoseg.evaluation.evaluate.eval_case_loader``): the
-cache's ``images/`` + ``truth/`` for a split, the recorded files and labels for an external set; a
-case without an image says why ("no image: cache ... not found from here"). An older ``RUN/eval/``
-whose ``metrics.json`` names the split is read too.
+wrote (``gather.load_run_eval``: ``RUN/eval/S/``, ``RUN/config.yaml``, ``RUN/history.csv`` for curves,
+training time and throughput; nothing is predicted again). Case thumbnails (``figures.thumbnail``) read each
+image and its truth back the way the evaluation did: the cache's ``images/`` + ``truth/`` for a split, the
+recorded files and labels for an external set; a case without an image says why ("no image: cache ... not
+found from here").
 
 Statistics (``pneumoseg.scoring.stats``): images are resampled with replacement within the strata
 pneumothorax / empty; each run's metric gets a percentile CI; each later run is compared with
@@ -28,35 +26,24 @@ positive image has a pixel spacing, else source pixels; the header says which) a
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import html
-import io
-import json
 import math
 import os
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pneumoseg import __version__
-from pneumoseg.util.atomic import atomic_write_text
-from pneumoseg.errors import DataError, PneumosegError
-from pneumoseg.config import ExperimentConfig
-from pneumoseg.evaluation.cases import CaseLoader
-from pneumoseg.evaluation.external import eval_case_loader
-from pneumoseg.util.paths import short_id
-from pneumoseg.io.images import read_mask, resize_image, resize_mask
-from pneumoseg.runs import find_eval_dir, read_eval_images, read_run_config, truth_areas, unit_text
-from pneumoseg.io.overlay import encode_rgb_png, overlay
-from pneumoseg.util.paths import safe_name
 from pneumoseg.data.split import small_set_warning
+from pneumoseg.errors import DataError, PneumosegError
+from pneumoseg.evaluation.cases import CaseLoader
+from pneumoseg.reporting.figures import case_loader, history_png, thumbnail
+from pneumoseg.reporting.gather import RunEval, image_score, load_run_eval
+from pneumoseg.reporting.render import data_url, generated_text, md_table, page, table_html, write_pages
+from pneumoseg.runs import truth_areas, unit_text
 from pneumoseg.scoring.stats import (
     CI,
     MAX_EXACT,
@@ -75,112 +62,15 @@ from pneumoseg.scoring.stats import (
     wilcoxon_p,
 )
 from pneumoseg.training.provenance import NOT_FOR_CLINICAL_USE, describe_training, read_provenance
+from pneumoseg.util.paths import short_id
 
-__all__ = ["CASE_KINDS", "REQUIRED_COLUMNS", "Comparison", "RunEval", "compare_runs",
-           "load_run_eval", "metric_header", "metric_rows", "render_html", "render_markdown", "write_comparison"]
+__all__ = ["CASE_KINDS", "Comparison", "compare_runs", "metric_header", "metric_rows", "render_html",
+           "render_markdown", "write_comparison"]
 
-REQUIRED_COLUMNS = ("image_id", "has_truth", "truth_area_px", "pred_area_px", "probability", "dice")
 CASE_KINDS = {"disagree": "Where the runs disagree most (largest spread of per-image Dice)",
               "best": "Best cases (highest mean Dice over the runs, pneumothorax images)",
               "worst": "Worst cases (lowest mean Dice over the runs)"}
 FACT_KEYS = ("model", "parameters", "epochs", "train_time_s", "train_img_per_s", "latency_ms")
-
-
-@dataclass
-class RunEval:
-    """One run's evaluation of a split, as read from its folder."""
-
-    label: str
-    run: Path
-    eval_dir: Path
-    metrics: dict[str, Any]
-    per_image: pd.DataFrame
-    config: ExperimentConfig | None = None
-    history: pd.DataFrame | None = None
-    images: pd.DataFrame | None = None  # EV/images.csv: source file and pixel spacing of each image
-
-    @property
-    def name(self) -> str:
-        return f"{self.label}: {self.run.resolve().name}"
-
-    def facts(self) -> dict[str, Any]:
-        """Model, parameter count, epochs, training time and throughput, inference latency (NaN: unknown)."""
-        m, h = self.metrics, self.history
-        model = m.get("model") or (self.config.model.name if self.config else None) or "n/a"
-        params = m.get("n_params", m.get("parameters"))
-        if params is None:
-            params = _count_parameters(self.config)
-        time_s = img_s = math.nan
-        if h is not None and "epoch_time_s" in h:
-            time_s = float(pd.to_numeric(h["epoch_time_s"], errors="coerce").sum())
-        if h is not None and "train_img_per_s" in h:
-            img_s = float(pd.to_numeric(h["train_img_per_s"], errors="coerce").median())
-        latency = m.get("latency_ms_per_image", math.nan)
-        if "predict_seconds" in m and m.get("n_images"):
-            latency = 1000 * float(m["predict_seconds"]) / float(m["n_images"])
-        return {"model": model, "parameters": params if params is not None else math.nan,
-                "epochs": len(h) if h is not None else math.nan, "train_time_s": time_s,
-                "train_img_per_s": img_s, "latency_ms": float(latency)}
-
-
-def _count_parameters(config: ExperimentConfig | None) -> int | None:
-    """Parameters of the config's model, built on torch's meta device (no memory); None if unknown."""
-    if config is None:
-        return None
-    try:
-        import torch
-
-        from pneumoseg.models import create_model
-
-        with torch.device("meta"):
-            net = create_model(config.model.name, in_channels=config.data.in_channels,
-                               aux_classifier=config.model.aux_classifier)
-        return int(sum(p.numel() for p in net.parameters()))
-    except (PneumosegError, ImportError, RuntimeError, TypeError, ValueError):
-        return None
-
-
-def _read_per_image(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str})
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read CSV ({exc})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; needs {', '.join(REQUIRED_COLUMNS)}")
-    for col in REQUIRED_COLUMNS[1:]:
-        values = pd.to_numeric(df[col], errors="coerce")
-        if values.isna().any():
-            k = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataError(f"{path} row {k + 2} ImageId {df['image_id'].iloc[k]}: {col} {df[col].iloc[k]!r} "
-                            "is not a number")
-        df[col] = values
-    for image_id in df["image_id"]:  # ids become file names (thumbnails): refuse ../ and the like
-        safe_name(str(image_id), path)
-    dup = df["image_id"].duplicated()
-    if dup.any():
-        raise DataError(f"{path}: ImageId {df['image_id'][dup].iloc[0]} appears more than once")
-    return df.set_index("image_id", drop=False)
-
-
-def load_run_eval(run: str | os.PathLike[str], split: str, label: str = "A") -> RunEval:
-    """Read a run's evaluation of ``split``; DataError naming what is missing."""
-    path = Path(run)
-    ev = find_eval_dir(path, split)
-    try:
-        metrics = json.loads((ev / "metrics.json").read_text()) if (ev / "metrics.json").is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{ev / 'metrics.json'}: not valid JSON ({exc})") from None
-    if metrics.get("split", split) != split:
-        raise DataError(f"{ev / 'metrics.json'}: split is {metrics.get('split')!r}, expected {split!r}")
-    out = RunEval(label, path, ev, metrics, _read_per_image(ev / "per_image.csv"),
-                  read_run_config(path, required=False), images=read_eval_images(ev))
-    if (path / "history.csv").is_file():
-        try:
-            out.history = pd.read_csv(path / "history.csv")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path / 'history.csv'}: cannot read CSV ({exc})") from None
-    return out
 
 
 def _common_ids(runs: list[RunEval], allow_different_sets: bool) -> tuple[list[str], list[str]]:
@@ -294,8 +184,7 @@ def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", al
     per = {}
     for r in evals:
         df = r.per_image.loc[ids]
-        score = df["score"] if "score" in df else df["probability"]  # evaluate's AUC score (top-k mean)
-        per[r.label] = PerImage.from_arrays(df["dice"], has_truth, df["pred_area_px"] > 0, score)
+        per[r.label] = PerImage.from_arrays(df["dice"], has_truth, df["pred_area_px"] > 0, image_score(df)[0])
     # One set of resamples for every run and metric: the differences to A are paired.
     dist = bootstrap_distributions({(lab, m): metric_statistic(m, per[lab]) for lab in labels for m in METRIC_NAMES},
                                    len(ids), has_truth, n_boot, seed)
@@ -314,76 +203,7 @@ def compare_runs(runs: Sequence[str | os.PathLike[str]], split: str = "test", al
     return c
 
 
-# ---------------------------------------------------------------- figures
-
-
-def _curves_png(c: Comparison) -> bytes | None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = [("val_dice_kaggle", "validation dice_kaggle"), ("val_dice_positive", "validation dice_positive"),
-              ("val_loss", "validation loss"), ("train_loss", "training loss")]
-    panels = [p for p in panels if any(r.history is not None and p[0] in r.history for r in c.runs)]
-    if not panels:
-        return None
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    for k, (col, title) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
-        for r in c.runs:
-            if r.history is not None and col in r.history:
-                ax.plot(r.history["epoch"], r.history[col], "-o", ms=3, label=r.name)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _mask_or_empty(path: Path, shape: tuple[int, int], area: float) -> np.ndarray | None:
-    if path.is_file():
-        return read_mask(path)
-    return np.zeros(shape, bool) if area == 0 else None
-
-
-THUMBNAIL = 200  # px, longest side of a case thumbnail
-
-
-def _case_loader(run: RunEval) -> CaseLoader:
-    """How the cases of ``run``'s evaluation are read back: the cache of a split, the recorded files and
-    labels of an external set (``pneumoseg.evaluation.evaluate.eval_case_loader``); PneumosegError: why not."""
-    cache = run.config.data.cache if run.config is not None else None
-    if run.config is None and run.metrics.get("source") != "external":
-        raise DataError(f"{run.run / 'config.yaml'} not found: the run's cache (the split's images) is unknown")
-    return eval_case_loader(run.eval_dir, run.metrics, cache, THUMBNAIL)
-
-
-def _thumbnail(run: RunEval, image_id: str, load: CaseLoader, size: int = THUMBNAIL) -> bytes:
-    """PNG of the image with the run's prediction (red) and the truth (blue); PneumosegError saying why not."""
-    image, truth = load(image_id)
-    pred_path = run.eval_dir / "pred_masks" / f"{image_id}.png"
-    pred = _mask_or_empty(pred_path, truth.shape, float(run.per_image.loc[image_id, "pred_area_px"]))
-    if pred is None:
-        raise DataError(f"{pred_path} not found")
-    h, w = truth.shape
-    scale = size / max(h, w)
-    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
-    rgb = overlay(resize_image(image, shape), resize_mask(pred, shape), resize_mask(truth, shape))
-    return encode_rgb_png(rgb)
-
-
 # ---------------------------------------------------------------- rendering
-
-
-def _num(x: Any, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
 
 
 def _ci_text(ci: CI, digits: int = 4, sign: str = "") -> str:
@@ -449,8 +269,7 @@ def _cell(text: str) -> str:
 def _html_table(head: list[str], rows: list[list[str]], sortable: bool = False) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return (f'<div class="tablewrap"><table{" class=sortable" if sortable else ""}><thead><tr>{th}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+    return table_html(th, body, " class=sortable" if sortable else "")
 
 
 def _facts_rows(c: Comparison) -> list[list[str]]:
@@ -493,7 +312,7 @@ def _cases_html(c: Comparison) -> str:
     loaders: dict[str, CaseLoader | str] = {}
     for r in c.runs:
         try:
-            loaders[r.label] = _case_loader(r)
+            loaders[r.label] = case_loader(r)
         except PneumosegError as exc:
             loaders[r.label] = str(exc)
     for kind, title in CASE_KINDS.items():
@@ -510,9 +329,7 @@ def _cases_html(c: Comparison) -> str:
                 try:
                     if isinstance(load, str):
                         raise DataError(load)
-                    png = _thumbnail(r, image_id, load)
-                    img = (f'<img alt="{html.escape(image_id)} {r.label}" src="data:image/png;base64,'
-                           f'{base64.b64encode(png).decode("ascii")}">')
+                    img = f'<img alt="{html.escape(image_id)} {r.label}" src="{data_url(thumbnail(r, image_id, load))}">'
                 except PneumosegError as exc:
                     img = f'<p class="note missing">no image: {html.escape(str(exc))}</p>'
 
@@ -521,8 +338,7 @@ def _cases_html(c: Comparison) -> str:
             truth = int(c.runs[0].per_image.loc[image_id, "truth_area_px"])
             rows.append(f'<tr><td class="id"><span title="{html.escape(image_id)}">{html.escape(short_id(image_id))}'
                         f'</span><br>truth {truth} px</td>{"".join(cells)}</tr>')
-        out.append(f'<div class="tablewrap"><table class="cases"><thead><tr><th>ImageId</th>{head}</tr></thead>'
-                   f"<tbody>{''.join(rows)}</tbody></table></div>")
+        out.append(table_html(f"<th>ImageId</th>{head}", "".join(rows), ' class="cases"'))
     return "\n".join(out)
 
 
@@ -532,9 +348,8 @@ def render_html(c: Comparison) -> str:
                   for r in c.runs[1:])
     metrics = (_html_table(metric_header(c), metric_rows(c)) + f"<ul>{wil}</ul>"
                f'<p class="note" id="method">{html.escape(_method_text(c))}</p>')
-    curves = _curves_png(c)
-    curves_html = (f'<img class="curves" alt="learning curves" src="data:image/png;base64,'
-                   f'{base64.b64encode(curves).decode("ascii")}">' if curves else
+    curves = history_png(c.runs)
+    curves_html = (f'<img class="curves" alt="learning curves" src="{data_url(curves)}">' if curves else
                    '<p class="note">no history.csv in the runs</p>')
     buckets = (_html_table(_bucket_head(c), _bucket_rows(c)) +
                f'<p class="note">mean per-image Dice [{c.level:.0%} CI]; truth areas in '
@@ -543,39 +358,25 @@ def render_html(c: Comparison) -> str:
     sections = [("runs", "Runs", _html_table(FACT_HEAD, _facts_rows(c)) + notes),
                 ("metrics", "Metrics", metrics), ("sizes", f"Dice by pneumothorax size ({c.bucket_unit})", buckets),
                 ("curves", "Learning curves", curves_html), ("cases", "Cases side by side", _cases_html(c))]
-    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
-    body = "".join(f'<section id="{a}"><h2>{html.escape(t)}</h2>\n{b}\n</section>\n' for a, t, b in sections)
-    subtitle = (f"split {c.split} · {len(c.image_ids)} images · generated "
-                f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by pneumoseg {__version__}")
-    template = string.Template(resources.files("pneumoseg.reporting").joinpath("report_template.html").read_text("utf-8"))
+    subtitle = f"split {c.split} · {len(c.image_ids)} images · {generated_text()}"
     title = "pneumoseg compare: " + " vs ".join(r.run.resolve().name for r in c.runs)
     trained = describe_training([read_provenance(r.run) for r in c.runs])
-    return template.substitute(title=html.escape(title), subtitle=html.escape(subtitle), nav=nav, body=body,
-                               provenance=html.escape(f"{trained}. {NOT_FOR_CLINICAL_USE}."))
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in rows])
+    return page(title, subtitle, f"{trained}. {NOT_FOR_CLINICAL_USE}.", sections)
 
 
 def render_markdown(c: Comparison, html_path: str | os.PathLike[str]) -> str:
     """The comparison's tables in Markdown, with a pointer to the HTML page."""
     lines = ["# pneumoseg compare: " + " vs ".join(r.run.resolve().name for r in c.runs), "",
              f"Full page (curves, cases): `{Path(html_path).resolve()}`", "", "## Runs", "",
-             _md_table(FACT_HEAD, _facts_rows(c)), ""]
+             md_table(FACT_HEAD, _facts_rows(c)), ""]
     lines += [f"> {n}" for n in c.notes] + ([""] if c.notes else [])
-    lines += ["## Metrics", "", _md_table(metric_header(c), metric_rows(c)), ""]
+    lines += ["## Metrics", "", md_table(metric_header(c), metric_rows(c)), ""]
     lines += [f"- {r.name} vs A: Wilcoxon p = {_p_text(c.wilcoxon[r.label])}" for r in c.runs[1:]]
     lines += ["", _method_text(c), "", f"## Dice by pneumothorax size ({c.bucket_unit})", "",
-              _md_table(_bucket_head(c), _bucket_rows(c)), "", f"Truth areas in {unit_text(c.bucket_unit)}."]
+              md_table(_bucket_head(c), _bucket_rows(c)), "", f"Truth areas in {unit_text(c.bucket_unit)}."]
     return "\n".join(lines) + "\n"
 
 
 def write_comparison(c: Comparison, out: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write the HTML page ``out`` and the Markdown beside it (``.md``); return both paths."""
-    html_path = Path(out)
-    md_path = html_path.with_suffix(".md")
-    atomic_write_text(html_path, render_html(c))
-    atomic_write_text(md_path, render_markdown(c, html_path))
-    return html_path, md_path
+    return write_pages(out, render_html(c), render_markdown(c, out))

@@ -20,7 +20,8 @@ from pneumoseg.evaluation.cases import CASE_CATEGORIES, case_order
 from pneumoseg.io.images import read_image
 from pneumoseg.scoring.postprocess import PostProcess
 from pneumoseg.scoring.tuned import TunedRule, save_tuned
-from pneumoseg.reporting.report import METRICS, curve_points, write_report
+from pneumoseg.reporting.figures import curve_points
+from pneumoseg.reporting.report import METRICS, write_report
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -332,13 +333,14 @@ def _overlapping_labels(fig: object, ax: object) -> tuple[list[str], list[tuple[
 def test_dice_vs_size_ticks_do_not_overlap_and_counts_are_whole(lo: float, hi: float) -> None:
     """Users saw '3x10^2' over '4x10^2' on the Dice-vs-size log axis (areas 150..1500 px) and
     '0.5 images' on the histogram of 3 images."""
-    from pneumoseg.reporting.report import ReportData, _figures
+    from pneumoseg.reporting.figures import detection_figure
+    from pneumoseg.reporting.gather import ReportData
 
     area = np.r_[np.geomspace(lo, hi, 3), 0.0]
     per_image = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "truth_area_px": area.round(),
                               "pred_area_px": [10, 0, 5, 0], "probability": 0.5, "score": 0.5,
                               "dice": [0.2, 0.0, 0.9, 1.0], "has_truth": [1, 1, 1, 0]})
-    fig = _figures(ReportData(Path("run"), Path("run/eval/test"), {}, per_image))
+    fig = detection_figure(ReportData(Path("run"), Path("run/eval/test"), {}, per_image))
     hist, size = fig.axes[2:4]
     labels, overlaps = _overlapping_labels(fig, size)
     assert len(labels) >= 2 and not overlaps, labels
