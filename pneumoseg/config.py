@@ -1,5 +1,8 @@
 """The experiment config: one typed schema, loaded from YAML, overridden by ``key=value``, dumped.
 
+One job, hence its size: the experiment's typed schema and the loading rules around it (layers,
+overrides, choice lists, one-line errors); the field docs live next to the fields.
+
 An experiment is a YAML file whose sections mirror the dataclasses below (``data``, ``model``,
 ``loss``, ``optim``, ``schedule``, ``sampler``, ``augment``, ``train``, ``postprocess``). Layers,
 each merged over the one before (mappings key by key; ``loss``, lists and ``null`` replace):

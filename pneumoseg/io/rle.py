@@ -1,5 +1,8 @@
 """Run-length codecs for SIIM-ACR masks and a reader for the challenge's annotation CSV.
 
+One job, hence its size: the challenge's RLE format, both ways (relative and absolute runs, the
+annotation CSV's rows per image), vectorised and checked.
+
 Conventions (the challenge's ``train-rle.csv``):
 
 * pixels are numbered **column-major** (down the first column, then the next), from 0;

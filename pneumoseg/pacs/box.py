@@ -1,5 +1,7 @@
 """A PACS in a box on 127.0.0.1: Orthanc (+ DICOMweb), the OHIF viewer, and ``pneumoseg listen``.
 
+One job, hence its size: starting, wiring and stopping the three servers of ``pneumoseg pacs-demo``.
+
 ``PacsBox`` starts, each on a free loopback port:
 
 * **Orthanc** (the Debian package's ``Orthanc`` binary and its DICOMweb plugin) with its storage

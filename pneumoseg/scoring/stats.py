@@ -1,5 +1,7 @@
 """Bootstrap confidence intervals and paired tests for per-image metrics.
 
+One job, hence its size: the statistics behind every CI and paired difference pneumoseg reports.
+
 What is resampled. The unit is the **image**: a bootstrap sample draws, with replacement, as
 many images as there are, **within each stratum separately** (by default the strata are
 "pneumothorax" / "empty": ``has_truth``), so every resample keeps the split's exact numbers of
