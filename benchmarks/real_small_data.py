@@ -132,14 +132,14 @@ def prepare_cache(work: Path, size: int, folds: int) -> Path:
 
 
 def oof_predict(run: Path, cache: Path, ids: list[str],
-                threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                threshold: float = 0.5, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(per-image Dice (N,), predicted mask not empty (N,), truth's share of the image (N,)) of ``run``'s
     last.ckpt on ``ids``, flip TTA, at the cache's size (``Predictor.probs_at_model_size``: the one
     inference path)."""
     from pneumoseg.io.images import read_image, read_mask
     from pneumoseg.inference.predictor import Predictor
 
-    predictor = Predictor([run], checkpoint="last", tta=True, device="cpu")
+    predictor = Predictor([run], checkpoint="last", tta=True, device=device)
     dice, positive, area = [], [], []
     for image_id in ids:
         pred = predictor.probs_at_model_size([read_image(cache / "images" / f"{image_id}.png")])[0] > threshold
@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. train.max_steps=500 to screen)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="train and predict on this device (cuda: the GPU check, 4 loader workers)")
     ap.add_argument("--reference", default=REFERENCE, help="the recipe the others are compared with")
     ap.add_argument("--fresh", action="store_true", help="train every run again, ignoring WORK/results.csv")
     ap.add_argument("--docs", action="store_true", help="write the small-data section of docs/benchmarks.md")
@@ -292,14 +294,14 @@ def main(argv: list[str] | None = None) -> int:
                     if run.exists() and not partial:
                         shutil.rmtree(run)
                     cfg = load_config(base, [*overrides, f"data.cache={cache}", f"data.fold={fold}",
-                                             f"data.size={args.size}", "data.num_workers=0",
-                                             "train.accelerator=cpu", f"train.seed={seed}", *args.overrides])
+                                             f"data.size={args.size}", f"data.num_workers={0 if args.device == 'cpu' else 4}",
+                                             f"train.accelerator={'cpu' if args.device == 'cpu' else 'gpu'}", f"train.seed={seed}", *args.overrides])
                     train(cfg, run, resume=partial, progress=False)
                     train_s = (float(pd.read_csv(run / "history.csv")["epoch_time_s"].sum()) if partial
                                else time.perf_counter() - start)
                 summary = json.loads((run / "train_summary.json").read_text())
                 ids = split_ids(cache, "val", fold)
-                dice, predicted, area = oof_predict(run, cache, ids)
+                dice, predicted, area = oof_predict(run, cache, ids, device=args.device)
                 truth = read_labels(cache, ids)
                 for image_id, d, t, p, a in zip(ids, dice, truth, predicted, area, strict=True):
                     oof.append({"recipe": name, "seed": seed, "fold": fold, "image_id": image_id,
@@ -335,13 +337,15 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
         sets = "".join(f" --set {o}" for o in args.overrides)
         cmd = (f"python benchmarks/real_small_data.py --work /tmp/rsd --size {args.size} --folds {args.folds} "
                f"--recipes {','.join(names)} --seeds {args.seeds}{sets} --threads {args.threads} --reference {args.reference} "
-               "--docs")
+               f"--device {args.device} --docs")
+        where = "2 CPU cores" if args.device == "cpu" else "one GPU"
         # the 256 px table keeps its section; a screen at another size gets its own beside it
-        name, title = ("small-data", "") if args.size == 256 else (f"small-data-{args.size}", f", {args.size} px screen")
+        name, title = (("small-data", "") if args.size == 256 else
+                       (f"small-data-{args.size}", f", {args.size} px {'screen' if args.size < 256 else 'on ' + where}"))
         update_section(name, (
             f"## Learning from few real images (cross-validation{title})\n\n"
             f"The 42 shared real SIIM images (12 DICOM + 30 PNG, 37 positive) at {args.size} px, "
-            f"{args.folds} patient-grouped folds, every recipe trained on the CPU (2 cores) once per fold and "
+            f"{args.folds} patient-grouped folds, every recipe trained on {where} once per fold and "
             f"training seed (seeds {', '.join(map(str, seeds))}); out-of-fold per-image Dice of each fold model's "
             "`last.ckpt` with flip TTA at threshold 0.5 (no tuning), averaged over the seeds per image, with 95 % "
             "bootstrap CIs over the 42 images (`pneumoseg.scoring.stats.bootstrap_ci`; dice_kaggle resampled "
@@ -351,7 +355,7 @@ def _report(results: pd.DataFrame, oof: pd.DataFrame, names: list[str], args: ar
             "`pneumoseg.scoring.stats.paired_bootstrap`, two-sided p). "
             "With 5 negatives in all, dice_kaggle is mostly dice_positive.\n\n"
             f"```bash\n{cmd}\n```\n\n{table}\n"
-            f"Run time: {total / 60:.1f} min in total on 2 CPU cores (training + out-of-fold prediction of "
+            f"Run time: {total / 60:.1f} min in total on {where} (training + out-of-fold prediction of "
             "every run; preparing the cache, under a minute, left out). `positives predicted empty` counts "
             "(seed, positive image) pairs whose out-of-fold mask is empty, in brackets those over 5 % of the "
             "image; `predicts nothing` is the run's own flag (`RUN/train_summary.json`, at the best validation "
