@@ -98,3 +98,18 @@ def test_readme_demo_figures_are_the_measured_ones() -> None:
     assert f"seeds {min(seeds)}-{max(seeds)}" in text and seeds == list(range(min(seeds), max(seeds) + 1))
     assert f"dice_kaggle {min(kaggle):.2f}-{max(kaggle):.2f}, dice_positive {min(positive):.2f}-{max(positive):.2f}" \
         in text
+
+
+def test_readme_recipe_table_is_the_measured_one() -> None:
+    """The README's few-images table quotes docs/benchmarks.md's seeded 256 px cross-validation, row by row."""
+    start, end = "<!-- small-data-256-seeds:start -->", "<!-- small-data-256-seeds:end -->"
+    section = BENCHMARKS[BENCHMARKS.index(start):BENCHMARKS.index(end)]
+    dice = r"[\d.]+ \([\d.]+-[\d.]+\)"
+    # benchmarks: | `name` | what | steps | seeds | OOF dice_positive (CI) | ...
+    measured = {m[1]: (m[2], m[3]) for m in re.finditer(
+        rf"^\| `(\w+)` \| [^|]+ \| (\d+) \| \d+ \| ({dice}) \|", section, flags=re.M)}
+    # README: | `name` (what) | steps | OOF dice_positive (CI) | ...
+    quoted = re.findall(rf"^\| `(\w+)`[^|]* \| (\d+) \| ({dice}) \|", README, flags=re.M)
+    assert {"small_data", "resnet34_150", "lite0_scratch_150"} <= {name for name, _, _ in quoted}
+    for name, steps, value in quoted:
+        assert measured[name] == (steps, value), name
