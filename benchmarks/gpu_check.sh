@@ -78,10 +78,8 @@ nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$OUT/arch
 # (e) the few-images comparison of the training issue at 512 px (optional there; CPU tables: docs/benchmarks.md,
 # small-data-256-seeds). The 512 px cache is prepared here (bench-out/rsd512/all512, carried); the runs resume,
 # so a stop at the time limit keeps every finished (recipe, seed, fold) and a rerun continues.
-timeout 360 python3 benchmarks/real_small_data.py --work bench-out/rsd512 --size 512 --folds 3 \
-    --recipes small_data,lite0_imagenet --seeds 0,1 --threads 8 --device cuda --reference small_data \
-    --set train.precision=bf16-mixed --set train.deterministic=false | tee "$OUT/small_data_512.md" \
-    || python3 benchmarks/real_small_data.py --work bench-out/rsd512 --size 512 --folds 3 \
-        --recipes small_data,lite0_imagenet --seeds 0,1 --reference small_data --device cuda \
-        --set train.precision=bf16-mixed --set train.deterministic=false --report-only | tee "$OUT/small_data_512.md"
+RSD=(--work bench-out/rsd512 --size 512 --folds 3 --recipes small_data,lite0_imagenet --seeds 0,1
+     --reference small_data --device cuda --set train.precision=bf16-mixed --set train.deterministic=false)
+timeout 360 python3 benchmarks/real_small_data.py "${RSD[@]}" --threads 8 | tee "$OUT/small_data_512.md" \
+    || python3 benchmarks/real_small_data.py "${RSD[@]}" --report-only | tee "$OUT/small_data_512.md"
 cp bench-out/rsd512/results.csv bench-out/rsd512/oof.csv "$OUT/" 2>/dev/null || true

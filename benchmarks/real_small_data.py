@@ -293,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                     partial = (run / "checkpoints" / "last.ckpt").is_file()
                     if run.exists() and not partial:
                         shutil.rmtree(run)
+                    cpu = args.device == "cpu"
                     cfg = load_config(base, [*overrides, f"data.cache={cache}", f"data.fold={fold}",
-                                             f"data.size={args.size}", f"data.num_workers={0 if args.device == 'cpu' else 4}",
-                                             f"train.accelerator={'cpu' if args.device == 'cpu' else 'gpu'}", f"train.seed={seed}", *args.overrides])
+                                             f"data.size={args.size}", f"data.num_workers={0 if cpu else 4}",
+                                             f"train.accelerator={'cpu' if cpu else 'gpu'}", f"train.seed={seed}",
+                                             *args.overrides])
                     train(cfg, run, resume=partial, progress=False)
                     train_s = (float(pd.read_csv(run / "history.csv")["epoch_time_s"].sum()) if partial
                                else time.perf_counter() - start)
