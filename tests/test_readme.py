@@ -109,7 +109,9 @@ def test_readme_recipe_table_is_the_measured_one() -> None:
     measured = {m[1]: (m[2], m[3]) for m in re.finditer(
         rf"^\| `(\w+)` \| [^|]+ \| (\d+) \| \d+ \| ({dice}) \|", section, flags=re.M)}
     # README: | `name` (what) | steps | OOF dice_positive (CI) | ...
-    quoted = re.findall(rf"^\| `(\w+)`[^|]* \| (\d+) \| ({dice}) \|", README, flags=re.M)
+    recipes = README[README.index("## Which recipe for which data size"):]
+    recipes = recipes[:recipes.index("\n## ")]
+    quoted = re.findall(rf"^\| `(\w+)`[^|]* \| (\d+) \| ({dice}) \|", recipes, flags=re.M)
     assert {"small_data", "resnet34_150", "lite0_scratch_150"} <= {name for name, _, _ in quoted}
     for name, steps, value in quoted:
         assert measured[name] == (steps, value), name

